@@ -1,0 +1,207 @@
+//! The `connection` resource: the host side of the handle a flow uses to
+//! talk to its client.
+//!
+//! The trigger owns the socket; a flow only ever holds a [`HostConnection`],
+//! which lives in the execution's own resource table (so it cannot be forged
+//! from an integer or used from another store) and reaches the socket through
+//! the connection's bounded outbound queue.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite;
+use wasmtime::component::Resource;
+
+use super::bindings::wsflow::flow::connection as wit;
+use super::bindings::{CloseError, Message, ReceiveError, SendError};
+use super::ctx::FlowCtx;
+
+/// What a connection's writer task sends to the client.
+#[derive(Debug)]
+pub enum Outbound {
+    Message(tungstenite::Message),
+    Close(u16, String),
+}
+
+/// State of one client connection shared by its reader, its writer and the
+/// executions serving it.
+#[derive(Debug)]
+pub struct ConnectionShared {
+    pub id: u64,
+    pub peer: SocketAddr,
+    pub max_message_size: usize,
+    closed: AtomicBool,
+    outbound: mpsc::Sender<Outbound>,
+}
+
+impl ConnectionShared {
+    pub fn new(
+        id: u64,
+        peer: SocketAddr,
+        max_message_size: usize,
+        outbound: mpsc::Sender<Outbound>,
+    ) -> Self {
+        Self {
+            id,
+            peer,
+            max_message_size,
+            closed: AtomicBool::new(false),
+            outbound,
+        }
+    }
+
+    /// Whether a close has been sent or received.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// Record that the connection is closing; later sends fail with `closed`.
+    pub fn mark_closed(&self) {
+        self.closed.store(true, Ordering::Release);
+    }
+
+    /// Queue a message, waiting while the outbound queue is full.
+    pub async fn send(&self, message: tungstenite::Message) -> Result<(), SendError> {
+        if self.is_closed() {
+            return Err(SendError::Closed);
+        }
+        self.outbound
+            .send(Outbound::Message(message))
+            .await
+            .map_err(|_| SendError::Closed)
+    }
+
+    /// Start the closing handshake, once. Returns whether this call closed it.
+    pub async fn close(&self, code: u16, reason: impl Into<String>) -> bool {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return false;
+        }
+        self.outbound
+            .send(Outbound::Close(code, reason.into()))
+            .await
+            .is_ok()
+    }
+}
+
+/// The resource behind a flow's `connection` handle.
+pub struct HostConnection {
+    shared: Arc<ConnectionShared>,
+    /// Messages from the client; present in connection mode only.
+    inbound: Option<mpsc::Receiver<tungstenite::Message>>,
+}
+
+impl HostConnection {
+    pub fn new(
+        shared: Arc<ConnectionShared>,
+        inbound: Option<mpsc::Receiver<tungstenite::Message>>,
+    ) -> Self {
+        Self { shared, inbound }
+    }
+}
+
+/// Close codes an endpoint may send (RFC 6455 section 7.4).
+pub fn is_sendable_close_code(code: u16) -> bool {
+    matches!(code, 1000..=1003 | 1007..=1011 | 3000..=4999)
+}
+
+/// Longest close reason that fits a control frame (125 - 2 bytes of code).
+pub const MAX_CLOSE_REASON: usize = 123;
+
+fn into_ws_message(message: Message) -> tungstenite::Message {
+    match message {
+        Message::Text(text) => tungstenite::Message::text(text),
+        Message::Binary(bytes) => tungstenite::Message::binary(bytes),
+    }
+}
+
+fn message_len(message: &Message) -> usize {
+    match message {
+        Message::Text(text) => text.len(),
+        Message::Binary(bytes) => bytes.len(),
+    }
+}
+
+impl wit::HostConnection for FlowCtx {
+    async fn id(&mut self, this: Resource<HostConnection>) -> wasmtime::Result<u64> {
+        Ok(self.table.get(&this)?.shared.id)
+    }
+
+    async fn peer_addr(&mut self, this: Resource<HostConnection>) -> wasmtime::Result<String> {
+        Ok(self.table.get(&this)?.shared.peer.to_string())
+    }
+
+    async fn send(
+        &mut self,
+        this: Resource<HostConnection>,
+        msg: Message,
+    ) -> wasmtime::Result<Result<(), SendError>> {
+        let conn = self.table.get(&this)?;
+        if message_len(&msg) > conn.shared.max_message_size {
+            return Ok(Err(SendError::TooLarge));
+        }
+        let shared = Arc::clone(&conn.shared);
+        let result = shared.send(into_ws_message(msg)).await;
+        if result.is_ok() {
+            self.stats.messages_out += 1;
+        }
+        Ok(result)
+    }
+
+    async fn receive(
+        &mut self,
+        this: Resource<HostConnection>,
+        timeout_ms: Option<u32>,
+    ) -> wasmtime::Result<Result<Option<Message>, ReceiveError>> {
+        let conn = self.table.get_mut(&this)?;
+        let Some(inbound) = conn.inbound.as_mut() else {
+            return Ok(Err(ReceiveError::NotConnectionMode));
+        };
+        let next = match timeout_ms {
+            None => inbound.recv().await,
+            Some(ms) => match tokio::time::timeout(Duration::from_millis(ms.into()), inbound.recv())
+                .await
+            {
+                Ok(next) => next,
+                Err(_elapsed) => return Ok(Err(ReceiveError::Timeout)),
+            },
+        };
+        Ok(Ok(next.and_then(from_ws_message)))
+    }
+
+    async fn close(
+        &mut self,
+        this: Resource<HostConnection>,
+        code: u16,
+        reason: String,
+    ) -> wasmtime::Result<Result<(), CloseError>> {
+        if !is_sendable_close_code(code) {
+            return Ok(Err(CloseError::InvalidCode));
+        }
+        if reason.len() > MAX_CLOSE_REASON {
+            return Ok(Err(CloseError::ReasonTooLong));
+        }
+        let shared = Arc::clone(&self.table.get(&this)?.shared);
+        shared.close(code, reason).await;
+        Ok(Ok(()))
+    }
+
+    async fn drop(&mut self, this: Resource<HostConnection>) -> wasmtime::Result<()> {
+        self.table.delete(this)?;
+        Ok(())
+    }
+}
+
+impl wit::Host for FlowCtx {}
+
+/// A data message from the client as the flow sees it; control frames are
+/// handled by the host and never reach flows.
+pub fn from_ws_message(message: tungstenite::Message) -> Option<Message> {
+    match message {
+        tungstenite::Message::Text(text) => Some(Message::Text(text.as_str().to_owned())),
+        tungstenite::Message::Binary(bytes) => Some(Message::Binary(bytes.to_vec())),
+        _ => None,
+    }
+}

@@ -1,0 +1,101 @@
+//! The host: binds every trigger of every app, serves until shutdown, then
+//! closes connections with 1001 and waits for running flows.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::loader::LoadedApp;
+use crate::trigger::WsTrigger;
+
+/// How long shutdown waits for connections to finish their closing
+/// handshake and for running flows to return.
+const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(10);
+
+/// One path a client can connect to.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    pub app: String,
+    pub addr: SocketAddr,
+    pub path: String,
+}
+
+impl Endpoint {
+    pub fn url(&self) -> String {
+        format!("ws://{}{}", self.addr, self.path)
+    }
+}
+
+/// Apps with their listeners bound, ready to serve.
+pub struct Server {
+    listeners: Vec<(Arc<WsTrigger>, TcpListener)>,
+    endpoints: Vec<Endpoint>,
+}
+
+impl Server {
+    /// Bind a listener for every trigger. Nothing is served until
+    /// [`Server::run`]; if any bind fails, none is kept.
+    pub async fn bind(apps: Vec<LoadedApp>) -> anyhow::Result<Self> {
+        let mut listeners = Vec::new();
+        let mut endpoints = Vec::new();
+        for app in apps {
+            for config in &app.triggers {
+                let listener = TcpListener::bind(config.addr).await.with_context(|| {
+                    format!("app `{}`: cannot listen on {}", app.info.name, config.addr)
+                })?;
+                let addr = listener.local_addr()?;
+                let trigger = Arc::new(WsTrigger::new(Arc::clone(&app.info), config));
+                for handler in trigger.handlers() {
+                    endpoints.push(Endpoint {
+                        app: app.info.name.to_string(),
+                        addr,
+                        path: handler.path.to_string(),
+                    });
+                }
+                listeners.push((trigger, listener));
+            }
+        }
+        Ok(Self {
+            listeners,
+            endpoints,
+        })
+    }
+
+    pub fn endpoints(&self) -> &[Endpoint] {
+        &self.endpoints
+    }
+
+    /// Serve until `shutdown` is cancelled, then close every connection with
+    /// 1001 and wait (up to a deadline) for them to finish.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let tracker = TaskTracker::new();
+        let mut accept_loops = Vec::new();
+        for (trigger, listener) in self.listeners {
+            accept_loops.push(tokio::spawn(trigger.serve(
+                listener,
+                shutdown.clone(),
+                tracker.clone(),
+            )));
+        }
+        shutdown.cancelled().await;
+        for accept_loop in accept_loops {
+            let _ = accept_loop.await;
+        }
+        tracker.close();
+        let open = tracker.len();
+        if open > 0 {
+            tracing::info!("closing {open} connection(s)");
+        }
+        if tokio::time::timeout(SHUTDOWN_DEADLINE, tracker.wait()).await.is_err() {
+            tracing::warn!(
+                "{} connection(s) still open after {SHUTDOWN_DEADLINE:?}; exiting anyway",
+                tracker.len()
+            );
+        }
+    }
+}

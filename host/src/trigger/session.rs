@@ -1,0 +1,35 @@
+//! Connection mode: one flow execution per connection. The flow receives
+//! and sends through its handle; when it returns, the host closes.
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
+
+use super::{Close, Handler, report};
+use crate::runtime::bindings::Event;
+use crate::runtime::{ConnectionShared, HostConnection};
+
+/// Run the connection's flow to its end. Returns the close to send.
+pub async fn run(
+    handler: &Handler,
+    shared: &Arc<ConnectionShared>,
+    inbound: mpsc::Receiver<Message>,
+    event: Event,
+    shutdown: &CancellationToken,
+) -> Option<Close> {
+    let connection = HostConnection::new(Arc::clone(shared), Some(inbound));
+    let execution = handler.flow.execute(&event, connection, shared.id);
+    tokio::pin!(execution);
+    let (outcome, _stats) = tokio::select! {
+        finished = &mut execution => finished,
+        () = shutdown.cancelled() => {
+            // Tell the client; its close reply ends the flow's `receive`.
+            let close = Close::GOING_AWAY;
+            shared.close(close.code, close.reason).await;
+            execution.await
+        }
+    };
+    Some(report(handler, shared.id, outcome).unwrap_or(Close::NORMAL))
+}
