@@ -140,7 +140,9 @@ impl Event {
 
     /// All query parameters.
     pub fn query_params(&self) -> impl Iterator<Item = (&str, &ParamValue)> {
-        self.query_params.iter().map(|p| (p.name.as_str(), &p.value))
+        self.query_params
+            .iter()
+            .map(|p| (p.name.as_str(), &p.value))
     }
 
     /// All headers (lower-case names).

@@ -113,7 +113,7 @@ pub mod __private {
 /// ```
 #[macro_export]
 macro_rules! export {
-    ($flow:ty) => {
+    ($flow:ident) => {
         impl $crate::bindings::Guest for $flow {
             fn handle(
                 event: $crate::bindings::wsflow::flow::types::Event,

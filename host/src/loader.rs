@@ -72,9 +72,9 @@ pub fn load(
             builder::ensure_built(file, name, flow)?;
         }
         let component = file.dir.join(flow.component.get_ref());
-        let pre = runtime.load_flow(&info, name, &component).with_context(|| {
-            format!("{}: flow `{name}`", file.path.display())
-        })?;
+        let pre = runtime
+            .load_flow(&info, name, &component)
+            .with_context(|| format!("{}: flow `{name}`", file.path.display()))?;
         flows.insert(name, pre);
     }
 

@@ -91,7 +91,10 @@ impl Server {
         if open > 0 {
             tracing::info!("closing {open} connection(s)");
         }
-        if tokio::time::timeout(SHUTDOWN_DEADLINE, tracker.wait()).await.is_err() {
+        if tokio::time::timeout(SHUTDOWN_DEADLINE, tracker.wait())
+            .await
+            .is_err()
+        {
             tracing::warn!(
                 "{} connection(s) still open after {SHUTDOWN_DEADLINE:?}; exiting anyway",
                 tracker.len()

@@ -37,8 +37,19 @@ impl ManifestError {
         self
     }
 
-    pub(super) fn from_toml(file: &Path, source: &str, error: &toml::de::Error) -> Self {
-        let error_at = Self::new(file, error.message().trim_end());
+    /// A TOML syntax error, or a value serde rejected at `key`.
+    pub(super) fn from_toml(
+        file: &Path,
+        source: &str,
+        key: Option<&str>,
+        error: &toml::de::Error,
+    ) -> Self {
+        let message = error.message().trim_end();
+        let message = match key {
+            Some(key) if key != "." => format!("{key}: {message}"),
+            _ => message.to_owned(),
+        };
+        let error_at = Self::new(file, message);
         match error.span() {
             Some(span) => error_at.at(source, span),
             None => error_at,
@@ -57,7 +68,10 @@ impl ManifestError {
 fn line_col(source: &str, offset: usize) -> (usize, usize) {
     let before = &source[..offset.min(source.len())];
     let line = before.matches('\n').count() + 1;
-    let column = before.rfind('\n').map_or(before.len(), |nl| before.len() - nl - 1) + 1;
+    let column = before
+        .rfind('\n')
+        .map_or(before.len(), |nl| before.len() - nl - 1)
+        + 1;
     (line, column)
 }
 

@@ -62,8 +62,20 @@ impl ManifestFile {
 
     /// Parse and validate manifest text that was read from `path`.
     pub fn parse(path: &Path, source: String) -> Result<Self, ManifestError> {
-        let manifest: Manifest = toml::from_str(&source)
-            .map_err(|error| ManifestError::from_toml(path, &source, &error))?;
+        let manifest: Manifest = match toml::de::Deserializer::parse(&source) {
+            Err(error) => return Err(ManifestError::from_toml(path, &source, None, &error)),
+            Ok(deserializer) => {
+                serde_path_to_error::deserialize(deserializer).map_err(|error| {
+                    // `Spanned` values show up as an inner field; the user wrote
+                    // the outer key.
+                    let key = error
+                        .path()
+                        .to_string()
+                        .replace(".$__serde_spanned_private_value", "");
+                    ManifestError::from_toml(path, &source, Some(&key), error.inner())
+                })?
+            }
+        };
         let dir = path
             .parent()
             .map(Path::to_path_buf)
@@ -160,7 +172,9 @@ pub struct TriggerSection {
 
 impl TriggerSection {
     pub fn port(&self) -> u16 {
-        self.port.as_ref().map_or(DEFAULT_PORT, |port| *port.get_ref())
+        self.port
+            .as_ref()
+            .map_or(DEFAULT_PORT, |port| *port.get_ref())
     }
 }
 

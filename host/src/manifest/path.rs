@@ -32,7 +32,9 @@ impl PathPattern {
         for segment in &segments {
             if let Segment::Param(name) = segment {
                 if names.contains(&name.as_str()) {
-                    return Err(format!("path `{text}` uses the parameter `{{{name}}}` twice"));
+                    return Err(format!(
+                        "path `{text}` uses the parameter `{{{name}}}` twice"
+                    ));
                 }
                 names.push(name);
             }
@@ -111,7 +113,9 @@ impl PathPattern {
 fn parse_segment(path: &str, piece: &str) -> Result<Segment, String> {
     if let Some(inner) = piece.strip_prefix('{') {
         let Some(name) = inner.strip_suffix('}') else {
-            return Err(format!("path `{path}`: `{piece}` is missing its closing `}}`"));
+            return Err(format!(
+                "path `{path}`: `{piece}` is missing its closing `}}`"
+            ));
         };
         let valid = !name.is_empty()
             && name
@@ -131,7 +135,9 @@ fn parse_segment(path: &str, piece: &str) -> Result<Segment, String> {
         ));
     }
     if piece.is_empty() {
-        return Err(format!("path `{path}` has an empty segment (`//` or a trailing `/`)"));
+        return Err(format!(
+            "path `{path}` has an empty segment (`//` or a trailing `/`)"
+        ));
     }
     Ok(Segment::Literal(piece.to_owned()))
 }

@@ -9,7 +9,10 @@ pub(super) fn validate(file: &ManifestFile) -> Result<(), ManifestError> {
     let name = &manifest.app.name;
     if !is_valid_name(name.get_ref()) {
         return Err(file
-            .error_at(name.span(), format!("app.name: `{}` is not a valid app name", name.get_ref()))
+            .error_at(
+                name.span(),
+                format!("app.name: `{}` is not a valid app name", name.get_ref()),
+            )
             .help("use letters, digits, `-` and `_`, starting with a letter"));
     }
 
@@ -23,14 +26,19 @@ pub(super) fn validate(file: &ManifestFile) -> Result<(), ManifestError> {
         }
         if flow.component.get_ref().trim().is_empty() {
             return Err(file
-                .error_at(flow.component.span(), format!("flows.{flow_name}.component is empty"))
+                .error_at(
+                    flow.component.span(),
+                    format!("flows.{flow_name}.component is empty"),
+                )
                 .help("give the path of the flow's .wasm component file"));
         }
     }
 
     if manifest.triggers.is_empty() {
-        return Err(ManifestError::new(&file.path, "the app has no [[triggers]]")
-            .help("add a [[triggers]] table with at least one [[triggers.handlers]] entry"));
+        return Err(
+            ManifestError::new(&file.path, "the app has no [[triggers]]")
+                .help("add a [[triggers]] table with at least one [[triggers.handlers]] entry"),
+        );
     }
 
     for (t, trigger) in manifest.triggers.iter().enumerate() {
@@ -70,23 +78,26 @@ pub(super) fn validate(file: &ManifestFile) -> Result<(), ManifestError> {
             return Err(file
                 .error_at(
                     host.span(),
-                    format!("triggers[{t}].host: `{}` is not an IP address", host.get_ref()),
+                    format!(
+                        "triggers[{t}].host: `{}` is not an IP address",
+                        host.get_ref()
+                    ),
                 )
                 .help("use an address such as \"127.0.0.1\", \"0.0.0.0\" or \"::1\""));
         }
         if trigger.handlers.is_empty() {
-            return Err(ManifestError::new(
-                &file.path,
-                format!("triggers[{t}] has no handlers"),
-            )
-            .help("add a [[triggers.handlers]] table with `path` and `flow`"));
+            return Err(
+                ManifestError::new(&file.path, format!("triggers[{t}] has no handlers"))
+                    .help("add a [[triggers.handlers]] table with `path` and `flow`"),
+            );
         }
 
         let mut patterns: Vec<PathPattern> = Vec::new();
         for (h, handler) in trigger.handlers.iter().enumerate() {
             let key = format!("triggers[{t}].handlers[{h}]");
-            let pattern = PathPattern::parse(handler.path.get_ref())
-                .map_err(|problem| file.error_at(handler.path.span(), format!("{key}.path: {problem}")))?;
+            let pattern = PathPattern::parse(handler.path.get_ref()).map_err(|problem| {
+                file.error_at(handler.path.span(), format!("{key}.path: {problem}"))
+            })?;
             if let Some(same) = patterns.iter().position(|other| other.same_shape(&pattern)) {
                 return Err(file
                     .error_at(
@@ -113,7 +124,10 @@ pub(super) fn validate(file: &ManifestFile) -> Result<(), ManifestError> {
                     )
                 };
                 return Err(file
-                    .error_at(handler.flow.span(), format!("{key}.flow: there is no flow named `{flow}`"))
+                    .error_at(
+                        handler.flow.span(),
+                        format!("{key}.flow: there is no flow named `{flow}`"),
+                    )
                     .help(help));
             }
         }

@@ -161,12 +161,12 @@ impl wit::HostConnection for FlowCtx {
         };
         let next = match timeout_ms {
             None => inbound.recv().await,
-            Some(ms) => match tokio::time::timeout(Duration::from_millis(ms.into()), inbound.recv())
-                .await
-            {
-                Ok(next) => next,
-                Err(_elapsed) => return Ok(Err(ReceiveError::Timeout)),
-            },
+            Some(ms) => {
+                match tokio::time::timeout(Duration::from_millis(ms.into()), inbound.recv()).await {
+                    Ok(next) => next,
+                    Err(_elapsed) => return Ok(Err(ReceiveError::Timeout)),
+                }
+            }
         };
         Ok(Ok(next.and_then(from_ws_message)))
     }

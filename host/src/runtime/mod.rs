@@ -9,8 +9,8 @@ mod stdio;
 use std::path::Path;
 use std::sync::Arc;
 
-use wasmtime::error::Context as _;
 use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::error::Context as _;
 use wasmtime::{Config, Engine, Store};
 
 pub use connection::{ConnectionShared, HostConnection, Outbound};

@@ -48,8 +48,9 @@ fn decode(format: Format, message: Message) -> Result<Content, Close> {
             Ok(Content::Json(text.as_str().to_owned()))
         }
         (Format::Json, Message::Binary(bytes)) => {
-            let text = std::str::from_utf8(&bytes)
-                .map_err(|_| Close::invalid_data("invalid JSON: the message is not UTF-8".into()))?;
+            let text = std::str::from_utf8(&bytes).map_err(|_| {
+                Close::invalid_data("invalid JSON: the message is not UTF-8".into())
+            })?;
             check_json(text)?;
             Ok(Content::Json(text.to_owned()))
         }
@@ -58,5 +59,6 @@ fn decode(format: Format, message: Message) -> Result<Content, Close> {
 }
 
 fn check_json(text: &str) -> Result<serde_json::Value, Close> {
-    serde_json::from_str(text).map_err(|error| Close::invalid_data(format!("invalid JSON: {error}")))
+    serde_json::from_str(text)
+        .map_err(|error| Close::invalid_data(format!("invalid JSON: {error}")))
 }

@@ -25,7 +25,12 @@ pub fn route(handlers: &[Arc<Handler>], request: &Request) -> Result<Routed, Err
         .iter()
         .filter_map(|handler| handler.path.matches(path).map(|params| (handler, params)))
         .max_by_key(|(handler, _)| handler.path.specificity())
-        .ok_or_else(|| refuse(StatusCode::NOT_FOUND, format!("no handler for path {path}\n")))?;
+        .ok_or_else(|| {
+            refuse(
+                StatusCode::NOT_FOUND,
+                format!("no handler for path {path}\n"),
+            )
+        })?;
 
     let mut path_params = Vec::with_capacity(raw_params.len());
     for (name, raw) in raw_params {
@@ -73,7 +78,9 @@ fn parse_query(query: &str) -> Result<Vec<Param>, ErrorResponse> {
             percent_decode(raw, true).ok_or_else(|| {
                 refuse(
                     StatusCode::BAD_REQUEST,
-                    format!("query parameter `{raw_name}`: `{raw}` is not valid percent-encoded UTF-8\n"),
+                    format!(
+                        "query parameter `{raw_name}`: `{raw}` is not valid percent-encoded UTF-8\n"
+                    ),
                 )
             })
         };
@@ -84,7 +91,10 @@ fn parse_query(query: &str) -> Result<Vec<Param>, ErrorResponse> {
             None => grouped.push((name, vec![value])),
         }
     }
-    Ok(grouped.into_iter().map(|(name, values)| text_param(name, values)).collect())
+    Ok(grouped
+        .into_iter()
+        .map(|(name, values)| text_param(name, values))
+        .collect())
 }
 
 fn collect_headers(request: &Request) -> Vec<Param> {
@@ -92,12 +102,18 @@ fn collect_headers(request: &Request) -> Vec<Param> {
     for (name, value) in request.headers() {
         let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
         // `HeaderName`s are already lower case.
-        match grouped.iter_mut().find(|(existing, _)| existing == name.as_str()) {
+        match grouped
+            .iter_mut()
+            .find(|(existing, _)| existing == name.as_str())
+        {
             Some((_, values)) => values.push(value),
             None => grouped.push((name.as_str().to_owned(), vec![value])),
         }
     }
-    grouped.into_iter().map(|(name, values)| text_param(name, values)).collect()
+    grouped
+        .into_iter()
+        .map(|(name, values)| text_param(name, values))
+        .collect()
 }
 
 fn text_param(name: String, mut values: Vec<String>) -> Param {

@@ -97,7 +97,12 @@ fn report(handler: &Handler, connection: u64, outcome: Outcome) -> Option<Close>
     match outcome {
         Outcome::Completed => None,
         Outcome::Failed(message) => {
-            tracing::warn!(app, flow, conn = connection, "flow returned an error: {message}");
+            tracing::warn!(
+                app,
+                flow,
+                conn = connection,
+                "flow returned an error: {message}"
+            );
             match handler.mode {
                 Mode::Data => None,
                 Mode::Connection => Some(Close::FLOW_FAILED),
@@ -214,9 +219,12 @@ impl WsTrigger {
         };
         let close = match handler.mode {
             Mode::Data => data::run(&handler, &pump.shared, inbound, event, &shutdown).await,
-            Mode::Connection => session::run(&handler, &pump.shared, inbound, event, &shutdown).await,
+            Mode::Connection => {
+                session::run(&handler, &pump.shared, inbound, event, &shutdown).await
+            }
         };
-        pump.finish(close.as_ref().map(|close| (close.code, &*close.reason))).await;
+        pump.finish(close.as_ref().map(|close| (close.code, &*close.reason)))
+            .await;
         tracing::debug!(app = &*self.app.name, conn = id, "disconnected");
     }
 }

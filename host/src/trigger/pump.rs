@@ -80,8 +80,14 @@ impl Pump {
         if let Some((code, reason)) = close {
             shared.close(code, reason).await;
         }
-        if tokio::time::timeout(CLOSE_TIMEOUT, &mut reader).await.is_err() {
-            tracing::debug!(conn = shared.id, "client did not complete the closing handshake");
+        if tokio::time::timeout(CLOSE_TIMEOUT, &mut reader)
+            .await
+            .is_err()
+        {
+            tracing::debug!(
+                conn = shared.id,
+                "client did not complete the closing handshake"
+            );
             reader.abort();
         }
         // The writer has sent the close frame (or the peer closed first and
@@ -123,8 +129,11 @@ where
     }
 }
 
-async fn read_loop<S>(mut stream: Stream<S>, inbound: mpsc::Sender<Message>, shared: Arc<ConnectionShared>)
-where
+async fn read_loop<S>(
+    mut stream: Stream<S>,
+    inbound: mpsc::Sender<Message>,
+    shared: Arc<ConnectionShared>,
+) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     // Keep reading after a close frame: tungstenite sends its reply on the

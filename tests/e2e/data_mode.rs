@@ -1,0 +1,113 @@
+//! Data mode: one execution per message, in order per connection, in
+//! parallel across connections.
+
+use futures_util::SinkExt;
+use tokio_tungstenite::tungstenite::{self, Message};
+use wsflow_tests::{
+    TestServer, connect, next_message, next_text, programs, send_text, single_handler_manifest,
+};
+
+fn echo_server_manifest() -> String {
+    single_handler_manifest(programs::ECHO, "path = \"/echo\"\nmode = \"data\"")
+}
+
+#[tokio::test]
+async fn echoes_text_as_text_and_binary_as_binary() {
+    let server = TestServer::start(&echo_server_manifest()).await;
+    let mut client = connect(&server.url("/echo")).await;
+
+    send_text(&mut client, "hello").await;
+    assert_eq!(next_message(&mut client).await, Message::text("hello"));
+
+    let bytes = vec![0u8, 1, 2, 255];
+    client.send(Message::binary(bytes.clone())).await.unwrap();
+    assert_eq!(next_message(&mut client).await, Message::binary(bytes));
+
+    send_text(&mut client, "").await;
+    assert_eq!(next_message(&mut client).await, Message::text(""));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn thousand_messages_on_one_connection_arrive_in_order() {
+    let server = TestServer::start(&echo_server_manifest()).await;
+    let mut client = connect(&server.url("/echo")).await;
+    for i in 0..1000 {
+        client
+            .feed(Message::text(format!("message {i}")))
+            .await
+            .unwrap();
+    }
+    client.flush().await.unwrap();
+    for i in 0..1000 {
+        assert_eq!(next_text(&mut client).await, format!("message {i}"));
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn fifty_connections_in_parallel() {
+    let server = TestServer::start(&echo_server_manifest()).await;
+    let url = server.url("/echo");
+    let clients = (0..50).map(|c| {
+        let url = url.clone();
+        tokio::spawn(async move {
+            let mut client = connect(&url).await;
+            for i in 0..20 {
+                send_text(&mut client, &format!("{c}/{i}")).await;
+            }
+            for i in 0..20 {
+                assert_eq!(next_text(&mut client).await, format!("{c}/{i}"));
+            }
+        })
+    });
+    for client in clients.collect::<Vec<_>>() {
+        client.await.unwrap();
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn unknown_path_is_refused_with_404_before_the_upgrade() {
+    let server = TestServer::start(&echo_server_manifest()).await;
+    let error = tokio_tungstenite::connect_async(server.url("/nowhere"))
+        .await
+        .expect_err("the upgrade must be refused");
+    let tungstenite::Error::Http(response) = error else {
+        panic!("expected an HTTP error response, got {error}");
+    };
+    assert_eq!(response.status(), 404);
+    let body = String::from_utf8(response.body().clone().unwrap()).unwrap();
+    assert_eq!(body, "no handler for path /nowhere\n");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn flow_sees_path_query_and_header_params() {
+    let manifest = single_handler_manifest(
+        programs::PARAMS,
+        "path = \"/rooms/{room}/{user}\"\nmode = \"data\"",
+    );
+    let server = TestServer::start(&manifest).await;
+    let url = server.url("/rooms/blue%20sky/ann?tag=a&tag=b&q=x+y");
+    let mut request = tungstenite::client::IntoClientRequest::into_client_request(url).unwrap();
+    request
+        .headers_mut()
+        .insert("X-Client", "tests".parse().unwrap());
+    let (mut client, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+
+    send_text(&mut client, "hi").await;
+    let reply: serde_json::Value = serde_json::from_str(&next_text(&mut client).await).unwrap();
+    assert_eq!(
+        reply,
+        serde_json::json!({
+            "mode": "data",
+            "content": { "text": "hi" },
+            "path": { "room": "blue sky", "user": "ann" },
+            "query": { "tag": ["a", "b"], "q": "x y" },
+            "headers": { "x-client": "tests" },
+            "properties": {},
+        })
+    );
+    server.stop().await;
+}

@@ -1,0 +1,8 @@
+//! Integration tests: the real server on port 0, a real WebSocket client,
+//! guest programs compiled to components by the harness.
+
+mod connection_mode;
+mod data_mode;
+mod failures;
+mod manifests;
+mod shutdown;

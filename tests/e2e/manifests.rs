@@ -1,0 +1,56 @@
+//! Invalid manifests: each fixture `fixtures/manifests/NAME.toml` must fail
+//! with exactly the text in `NAME.err`. Run with `UPDATE_SNAPSHOTS=1` to
+//! rewrite the `.err` files after an intended change, then review the diff.
+
+use std::path::Path;
+
+use wsflow::manifest::ManifestFile;
+
+#[test]
+fn invalid_manifests_match_their_error_snapshots() {
+    let dir = Path::new("fixtures/manifests");
+    let update = std::env::var_os("UPDATE_SNAPSHOTS").is_some();
+    let mut fixtures: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "toml"))
+        .collect();
+    fixtures.sort();
+    assert!(
+        fixtures.len() >= 10,
+        "expected the manifest fixtures in {}",
+        dir.display()
+    );
+
+    let mut mismatches = Vec::new();
+    for fixture in fixtures {
+        let actual = match ManifestFile::load(&fixture) {
+            Ok(_) => format!("(no error: {} loaded)", fixture.display()),
+            Err(error) => error.to_string(),
+        };
+        let snapshot = fixture.with_extension("err");
+        if update {
+            std::fs::write(&snapshot, format!("{actual}\n")).unwrap();
+            continue;
+        }
+        let expected = std::fs::read_to_string(&snapshot).unwrap_or_default();
+        if expected.trim_end() != actual {
+            mismatches.push(format!(
+                "{}\n--- expected\n{}\n--- actual\n{actual}\n",
+                fixture.display(),
+                expected.trim_end()
+            ));
+        }
+    }
+    assert!(mismatches.is_empty(), "{}", mismatches.join("\n"));
+}
+
+#[test]
+fn the_examples_are_valid() {
+    for example in ["echo", "chat-session"] {
+        let path = Path::new("../examples").join(example).join("wsflow.toml");
+        if let Err(error) = ManifestFile::load(&path) {
+            panic!("{error}");
+        }
+    }
+}

@@ -1,0 +1,27 @@
+//! Graceful shutdown closes every connection with 1001.
+
+use wsflow_tests::{
+    TestServer, connect, next_close, next_text, programs, send_text, single_handler_manifest,
+};
+
+#[tokio::test]
+async fn shutdown_closes_data_and_connection_mode_clients_with_1001() {
+    let manifest = format!(
+        "{}\n[[triggers.handlers]]\nflow = \"session\"\npath = \"/session\"\nmode = \"connection\"\n\n[flows.session]\ncomponent = \"{}\"\n",
+        single_handler_manifest(programs::ECHO, "path = \"/echo\""),
+        programs::SESSION
+    );
+    let server = TestServer::start(&manifest).await;
+    let mut data_client = connect(&server.url("/echo")).await;
+    send_text(&mut data_client, "hi").await;
+    assert_eq!(next_text(&mut data_client).await, "hi");
+    let mut session_client = connect(&server.url("/session")).await;
+    assert_eq!(next_text(&mut session_client).await, "ready");
+
+    server.begin_shutdown();
+    let data_close = next_close(&mut data_client).await;
+    let session_close = next_close(&mut session_client).await;
+    assert_eq!(u16::from(data_close.code), 1001);
+    assert_eq!(u16::from(session_close.code), 1001);
+    server.stop().await;
+}

@@ -1,0 +1,212 @@
+//! The test harness: guest programs built by `build.rs`, an in-process
+//! server on port 0, a real WebSocket client, and captured logs.
+
+use std::io::Write;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_util::sync::CancellationToken;
+use wsflow::loader::{self, LoadOptions};
+use wsflow::manifest::ManifestFile;
+use wsflow::runtime::Runtime;
+use wsflow::server::{Endpoint, Server};
+
+/// Paths of the guest test programs, compiled to components by `build.rs`.
+pub mod programs {
+    include!(concat!(env!("OUT_DIR"), "/programs.rs"));
+}
+
+/// How long a test waits for anything before it fails.
+pub const TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The engine is shared by all tests of a process, like in the host.
+pub fn runtime() -> &'static Runtime {
+    static RUNTIME: OnceLock<Runtime> = OnceLock::new();
+    RUNTIME.get_or_init(|| Runtime::new().expect("creating the runtime"))
+}
+
+/// A manifest for one flow served by one handler on port 0.
+pub fn single_handler_manifest(component: &str, handler: &str) -> String {
+    format!(
+        r#"
+[app]
+name = "test"
+
+[flows.main]
+component = "{component}"
+
+[[triggers]]
+port = 0
+
+[[triggers.handlers]]
+flow = "main"
+{handler}
+"#
+    )
+}
+
+/// A wsflow server running in this process.
+pub struct TestServer {
+    endpoints: Vec<Endpoint>,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+    _dir: tempfile::TempDir,
+}
+
+impl TestServer {
+    /// Load `manifest` (TOML text) and serve it. Panics on any error.
+    pub async fn start(manifest: &str) -> Self {
+        Self::try_start(manifest)
+            .await
+            .expect("starting the test server")
+    }
+
+    pub async fn try_start(manifest: &str) -> anyhow::Result<Self> {
+        init_logs();
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("wsflow.toml");
+        std::fs::write(&path, manifest)?;
+        let app = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+            let file = ManifestFile::load(&path)?;
+            loader::load(runtime(), &file, LoadOptions { build: false })
+        })
+        .await??;
+        let server = Server::bind(vec![app]).await?;
+        let endpoints = server.endpoints().to_vec();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(server.run(shutdown.clone()));
+        Ok(Self {
+            endpoints,
+            shutdown,
+            task,
+            _dir: dir,
+        })
+    }
+
+    /// `ws://ADDR{path}` on the first trigger's listener.
+    pub fn url(&self, path: &str) -> String {
+        format!("ws://{}{path}", self.endpoints[0].addr)
+    }
+
+    pub fn endpoints(&self) -> &[Endpoint] {
+        &self.endpoints
+    }
+
+    /// Shut down as on SIGTERM and wait until the server has stopped.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(TIMEOUT, self.task)
+            .await
+            .expect("server did not stop in time")
+            .expect("server task panicked");
+    }
+
+    /// Start a shutdown without waiting for it.
+    pub fn begin_shutdown(&self) {
+        self.shutdown.cancel();
+    }
+}
+
+pub type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Connect a WebSocket client, panicking on failure.
+pub async fn connect(url: &str) -> Client {
+    let (client, _response) = tokio::time::timeout(TIMEOUT, tokio_tungstenite::connect_async(url))
+        .await
+        .expect("connect timed out")
+        .unwrap_or_else(|error| panic!("connecting to {url}: {error}"));
+    client
+}
+
+/// The next data or close message, skipping pings and pongs.
+pub async fn next_message(client: &mut Client) -> Message {
+    loop {
+        let message = tokio::time::timeout(TIMEOUT, client.next())
+            .await
+            .expect("no message within the timeout")
+            .expect("the connection ended without a close frame")
+            .expect("reading from the server failed");
+        match message {
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => return other,
+        }
+    }
+}
+
+/// The next message, which must be text.
+pub async fn next_text(client: &mut Client) -> String {
+    match next_message(client).await {
+        Message::Text(text) => text.as_str().to_owned(),
+        other => panic!("expected a text message, got {other:?}"),
+    }
+}
+
+/// Read until the server's close frame and return it.
+pub async fn next_close(client: &mut Client) -> CloseFrame {
+    loop {
+        match next_message(client).await {
+            Message::Close(Some(frame)) => return frame,
+            Message::Close(None) => panic!("close frame without a status code"),
+            _ => continue,
+        }
+    }
+}
+
+pub async fn send_text(client: &mut Client, text: &str) {
+    client
+        .send(Message::text(text))
+        .await
+        .expect("sending a text message");
+}
+
+/// Everything the host logged in this process, for tests that check what a
+/// flow or the host reported.
+fn log_buffer() -> &'static Arc<Mutex<Vec<u8>>> {
+    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    LOGS.get_or_init(Default::default)
+}
+
+struct LogWriter;
+
+impl Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        log_buffer().lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn init_logs() {
+    static INIT: OnceLock<()> = OnceLock::new();
+    INIT.get_or_init(|| {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter("info,wsflow=debug")
+            .with_ansi(false)
+            .with_writer(|| LogWriter)
+            .try_init();
+    });
+}
+
+/// Wait until the log contains `needle`; panics after the timeout.
+pub async fn wait_for_log(needle: &str) -> String {
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        let logs = String::from_utf8_lossy(&log_buffer().lock().unwrap()).into_owned();
+        if let Some(line) = logs.lines().find(|line| line.contains(needle)) {
+            return line.to_owned();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no log line containing {needle:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
