@@ -38,6 +38,10 @@ pub use param::{FromParam, ParamValue};
 
 /// Raw bindings generated from the WIT contract in `wit/`. Most flows never
 /// need them: [`Event`], [`Connection`] and the helpers wrap them.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "generated code lowers a whole `event` record into flat arguments"
+)]
 pub mod bindings {
     wit_bindgen::generate!({
         path: "../wit",

@@ -1,6 +1,7 @@
 //! The `wsflow` binary: parse the command line, set up logging, run. The
 //! only place an error becomes an exit code.
 
+use std::io::IsTerminal as _;
 use std::process::ExitCode;
 
 use clap::Parser as _;
@@ -14,6 +15,7 @@ fn main() -> ExitCode {
             EnvFilter::try_from_env("WSFLOW_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -18,8 +18,28 @@ pub struct Routed {
     pub headers: Vec<Param>,
 }
 
-/// Route a handshake request, or build the response that refuses it.
-pub fn route(handlers: &[Arc<Handler>], request: &Request) -> Result<Routed, ErrorResponse> {
+/// Why an upgrade request is refused: an HTTP status and a plain-text body
+/// that names the problem.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub status: StatusCode,
+    pub body: String,
+}
+
+impl Refusal {
+    pub fn into_response(self) -> ErrorResponse {
+        let mut response = ErrorResponse::new(Some(self.body));
+        *response.status_mut() = self.status;
+        response.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        response
+    }
+}
+
+/// Route a handshake request, or say why it is refused.
+pub fn route(handlers: &[Arc<Handler>], request: &Request) -> Result<Routed, Refusal> {
     let path = request.uri().path();
     let (handler, raw_params) = handlers
         .iter()
@@ -57,20 +77,13 @@ pub fn route(handlers: &[Arc<Handler>], request: &Request) -> Result<Routed, Err
     })
 }
 
-/// A refusal with a plain-text body.
-pub fn refuse(status: StatusCode, body: String) -> ErrorResponse {
-    let mut response = ErrorResponse::new(Some(body));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    response
+fn refuse(status: StatusCode, body: String) -> Refusal {
+    Refusal { status, body }
 }
 
 /// Group `a=1&b=2&a=3` by name, keeping first-seen order; a name given more
 /// than once becomes a list.
-fn parse_query(query: &str) -> Result<Vec<Param>, ErrorResponse> {
+fn parse_query(query: &str) -> Result<Vec<Param>, Refusal> {
     let mut grouped: Vec<(String, Vec<String>)> = Vec::new();
     for pair in query.split('&').filter(|pair| !pair.is_empty()) {
         let (raw_name, raw_value) = pair.split_once('=').unwrap_or((pair, ""));

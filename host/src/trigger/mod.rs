@@ -178,13 +178,21 @@ impl WsTrigger {
     }
 
     /// Upgrade and serve one client over any byte stream (TCP or TLS).
+    #[expect(
+        clippy::result_large_err,
+        reason = "tungstenite's handshake callback returns its ErrorResponse by value"
+    )]
     async fn serve_stream<S>(&self, stream: S, peer: SocketAddr, shutdown: CancellationToken)
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let mut routed = None;
         let callback = |request: &Request, response: Response| -> Result<Response, ErrorResponse> {
-            routed = Some(handshake::route(&self.handlers, request)?);
+            let accepted = handshake::route(&self.handlers, request).map_err(|refusal| {
+                tracing::debug!(%peer, path = request.uri().path(), status = %refusal.status, "upgrade refused");
+                refusal.into_response()
+            })?;
+            routed = Some(accepted);
             Ok(response)
         };
         let upgrade =

@@ -1,0 +1,283 @@
+//! The `wsflow` binary as a user runs it: exit codes, messages, the README
+//! quick start, building a stale flow, and shutdown on SIGTERM.
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use tungstenite::stream::MaybeTlsStream;
+use tungstenite::{Message, WebSocket};
+
+const WSFLOW: &str = env!("CARGO_BIN_EXE_wsflow");
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// A `wsflow up` process, killed if the test ends early.
+struct Up {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Up {
+    fn start(args: &[&str], dir: &Path) -> Self {
+        let mut child = Command::new(WSFLOW)
+            .args(args)
+            .current_dir(dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("starting wsflow");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        Self { child, lines }
+    }
+
+    /// The URL of the first `listening on` line. Building a flow can take a
+    /// while on a cold cache.
+    fn listening_url(&self) -> String {
+        let line = self
+            .lines
+            .recv_timeout(Duration::from_secs(600))
+            .expect("wsflow printed no `listening on` line");
+        line.strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line: {line}"))
+            .to_owned()
+    }
+
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        for _ in 0..200 {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("wsflow did not exit within 10 s of SIGTERM");
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn connect(url: &str) -> WebSocket<MaybeTlsStream<TcpStream>> {
+    let (mut socket, _) = tungstenite::connect(url).expect("connecting");
+    if let MaybeTlsStream::Plain(tcp) = socket.get_mut() {
+        tcp.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    }
+    socket
+}
+
+fn assert_echo(socket: &mut WebSocket<MaybeTlsStream<TcpStream>>) {
+    socket.send(Message::text("hello")).unwrap();
+    assert_eq!(socket.read().unwrap(), Message::text("hello"));
+    socket.send(Message::binary(vec![1u8, 2, 3])).unwrap();
+    assert_eq!(socket.read().unwrap(), Message::binary(vec![1u8, 2, 3]));
+}
+
+fn read_close_code(socket: &mut WebSocket<MaybeTlsStream<TcpStream>>) -> u16 {
+    loop {
+        match socket.read().expect("reading until the close frame") {
+            Message::Close(Some(frame)) => return frame.code.into(),
+            Message::Close(None) => panic!("close without a code"),
+            _ => {}
+        }
+    }
+}
+
+/// The two commands of the README's quick start, in order.
+fn quick_start_commands() -> Vec<String> {
+    let readme = std::fs::read_to_string(workspace().join("README.md")).unwrap();
+    let start = readme
+        .find("## Quick start")
+        .expect("README has a Quick start section");
+    let block = readme[start..]
+        .split("```")
+        .nth(1)
+        .expect("the Quick start section has a code block");
+    block
+        .lines()
+        .skip(1)
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn readme_quick_start_serves_the_echo_example() {
+    let commands = quick_start_commands();
+    assert_eq!(
+        commands.len(),
+        2,
+        "the quick start is two commands: {commands:?}"
+    );
+    let serve = &commands[0];
+    let args = serve
+        .split_once("cargo run -p wsflow -- ")
+        .map(|(_, args)| args)
+        .unwrap_or_else(|| panic!("the first command runs wsflow: {serve}"));
+    assert_eq!(args, "up examples/echo/wsflow.toml");
+    assert!(
+        commands[1].contains("cargo test --workspace"),
+        "{}",
+        commands[1]
+    );
+
+    let mut up = Up::start(&["up", "examples/echo/wsflow.toml"], &workspace());
+    let url = up.listening_url();
+    assert_eq!(url, "ws://127.0.0.1:9998/echo");
+    let mut socket = connect(&url);
+    assert_echo(&mut socket);
+    let status = up.terminate();
+    assert_eq!(read_close_code(&mut socket), 1001);
+    assert!(status.success(), "{status}");
+}
+
+#[test]
+fn up_builds_a_missing_component_then_serves_until_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let workspace = workspace();
+    // The example echo component, built by the same cargo command the
+    // example uses, then copied: the copy is what this app's build makes.
+    let manifest = format!(
+        r#"
+[app]
+name = "built"
+
+[flows.echo]
+component = "echo.wasm"
+build = "cd '{ws}' && cargo build --release --target wasm32-wasip2 -p wsflow-example-echo && cp '{ws}/target/wasm32-wasip2/release/wsflow_example_echo.wasm' \"$OLDPWD/echo.wasm\""
+sources = []
+
+[[triggers]]
+port = 0
+
+[[triggers.handlers]]
+path = "/echo"
+flow = "echo"
+"#,
+        ws = workspace.display()
+    );
+    std::fs::write(dir.path().join("wsflow.toml"), manifest).unwrap();
+    assert!(!dir.path().join("echo.wasm").exists());
+
+    let mut up = Up::start(&["up"], dir.path());
+    let url = up.listening_url();
+    assert!(
+        dir.path().join("echo.wasm").exists(),
+        "the build command ran"
+    );
+    assert!(
+        url.starts_with("ws://127.0.0.1:") && url.ends_with("/echo"),
+        "{url}"
+    );
+    let mut socket = connect(&url);
+    assert_echo(&mut socket);
+    let status = up.terminate();
+    assert_eq!(read_close_code(&mut socket), 1001);
+    assert!(status.success(), "{status}");
+}
+
+#[test]
+fn a_failing_build_command_stops_startup_with_its_name() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("wsflow.toml"),
+        r#"
+[app]
+name = "broken"
+
+[flows.echo]
+component = "echo.wasm"
+build = "exit 3"
+
+[[triggers]]
+port = 0
+
+[[triggers.handlers]]
+path = "/echo"
+flow = "echo"
+"#,
+    )
+    .unwrap();
+    let output = Command::new(WSFLOW)
+        .args(["up", "wsflow.toml"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("error: wsflow.toml: flow `echo`: the build command `exit 3` failed"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn check_accepts_the_examples() {
+    for example in [
+        "examples/echo/wsflow.toml",
+        "examples/chat-session/wsflow.toml",
+    ] {
+        let output = Command::new(WSFLOW)
+            .args(["check", example])
+            .current_dir(workspace())
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{example}: {output:?}");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(stdout.contains("is valid"), "{stdout}");
+    }
+}
+
+#[test]
+fn check_names_the_file_key_and_fix_of_a_bad_manifest() {
+    let output = Command::new(WSFLOW)
+        .args(["check", "tests/fixtures/manifests/unknown-flow.toml"])
+        .current_dir(workspace())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert!(output.stdout.is_empty());
+    assert_eq!(
+        String::from_utf8_lossy(&output.stderr),
+        "error: tests/fixtures/manifests/unknown-flow.toml:11:8: \
+         triggers[0].handlers[0].flow: there is no flow named `ecko`\n  \
+         help: define [flows.ecko] or use one of the defined flows: echo\n"
+    );
+}
+
+#[test]
+fn check_of_a_missing_file_says_so() {
+    let output = Command::new(WSFLOW)
+        .args(["check", "no/such/wsflow.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.starts_with("error: no/such/wsflow.toml: cannot read the manifest:"),
+        "{stderr}"
+    );
+}
