@@ -71,14 +71,14 @@ async fn up(manifest: PathBuf) -> anyhow::Result<()> {
 
 fn check(manifest: &std::path::Path) -> anyhow::Result<()> {
     let file = ManifestFile::load(manifest)?;
-    let m = &file.manifest;
-    let handlers: usize = m.triggers.iter().map(|t| t.handlers.len()).sum();
+    let spec = &file.spec;
+    let handlers: usize = spec.triggers.iter().map(|t| t.handlers.len()).sum();
     println!(
         "{}: app `{}` is valid ({} flow(s), {} trigger(s), {} handler(s))",
         manifest.display(),
-        m.app.name.get_ref(),
-        m.flows.len(),
-        m.triggers.len(),
+        spec.name,
+        spec.flows.len(),
+        spec.triggers.len(),
         handlers
     );
     Ok(())

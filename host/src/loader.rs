@@ -1,16 +1,16 @@
-//! Manifest -> loaded app: flows built if stale and compiled once, handlers
-//! resolved to their flows, addresses resolved. The trigger never sees TOML.
+//! Manifest -> loaded app: flows built if stale and compiled once, schemas
+//! compiled, TLS configured, handlers resolved to their flows. The trigger
+//! never sees TOML.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
 use anyhow::Context as _;
 
 use crate::builder;
-use crate::manifest::{ManifestFile, PathPattern};
+use crate::manifest::ManifestFile;
 use crate::runtime::{FlowPre, Runtime};
-use crate::trigger::{Handler, TriggerConfig};
+use crate::trigger::{Handler, TriggerConfig, tls};
 
 /// Limits applied to every execution of an app.
 #[derive(Debug, Clone)]
@@ -50,7 +50,8 @@ pub struct LoadOptions {
     pub build: bool,
 }
 
-/// Load a validated manifest: build (if asked) and compile its flows.
+/// Load a validated manifest: build (if asked) and compile its flows,
+/// compile its schemas, set up TLS.
 ///
 /// This compiles WebAssembly and may run build commands: call it from a
 /// blocking context.
@@ -59,46 +60,60 @@ pub fn load(
     file: &ManifestFile,
     options: LoadOptions,
 ) -> anyhow::Result<LoadedApp> {
-    let manifest = &file.manifest;
+    let spec = &file.spec;
     let info = Arc::new(AppInfo {
-        name: manifest.app.name.get_ref().as_str().into(),
-        properties: manifest.properties.clone(),
+        name: spec.name.as_str().into(),
+        properties: file.properties.values().clone(),
         limits: AppLimits::default(),
     });
+    let context = || format!("{} (app `{}`)", file.path.display(), spec.name);
 
     let mut flows: BTreeMap<&str, FlowPre> = BTreeMap::new();
-    for (name, flow) in &manifest.flows {
+    for flow in &spec.flows {
         if options.build {
-            builder::ensure_built(file, name, flow)?;
+            builder::ensure_built(file, &flow.name, &file.manifest.flows[&flow.name])?;
         }
-        let component = file.dir.join(flow.component.get_ref());
         let pre = runtime
-            .load_flow(&info, name, &component)
-            .with_context(|| format!("{}: flow `{name}`", file.path.display()))?;
-        flows.insert(name, pre);
+            .load_flow(&info, &flow.name, &flow.component)
+            .with_context(|| format!("{}: flow `{}`", context(), flow.name))?;
+        flows.insert(&flow.name, pre);
     }
 
     let mut triggers = Vec::new();
-    for trigger in &manifest.triggers {
-        let host = match &trigger.host {
-            Some(host) => host.get_ref().parse().expect("validated host address"),
-            None => IpAddr::V4(Ipv4Addr::LOCALHOST),
+    for (t, trigger) in spec.triggers.iter().enumerate() {
+        let tls = match &trigger.tls {
+            Some(tls_spec) => Some(
+                tls::server_config(tls_spec)
+                    .with_context(|| format!("{}: triggers[{t}].tls", context()))?,
+            ),
+            None => None,
         };
         let mut handlers = Vec::new();
-        for handler in &trigger.handlers {
-            let flow = flows
-                .get(handler.flow.get_ref().as_str())
-                .expect("validated flow reference")
-                .clone();
+        for (h, handler) in trigger.handlers.iter().enumerate() {
+            let schema = match &handler.schema {
+                Some(schema) => {
+                    Some(jsonschema::validator_for(&schema.schema).map_err(|error| {
+                        anyhow::anyhow!(
+                            "{}: triggers[{t}].handlers[{h}].schema: {}: {error}",
+                            context(),
+                            schema.origin
+                        )
+                    })?)
+                }
+                None => None,
+            };
+            let flow = flows[handler.flow.as_str()].clone();
             handlers.push(Arc::new(Handler {
-                path: PathPattern::parse(handler.path.get_ref()).expect("validated path"),
-                mode: handler.mode,
-                format: handler.format,
+                spec: handler.clone(),
+                schema,
                 flow,
             }));
         }
         triggers.push(TriggerConfig {
-            addr: SocketAddr::new(host, trigger.port()),
+            addr: trigger.addr,
+            tls,
+            limits: trigger.limits.clone(),
+            allowed_origins: trigger.allowed_origins.clone(),
             handlers,
         });
     }

@@ -21,13 +21,15 @@ const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone)]
 pub struct Endpoint {
     pub app: String,
+    /// `ws` or `wss`.
+    pub scheme: &'static str,
     pub addr: SocketAddr,
     pub path: String,
 }
 
 impl Endpoint {
     pub fn url(&self) -> String {
-        format!("ws://{}{}", self.addr, self.path)
+        format!("{}://{}{}", self.scheme, self.addr, self.path)
     }
 }
 
@@ -53,8 +55,9 @@ impl Server {
                 for handler in trigger.handlers() {
                     endpoints.push(Endpoint {
                         app: app.info.name.to_string(),
+                        scheme: trigger.scheme(),
                         addr,
-                        path: handler.path.to_string(),
+                        path: handler.spec.path.to_string(),
                     });
                 }
                 listeners.push((trigger, listener));

@@ -78,7 +78,7 @@ async fn unknown_path_is_refused_with_404_before_the_upgrade() {
     };
     assert_eq!(response.status(), 404);
     let body = String::from_utf8(response.body().clone().unwrap()).unwrap();
-    assert_eq!(body, "no handler for path /nowhere\n");
+    assert_eq!(body, "no handler for path /nowhere");
     server.stop().await;
 }
 

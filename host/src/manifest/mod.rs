@@ -25,6 +25,8 @@
 
 mod error;
 mod path;
+mod properties;
+pub mod spec;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -35,6 +37,7 @@ use toml::Spanned;
 
 pub use error::ManifestError;
 pub use path::{PathPattern, Segment};
+pub use properties::{PROPERTY_ENV_PREFIX, Properties};
 
 /// The port a trigger listens on when the manifest does not say.
 pub const DEFAULT_PORT: u16 = 9998;
@@ -48,6 +51,10 @@ pub struct ManifestFile {
     pub dir: PathBuf,
     pub source: String,
     pub manifest: Manifest,
+    /// The app's properties after environment overrides.
+    pub properties: Properties,
+    /// The app the manifest describes, validated and resolved.
+    pub spec: spec::AppSpec,
 }
 
 impl ManifestFile {
@@ -81,13 +88,16 @@ impl ManifestFile {
             .map(Path::to_path_buf)
             .filter(|dir| !dir.as_os_str().is_empty())
             .unwrap_or_else(|| PathBuf::from("."));
-        let file = Self {
+        let properties = Properties::new(&manifest.properties, std::env::vars());
+        let mut file = Self {
             path: path.to_path_buf(),
             dir,
             source,
             manifest,
+            properties,
+            spec: spec::AppSpec::default(),
         };
-        validate::validate(&file)?;
+        file.spec = validate::resolve(&file)?;
         Ok(file)
     }
 
@@ -98,6 +108,16 @@ impl ManifestFile {
         message: impl Into<String>,
     ) -> ManifestError {
         ManifestError::new(&self.path, message).at(&self.source, span)
+    }
+
+    /// A string setting with its `${NAME}` property references replaced.
+    pub fn resolve(&self, key: &str, value: &Spanned<String>) -> Result<String, ManifestError> {
+        self.properties
+            .substitute(value.get_ref())
+            .map_err(|problem| {
+                self.error_at(value.span(), format!("{key}: {problem}"))
+                    .help(problem.help())
+            })
     }
 }
 
@@ -112,6 +132,9 @@ pub struct Manifest {
     /// Flows by name: `[flows.NAME]`.
     #[serde(default)]
     pub flows: BTreeMap<String, FlowSection>,
+    /// App-level JSON schemas by name: `[schemas.NAME]`.
+    #[serde(default)]
+    pub schemas: BTreeMap<String, SchemaSource>,
     /// `[[triggers]]`: one WebSocket listener each.
     #[serde(default)]
     pub triggers: Vec<TriggerSection>,
@@ -151,41 +174,109 @@ pub struct FlowSection {
     pub sources: Option<Vec<String>>,
 }
 
+/// Where a JSON schema comes from: exactly one of `inline` (JSON text),
+/// `file` (relative to the manifest) or `app` (the name of a
+/// `[schemas.NAME]` entry; handlers only).
+///
+/// ```toml
+/// [schemas.order]
+/// file = "order.schema.json"
+///
+/// [[triggers.handlers]]
+/// schema = { app = "order" }
+/// # or: schema = { inline = '{"type": "object"}' }
+/// ```
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SchemaSource {
+    pub inline: Option<Spanned<String>>,
+    pub file: Option<Spanned<String>>,
+    pub app: Option<Spanned<String>>,
+}
+
 /// `[[triggers]]`: a WebSocket listener.
 ///
 /// ```toml
 /// [[triggers]]
-/// port = 9998
+/// port = 9998                  # or "${PORT}"
 /// host = "127.0.0.1"
+/// max_connections = 10000
+/// max_message_size = 1048576
+/// handshake_timeout = "10s"
+/// idle_timeout = "5m"
+/// ping_interval = "30s"
+/// allowed_origins = ["https://example.com"]
 /// ```
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TriggerSection {
-    /// Default 9998. Port 0 picks a free port.
-    pub port: Option<Spanned<u16>>,
+    /// Default 9998. Port 0 picks a free port. An integer, or a string
+    /// such as `"${PORT}"`.
+    pub port: Option<Spanned<toml::Value>>,
     /// The address to listen on. Default `127.0.0.1`; `0.0.0.0` for all
     /// interfaces.
     pub host: Option<Spanned<String>>,
+    /// TLS for this listener (`wss://`).
+    pub tls: Option<TlsSection>,
+    /// Connections beyond this are refused with HTTP 503 before the upgrade.
+    pub max_connections: Option<Spanned<u64>>,
+    /// Largest message or frame a client may send, in bytes (default 1 MiB;
+    /// larger: close 1009).
+    pub max_message_size: Option<Spanned<u64>>,
+    /// How long a client may take to complete TLS and the upgrade.
+    pub handshake_timeout: Option<Spanned<String>>,
+    /// Close a connection (1001) after this long without a frame from the
+    /// client. Off by default.
+    pub idle_timeout: Option<Spanned<String>>,
+    /// Send a ping this often. Off by default; `FLOGO_WEBSOCKET_SERVERPING=TRUE`
+    /// in the environment turns on a ping every 5 s.
+    pub ping_interval: Option<Spanned<String>>,
+    /// When set, only upgrade requests whose `Origin` header is in the list
+    /// are accepted (others get HTTP 403).
+    pub allowed_origins: Option<Vec<Spanned<String>>>,
     #[serde(default)]
     pub handlers: Vec<HandlerSection>,
 }
 
-impl TriggerSection {
-    pub fn port(&self) -> u16 {
-        self.port
-            .as_ref()
-            .map_or(DEFAULT_PORT, |port| *port.get_ref())
-    }
+/// `[triggers.tls]`: serve `wss://`.
+///
+/// ```toml
+/// [triggers.tls]
+/// enabled = true
+/// cert = "certs/server.pem"    # a file, PEM text or base64 PEM (e.g. "${SERVER_CERT}")
+/// key = "certs/server.key"
+/// client_ca = ["certs/ca.pem"] # optional: require client certificates signed by these
+/// ```
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    /// Default true when the table is present.
+    pub enabled: Option<Spanned<toml::Value>>,
+    pub cert: Option<Spanned<String>>,
+    pub key: Option<Spanned<String>>,
+    #[serde(default)]
+    pub client_ca: Vec<Spanned<String>>,
 }
 
 /// `[[triggers.handlers]]`: a path served by a flow.
 ///
 /// ```toml
 /// [[triggers.handlers]]
-/// path = "/rooms/{room}"
-/// mode = "connection"
+/// path = "/orders/{region}"
+/// mode = "data"
 /// format = "json"
-/// flow = "chat"
+/// schema = { app = "order" }
+/// on_invalid = "close"
+/// flow = "orders"
+/// query_params = [
+///   { name = "user", type = "string", required = true },
+///   { name = "tag", repeating = true },
+/// ]
+/// headers = [{ name = "X-Client" }]
+///
+/// [triggers.handlers.inputs]
+/// user = "$.queryParams.user"
+/// item = "$.content.item"
 /// ```
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -196,8 +287,49 @@ pub struct HandlerSection {
     pub mode: Mode,
     #[serde(default)]
     pub format: Format,
+    /// JSON Schema every message must satisfy (`format = "json"` only).
+    pub schema: Option<Spanned<SchemaSource>>,
+    /// What a message that is not valid JSON or fails the schema gets.
+    #[serde(default)]
+    pub on_invalid: OnInvalid,
     /// The name of a `[flows.NAME]` entry.
     pub flow: Spanned<String>,
+    #[serde(default)]
+    pub path_params: Vec<ParamSection>,
+    #[serde(default)]
+    pub query_params: Vec<ParamSection>,
+    #[serde(default)]
+    pub headers: Vec<ParamSection>,
+    /// Flow inputs by name, each mapped from a trigger output.
+    #[serde(default)]
+    pub inputs: BTreeMap<String, Spanned<String>>,
+}
+
+/// A declared path parameter, query parameter or header.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ParamSection {
+    pub name: Spanned<String>,
+    #[serde(default, rename = "type")]
+    pub ty: ParamType,
+    /// A list of values (a query parameter given several times, a header
+    /// given several times or with comma-separated values).
+    #[serde(default)]
+    pub repeating: bool,
+    /// Missing: HTTP 400 before the upgrade.
+    #[serde(default)]
+    pub required: bool,
+}
+
+/// The type a parameter's text is converted to.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ParamType {
+    #[default]
+    String,
+    Number,
+    Integer,
+    Boolean,
 }
 
 /// How a handler drives its flow.
@@ -218,6 +350,17 @@ pub enum Format {
     /// Passed through as text (or binary).
     #[default]
     String,
-    /// Parsed as JSON; invalid JSON closes the connection with 1007.
+    /// Parsed as JSON (and checked against the schema) before the flow runs.
     Json,
+}
+
+/// What happens to a message that is not valid JSON or fails the schema.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnInvalid {
+    /// Close the connection with 1007 and a reason naming the problem.
+    #[default]
+    Close,
+    /// Reply with `{"error": ..., "pointer": ...}` and keep the connection.
+    Reply,
 }

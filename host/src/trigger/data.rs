@@ -3,12 +3,13 @@
 
 use std::sync::Arc;
 
+use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
-use super::{Close, Handler, report};
-use crate::manifest::Format;
+use super::{Close, Handler, inputs, report, truncate_reason};
+use crate::manifest::{Format, OnInvalid};
 use crate::runtime::bindings::{Content, Event};
 use crate::runtime::{ConnectionShared, HostConnection};
 
@@ -26,10 +27,20 @@ pub async fn run(
             message = inbound.recv() => message?,
             () = shutdown.cancelled() => return Some(Close::GOING_AWAY),
         };
-        event.content = match decode(handler.format, message) {
-            Ok(content) => content,
-            Err(close) => return Some(close),
+        let json = match decode(handler, message, &mut event) {
+            Ok(json) => json,
+            Err(rejection) => match handler.spec.on_invalid {
+                OnInvalid::Close => return Some(Close::invalid_data(rejection.reason())),
+                OnInvalid::Reply => {
+                    // The error reply takes the place of the flow's answer.
+                    let _ = shared.send(Message::text(rejection.reply())).await;
+                    continue;
+                }
+            },
         };
+        if !handler.spec.inputs.is_empty() {
+            event.inputs = inputs::evaluate(&handler.spec.inputs, &event, json.as_ref());
+        }
         let connection = HostConnection::new(Arc::clone(shared), None);
         let (outcome, _stats) = handler.flow.execute(&event, connection, shared.id).await;
         if let Some(close) = report(handler, shared.id, outcome) {
@@ -38,27 +49,72 @@ pub async fn run(
     }
 }
 
-/// Turn a message into the content the handler's format calls for.
-fn decode(format: Format, message: Message) -> Result<Content, Close> {
-    match (format, message) {
-        (Format::String, Message::Text(text)) => Ok(Content::Text(text.as_str().to_owned())),
-        (Format::String, Message::Binary(bytes)) => Ok(Content::Binary(bytes.to_vec())),
-        (Format::Json, Message::Text(text)) => {
-            check_json(text.as_str())?;
-            Ok(Content::Json(text.as_str().to_owned()))
+/// Why a message was not passed to the flow.
+enum Rejection {
+    InvalidJson(String),
+    Schema { pointer: String, problem: String },
+}
+
+impl Rejection {
+    /// The close reason (truncated to fit a close frame by the caller).
+    fn reason(&self) -> String {
+        match self {
+            Rejection::InvalidJson(problem) => format!("invalid JSON: {problem}"),
+            Rejection::Schema { pointer, problem } => {
+                let at = if pointer.is_empty() { "/" } else { pointer };
+                truncate_reason(format!("schema violation at {at}: {problem}"))
+            }
         }
-        (Format::Json, Message::Binary(bytes)) => {
-            let text = std::str::from_utf8(&bytes).map_err(|_| {
-                Close::invalid_data("invalid JSON: the message is not UTF-8".into())
-            })?;
-            check_json(text)?;
-            Ok(Content::Json(text.to_owned()))
-        }
-        (_, other) => unreachable!("the reader passes on data messages only, got {other:?}"),
+    }
+
+    /// The error message sent instead of closing.
+    fn reply(&self) -> String {
+        let reply = match self {
+            Rejection::InvalidJson(problem) => serde_json::json!({
+                "error": "invalid JSON",
+                "detail": problem,
+            }),
+            Rejection::Schema { pointer, problem } => serde_json::json!({
+                "error": "schema violation",
+                "pointer": pointer,
+                "detail": problem,
+            }),
+        };
+        reply.to_string()
     }
 }
 
-fn check_json(text: &str) -> Result<serde_json::Value, Close> {
-    serde_json::from_str(text)
-        .map_err(|error| Close::invalid_data(format!("invalid JSON: {error}")))
+/// Put the message into `event.content` as the handler's format calls for,
+/// checking JSON and the schema. Returns the parsed JSON (JSON format).
+fn decode(
+    handler: &Handler,
+    message: Message,
+    event: &mut Event,
+) -> Result<Option<Value>, Rejection> {
+    let text = match (handler.spec.format, message) {
+        (Format::String, Message::Text(text)) => {
+            event.content = Content::Text(text.as_str().to_owned());
+            return Ok(None);
+        }
+        (Format::String, Message::Binary(bytes)) => {
+            event.content = Content::Binary(bytes.to_vec());
+            return Ok(None);
+        }
+        (Format::Json, Message::Text(text)) => text.as_str().to_owned(),
+        (Format::Json, Message::Binary(bytes)) => String::from_utf8(bytes.to_vec())
+            .map_err(|_| Rejection::InvalidJson("the message is not UTF-8".into()))?,
+        (_, other) => unreachable!("the reader passes on data messages only, got {other:?}"),
+    };
+    let value: Value =
+        serde_json::from_str(&text).map_err(|error| Rejection::InvalidJson(error.to_string()))?;
+    if let Some(schema) = &handler.schema
+        && let Err(error) = schema.validate(&value)
+    {
+        return Err(Rejection::Schema {
+            pointer: error.instance_path().to_string(),
+            problem: error.to_string(),
+        });
+    }
+    event.content = Content::Json(text);
+    Ok(Some(value))
 }

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use http::StatusCode;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request};
 
-use super::Handler;
+use super::{Handler, params};
+use crate::manifest::spec::ParamSpec;
 use crate::runtime::bindings::{Param, ParamValue};
 
 /// A request accepted for upgrade.
@@ -43,31 +44,36 @@ pub fn route(handlers: &[Arc<Handler>], request: &Request) -> Result<Routed, Ref
     let path = request.uri().path();
     let (handler, raw_params) = handlers
         .iter()
-        .filter_map(|handler| handler.path.matches(path).map(|params| (handler, params)))
-        .max_by_key(|(handler, _)| handler.path.specificity())
-        .ok_or_else(|| {
-            refuse(
-                StatusCode::NOT_FOUND,
-                format!("no handler for path {path}\n"),
-            )
-        })?;
+        .filter_map(|handler| {
+            handler
+                .spec
+                .path
+                .matches(path)
+                .map(|params| (handler, params))
+        })
+        .max_by_key(|(handler, _)| handler.spec.path.specificity())
+        .ok_or_else(|| refuse(StatusCode::NOT_FOUND, format!("no handler for path {path}")))?;
+    let spec = &handler.spec;
 
-    let mut path_params = Vec::with_capacity(raw_params.len());
+    let mut path_values = Vec::with_capacity(raw_params.len());
     for (name, raw) in raw_params {
         let value = percent_decode(raw, false).ok_or_else(|| {
-            refuse(
-                StatusCode::BAD_REQUEST,
-                format!("path parameter `{name}`: `{raw}` is not valid percent-encoded UTF-8\n"),
-            )
+            bad_request(format!(
+                "path parameter `{name}`: `{raw}` is not valid percent-encoded UTF-8"
+            ))
         })?;
-        path_params.push(Param {
-            name: name.to_owned(),
-            value: ParamValue::Text(value),
-        });
+        path_values.push((name.to_owned(), vec![value]));
     }
+    let path_params = typed(&spec.path_params, "path parameter", path_values)?;
 
-    let query_params = parse_query(request.uri().query().unwrap_or(""))?;
-    let headers = collect_headers(request);
+    let query_values = parse_query(request.uri().query().unwrap_or(""))?;
+    let query_params = typed(&spec.query_params, "query parameter", query_values)?;
+
+    let headers = typed(
+        &spec.headers,
+        "header",
+        header_values(request, &spec.headers),
+    )?;
 
     Ok(Routed {
         handler: Arc::clone(handler),
@@ -81,52 +87,86 @@ fn refuse(status: StatusCode, body: String) -> Refusal {
     Refusal { status, body }
 }
 
-/// Group `a=1&b=2&a=3` by name, keeping first-seen order; a name given more
-/// than once becomes a list.
-fn parse_query(query: &str) -> Result<Vec<Param>, Refusal> {
+fn bad_request(body: String) -> Refusal {
+    refuse(StatusCode::BAD_REQUEST, body)
+}
+
+/// Declared parameters converted to their types (in declaration order),
+/// then the undeclared ones as text (a list when given several times).
+fn typed(
+    declared: &[ParamSpec],
+    kind: &str,
+    mut raw: Vec<(String, Vec<String>)>,
+) -> Result<Vec<Param>, Refusal> {
+    let mut params = Vec::with_capacity(raw.len());
+    for spec in declared {
+        let values = raw
+            .iter()
+            .position(|(name, _)| *name == spec.name)
+            .map(|at| raw.remove(at).1)
+            .unwrap_or_default();
+        if let Some(value) = params::convert(spec, kind, values).map_err(bad_request)? {
+            params.push(Param {
+                name: spec.name.clone(),
+                value,
+            });
+        }
+    }
+    params.extend(
+        raw.into_iter()
+            .map(|(name, values)| text_param(name, values)),
+    );
+    Ok(params)
+}
+
+/// Group `a=1&b=2&a=3` by name, keeping first-seen order.
+fn parse_query(query: &str) -> Result<Vec<(String, Vec<String>)>, Refusal> {
     let mut grouped: Vec<(String, Vec<String>)> = Vec::new();
     for pair in query.split('&').filter(|pair| !pair.is_empty()) {
         let (raw_name, raw_value) = pair.split_once('=').unwrap_or((pair, ""));
         let decode = |raw: &str| {
             percent_decode(raw, true).ok_or_else(|| {
-                refuse(
-                    StatusCode::BAD_REQUEST,
-                    format!(
-                        "query parameter `{raw_name}`: `{raw}` is not valid percent-encoded UTF-8\n"
-                    ),
-                )
+                bad_request(format!(
+                    "query parameter `{raw_name}`: `{raw}` is not valid percent-encoded UTF-8"
+                ))
             })
         };
         let name = decode(raw_name)?;
         let value = decode(raw_value)?;
-        match grouped.iter_mut().find(|(existing, _)| *existing == name) {
-            Some((_, values)) => values.push(value),
-            None => grouped.push((name, vec![value])),
-        }
+        push_grouped(&mut grouped, name, value);
     }
-    Ok(grouped
-        .into_iter()
-        .map(|(name, values)| text_param(name, values))
-        .collect())
+    Ok(grouped)
 }
 
-fn collect_headers(request: &Request) -> Vec<Param> {
+/// Request headers grouped by (lower-case) name. A declared repeating
+/// header's comma-separated values count as separate values.
+fn header_values(request: &Request, declared: &[ParamSpec]) -> Vec<(String, Vec<String>)> {
     let mut grouped: Vec<(String, Vec<String>)> = Vec::new();
     for (name, value) in request.headers() {
-        let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
-        // `HeaderName`s are already lower case.
-        match grouped
-            .iter_mut()
-            .find(|(existing, _)| existing == name.as_str())
-        {
-            Some((_, values)) => values.push(value),
-            None => grouped.push((name.as_str().to_owned(), vec![value])),
+        let value = String::from_utf8_lossy(value.as_bytes());
+        let repeating = declared
+            .iter()
+            .any(|spec| spec.repeating && spec.name == name.as_str());
+        if repeating {
+            for part in value
+                .split(',')
+                .map(str::trim)
+                .filter(|part| !part.is_empty())
+            {
+                push_grouped(&mut grouped, name.as_str().to_owned(), part.to_owned());
+            }
+        } else {
+            push_grouped(&mut grouped, name.as_str().to_owned(), value.into_owned());
         }
     }
     grouped
-        .into_iter()
-        .map(|(name, values)| text_param(name, values))
-        .collect()
+}
+
+fn push_grouped(grouped: &mut Vec<(String, Vec<String>)>, name: String, value: String) {
+    match grouped.iter_mut().find(|(existing, _)| *existing == name) {
+        Some((_, values)) => values.push(value),
+        None => grouped.push((name, vec![value])),
+    }
 }
 
 fn text_param(name: String, mut values: Vec<String>) -> Param {
@@ -183,10 +223,13 @@ mod tests {
     #[test]
     fn query_groups_repeated_names() {
         let params = parse_query("tag=a&user=bo&tag=b&empty").unwrap();
-        assert_eq!(params.len(), 3);
-        assert_eq!(params[0].name, "tag");
-        assert!(matches!(&params[0].value, ParamValue::TextList(v) if v == &["a", "b"]));
-        assert!(matches!(&params[1].value, ParamValue::Text(v) if v == "bo"));
-        assert!(matches!(&params[2].value, ParamValue::Text(v) if v.is_empty()));
+        assert_eq!(
+            params,
+            vec![
+                ("tag".to_owned(), vec!["a".to_owned(), "b".to_owned()]),
+                ("user".to_owned(), vec!["bo".to_owned()]),
+                ("empty".to_owned(), vec![String::new()]),
+            ]
+        );
     }
 }

@@ -1,49 +1,52 @@
-//! The WebSocket trigger: listeners, the upgrade handshake, and the two
-//! ways a handler drives its flow (data and connection mode).
+//! The WebSocket trigger: listeners (plain or TLS), the upgrade handshake,
+//! and the two ways a handler drives its flow (data and connection mode).
 
 mod data;
 mod handshake;
+mod inputs;
+mod params;
 mod pump;
 mod session;
+pub mod tls;
 
 use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use http::StatusCode;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::loader::AppInfo;
-use crate::manifest::{Format, Mode, PathPattern};
+use crate::manifest::Mode;
+use crate::manifest::spec::{HandlerSpec, TriggerLimits};
 use crate::runtime::bindings::{Content, Event};
 use crate::runtime::{FlowPre, Outcome, bindings};
 
+use handshake::Refusal;
 use pump::Pump;
-
-/// Largest message (and frame) a client may send, unless configured.
-pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 1 << 20;
-
-/// A client that has not finished the upgrade by then is dropped, so idle
-/// sockets cannot pile up before the handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A path served by a flow.
 pub struct Handler {
-    pub path: PathPattern,
-    pub mode: Mode,
-    pub format: Format,
+    pub spec: HandlerSpec,
+    /// The handler's JSON schema, compiled once at load time.
+    pub schema: Option<jsonschema::Validator>,
     pub flow: FlowPre,
 }
 
 /// One listener and the handlers it routes to.
 pub struct TriggerConfig {
     pub addr: SocketAddr,
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    pub limits: TriggerLimits,
+    pub allowed_origins: Option<Vec<String>>,
     pub handlers: Vec<Arc<Handler>>,
 }
 
@@ -57,6 +60,7 @@ pub struct Close {
 impl Close {
     pub const NORMAL: Close = Close::fixed(1000, "");
     pub const GOING_AWAY: Close = Close::fixed(1001, "server shutting down");
+    pub const IDLE: Close = Close::fixed(1001, "idle timeout");
     pub const INTERNAL_ERROR: Close = Close::fixed(1011, "internal error");
     pub const FLOW_FAILED: Close = Close::fixed(1011, "flow failed");
 
@@ -77,7 +81,7 @@ impl Close {
 }
 
 /// Close reasons must fit a control frame: at most 123 bytes of UTF-8.
-fn truncate_reason(mut reason: String) -> String {
+pub fn truncate_reason(mut reason: String) -> String {
     const MAX: usize = crate::runtime::connection::MAX_CLOSE_REASON;
     if reason.len() > MAX {
         let mut end = MAX;
@@ -89,7 +93,7 @@ fn truncate_reason(mut reason: String) -> String {
     reason
 }
 
-/// Log how an execution ended; a trap means the connection must close.
+/// Log how an execution ended and decide whether the connection must close.
 /// Details of a failure go to the log only, never to the client.
 fn report(handler: &Handler, connection: u64, outcome: Outcome) -> Option<Close> {
     let app = &*handler.flow.app().name;
@@ -103,7 +107,7 @@ fn report(handler: &Handler, connection: u64, outcome: Outcome) -> Option<Close>
                 conn = connection,
                 "flow returned an error: {message}"
             );
-            match handler.mode {
+            match handler.spec.mode {
                 Mode::Data => None,
                 Mode::Connection => Some(Close::FLOW_FAILED),
             }
@@ -119,29 +123,57 @@ fn report(handler: &Handler, connection: u64, outcome: Outcome) -> Option<Close>
 pub struct WsTrigger {
     app: Arc<AppInfo>,
     handlers: Vec<Arc<Handler>>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    limits: TriggerLimits,
+    allowed_origins: Option<Vec<String>>,
     ws_config: WebSocketConfig,
-    max_message_size: usize,
+    /// Upgraded connections currently open.
+    open: Arc<AtomicUsize>,
 }
 
 /// Connection ids are unique across the whole host.
 static NEXT_CONNECTION_ID: AtomicU64 = AtomicU64::new(1);
 
+/// Buffers sized for messages, not bulk transfer: tungstenite's defaults
+/// (128 KiB each way) would cost every idle connection a quarter MiB.
+const READ_BUFFER: usize = 4 * 1024;
+const WRITE_BUFFER: usize = 4 * 1024;
+
+/// Counts an open connection until dropped.
+struct OpenGuard(Arc<AtomicUsize>);
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 impl WsTrigger {
     pub fn new(app: Arc<AppInfo>, config: &TriggerConfig) -> Self {
-        let max_message_size = DEFAULT_MAX_MESSAGE_SIZE;
+        let limits = config.limits.clone();
         let ws_config = WebSocketConfig::default()
-            .max_message_size(Some(max_message_size))
-            .max_frame_size(Some(max_message_size));
+            .read_buffer_size(READ_BUFFER)
+            .write_buffer_size(WRITE_BUFFER)
+            .max_message_size(Some(limits.max_message_size))
+            .max_frame_size(Some(limits.max_message_size));
         Self {
             app,
             handlers: config.handlers.clone(),
+            tls: config.tls.clone().map(tokio_rustls::TlsAcceptor::from),
+            limits,
+            allowed_origins: config.allowed_origins.clone(),
             ws_config,
-            max_message_size,
+            open: Arc::new(AtomicUsize::new(0)),
         }
     }
 
     pub fn handlers(&self) -> &[Arc<Handler>] {
         &self.handlers
+    }
+
+    /// `ws` or `wss`.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.is_some() { "wss" } else { "ws" }
     }
 
     /// Accept connections on an already-bound listener until `shutdown`.
@@ -174,7 +206,52 @@ impl WsTrigger {
 
     async fn connection(&self, stream: TcpStream, peer: SocketAddr, shutdown: CancellationToken) {
         let _ = stream.set_nodelay(true);
-        self.serve_stream(stream, peer, shutdown).await;
+        let deadline = Instant::now() + self.limits.handshake_timeout;
+        match &self.tls {
+            None => self.serve_stream(stream, peer, deadline, shutdown).await,
+            Some(acceptor) => {
+                match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
+                    Ok(Ok(tls)) => self.serve_stream(tls, peer, deadline, shutdown).await,
+                    Ok(Err(error)) => tracing::debug!(%peer, "TLS handshake failed: {error}"),
+                    Err(_elapsed) => tracing::debug!(%peer, "TLS handshake timed out"),
+                }
+            }
+        }
+    }
+
+    /// Decide whether to upgrade: route, origin, parameters, capacity.
+    fn admit(&self, request: &Request) -> Result<(handshake::Routed, OpenGuard), Refusal> {
+        let routed = handshake::route(&self.handlers, request)?;
+        if let Some(allowed) = &self.allowed_origins {
+            let origin = request
+                .headers()
+                .get(http::header::ORIGIN)
+                .map(|origin| String::from_utf8_lossy(origin.as_bytes()).into_owned());
+            let permitted = origin
+                .as_deref()
+                .is_some_and(|origin| allowed.iter().any(|allowed| allowed == origin));
+            if !permitted {
+                let body = match origin {
+                    Some(origin) => format!("origin `{origin}` is not allowed"),
+                    None => "an Origin header is required".to_owned(),
+                };
+                return Err(Refusal {
+                    status: StatusCode::FORBIDDEN,
+                    body,
+                });
+            }
+        }
+        let open = self.open.fetch_add(1, Ordering::AcqRel);
+        let guard = OpenGuard(Arc::clone(&self.open));
+        if let Some(max) = self.limits.max_connections
+            && open >= max
+        {
+            return Err(Refusal {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                body: format!("the server is at its limit of {max} connections; try again later"),
+            });
+        }
+        Ok((routed, guard))
     }
 
     /// Upgrade and serve one client over any byte stream (TCP or TLS).
@@ -182,22 +259,27 @@ impl WsTrigger {
         clippy::result_large_err,
         reason = "tungstenite's handshake callback returns its ErrorResponse by value"
     )]
-    async fn serve_stream<S>(&self, stream: S, peer: SocketAddr, shutdown: CancellationToken)
-    where
+    async fn serve_stream<S>(
+        &self,
+        stream: S,
+        peer: SocketAddr,
+        deadline: Instant,
+        shutdown: CancellationToken,
+    ) where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let mut routed = None;
+        let mut admitted = None;
         let callback = |request: &Request, response: Response| -> Result<Response, ErrorResponse> {
-            let accepted = handshake::route(&self.handlers, request).map_err(|refusal| {
-                tracing::debug!(%peer, path = request.uri().path(), status = %refusal.status, "upgrade refused");
+            let accepted = self.admit(request).map_err(|refusal| {
+                tracing::debug!(%peer, path = request.uri().path(), status = %refusal.status, "upgrade refused: {}", refusal.body);
                 refusal.into_response()
             })?;
-            routed = Some(accepted);
+            admitted = Some(accepted);
             Ok(response)
         };
         let upgrade =
             tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(self.ws_config));
-        let ws = match tokio::time::timeout(HANDSHAKE_TIMEOUT, upgrade).await {
+        let ws = match tokio::time::timeout_at(deadline, upgrade).await {
             Ok(Ok(ws)) => ws,
             Ok(Err(error)) => {
                 tracing::debug!(%peer, "handshake refused or failed: {error}");
@@ -208,14 +290,16 @@ impl WsTrigger {
                 return;
             }
         };
-        let Some(routed) = routed else { return };
+        let Some((routed, _open)) = admitted else {
+            return;
+        };
         let handler = routed.handler;
         let id = NEXT_CONNECTION_ID.fetch_add(1, Ordering::Relaxed);
-        tracing::debug!(app = &*self.app.name, conn = id, %peer, path = %handler.path, "connected");
+        tracing::debug!(app = &*self.app.name, conn = id, %peer, path = %handler.spec.path, "connected");
 
-        let (pump, inbound) = Pump::start(ws, id, peer, self.max_message_size);
-        let event = Event {
-            mode: match handler.mode {
+        let (pump, inbound) = Pump::start(ws, id, peer, &self.limits);
+        let mut event = Event {
+            mode: match handler.spec.mode {
                 Mode::Data => bindings::Mode::Data,
                 Mode::Connection => bindings::Mode::Connection,
             },
@@ -225,9 +309,10 @@ impl WsTrigger {
             headers: routed.headers,
             inputs: Vec::new(),
         };
-        let close = match handler.mode {
+        let close = match handler.spec.mode {
             Mode::Data => data::run(&handler, &pump.shared, inbound, event, &shutdown).await,
             Mode::Connection => {
+                event.inputs = inputs::evaluate(&handler.spec.inputs, &event, None);
                 session::run(&handler, &pump.shared, inbound, event, &shutdown).await
             }
         };

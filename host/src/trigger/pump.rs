@@ -19,6 +19,8 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{self, Message};
 
+use super::Close;
+use crate::manifest::spec::TriggerLimits;
 use crate::runtime::{ConnectionShared, Outbound};
 
 /// Messages a connection may have queued towards the client before a
@@ -50,7 +52,7 @@ impl Pump {
         ws: WebSocketStream<S>,
         id: u64,
         peer: SocketAddr,
-        max_message_size: usize,
+        limits: &TriggerLimits,
     ) -> (Self, mpsc::Receiver<Message>)
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -58,9 +60,19 @@ impl Pump {
         let (sink, stream) = ws.split();
         let (out_tx, out_rx) = mpsc::channel(OUTBOUND_QUEUE);
         let (in_tx, in_rx) = mpsc::channel(INBOUND_QUEUE);
-        let shared = Arc::new(ConnectionShared::new(id, peer, max_message_size, out_tx));
-        let writer = tokio::spawn(write_loop(sink, out_rx));
-        let reader = tokio::spawn(read_loop(stream, in_tx, Arc::clone(&shared)));
+        let shared = Arc::new(ConnectionShared::new(
+            id,
+            peer,
+            limits.max_message_size,
+            out_tx,
+        ));
+        let writer = tokio::spawn(write_loop(sink, out_rx, limits.ping_interval));
+        let reader = tokio::spawn(read_loop(
+            stream,
+            in_tx,
+            Arc::clone(&shared),
+            limits.idle_timeout,
+        ));
         let pump = Self {
             shared,
             reader,
@@ -99,11 +111,30 @@ impl Pump {
 type Sink<S> = SplitSink<WebSocketStream<S>, Message>;
 type Stream<S> = SplitStream<WebSocketStream<S>>;
 
-async fn write_loop<S>(mut sink: Sink<S>, mut outbound: mpsc::Receiver<Outbound>)
-where
+async fn write_loop<S>(
+    mut sink: Sink<S>,
+    mut outbound: mpsc::Receiver<Outbound>,
+    ping_interval: Option<Duration>,
+) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    while let Some(next) = outbound.recv().await {
+    let mut pings = ping_interval.map(|period| {
+        let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        interval
+    });
+    loop {
+        let next = tokio::select! {
+            next = outbound.recv() => next,
+            _ = tick(&mut pings) => {
+                if let Err(error) = sink.send(Message::Ping(Default::default())).await {
+                    log_error("ping", &error);
+                    return;
+                }
+                continue;
+            }
+        };
+        let Some(next) = next else { return };
         let result = match next {
             Outbound::Message(message) => {
                 // Batch: flush only once nothing else is waiting.
@@ -129,16 +160,44 @@ where
     }
 }
 
+/// Wait for the next tick, or forever without an interval.
+async fn tick(interval: &mut Option<tokio::time::Interval>) {
+    match interval {
+        Some(interval) => {
+            interval.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
 async fn read_loop<S>(
     mut stream: Stream<S>,
     inbound: mpsc::Sender<Message>,
     shared: Arc<ConnectionShared>,
+    idle_timeout: Option<Duration>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     // Keep reading after a close frame: tungstenite sends its reply on the
     // next read, and the stream ends once the handshake is complete.
-    while let Some(frame) = stream.next().await {
+    loop {
+        let next = match idle_timeout {
+            // Any frame, a pong included, counts as activity. Once closing,
+            // the close timeout of `Pump::finish` takes over.
+            Some(idle) if !shared.is_closed() => {
+                match tokio::time::timeout(idle, stream.next()).await {
+                    Ok(next) => next,
+                    Err(_elapsed) => {
+                        tracing::debug!(conn = shared.id, "idle timeout");
+                        let close = Close::IDLE;
+                        shared.close(close.code, close.reason).await;
+                        continue;
+                    }
+                }
+            }
+            _ => stream.next().await,
+        };
+        let Some(frame) = next else { break };
         match frame {
             Ok(message @ (Message::Text(_) | Message::Binary(_))) => {
                 // After the flow side has stopped (a trap, a shutdown), data
