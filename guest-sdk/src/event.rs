@@ -133,6 +133,13 @@ impl Event {
             .map_err(|error| Error::msg(format!("flow input `{name}`: {error}")))
     }
 
+    /// All mapped flow inputs, as `(name, JSON text)`.
+    pub fn inputs(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.inputs
+            .iter()
+            .map(|i| (i.name.as_str(), i.json.as_str()))
+    }
+
     /// All path parameters.
     pub fn path_params(&self) -> impl Iterator<Item = (&str, &ParamValue)> {
         self.path_params.iter().map(|p| (p.name.as_str(), &p.value))

@@ -107,6 +107,7 @@ async fn flow_sees_path_query_and_header_params() {
             "query": { "tag": ["a", "b"], "q": "x y" },
             "headers": { "x-client": "tests" },
             "properties": {},
+            "inputs": {},
         })
     );
     server.stop().await;

@@ -2,7 +2,11 @@
 //! guest programs compiled to components by the harness.
 
 mod connection_mode;
+mod content;
 mod data_mode;
 mod failures;
+mod limits;
 mod manifests;
+mod params;
 mod shutdown;
+mod tls;

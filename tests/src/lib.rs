@@ -123,6 +123,43 @@ pub async fn connect(url: &str) -> Client {
     client
 }
 
+/// An upgrade the server refused before the upgrade: its status and body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    pub status: u16,
+    pub body: String,
+}
+
+/// A client request for `url` with extra headers.
+pub fn request(url: &str, headers: &[(&str, &str)]) -> http::Request<()> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+    let mut request = url.into_client_request().expect("a valid ws:// URL");
+    for (name, value) in headers {
+        request.headers_mut().append(
+            http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            value.parse().unwrap(),
+        );
+    }
+    request
+}
+
+/// Connect with `request`; a refused upgrade comes back as [`Refused`].
+pub async fn try_connect(request: http::Request<()>) -> Result<Client, Refused> {
+    use tokio_tungstenite::tungstenite::Error;
+    match tokio::time::timeout(TIMEOUT, tokio_tungstenite::connect_async(request))
+        .await
+        .expect("connect timed out")
+    {
+        Ok((client, _)) => Ok(client),
+        Err(Error::Http(response)) => Err(Refused {
+            status: response.status().as_u16(),
+            body: String::from_utf8_lossy(response.body().as_deref().unwrap_or_default())
+                .into_owned(),
+        }),
+        Err(other) => panic!("connecting failed without an HTTP response: {other}"),
+    }
+}
+
 /// The next data or close message, skipping pings and pongs.
 pub async fn next_message(client: &mut Client) -> Message {
     loop {
@@ -164,6 +201,22 @@ pub async fn send_text(client: &mut Client, text: &str) {
         .expect("sending a text message");
 }
 
+/// The next message, which must be JSON text.
+pub async fn next_json(client: &mut Client) -> serde_json::Value {
+    let text = next_text(client).await;
+    serde_json::from_str(&text).unwrap_or_else(|error| panic!("not JSON ({error}): {text}"))
+}
+
+/// The client's local address, as the server sees its peer.
+pub fn local_addr(client: &Client) -> std::net::SocketAddr {
+    match client.get_ref() {
+        MaybeTlsStream::Plain(tcp) => tcp.local_addr().unwrap(),
+        _ => unreachable!("plain ws:// connection"),
+    }
+}
+
+pub mod pki;
+
 /// Everything the host logged in this process, for tests that check what a
 /// flow or the host reported.
 fn log_buffer() -> &'static Arc<Mutex<Vec<u8>>> {
@@ -193,6 +246,14 @@ fn init_logs() {
             .with_writer(|| LogWriter)
             .try_init();
     });
+}
+
+/// The lines logged so far.
+pub fn log_lines() -> Vec<String> {
+    String::from_utf8_lossy(&log_buffer().lock().unwrap())
+        .lines()
+        .map(str::to_owned)
+        .collect()
 }
 
 /// Wait until the log contains `needle`; panics after the timeout.

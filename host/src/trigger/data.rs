@@ -43,7 +43,7 @@ pub async fn run(
         }
         let connection = HostConnection::new(Arc::clone(shared), None);
         let (outcome, _stats) = handler.flow.execute(&event, connection, shared.id).await;
-        if let Some(close) = report(handler, shared.id, outcome) {
+        if let Some(close) = report(handler, shared, outcome) {
             return Some(close);
         }
     }

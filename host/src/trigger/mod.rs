@@ -28,7 +28,7 @@ use crate::loader::AppInfo;
 use crate::manifest::Mode;
 use crate::manifest::spec::{HandlerSpec, TriggerLimits};
 use crate::runtime::bindings::{Content, Event};
-use crate::runtime::{FlowPre, Outcome, bindings};
+use crate::runtime::{ConnectionShared, FlowPre, Outcome, bindings};
 
 use handshake::Refusal;
 use pump::Pump;
@@ -95,25 +95,31 @@ pub fn truncate_reason(mut reason: String) -> String {
 
 /// Log how an execution ended and decide whether the connection must close.
 /// Details of a failure go to the log only, never to the client.
-fn report(handler: &Handler, connection: u64, outcome: Outcome) -> Option<Close> {
+fn report(handler: &Handler, connection: &ConnectionShared, outcome: Outcome) -> Option<Close> {
     let app = &*handler.flow.app().name;
     let flow = handler.flow.name();
+    let conn = connection.id;
     match outcome {
         Outcome::Completed => None,
-        Outcome::Failed(message) => {
-            tracing::warn!(
+        // A flow that fails because its client has gone is no news.
+        Outcome::Failed(message) if connection.is_closed() => {
+            tracing::debug!(
                 app,
                 flow,
-                conn = connection,
-                "flow returned an error: {message}"
+                conn,
+                "flow returned an error after the close: {message}"
             );
+            None
+        }
+        Outcome::Failed(message) => {
+            tracing::warn!(app, flow, conn, "flow returned an error: {message}");
             match handler.spec.mode {
                 Mode::Data => None,
                 Mode::Connection => Some(Close::FLOW_FAILED),
             }
         }
         Outcome::Trapped(trap) => {
-            tracing::error!(app, flow, conn = connection, "flow trapped: {trap:?}");
+            tracing::error!(app, flow, conn, "flow trapped: {trap:?}");
             Some(Close::INTERNAL_ERROR)
         }
     }

@@ -11,13 +11,14 @@ use std::time::Duration;
 
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_util::sync::CancellationToken;
 
 use super::Close;
 use crate::manifest::spec::TriggerLimits;
@@ -36,27 +37,34 @@ const INBOUND_QUEUE: usize = 16;
 /// drops the connection.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// A running connection: its shared state, the messages read from the
-/// client, and the tasks that move frames.
-pub struct Pump {
+/// After the closing handshake (or a read error), the host stops writing and
+/// reads and discards what the client still sends for up to this long
+/// before closing the socket: closing with unread data would reset the
+/// connection and could destroy the close frame before the client reads it.
+const LINGER: Duration = Duration::from_secs(2);
+
+/// A running connection: its shared state and the tasks that move frames.
+/// Each task hands its half of the socket back when it ends.
+pub struct Pump<S> {
     pub shared: Arc<ConnectionShared>,
-    reader: JoinHandle<()>,
-    writer: JoinHandle<()>,
+    reader: JoinHandle<Stream<S>>,
+    writer: JoinHandle<Sink<S>>,
+    stop_writer: CancellationToken,
 }
 
-impl Pump {
+impl<S> Pump<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     /// Start moving frames. Returns the pump and the messages read from the
     /// client; the receiver yields `None` once the client has closed or the
     /// connection has failed.
-    pub fn start<S>(
+    pub fn start(
         ws: WebSocketStream<S>,
         id: u64,
         peer: SocketAddr,
         limits: &TriggerLimits,
-    ) -> (Self, mpsc::Receiver<Message>)
-    where
-        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    {
+    ) -> (Self, mpsc::Receiver<Message>) {
         let (sink, stream) = ws.split();
         let (out_tx, out_rx) = mpsc::channel(OUTBOUND_QUEUE);
         let (in_tx, in_rx) = mpsc::channel(INBOUND_QUEUE);
@@ -66,7 +74,13 @@ impl Pump {
             limits.max_message_size,
             out_tx,
         ));
-        let writer = tokio::spawn(write_loop(sink, out_rx, limits.ping_interval));
+        let stop_writer = CancellationToken::new();
+        let writer = tokio::spawn(write_loop(
+            sink,
+            out_rx,
+            limits.ping_interval,
+            stop_writer.clone(),
+        ));
         let reader = tokio::spawn(read_loop(
             stream,
             in_tx,
@@ -77,35 +91,66 @@ impl Pump {
             shared,
             reader,
             writer,
+            stop_writer,
         };
         (pump, in_rx)
     }
 
     /// End the connection: send `close` (unless a close was already sent or
-    /// received), wait for the closing handshake, then drop the socket.
+    /// received), wait for the closing handshake, then shut the socket down
+    /// gracefully.
     pub async fn finish(self, close: Option<(u16, &str)>) {
         let Self {
             shared,
             mut reader,
-            writer,
+            mut writer,
+            stop_writer,
         } = self;
         if let Some((code, reason)) = close {
             shared.close(code, reason).await;
         }
-        if tokio::time::timeout(CLOSE_TIMEOUT, &mut reader)
-            .await
-            .is_err()
+        let stream = match tokio::time::timeout(CLOSE_TIMEOUT, &mut reader).await {
+            Ok(stream) => stream.ok(),
+            Err(_elapsed) => {
+                tracing::debug!(
+                    conn = shared.id,
+                    "client did not complete the closing handshake"
+                );
+                reader.abort();
+                None
+            }
+        };
+        // The writer sends what is still queued up to a close frame, then
+        // hands back its half; a client that does not read cannot hold it.
+        stop_writer.cancel();
+        let sink = match tokio::time::timeout(CLOSE_TIMEOUT, &mut writer).await {
+            Ok(sink) => sink.ok(),
+            Err(_elapsed) => {
+                writer.abort();
+                None
+            }
+        };
+        if let (Some(sink), Some(stream)) = (sink, stream)
+            && let Ok(ws) = sink.reunite(stream)
         {
-            tracing::debug!(
-                conn = shared.id,
-                "client did not complete the closing handshake"
-            );
-            reader.abort();
+            linger(ws.into_inner()).await;
         }
-        // The writer has sent the close frame (or the peer closed first and
-        // nothing more can be sent); stop it.
-        writer.abort();
     }
+}
+
+/// Half-close the socket and drain what the client still sends, so the
+/// final frames reach it intact.
+async fn linger<S: AsyncRead + AsyncWrite + Unpin>(mut socket: S) {
+    let drain = async {
+        let _ = socket.shutdown().await;
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = socket.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER, drain).await;
 }
 
 type Sink<S> = SplitSink<WebSocketStream<S>, Message>;
@@ -115,7 +160,9 @@ async fn write_loop<S>(
     mut sink: Sink<S>,
     mut outbound: mpsc::Receiver<Outbound>,
     ping_interval: Option<Duration>,
-) where
+    stop: CancellationToken,
+) -> Sink<S>
+where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let mut pings = ping_interval.map(|period| {
@@ -125,16 +172,27 @@ async fn write_loop<S>(
     });
     loop {
         let next = tokio::select! {
+            biased;
             next = outbound.recv() => next,
             _ = tick(&mut pings) => {
                 if let Err(error) = sink.send(Message::Ping(Default::default())).await {
                     log_error("ping", &error);
-                    return;
+                    return sink;
                 }
                 continue;
             }
+            () = stop.cancelled() => {
+                // Only a queued close frame still matters.
+                while let Ok(next) = outbound.try_recv() {
+                    if let Outbound::Close(code, reason) = next {
+                        send_close(&mut sink, code, reason).await;
+                        break;
+                    }
+                }
+                return sink;
+            }
         };
-        let Some(next) = next else { return };
+        let Some(next) = next else { return sink };
         let result = match next {
             Outbound::Message(message) => {
                 // Batch: flush only once nothing else is waiting.
@@ -145,19 +203,26 @@ async fn write_loop<S>(
                 }
             }
             Outbound::Close(code, reason) => {
-                let frame = CloseFrame {
-                    code: CloseCode::from(code),
-                    reason: reason.into(),
-                };
-                let _ = sink.send(Message::Close(Some(frame))).await;
-                return;
+                send_close(&mut sink, code, reason).await;
+                return sink;
             }
         };
         if let Err(error) = result {
             log_error("write", &error);
-            return;
+            return sink;
         }
     }
+}
+
+async fn send_close<S>(sink: &mut Sink<S>, code: u16, reason: String)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let frame = CloseFrame {
+        code: CloseCode::from(code),
+        reason: reason.into(),
+    };
+    let _ = sink.send(Message::Close(Some(frame))).await;
 }
 
 /// Wait for the next tick, or forever without an interval.
@@ -175,7 +240,8 @@ async fn read_loop<S>(
     inbound: mpsc::Sender<Message>,
     shared: Arc<ConnectionShared>,
     idle_timeout: Option<Duration>,
-) where
+) -> Stream<S>
+where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     // Keep reading after a close frame: tungstenite sends its reply on the
@@ -216,6 +282,7 @@ async fn read_loop<S>(
         }
     }
     shared.mark_closed();
+    stream
 }
 
 /// The close a protocol-level read error calls for, if the connection can

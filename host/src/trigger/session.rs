@@ -31,5 +31,5 @@ pub async fn run(
             execution.await
         }
     };
-    Some(report(handler, shared.id, outcome).unwrap_or(Close::NORMAL))
+    Some(report(handler, shared, outcome).unwrap_or(Close::NORMAL))
 }

@@ -1,5 +1,5 @@
 //! Replies with the event it was given, as one JSON message: mode, content,
-//! path and query parameters, selected headers, inputs and properties.
+//! path and query parameters, `x-` headers, properties and mapped inputs.
 
 use serde_json::{Map, Value, json};
 use wsflow_sdk::{Connection, Content, Event, Flow, Mode, ParamValue};
@@ -40,6 +40,10 @@ impl Flow for Params {
             .into_iter()
             .map(|(name, value)| (name, json!(value)))
             .collect();
+        let inputs = event
+            .inputs()
+            .map(|(name, json)| Ok((name.to_owned(), serde_json::from_str::<Value>(json)?)))
+            .collect::<Result<Map<String, Value>, serde_json::Error>>()?;
         let reply = json!({
             "mode": match event.mode() { Mode::Data => "data", Mode::Connection => "connection" },
             "content": content,
@@ -47,6 +51,7 @@ impl Flow for Params {
             "query": object(event.query_params()),
             "headers": headers,
             "properties": properties,
+            "inputs": inputs,
         });
         conn.send_json(&reply)?;
         Ok(())

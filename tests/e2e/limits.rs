@@ -1,0 +1,197 @@
+//! Limits and lifecycle: message size, connection count, origins, idle
+//! timeout, server pings, handshake timeout, and a bounded outbound queue.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tokio::io::AsyncReadExt;
+use tokio_tungstenite::tungstenite::Message;
+use wsflow_tests::{
+    Refused, TIMEOUT, TestServer, connect, local_addr, next_close, next_message, next_text,
+    programs, request, send_text, single_handler_manifest, try_connect,
+};
+
+fn echo_with(trigger_settings: &str) -> String {
+    single_handler_manifest(programs::ECHO, "path = \"/echo\"")
+        .replace("port = 0", &format!("port = 0\n{trigger_settings}"))
+}
+
+#[tokio::test]
+async fn a_message_over_the_size_limit_closes_with_1009() {
+    let server = TestServer::start(&echo_with("max_message_size = 1024")).await;
+    let mut client = connect(&server.url("/echo")).await;
+    send_text(&mut client, &"a".repeat(1024)).await;
+    assert_eq!(next_text(&mut client).await.len(), 1024);
+    send_text(&mut client, &"a".repeat(1025)).await;
+    let close = next_close(&mut client).await;
+    assert_eq!(u16::from(close.code), 1009);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn connections_over_the_limit_get_503_before_the_upgrade() {
+    let server = TestServer::start(&echo_with("max_connections = 2")).await;
+    let url = server.url("/echo");
+    let first = connect(&url).await;
+    let mut second = connect(&url).await;
+    let refused = try_connect(request(&url, &[]))
+        .await
+        .err()
+        .expect("third is refused");
+    assert_eq!(
+        refused,
+        Refused {
+            status: 503,
+            body: "the server is at its limit of 2 connections; try again later".into()
+        }
+    );
+    drop(first);
+    // The slot frees once the server has seen the first connection end.
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    let mut third = loop {
+        match try_connect(request(&url, &[])).await {
+            Ok(client) => break client,
+            Err(refused) if refused.status == 503 && tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(refused) => panic!("{refused:?}"),
+        }
+    };
+    send_text(&mut third, "three").await;
+    assert_eq!(next_text(&mut third).await, "three");
+    send_text(&mut second, "two").await;
+    assert_eq!(next_text(&mut second).await, "two");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn only_allowed_origins_may_connect() {
+    let server =
+        TestServer::start(&echo_with("allowed_origins = [\"https://good.example\"]")).await;
+    let url = server.url("/echo");
+    let missing = try_connect(request(&url, &[])).await.err().unwrap();
+    assert_eq!(
+        missing,
+        Refused {
+            status: 403,
+            body: "an Origin header is required".into()
+        }
+    );
+    let evil = try_connect(request(&url, &[("Origin", "https://evil.example")]))
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(
+        evil,
+        Refused {
+            status: 403,
+            body: "origin `https://evil.example` is not allowed".into()
+        }
+    );
+    let mut good = try_connect(request(&url, &[("Origin", "https://good.example")]))
+        .await
+        .unwrap();
+    send_text(&mut good, "ok").await;
+    assert_eq!(next_text(&mut good).await, "ok");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_idle_connection_is_closed_with_1001() {
+    let server = TestServer::start(&echo_with("idle_timeout = \"300ms\"")).await;
+    let mut client = connect(&server.url("/echo")).await;
+    send_text(&mut client, "hi").await;
+    assert_eq!(next_text(&mut client).await, "hi");
+    let close = next_close(&mut client).await;
+    assert_eq!(u16::from(close.code), 1001);
+    assert_eq!(close.reason.as_str(), "idle timeout");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_server_pings_at_the_configured_interval() {
+    let server = TestServer::start(&echo_with("ping_interval = \"100ms\"")).await;
+    let mut client = connect(&server.url("/echo")).await;
+    let mut pings = 0;
+    while pings < 3 {
+        let frame = tokio::time::timeout(TIMEOUT, client.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        if let Message::Ping(_) = frame {
+            pings += 1;
+        }
+    }
+    // Answered pongs keep the connection usable.
+    send_text(&mut client, "still here").await;
+    assert_eq!(next_text(&mut client).await, "still here");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_that_never_upgrades_is_dropped_after_the_handshake_timeout() {
+    let server = TestServer::start(&echo_with("handshake_timeout = \"300ms\"")).await;
+    let addr = server.endpoints()[0].addr;
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(TIMEOUT, tcp.read(&mut buf))
+        .await
+        .unwrap();
+    assert!(
+        matches!(read, Ok(0) | Err(_)),
+        "the server closes the socket: {read:?}"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(250));
+    server.stop().await;
+}
+
+/// The highest `flood sent N on PEER` the flood program logged for `peer`.
+fn flood_progress(peer: &str) -> u64 {
+    wsflow_tests::log_lines()
+        .iter()
+        .filter(|line| line.contains(&format!("on {peer}")))
+        .filter_map(|line| {
+            let rest = &line[line.find("flood sent ")? + "flood sent ".len()..];
+            rest.split_whitespace().next()?.parse().ok()
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn a_client_that_does_not_read_holds_up_the_sender_instead_of_host_memory() {
+    let manifest =
+        single_handler_manifest(programs::FLOOD, "path = \"/flood\"\nmode = \"connection\"");
+    let server = TestServer::start(&manifest).await;
+    let mut client = connect(&server.url("/flood")).await;
+    let peer = local_addr(&client).to_string();
+    const COUNT: u64 = 2000;
+    send_text(&mut client, &format!("{COUNT} 65536")).await;
+    // Not reading: the flow fills the bounded queue and the socket, then
+    // waits in `send`.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let stalled_at = flood_progress(&peer);
+    assert!(
+        stalled_at < 1000,
+        "{stalled_at} messages of 64 KiB were accepted while the client read nothing"
+    );
+    let mut received = 0;
+    loop {
+        match next_message(&mut client).await {
+            Message::Binary(bytes) => {
+                assert_eq!(bytes.len(), 65536);
+                received += 1;
+            }
+            Message::Text(text) => {
+                assert_eq!(text.as_str(), "done");
+                break;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(received, COUNT);
+    assert_eq!(u16::from(next_close(&mut client).await.code), 1000);
+    server.stop().await;
+}
