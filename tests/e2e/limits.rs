@@ -36,8 +36,7 @@ async fn connections_over_the_limit_get_503_before_the_upgrade() {
     let mut second = connect(&url).await;
     let refused = try_connect(request(&url, &[]))
         .await
-        .err()
-        .expect("third is refused");
+        .expect_err("third is refused");
     assert_eq!(
         refused,
         Refused {
