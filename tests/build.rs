@@ -1,6 +1,8 @@
-//! Builds every guest test program in `programs/` to a `wasm32-wasip2`
-//! component and writes their paths as constants into `$OUT_DIR/programs.rs`,
-//! so `cargo test` needs no manual build step.
+//! Builds every guest test program in `programs/` and every example flow in
+//! `../examples/` to a `wasm32-wasip2` component and writes their paths as
+//! constants into `$OUT_DIR/programs.rs` (`test-echo` -> `ECHO`,
+//! `wsflow-example-orders` -> `EXAMPLE_ORDERS`), so `cargo test` needs no
+//! manual build step.
 
 use std::env;
 use std::fs;
@@ -11,14 +13,21 @@ fn main() {
     let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").unwrap());
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").unwrap());
     let workspace = manifest_dir.parent().unwrap();
-    for watched in ["programs", "../guest-sdk", "../wit", "../Cargo.lock"] {
+    for watched in [
+        "programs",
+        "../examples",
+        "../guest-sdk",
+        "../wit",
+        "../Cargo.lock",
+    ] {
         println!(
             "cargo:rerun-if-changed={}",
             manifest_dir.join(watched).display()
         );
     }
 
-    let programs = program_packages(&manifest_dir.join("programs"));
+    let mut programs = program_packages(&manifest_dir.join("programs"));
+    programs.extend(program_packages(&workspace.join("examples")));
     require_wasm_target();
 
     // A target dir of its own: the outer cargo holds a lock on the main one.
@@ -63,10 +72,11 @@ fn main() {
         assert!(wasm.exists(), "{} was not built", wasm.display());
         let constant = package
             .trim_start_matches("test-")
+            .trim_start_matches("wsflow-")
             .replace('-', "_")
             .to_uppercase();
         constants.push_str(&format!(
-            "/// The `{package}` guest program.\npub const {constant}: &str = {:?};\n",
+            "/// The `{package}` component.\npub const {constant}: &str = {:?};\n",
             wasm.display().to_string()
         ));
     }

@@ -35,7 +35,6 @@ async fn receive_send_loop_then_close_1000_when_the_flow_returns() {
     assert_eq!(next_text(&mut client).await, "bye");
     let close = next_close(&mut client).await;
     assert_eq!(u16::from(close.code), 1000);
-    server.stop().await;
 }
 
 #[tokio::test]
@@ -54,5 +53,4 @@ async fn a_client_close_is_seen_by_receive() {
     client.close(None).await.unwrap();
     let line = wait_for_log(&format!("after 4 message(s) from {local}")).await;
     assert!(line.contains("client closed connection"), "{line}");
-    server.stop().await;
 }

@@ -52,7 +52,6 @@ async fn valid_json_reaches_the_flow_parsed() {
         reply["content"],
         json!({ "json": { "item": "tea", "qty": 2 } })
     );
-    server.stop().await;
 }
 
 #[tokio::test]
@@ -67,7 +66,6 @@ async fn invalid_json_closes_with_1007_without_running_the_flow() {
         close.reason.as_str(),
         "invalid JSON: key must be a string at line 1 column 2"
     );
-    server.stop().await;
 }
 
 #[tokio::test]
@@ -85,7 +83,6 @@ async fn schema_violations_close_with_1007_naming_the_pointer() {
             close.reason.as_str(),
             "schema violation at /qty: 0 is less than the minimum of 1"
         );
-        server.stop().await;
     }
 }
 
@@ -111,7 +108,6 @@ async fn schema_from_a_file_is_enforced_and_long_reasons_fit_a_close_frame() {
         "{}",
         close.reason
     );
-    server.stop().await;
 }
 
 #[tokio::test]
@@ -132,7 +128,6 @@ async fn on_invalid_reply_answers_with_an_error_and_keeps_the_connection() {
     send_text(&mut client, r#"{"item": "tea", "qty": 1}"#).await;
     let reply = next_json(&mut client).await;
     assert_eq!(reply["content"]["json"]["item"], "tea");
-    server.stop().await;
 }
 
 #[tokio::test]
@@ -169,7 +164,6 @@ first_tag = "$.content.tags[0]"
             "first_tag": "hot",
         })
     );
-    server.stop().await;
 }
 
 #[tokio::test]
@@ -188,5 +182,4 @@ async fn properties_fill_settings_and_reach_the_flow() {
         reply["properties"],
         json!({ "BASE": "/v1", "GREETING": "hi" })
     );
-    server.stop().await;
 }

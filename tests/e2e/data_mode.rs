@@ -25,7 +25,6 @@ async fn echoes_text_as_text_and_binary_as_binary() {
 
     send_text(&mut client, "").await;
     assert_eq!(next_message(&mut client).await, Message::text(""));
-    server.stop().await;
 }
 
 #[tokio::test]
@@ -42,7 +41,6 @@ async fn thousand_messages_on_one_connection_arrive_in_order() {
     for i in 0..1000 {
         assert_eq!(next_text(&mut client).await, format!("message {i}"));
     }
-    server.stop().await;
 }
 
 #[tokio::test]
@@ -64,7 +62,6 @@ async fn fifty_connections_in_parallel() {
     for client in clients.collect::<Vec<_>>() {
         client.await.unwrap();
     }
-    server.stop().await;
 }
 
 #[tokio::test]
@@ -79,7 +76,6 @@ async fn unknown_path_is_refused_with_404_before_the_upgrade() {
     assert_eq!(response.status(), 404);
     let body = String::from_utf8(response.body().clone().unwrap()).unwrap();
     assert_eq!(body, "no handler for path /nowhere");
-    server.stop().await;
 }
 
 #[tokio::test]
@@ -110,5 +106,4 @@ async fn flow_sees_path_query_and_header_params() {
             "inputs": {},
         })
     );
-    server.stop().await;
 }

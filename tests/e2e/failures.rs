@@ -19,7 +19,6 @@ async fn a_failing_flow_is_logged_and_the_connection_stays_open() {
     assert_eq!(next_text(&mut client).await, "still there?");
     let line = wait_for_log("flow returned an error: asked to fail").await;
     assert!(line.contains("WARN"), "{line}");
-    server.stop().await;
 }
 
 #[tokio::test]
@@ -42,5 +41,4 @@ async fn a_trapping_flow_closes_only_its_connection_with_1011() {
     send_text(&mut newcomer, "new").await;
     assert_eq!(next_text(&mut newcomer).await, "new");
     wait_for_log("flow trapped").await;
-    server.stop().await;
 }

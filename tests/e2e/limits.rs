@@ -25,7 +25,6 @@ async fn a_message_over_the_size_limit_closes_with_1009() {
     send_text(&mut client, &"a".repeat(1025)).await;
     let close = next_close(&mut client).await;
     assert_eq!(u16::from(close.code), 1009);
-    server.stop().await;
 }
 
 #[tokio::test]
@@ -60,7 +59,6 @@ async fn connections_over_the_limit_get_503_before_the_upgrade() {
     assert_eq!(next_text(&mut third).await, "three");
     send_text(&mut second, "two").await;
     assert_eq!(next_text(&mut second).await, "two");
-    server.stop().await;
 }
 
 #[tokio::test]
@@ -92,7 +90,6 @@ async fn only_allowed_origins_may_connect() {
         .unwrap();
     send_text(&mut good, "ok").await;
     assert_eq!(next_text(&mut good).await, "ok");
-    server.stop().await;
 }
 
 #[tokio::test]
@@ -104,7 +101,6 @@ async fn an_idle_connection_is_closed_with_1001() {
     let close = next_close(&mut client).await;
     assert_eq!(u16::from(close.code), 1001);
     assert_eq!(close.reason.as_str(), "idle timeout");
-    server.stop().await;
 }
 
 #[tokio::test]
@@ -125,7 +121,6 @@ async fn the_server_pings_at_the_configured_interval() {
     // Answered pongs keep the connection usable.
     send_text(&mut client, "still here").await;
     assert_eq!(next_text(&mut client).await, "still here");
-    server.stop().await;
 }
 
 #[tokio::test]
@@ -143,7 +138,6 @@ async fn a_client_that_never_upgrades_is_dropped_after_the_handshake_timeout() {
         "the server closes the socket: {read:?}"
     );
     assert!(started.elapsed() >= Duration::from_millis(250));
-    server.stop().await;
 }
 
 /// The highest `flood sent N on PEER` the flood program logged for `peer`.
@@ -192,5 +186,4 @@ async fn a_client_that_does_not_read_holds_up_the_sender_instead_of_host_memory(
     }
     assert_eq!(received, COUNT);
     assert_eq!(u16::from(next_close(&mut client).await.code), 1000);
-    server.stop().await;
 }

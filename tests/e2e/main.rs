@@ -4,6 +4,7 @@
 mod connection_mode;
 mod content;
 mod data_mode;
+mod examples;
 mod failures;
 mod limits;
 mod manifests;

@@ -47,7 +47,7 @@ fn invalid_manifests_match_their_error_snapshots() {
 
 #[test]
 fn the_examples_are_valid() {
-    for example in ["echo", "chat-session"] {
+    for example in ["echo", "chat-session", "orders"] {
         let path = Path::new("../examples").join(example).join("wsflow.toml");
         if let Err(error) = ManifestFile::load(&path) {
             panic!("{error}");

@@ -53,7 +53,6 @@ async fn declared_params_reach_the_flow_typed() {
         reply["headers"],
         json!({ "x-client": "cli", "x-retries": 3, "x-features": ["a", "b", "c"], "x-other": "free" })
     );
-    server.stop().await;
 }
 
 #[tokio::test]
@@ -67,7 +66,6 @@ async fn absent_optional_params_are_left_out() {
     let reply = next_json(&mut client).await;
     assert_eq!(reply["query"], json!({ "user": "bo" }));
     assert_eq!(reply["headers"], json!({ "x-client": "c" }));
-    server.stop().await;
 }
 
 #[tokio::test]
@@ -134,5 +132,4 @@ async fn bad_params_are_refused_with_400_naming_the_parameter() {
             "{path}"
         );
     }
-    server.stop().await;
 }

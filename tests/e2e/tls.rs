@@ -54,7 +54,6 @@ async fn serves_wss_with_a_certificate_chain_from_files() {
     );
     let server = TestServer::start(&manifest("", &tls)).await;
     assert_echo_over_tls(&server, &pki, false).await;
-    server.stop().await;
 }
 
 #[tokio::test]
@@ -70,7 +69,6 @@ async fn takes_pem_text_and_base64_pem_from_properties() {
     let tls = "enabled = \"${TLS_ON}\"\ncert = \"${CERT}\"\nkey = \"${KEY}\"";
     let server = TestServer::start(&manifest(&properties, tls)).await;
     assert_echo_over_tls(&server, &pki, false).await;
-    server.stop().await;
 }
 
 #[tokio::test]
@@ -90,7 +88,6 @@ async fn client_certificates_are_required_when_a_client_ca_is_set() {
         "a client without a certificate must be refused"
     );
     assert_echo_over_tls(&server, &pki, true).await;
-    server.stop().await;
 }
 
 #[tokio::test]
@@ -98,7 +95,6 @@ async fn disabled_tls_serves_plain_ws() {
     let tls = "enabled = false\ncert = \"nowhere.pem\"";
     let server = TestServer::start(&manifest("", tls)).await;
     assert!(server.endpoints()[0].url().starts_with("ws://"));
-    server.stop().await;
 }
 
 #[tokio::test]

@@ -54,8 +54,14 @@ flow = "main"
 pub struct TestServer {
     endpoints: Vec<Endpoint>,
     shutdown: CancellationToken,
-    task: tokio::task::JoinHandle<()>,
+    task: Option<tokio::task::JoinHandle<()>>,
     _dir: tempfile::TempDir,
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
 }
 
 impl TestServer {
@@ -83,7 +89,7 @@ impl TestServer {
         Ok(Self {
             endpoints,
             shutdown,
-            task,
+            task: Some(task),
             _dir: dir,
         })
     }
@@ -97,10 +103,14 @@ impl TestServer {
         &self.endpoints
     }
 
-    /// Shut down as on SIGTERM and wait until the server has stopped.
-    pub async fn stop(self) {
+    /// Shut down as on SIGTERM and wait until the server has stopped, which
+    /// includes waiting for every client to answer its close frame (up to
+    /// the server's close timeout). Dropping a `TestServer` starts the same
+    /// shutdown without waiting.
+    pub async fn stop(mut self) {
         self.shutdown.cancel();
-        tokio::time::timeout(TIMEOUT, self.task)
+        let task = self.task.take().expect("running");
+        tokio::time::timeout(TIMEOUT, task)
             .await
             .expect("server did not stop in time")
             .expect("server task panicked");

@@ -6,8 +6,10 @@ pub mod connection;
 mod ctx;
 mod stdio;
 
+use std::collections::HashMap;
+use std::hash::{Hash as _, Hasher as _};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::error::Context as _;
@@ -23,6 +25,27 @@ use crate::loader::AppInfo;
 pub struct Runtime {
     engine: Engine,
     linker: Arc<Linker<FlowCtx>>,
+    /// Components compiled so far, by content: flows (or apps) that use the
+    /// same component file share one compilation.
+    compiled: Arc<Mutex<HashMap<ContentKey, Component>>>,
+}
+
+/// Identifies component bytes: their length and a hash of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct ContentKey {
+    len: usize,
+    hash: u64,
+}
+
+impl ContentKey {
+    fn of(bytes: &[u8]) -> Self {
+        let mut hasher = std::hash::DefaultHasher::new();
+        bytes.hash(&mut hasher);
+        Self {
+            len: bytes.len(),
+            hash: hasher.finish(),
+        }
+    }
 }
 
 impl Runtime {
@@ -38,6 +61,7 @@ impl Runtime {
         Ok(Self {
             engine,
             linker: Arc::new(linker),
+            compiled: Arc::default(),
         })
     }
 
@@ -51,8 +75,7 @@ impl Runtime {
     ) -> anyhow::Result<FlowPre> {
         let bytes = std::fs::read(component)
             .with_context(|| format!("reading component {}", component.display()))?;
-        let component = Component::new(&self.engine, &bytes)
-            .with_context(|| format!("compiling component {}", component.display()))?;
+        let component = self.compile(&bytes, component)?;
         let pre = self
             .linker
             .instantiate_pre(&component)
@@ -64,6 +87,24 @@ impl Runtime {
             app: Arc::clone(app),
             pre,
         })
+    }
+}
+
+impl Runtime {
+    /// Compile component bytes, or reuse an earlier compilation of the same
+    /// bytes.
+    fn compile(&self, bytes: &[u8], path: &Path) -> anyhow::Result<Component> {
+        let key = ContentKey::of(bytes);
+        if let Some(component) = self.compiled.lock().expect("not poisoned").get(&key) {
+            return Ok(component.clone());
+        }
+        let component = Component::new(&self.engine, bytes)
+            .with_context(|| format!("compiling component {}", path.display()))?;
+        self.compiled
+            .lock()
+            .expect("not poisoned")
+            .insert(key, component.clone());
+        Ok(component)
     }
 }
 

@@ -1,0 +1,126 @@
+//! Shared pieces of the benchmark binaries (`wsflow-load`, `native-echo`,
+//! `wsflow-startup`): the WebSocket settings, latency percentiles and the
+//! `/proc` readings. See `docs/BENCHMARKS.md` for what is measured and how.
+
+use std::time::Duration;
+
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+/// The buffer sizes of wsflow's trigger (`host/src/trigger/mod.rs`), so the
+/// native baseline and the load generator pay the same per connection.
+pub const READ_BUFFER: usize = 4 * 1024;
+pub const WRITE_BUFFER: usize = 4 * 1024;
+/// wsflow's default `max_message_size` (and frame size): 1 MiB.
+pub const MAX_MESSAGE: usize = 1 << 20;
+
+/// The WebSocket configuration wsflow's trigger uses, for both ends here.
+pub fn ws_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(WRITE_BUFFER)
+        .max_message_size(Some(MAX_MESSAGE))
+        .max_frame_size(Some(MAX_MESSAGE))
+}
+
+/// Percentiles of a set of round-trip times.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Summary {
+    pub count: usize,
+    pub p50: Duration,
+    pub p90: Duration,
+    pub p99: Duration,
+    pub p999: Duration,
+    pub max: Duration,
+}
+
+impl Summary {
+    /// Summarise samples given in nanoseconds (sorted in place).
+    pub fn from_nanos(samples: &mut [u64]) -> Self {
+        samples.sort_unstable();
+        let at = |q: f64| Duration::from_nanos(percentile(samples, q));
+        Self {
+            count: samples.len(),
+            p50: at(0.50),
+            p90: at(0.90),
+            p99: at(0.99),
+            p999: at(0.999),
+            max: Duration::from_nanos(samples.last().copied().unwrap_or(0)),
+        }
+    }
+}
+
+/// Nearest-rank percentile of sorted samples; 0 when there are none.
+pub fn percentile(sorted: &[u64], q: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let rank = (q * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// Microseconds with one decimal, for reports.
+pub fn micros(duration: Duration) -> String {
+    format!("{:.1}", duration.as_secs_f64() * 1e6)
+}
+
+/// Linux reports process CPU times in clock ticks of 1/100 s (`USER_HZ`,
+/// fixed at 100 in the kernel ABI on the architectures we run on).
+const TICKS_PER_SECOND: f64 = 100.0;
+
+/// User + system CPU time of a process (`"self"` or a PID) from
+/// `/proc/PID/stat`, in seconds. Children's time is not included.
+pub fn cpu_seconds(pid: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_cpu_seconds(&stat)
+}
+
+fn parse_cpu_seconds(stat: &str) -> Option<f64> {
+    // The command name (field 2) may hold spaces and parentheses: the
+    // fields that follow start after its last `)`. utime and stime are
+    // fields 14 and 15, so the 12th and 13th after the name.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some((utime + stime) as f64 / TICKS_PER_SECOND)
+}
+
+/// Resident set size of a process (`VmRSS` in `/proc/PID/status`), in KiB.
+pub fn rss_kib(pid: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    parse_rss_kib(&status)
+}
+
+fn parse_rss_kib(status: &str) -> Option<u64> {
+    let line = status.lines().find(|line| line.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_use_nearest_rank() {
+        let mut samples: Vec<u64> = (1..=100).rev().collect();
+        let summary = Summary::from_nanos(&mut samples);
+        assert_eq!(summary.count, 100);
+        assert_eq!(summary.p50, Duration::from_nanos(50));
+        assert_eq!(summary.p90, Duration::from_nanos(90));
+        assert_eq!(summary.p99, Duration::from_nanos(99));
+        assert_eq!(summary.p999, Duration::from_nanos(100));
+        assert_eq!(summary.max, Duration::from_nanos(100));
+        assert_eq!(percentile(&[], 0.5), 0);
+        assert_eq!(percentile(&[7], 0.0), 7);
+    }
+
+    #[test]
+    fn parses_proc_files() {
+        let stat = "42 (a (weird) name) S 1 42 42 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 4 0";
+        assert_eq!(parse_cpu_seconds(stat), Some(3.0));
+        let status = "Name:\tx\nVmPeak:\t  9000 kB\nVmRSS:\t    1234 kB\nThreads:\t4\n";
+        assert_eq!(parse_rss_kib(status), Some(1234));
+        assert!(cpu_seconds("self").is_some());
+        assert!(rss_kib("self").is_some_and(|kib| kib > 0));
+    }
+}
