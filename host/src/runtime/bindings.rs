@@ -11,6 +11,6 @@ wasmtime::component::bindgen!({
     },
 });
 
-pub use wsflow::flow::connection::{CloseError, ReceiveError, SendError};
-pub use wsflow::flow::log::Level;
-pub use wsflow::flow::types::{Content, Input, Message, Mode, Param, ParamValue};
+pub use self::wsflow::flow::connection::{CloseError, ReceiveError, SendError};
+pub use self::wsflow::flow::log::Level;
+pub use self::wsflow::flow::types::{Content, Input, Message, Mode, Param, ParamValue};
