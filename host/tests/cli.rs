@@ -28,9 +28,14 @@ struct Up {
 
 impl Up {
     fn start(args: &[&str], dir: &Path) -> Self {
+        Self::start_with_env(args, dir, &[])
+    }
+
+    fn start_with_env(args: &[&str], dir: &Path, env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(WSFLOW)
             .args(args)
             .current_dir(dir)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -280,4 +285,69 @@ fn check_of_a_missing_file_says_so() {
         stderr.starts_with("error: no/such/wsflow.toml: cannot read the manifest:"),
         "{stderr}"
     );
+}
+
+/// A manifest serving the example echo component (built by its cargo
+/// command if needed) with the given trigger settings.
+fn echo_manifest(dir: &Path, trigger_settings: &str) {
+    let workspace = workspace();
+    let manifest = format!(
+        r#"
+[app]
+name = "echo"
+
+[properties]
+PORT = "9998"
+
+[flows.echo]
+component = "{ws}/target/wasm32-wasip2/release/wsflow_example_echo.wasm"
+build = "cd '{ws}' && cargo build --release --target wasm32-wasip2 -p wsflow-example-echo"
+sources = ["{ws}/examples/echo/src"]
+
+[[triggers]]
+{trigger_settings}
+
+[[triggers.handlers]]
+path = "/echo"
+flow = "echo"
+"#,
+        ws = workspace.display()
+    );
+    std::fs::write(dir.join("wsflow.toml"), manifest).unwrap();
+}
+
+#[test]
+fn environment_variables_override_app_properties() {
+    let dir = tempfile::tempdir().unwrap();
+    echo_manifest(dir.path(), "port = \"${PORT}\"");
+    let mut up = Up::start_with_env(&["up"], dir.path(), &[("WSFLOW_PROP_PORT", "0")]);
+    let url = up.listening_url();
+    assert!(
+        !url.contains(":9998/"),
+        "the property came from the environment: {url}"
+    );
+    assert_echo(&mut connect(&url));
+    assert!(up.terminate().success());
+}
+
+#[test]
+fn flogo_server_ping_environment_variable_pings_every_five_seconds() {
+    let dir = tempfile::tempdir().unwrap();
+    echo_manifest(dir.path(), "port = 0");
+    let mut up = Up::start_with_env(
+        &["up"],
+        dir.path(),
+        &[("FLOGO_WEBSOCKET_SERVERPING", "TRUE")],
+    );
+    let url = up.listening_url();
+    let mut socket = connect(&url);
+    let started = std::time::Instant::now();
+    let ping = socket.read().expect("a ping within the read timeout");
+    assert!(matches!(ping, Message::Ping(_)), "{ping:?}");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_secs(4) && waited < Duration::from_secs(8),
+        "first ping after {waited:?}"
+    );
+    assert!(up.terminate().success());
 }

@@ -315,16 +315,12 @@ fn resolve_tls(
                 .help(format!("set `{name}` to a PEM file, or to \"${{NAME}}\" of a property holding PEM or base64 PEM"))
         })
     }
-    let cert = pem_source(
-        file,
-        &format!("{key}.cert"),
+    let (cert, key_value) = (
         required(file, key, "cert", &tls.cert)?,
-    )?;
-    let key_source = pem_source(
-        file,
-        &format!("{key}.key"),
         required(file, key, "key", &tls.key)?,
-    )?;
+    );
+    let cert = pem_source(file, &format!("{key}.cert"), cert)?;
+    let key_source = pem_source(file, &format!("{key}.key"), key_value)?;
     let client_ca = tls
         .client_ca
         .iter()
@@ -552,7 +548,7 @@ fn load_schema(
     }
     let (origin, text, span) = if let Some(inline) = &source.inline {
         (
-            format!("{key}.inline"),
+            "the inline schema".to_owned(),
             file.resolve(&format!("{key}.inline"), inline)?,
             inline.span(),
         )
