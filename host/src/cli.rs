@@ -22,11 +22,16 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Build stale flows, then serve the app until Ctrl-C or SIGTERM.
+    /// Build stale flows, then serve the apps until Ctrl-C or SIGTERM.
     Up {
-        /// The app manifest.
+        /// App manifests, or directories of them (every *.toml file). All
+        /// apps share this host; none is served unless all load.
         #[arg(default_value = "wsflow.toml")]
-        manifest: PathBuf,
+        manifests: Vec<PathBuf>,
+        /// Serve `GET /stats` (every app's counters, as JSON) on this
+        /// address, e.g. 127.0.0.1:9090.
+        #[arg(long, value_name = "ADDR")]
+        admin: Option<std::net::SocketAddr>,
     },
     /// Validate a manifest without serving it.
     Check {
@@ -38,31 +43,43 @@ pub enum Command {
 impl Cli {
     pub async fn run(self) -> anyhow::Result<()> {
         match self.command {
-            Command::Up { manifest } => up(manifest).await,
+            Command::Up { manifests, admin } => up(manifests, admin).await,
             Command::Check { manifest } => check(&manifest),
         }
     }
 }
 
-async fn up(manifest: PathBuf) -> anyhow::Result<()> {
+async fn up(manifests: Vec<PathBuf>, admin: Option<std::net::SocketAddr>) -> anyhow::Result<()> {
     let apps = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
         let runtime = Runtime::new()?;
-        let file = ManifestFile::load(&manifest)?;
-        let app = loader::load(&runtime, &file, LoadOptions { build: true })?;
-        Ok(vec![app])
+        loader::load_all(&runtime, &manifests, LoadOptions { build: true })
     })
     .await
     .context("loading apps")??;
 
     let server = Server::bind(apps).await?;
+    let shutdown = CancellationToken::new();
+    let admin = match admin {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("--admin: cannot listen on {addr}"))?;
+            let url = format!("http://{}/stats", listener.local_addr()?);
+            tokio::spawn(crate::admin::serve(listener, server.stats(), shutdown.clone()));
+            Some(url)
+        }
+        None => None,
+    };
     let mut stdout = std::io::stdout().lock();
     for endpoint in server.endpoints() {
         writeln!(stdout, "listening on {}", endpoint.url())?;
     }
+    if let Some(url) = admin {
+        writeln!(stdout, "stats on {url}")?;
+    }
     stdout.flush()?;
     drop(stdout);
 
-    let shutdown = CancellationToken::new();
     tokio::spawn(signal_shutdown(shutdown.clone()));
     server.run(shutdown).await;
     tracing::info!("stopped");

@@ -6,6 +6,8 @@
 //! schemas compiled, paths resolved), [`runtime`] executes flows in wasmtime,
 //! and [`trigger`] serves WebSocket clients and drives the flows.
 
+pub mod admin;
+pub mod app;
 pub mod builder;
 pub mod cli;
 pub mod loader;

@@ -3,39 +3,16 @@
 //! never sees TOML.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::Context as _;
+use anyhow::{Context as _, bail};
 
+use crate::app::AppInfo;
 use crate::builder;
 use crate::manifest::ManifestFile;
 use crate::runtime::{FlowPre, Runtime};
 use crate::trigger::{Handler, TriggerConfig, tls};
-
-/// Limits applied to every execution of an app.
-#[derive(Debug, Clone)]
-pub struct AppLimits {
-    /// Linear memory a single execution may grow to.
-    pub max_memory_bytes: usize,
-}
-
-impl Default for AppLimits {
-    fn default() -> Self {
-        Self {
-            // Enough for a Rust flow with serde and a few MiB of data; small
-            // enough that thousands of concurrent executions fit in RAM.
-            max_memory_bytes: 64 << 20,
-        }
-    }
-}
-
-/// What an execution knows about the app it belongs to.
-#[derive(Debug)]
-pub struct AppInfo {
-    pub name: Arc<str>,
-    pub properties: BTreeMap<String, String>,
-    pub limits: AppLimits,
-}
 
 /// An app ready to serve.
 pub struct LoadedApp {
@@ -61,11 +38,12 @@ pub fn load(
     options: LoadOptions,
 ) -> anyhow::Result<LoadedApp> {
     let spec = &file.spec;
-    let info = Arc::new(AppInfo {
-        name: spec.name.as_str().into(),
-        properties: file.properties.values().clone(),
-        limits: AppLimits::default(),
-    });
+    let info = Arc::new(AppInfo::new(
+        &spec.name,
+        file.path.display().to_string(),
+        file.properties.values().clone(),
+        spec.limits.clone(),
+    ));
     let context = || format!("{} (app `{}`)", file.path.display(), spec.name);
 
     let mut flows: BTreeMap<&str, FlowPre> = BTreeMap::new();
@@ -74,7 +52,7 @@ pub fn load(
             builder::ensure_built(file, &flow.name, &file.manifest.flows[&flow.name])?;
         }
         let pre = runtime
-            .load_flow(&info, &flow.name, &flow.component)
+            .load_flow(&info, &flow.name, &flow.component, flow.grants.clone())
             .with_context(|| format!("{}: flow `{}`", context(), flow.name))?;
         flows.insert(&flow.name, pre);
     }
@@ -118,4 +96,82 @@ pub fn load(
         });
     }
     Ok(LoadedApp { info, triggers })
+}
+
+/// The manifests `paths` name: files as given, and every `*.toml` file of
+/// a directory (sorted by name).
+pub fn manifest_paths(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
+    let mut manifests = Vec::new();
+    for path in paths {
+        if path.is_dir() {
+            let mut found: Vec<PathBuf> = std::fs::read_dir(path)
+                .with_context(|| format!("reading the directory {}", path.display()))?
+                .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+                .filter(|path| path.extension().is_some_and(|ext| ext == "toml") && path.is_file())
+                .collect();
+            if found.is_empty() {
+                bail!(
+                    "{}: the directory holds no manifest (*.toml)\n  help: pass manifest files, or a directory of them",
+                    path.display()
+                );
+            }
+            found.sort();
+            manifests.extend(found);
+        } else {
+            manifests.push(path.clone());
+        }
+    }
+    Ok(manifests)
+}
+
+/// Parse and validate every manifest, check that the apps can share one
+/// host (distinct names, distinct ports), then load them all. Nothing is
+/// served unless every app loads.
+pub fn load_all(
+    runtime: &Runtime,
+    paths: &[PathBuf],
+    options: LoadOptions,
+) -> anyhow::Result<Vec<LoadedApp>> {
+    let mut files: Vec<ManifestFile> = Vec::new();
+    for path in manifest_paths(paths)? {
+        files.push(ManifestFile::load(&path)?);
+    }
+    check_apps_can_share_a_host(&files)?;
+    files
+        .iter()
+        .map(|file| load(runtime, file, options))
+        .collect()
+}
+
+fn check_apps_can_share_a_host(files: &[ManifestFile]) -> anyhow::Result<()> {
+    for (i, file) in files.iter().enumerate() {
+        for earlier in &files[..i] {
+            if earlier.spec.name == file.spec.name {
+                bail!(
+                    "{}: app `{}` is also defined by {}\n  help: give each app its own [app] name",
+                    file.path.display(),
+                    file.spec.name,
+                    earlier.path.display()
+                );
+            }
+            for (t, trigger) in file.spec.triggers.iter().enumerate() {
+                let port = trigger.addr.port();
+                let clash = earlier
+                    .spec
+                    .triggers
+                    .iter()
+                    .position(|other| port != 0 && other.addr.port() == port);
+                if let Some(e) = clash {
+                    bail!(
+                        "{}: app `{}` triggers[{t}] wants port {port}, which app `{}` ({}) triggers[{e}] already uses\n  help: give each app its own ports",
+                        file.path.display(),
+                        file.spec.name,
+                        earlier.spec.name,
+                        earlier.path.display()
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
 }

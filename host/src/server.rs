@@ -10,6 +10,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::app::{AppInfo, StatsSnapshot};
 use crate::loader::LoadedApp;
 use crate::trigger::WsTrigger;
 
@@ -35,8 +36,35 @@ impl Endpoint {
 
 /// Apps with their listeners bound, ready to serve.
 pub struct Server {
+    apps: Vec<Arc<AppInfo>>,
     listeners: Vec<(Arc<WsTrigger>, TcpListener)>,
     endpoints: Vec<Endpoint>,
+}
+
+/// A handle to read the counters of a server's apps while it runs.
+#[derive(Clone)]
+pub struct StatsHandle {
+    apps: Vec<Arc<AppInfo>>,
+}
+
+impl StatsHandle {
+    /// Each app's name and counters.
+    pub fn snapshot(&self) -> Vec<(String, StatsSnapshot)> {
+        self.apps
+            .iter()
+            .map(|app| (app.name.to_string(), app.stats.snapshot()))
+            .collect()
+    }
+
+    /// The counters as JSON: `{"apps": {"NAME": {...}}}`.
+    pub fn to_json(&self) -> serde_json::Value {
+        let apps: serde_json::Map<String, serde_json::Value> = self
+            .snapshot()
+            .into_iter()
+            .map(|(name, stats)| (name, serde_json::to_value(stats).expect("plain counters")))
+            .collect();
+        serde_json::json!({ "apps": apps })
+    }
 }
 
 impl Server {
@@ -45,7 +73,9 @@ impl Server {
     pub async fn bind(apps: Vec<LoadedApp>) -> anyhow::Result<Self> {
         let mut listeners = Vec::new();
         let mut endpoints = Vec::new();
+        let mut infos = Vec::new();
         for app in apps {
+            infos.push(Arc::clone(&app.info));
             for config in &app.triggers {
                 let listener = TcpListener::bind(config.addr).await.with_context(|| {
                     format!("app `{}`: cannot listen on {}", app.info.name, config.addr)
@@ -64,9 +94,16 @@ impl Server {
             }
         }
         Ok(Self {
+            apps: infos,
             listeners,
             endpoints,
         })
+    }
+
+    pub fn stats(&self) -> StatsHandle {
+        StatsHandle {
+            apps: self.apps.clone(),
+        }
     }
 
     pub fn endpoints(&self) -> &[Endpoint] {
@@ -76,6 +113,7 @@ impl Server {
     /// Serve until `shutdown` is cancelled, then close every connection with
     /// 1001 and wait (up to a deadline) for them to finish.
     pub async fn run(self, shutdown: CancellationToken) {
+        let stats = self.stats();
         let tracker = TaskTracker::new();
         let mut accept_loops = Vec::new();
         for (trigger, listener) in self.listeners {
@@ -101,6 +139,23 @@ impl Server {
             tracing::warn!(
                 "{} connection(s) still open after {SHUTDOWN_DEADLINE:?}; exiting anyway",
                 tracker.len()
+            );
+        }
+        for (app, totals) in stats.snapshot() {
+            tracing::info!(
+                app,
+                connections = totals.connections_total,
+                refused = totals.connections_refused,
+                ok = totals.executions_ok,
+                failed = totals.executions_failed,
+                trapped = totals.executions_trapped,
+                limit_exceeded = totals.executions_limit_exceeded,
+                messages_in = totals.messages_in,
+                messages_out = totals.messages_out,
+                bytes_in = totals.bytes_in,
+                bytes_out = totals.bytes_out,
+                log_lines_dropped = totals.log_lines_dropped,
+                "app totals"
             );
         }
     }

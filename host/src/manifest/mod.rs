@@ -132,6 +132,9 @@ pub struct Manifest {
     /// Flows by name: `[flows.NAME]`.
     #[serde(default)]
     pub flows: BTreeMap<String, FlowSection>,
+    /// Limits of the app's executions and connections.
+    #[serde(default)]
+    pub limits: LimitsSection,
     /// App-level JSON schemas by name: `[schemas.NAME]`.
     #[serde(default)]
     pub schemas: BTreeMap<String, SchemaSource>,
@@ -172,6 +175,35 @@ pub struct FlowSection {
     /// Files and directories whose changes make the component stale.
     /// Default: `["src", "Cargo.toml"]`.
     pub sources: Option<Vec<String>>,
+    /// Environment variables the flow sees (it sees no others).
+    #[serde(default)]
+    pub env: BTreeMap<String, Spanned<String>>,
+    /// A directory (relative to the manifest) the flow may read, at `/data`.
+    pub read_only_dir: Option<Spanned<String>>,
+}
+
+/// `[limits]`: what one app's executions and connections may use.
+///
+/// ```toml
+/// [limits]
+/// max_memory = "64MiB"         # linear memory per execution
+/// cpu_time = "1s"              # per execution, not counting waits
+/// wall_time = "10s"            # per data-mode execution
+/// max_executions = 256         # running at once
+/// max_connections = 10000      # open at once, all triggers together
+/// slow_client_timeout = "30s"  # a send waiting this long on a client: close 1008
+/// log_lines_per_second = 100   # guest output; bursts of ten times that
+/// ```
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSection {
+    pub max_memory: Option<Spanned<toml::Value>>,
+    pub cpu_time: Option<Spanned<String>>,
+    pub wall_time: Option<Spanned<String>>,
+    pub max_executions: Option<Spanned<u64>>,
+    pub max_connections: Option<Spanned<u64>>,
+    pub slow_client_timeout: Option<Spanned<String>>,
+    pub log_lines_per_second: Option<Spanned<u64>>,
 }
 
 /// Where a JSON schema comes from: exactly one of `inline` (JSON text),

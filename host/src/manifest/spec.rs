@@ -7,10 +7,13 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::{Format, Mode, OnInvalid, ParamType, PathPattern};
+pub use crate::app::AppLimits;
+pub use crate::runtime::FlowGrants;
 
 #[derive(Debug, Clone, Default)]
 pub struct AppSpec {
     pub name: String,
+    pub limits: AppLimits,
     pub flows: Vec<FlowSpec>,
     pub triggers: Vec<TriggerSpec>,
 }
@@ -19,6 +22,7 @@ pub struct AppSpec {
 pub struct FlowSpec {
     pub name: String,
     pub component: PathBuf,
+    pub grants: FlowGrants,
 }
 
 #[derive(Debug, Clone)]
@@ -179,6 +183,28 @@ fn parse_steps(mut tail: &str) -> Option<Vec<JsonStep>> {
     Some(steps)
 }
 
+/// Parse a byte size: `1048576`, `512KiB`, `64MiB`, `1GiB`.
+pub fn parse_size(text: &str) -> Result<usize, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: usize = number
+        .parse()
+        .map_err(|_| format!("`{text}` does not start with a whole number"))?;
+    let scale: usize = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        other => return Err(format!("`{other}` is not a size unit; use B, KiB, MiB or GiB")),
+    };
+    number
+        .checked_mul(scale)
+        .ok_or_else(|| format!("`{text}` is too large"))
+}
+
 /// Parse `500ms`, `10s`, `5m`, `1h`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
@@ -237,6 +263,15 @@ mod tests {
         ] {
             assert!(InputSource::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn parses_sizes() {
+        assert_eq!(parse_size("1024"), Ok(1024));
+        assert_eq!(parse_size("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_size("512 KiB"), Ok(512 << 10));
+        assert!(parse_size("1MB").is_err());
+        assert!(parse_size("lots").is_err());
     }
 
     #[test]

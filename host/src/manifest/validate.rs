@@ -11,12 +11,12 @@ use base64::Engine as _;
 use toml::Spanned;
 
 use super::spec::{
-    AppSpec, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_MESSAGE_SIZE, FLOGO_SERVER_PING_INTERVAL,
+    AppLimits, AppSpec, FlowGrants, parse_size, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_MESSAGE_SIZE, FLOGO_SERVER_PING_INTERVAL,
     FlowSpec, HandlerSpec, InputSource, ParamSpec, PemSource, SchemaSpec, TlsSpec, TriggerLimits,
     TriggerSpec, parse_duration,
 };
 use super::{
-    DEFAULT_PORT, Format, HandlerSection, ManifestError, ManifestFile, ParamSection, PathPattern,
+    LimitsSection, DEFAULT_PORT, Format, HandlerSection, ManifestError, ManifestFile, ParamSection, PathPattern,
     SchemaSource, TlsSection, TriggerSection,
 };
 
@@ -53,9 +53,30 @@ pub(super) fn resolve(file: &ManifestFile) -> Result<AppSpec, ManifestError> {
                 )
                 .help("give the path of the flow's .wasm component file"));
         }
+        let key = format!("flows.{flow_name}");
+        let mut env = Vec::new();
+        for (name, value) in &flow.env {
+            env.push((name.clone(), file.resolve(&format!("{key}.env.{name}"), value)?));
+        }
+        let read_only_dir = match &flow.read_only_dir {
+            None => None,
+            Some(dir) => {
+                let path = file.dir.join(file.resolve(&format!("{key}.read_only_dir"), dir)?);
+                if !path.is_dir() {
+                    return Err(file
+                        .error_at(
+                            dir.span(),
+                            format!("{key}.read_only_dir: {} is not a directory", path.display()),
+                        )
+                        .help("give a directory relative to the manifest"));
+                }
+                Some(path)
+            }
+        };
         flows.push(FlowSpec {
             name: flow_name.clone(),
             component: file.dir.join(component),
+            grants: FlowGrants { env, read_only_dir },
         });
     }
 
@@ -101,10 +122,56 @@ pub(super) fn resolve(file: &ManifestFile) -> Result<AppSpec, ManifestError> {
 
     Ok(AppSpec {
         name: name.get_ref().clone(),
+        limits: resolve_limits(file, &manifest.limits)?,
         flows,
         triggers,
     })
 }
+
+fn resolve_limits(file: &ManifestFile, section: &LimitsSection) -> Result<AppLimits, ManifestError> {
+    let mut limits = AppLimits::default();
+    if let Some(value) = &section.max_memory {
+        let key = "limits.max_memory";
+        let size = match value.get_ref() {
+            toml::Value::Integer(n) => usize::try_from(*n).map_err(|_| format!("{n} is not a size")),
+            toml::Value::String(text) => {
+                let text = file.resolve(key, &Spanned::new(value.span(), text.clone()))?;
+                parse_size(&text)
+            }
+            other => Err(format!("expected a size such as \"64MiB\", found {}", other.type_str())),
+        };
+        limits.max_memory = match size {
+            Ok(size) if size >= MIN_MEMORY => size,
+            Ok(_) => {
+                return Err(file.error_at(value.span(), format!("{key}: must be at least 1MiB")));
+            }
+            Err(problem) => return Err(file.error_at(value.span(), format!("{key}: {problem}"))),
+        };
+    }
+    if let Some(text) = &section.cpu_time {
+        limits.cpu_time = duration(file, "limits.cpu_time", text)?;
+    }
+    if let Some(text) = &section.wall_time {
+        limits.wall_time = duration(file, "limits.wall_time", text)?;
+    }
+    if let Some(n) = &section.max_executions {
+        limits.max_executions = positive(file, "limits.max_executions", n)?;
+    }
+    if let Some(n) = &section.max_connections {
+        limits.max_connections = positive(file, "limits.max_connections", n)?;
+    }
+    if let Some(text) = &section.slow_client_timeout {
+        limits.slow_client_timeout = duration(file, "limits.slow_client_timeout", text)?;
+    }
+    if let Some(n) = &section.log_lines_per_second {
+        let lines = positive(file, "limits.log_lines_per_second", n)?;
+        limits.log_lines_per_second = u32::try_from(lines).unwrap_or(u32::MAX);
+    }
+    Ok(limits)
+}
+
+/// A Rust flow's stack, data and heap need about this much to start.
+const MIN_MEMORY: usize = 1 << 20;
 
 fn resolve_trigger(
     file: &ManifestFile,

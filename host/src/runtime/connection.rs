@@ -9,15 +9,18 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 use tokio_tungstenite::tungstenite;
 use wasmtime::component::Resource;
 
 use super::bindings::wsflow::flow::connection as wit;
 use super::bindings::{CloseError, Message, ReceiveError, SendError};
 use super::ctx::FlowCtx;
+use super::limits::LimitExceeded;
+use crate::app::{AppInfo, AppStats};
 
 /// What a connection's writer task sends to the client.
 #[derive(Debug)]
@@ -31,25 +34,34 @@ pub enum Outbound {
 #[derive(Debug)]
 pub struct ConnectionShared {
     pub id: u64,
+    pub app: Arc<AppInfo>,
     pub peer: SocketAddr,
     pub max_message_size: usize,
     closed: AtomicBool,
     outbound: mpsc::Sender<Outbound>,
+    abort: CancellationToken,
 }
+
+/// How long a close frame may wait for room in the outbound queue before
+/// the host gives up on the closing handshake and drops the connection.
+const CLOSE_QUEUE_WAIT: Duration = Duration::from_secs(1);
 
 impl ConnectionShared {
     pub fn new(
         id: u64,
+        app: Arc<AppInfo>,
         peer: SocketAddr,
         max_message_size: usize,
         outbound: mpsc::Sender<Outbound>,
     ) -> Self {
         Self {
             id,
+            app,
             peer,
             max_message_size,
             closed: AtomicBool::new(false),
             outbound,
+            abort: CancellationToken::new(),
         }
     }
 
@@ -74,15 +86,32 @@ impl ConnectionShared {
             .map_err(|_| SendError::Closed)
     }
 
-    /// Start the closing handshake, once. Returns whether this call closed it.
+    /// Start the closing handshake, once. Returns whether this call closed
+    /// it. If the close frame cannot even be queued (the client does not
+    /// read), the connection is aborted instead.
     pub async fn close(&self, code: u16, reason: impl Into<String>) -> bool {
         if self.closed.swap(true, Ordering::AcqRel) {
             return false;
         }
-        self.outbound
-            .send(Outbound::Close(code, reason.into()))
-            .await
-            .is_ok()
+        let queued = self.outbound.send(Outbound::Close(code, reason.into()));
+        match tokio::time::timeout(CLOSE_QUEUE_WAIT, queued).await {
+            Ok(result) => result.is_ok(),
+            Err(_elapsed) => {
+                self.abort.cancel();
+                false
+            }
+        }
+    }
+
+    /// Drop the connection without a closing handshake.
+    pub fn abort(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.abort.cancel();
+    }
+
+    /// Cancelled when the connection must be dropped at once.
+    pub fn aborted(&self) -> &CancellationToken {
+        &self.abort
     }
 }
 
@@ -139,13 +168,27 @@ impl wit::HostConnection for FlowCtx {
         msg: Message,
     ) -> wasmtime::Result<Result<(), SendError>> {
         let conn = self.table.get(&this)?;
-        if message_len(&msg) > conn.shared.max_message_size {
+        let len = message_len(&msg);
+        if len > conn.shared.max_message_size {
             return Ok(Err(SendError::TooLarge));
         }
         let shared = Arc::clone(&conn.shared);
-        let result = shared.send(into_ws_message(msg)).await;
+        let patience = self.app.limits.slow_client_timeout;
+        let started = Instant::now();
+        let sent = tokio::time::timeout(patience, shared.send(into_ws_message(msg))).await;
+        // Waiting for the client is not the flow's CPU time.
+        self.cpu.waited(started.elapsed());
+        let Ok(result) = sent else {
+            // The client has not read for `patience`: its fault, not the
+            // flow's. Drop it and end the execution.
+            shared.abort();
+            return Err(wasmtime::Error::new(LimitExceeded::SlowClient { waited: patience }));
+        };
         if result.is_ok() {
             self.stats.messages_out += 1;
+            self.stats.bytes_out += len as u64;
+            AppStats::add(&self.app.stats.messages_out, 1);
+            AppStats::add(&self.app.stats.bytes_out, len as u64);
         }
         Ok(result)
     }

@@ -1,20 +1,35 @@
 //! Per-execution store state: what one flow execution can reach.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use wasmtime::component::ResourceTable;
-use wasmtime::{StoreLimits, StoreLimitsBuilder};
+use wasmtime_wasi::filesystem::FsPerms;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::Level;
 use super::bindings::wsflow::flow::{log, properties};
-use super::stdio::LogOutput;
-use crate::loader::AppInfo;
+use super::limits::{CpuMeter, ExecutionLimiter};
+use super::stdio::{self, LogOutput};
+use crate::app::AppInfo;
+
+/// Where a flow's directory grant appears inside the sandbox.
+pub const GRANTED_DIR_GUEST_PATH: &str = "/data";
+
+/// What the manifest grants a flow beyond computing and its connection.
+#[derive(Debug, Clone, Default)]
+pub struct FlowGrants {
+    /// Environment variables the flow sees (and no others).
+    pub env: Vec<(String, String)>,
+    /// A host directory the flow may read, at [`GRANTED_DIR_GUEST_PATH`].
+    pub read_only_dir: Option<PathBuf>,
+}
 
 /// Counts an execution reports back to its connection.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct ExecutionStats {
     pub messages_out: u64,
+    pub bytes_out: u64,
 }
 
 /// The data of one execution's `Store`.
@@ -24,7 +39,8 @@ pub struct ExecutionStats {
 pub struct FlowCtx {
     pub(super) wasi: WasiCtx,
     pub(super) table: ResourceTable,
-    pub(super) limits: StoreLimits,
+    pub(super) limiter: ExecutionLimiter,
+    pub(super) cpu: CpuMeter,
     pub(super) app: Arc<AppInfo>,
     pub(super) flow: Arc<str>,
     pub(super) connection_id: u64,
@@ -32,38 +48,39 @@ pub struct FlowCtx {
 }
 
 impl FlowCtx {
-    pub fn new(app: Arc<AppInfo>, flow: Arc<str>, connection_id: u64) -> Self {
-        let stdout = LogOutput::new(&app.name, &flow, connection_id, "stdout");
-        let stderr = LogOutput::new(&app.name, &flow, connection_id, "stderr");
-        // No ambient authority: no preopened directories, no environment, no
-        // network; stdin is empty and stdout/stderr go to the host log.
-        let wasi = WasiCtx::builder()
-            .stdout(stdout)
+    pub fn new(
+        app: Arc<AppInfo>,
+        flow: Arc<str>,
+        grants: &FlowGrants,
+        connection_id: u64,
+    ) -> wasmtime::Result<Self> {
+        let stdout = LogOutput::new(&app, &flow, connection_id, "stdout");
+        let stderr = LogOutput::new(&app, &flow, connection_id, "stderr");
+        // No ambient authority: no host environment, no files, no network;
+        // stdin is empty and stdout/stderr go to the host log. Only what the
+        // manifest grants is added.
+        let mut wasi = WasiCtx::builder();
+        wasi.stdout(stdout)
             .stderr(stderr)
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false)
-            .build();
-        let limits = StoreLimitsBuilder::new()
-            .memory_size(app.limits.max_memory_bytes)
-            .instances(MAX_INSTANCES)
-            .trap_on_grow_failure(false)
-            .build();
-        Self {
-            wasi,
+            .envs(&grants.env);
+        if let Some(dir) = &grants.read_only_dir {
+            wasi.preopened_dir(dir, GRANTED_DIR_GUEST_PATH, FsPerms::ReadOnly)?;
+        }
+        Ok(Self {
+            wasi: wasi.build(),
             table: ResourceTable::new(),
-            limits,
+            limiter: ExecutionLimiter::new(app.limits.max_memory),
+            cpu: CpuMeter::new(app.limits.cpu_time),
             app,
             flow,
             connection_id,
             stats: ExecutionStats::default(),
-        }
+        })
     }
 }
-
-/// A Rust flow component instantiates a handful of core instances (the
-/// flow, its adapter shims); this bound only stops runaway nesting.
-const MAX_INSTANCES: usize = 64;
 
 impl WasiView for FlowCtx {
     fn ctx(&mut self) -> WasiCtxView<'_> {
@@ -76,14 +93,14 @@ impl WasiView for FlowCtx {
 
 impl log::Host for FlowCtx {
     async fn log(&mut self, level: Level, message: String) -> wasmtime::Result<()> {
-        let (app, flow, conn) = (&*self.app.name, &*self.flow, self.connection_id);
-        match level {
-            Level::Trace => tracing::trace!(target: "wsflow::flow", app, flow, conn, "{message}"),
-            Level::Debug => tracing::debug!(target: "wsflow::flow", app, flow, conn, "{message}"),
-            Level::Info => tracing::info!(target: "wsflow::flow", app, flow, conn, "{message}"),
-            Level::Warn => tracing::warn!(target: "wsflow::flow", app, flow, conn, "{message}"),
-            Level::Error => tracing::error!(target: "wsflow::flow", app, flow, conn, "{message}"),
-        }
+        let level = match level {
+            Level::Trace => tracing::Level::TRACE,
+            Level::Debug => tracing::Level::DEBUG,
+            Level::Info => tracing::Level::INFO,
+            Level::Warn => tracing::Level::WARN,
+            Level::Error => tracing::Level::ERROR,
+        };
+        stdio::emit(&self.app, &self.flow, self.connection_id, level, "log", &message);
         Ok(())
     }
 }

@@ -4,21 +4,30 @@
 pub mod bindings;
 pub mod connection;
 mod ctx;
+pub mod limits;
 mod stdio;
 
 use std::collections::HashMap;
 use std::hash::{Hash as _, Hasher as _};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::error::Context as _;
-use wasmtime::{Config, Engine, Store};
+use wasmtime::{Config, Engine, Store, UpdateDeadline};
 
 pub use connection::{ConnectionShared, HostConnection, Outbound};
-pub use ctx::{ExecutionStats, FlowCtx};
+pub use ctx::{ExecutionStats, FlowCtx, FlowGrants, GRANTED_DIR_GUEST_PATH};
+pub use limits::LimitExceeded;
 
-use crate::loader::AppInfo;
+use crate::app::{AppInfo, AppStats};
+
+/// How often the engine's epoch advances. An execution's CPU time is checked
+/// (and the execution yields to other tasks) once per tick, so a runaway
+/// loop is stopped within one tick of its limit and cannot hold a worker
+/// thread for longer than a tick.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
 /// The engine and linker shared by every app in the host.
 #[derive(Clone)]
@@ -52,7 +61,9 @@ impl Runtime {
     pub fn new() -> anyhow::Result<Self> {
         let mut config = Config::new();
         config.wasm_component_model(true);
+        config.epoch_interruption(true);
         let engine = Engine::new(&config).context("creating the WebAssembly engine")?;
+        start_epoch_ticker(&engine);
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
             .context("linking WASI into the flow linker")?;
@@ -72,6 +83,7 @@ impl Runtime {
         app: &Arc<AppInfo>,
         name: &str,
         component: &Path,
+        grants: FlowGrants,
     ) -> anyhow::Result<FlowPre> {
         let bytes = std::fs::read(component)
             .with_context(|| format!("reading component {}", component.display()))?;
@@ -85,9 +97,26 @@ impl Runtime {
         Ok(FlowPre {
             name: name.into(),
             app: Arc::clone(app),
+            grants: Arc::new(grants),
             pre,
         })
     }
+}
+
+/// Advance the engine's epoch every [`EPOCH_TICK`] for as long as the
+/// engine lives.
+fn start_epoch_ticker(engine: &Engine) {
+    let weak = engine.weak();
+    std::thread::Builder::new()
+        .name("wsflow-epoch".into())
+        .spawn(move || {
+            while let Some(engine) = weak.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(EPOCH_TICK);
+            }
+        })
+        .expect("spawning the epoch thread");
 }
 
 impl Runtime {
@@ -115,8 +144,11 @@ pub enum Outcome {
     Completed,
     /// `handle` returned `err` with this message.
     Failed(String),
-    /// The guest trapped (panic, unreachable, out-of-bounds access, ...).
+    /// The guest trapped (panic, unreachable, out-of-bounds access, stack
+    /// overflow, ...).
     Trapped(wasmtime::Error),
+    /// The execution ran into one of the app's limits and was stopped.
+    LimitExceeded(LimitExceeded),
 }
 
 /// A flow compiled and linked, ready to be instantiated once per execution.
@@ -124,6 +156,7 @@ pub enum Outcome {
 pub struct FlowPre {
     name: Arc<str>,
     app: Arc<AppInfo>,
+    grants: Arc<FlowGrants>,
     pre: bindings::FlowPre<FlowCtx>,
 }
 
@@ -136,21 +169,75 @@ impl FlowPre {
         &self.app
     }
 
-    /// Run the flow once in a fresh store.
+    /// Run the flow once in a fresh store, within the app's limits; with
+    /// `wall_time`, stop it when that much time has passed.
     pub async fn execute(
         &self,
         event: &bindings::Event,
         connection: HostConnection,
         connection_id: u64,
+        wall_time: Option<Duration>,
     ) -> (Outcome, ExecutionStats) {
-        let ctx = FlowCtx::new(Arc::clone(&self.app), Arc::clone(&self.name), connection_id);
+        let app = &self.app;
+        // Waits while the app runs as many executions as it may.
+        let _permit = Arc::clone(&app.executions)
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed");
+        let ctx = match FlowCtx::new(
+            Arc::clone(app),
+            Arc::clone(&self.name),
+            &self.grants,
+            connection_id,
+        ) {
+            Ok(ctx) => ctx,
+            Err(error) => {
+                AppStats::add(&app.stats.executions_trapped, 1);
+                return (Outcome::Trapped(error), ExecutionStats::default());
+            }
+        };
         let mut store = Store::new(self.pre.engine(), ctx);
-        store.limiter(|ctx| &mut ctx.limits);
-        let outcome = match self.call(&mut store, event, connection).await {
+        store.limiter(|ctx| &mut ctx.limiter);
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(|ctx| {
+            let cpu = &ctx.data().cpu;
+            let used = cpu.used();
+            if used > cpu.limit {
+                let exceeded = LimitExceeded::CpuTime {
+                    used,
+                    limit: cpu.limit,
+                };
+                return Err(wasmtime::Error::new(exceeded));
+            }
+            Ok(UpdateDeadline::Yield(1))
+        });
+
+        let call = self.call(&mut store, event, connection);
+        let result = match wall_time {
+            None => call.await,
+            Some(limit) => match tokio::time::timeout(limit, call).await {
+                Ok(result) => result,
+                Err(_elapsed) => {
+                    let exceeded = LimitExceeded::WallTime { limit };
+                    Err(wasmtime::Error::new(exceeded))
+                }
+            },
+        };
+        let outcome = match result {
             Ok(Ok(())) => Outcome::Completed,
             Ok(Err(message)) => Outcome::Failed(message),
-            Err(trap) => Outcome::Trapped(trap),
+            Err(trap) => match limit_behind(&trap, store.data()) {
+                Some(exceeded) => Outcome::LimitExceeded(exceeded),
+                None => Outcome::Trapped(trap),
+            },
         };
+        let counter = match &outcome {
+            Outcome::Completed => &app.stats.executions_ok,
+            Outcome::Failed(_) => &app.stats.executions_failed,
+            Outcome::Trapped(_) => &app.stats.executions_trapped,
+            Outcome::LimitExceeded(_) => &app.stats.executions_limit_exceeded,
+        };
+        AppStats::add(counter, 1);
         (outcome, store.data().stats)
     }
 
@@ -164,4 +251,14 @@ impl FlowPre {
         let handle = store.data_mut().table.push(connection)?;
         flow.call_handle(&mut *store, event, handle).await
     }
+}
+
+/// The limit that caused `trap`, if one did: the error itself (CPU, wall
+/// clock, slow client) or the memory refusal the limiter recorded, which
+/// the guest turns into an abort.
+fn limit_behind(trap: &wasmtime::Error, ctx: &FlowCtx) -> Option<LimitExceeded> {
+    if let Some(exceeded) = trap.downcast_ref::<LimitExceeded>() {
+        return Some(exceeded.clone());
+    }
+    ctx.limiter.exceeded.clone()
 }

@@ -1,4 +1,6 @@
-//! Guest stdout and stderr, captured line by line into the host log.
+//! Guest output — stdout, stderr and `log` calls — into the host log, line
+//! by line, tagged with app, flow and connection, within the app's log
+//! budget.
 
 use std::io;
 use std::pin::Pin;
@@ -8,26 +10,73 @@ use std::task::{Context, Poll};
 use tokio::io::AsyncWrite;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 
-/// A line longer than this is logged in pieces, so a guest cannot make the
-/// host buffer without bound by never writing a newline.
+use crate::app::{AppInfo, AppStats, LogPermit};
+
+/// A line longer than this is cut, so a guest cannot make the host buffer
+/// or log without bound by never writing a newline.
 const MAX_LINE: usize = 4096;
 
-/// An output stream whose lines become `tracing` events tagged with the app,
-/// flow and connection that wrote them.
+/// Log one line of guest output if the app's budget allows; otherwise count
+/// it as dropped. The first line after a drop says how many were dropped.
+pub fn emit(app: &AppInfo, flow: &str, conn: u64, level: tracing::Level, stream: &str, line: &str) {
+    let dropped_before = match app.log_budget.take() {
+        LogPermit::Drop => {
+            AppStats::add(&app.stats.log_lines_dropped, 1);
+            return;
+        }
+        LogPermit::Log { dropped_before } => dropped_before,
+    };
+    let app_name = &*app.name;
+    if dropped_before > 0 {
+        tracing::warn!(
+            target: "wsflow::flow",
+            app = app_name,
+            flow,
+            "dropped {dropped_before} line(s) of guest output over the app's log budget of {}/s",
+            app.limits.log_lines_per_second
+        );
+    }
+    let line = truncate(line);
+    macro_rules! at {
+        ($level:expr) => {
+            tracing::event!(target: "wsflow::flow", $level, app = app_name, flow, conn, stream, "{line}")
+        };
+    }
+    match level {
+        tracing::Level::TRACE => at!(tracing::Level::TRACE),
+        tracing::Level::DEBUG => at!(tracing::Level::DEBUG),
+        tracing::Level::INFO => at!(tracing::Level::INFO),
+        tracing::Level::WARN => at!(tracing::Level::WARN),
+        _ => at!(tracing::Level::ERROR),
+    }
+}
+
+fn truncate(line: &str) -> &str {
+    if line.len() <= MAX_LINE {
+        return line;
+    }
+    let mut end = MAX_LINE;
+    while !line.is_char_boundary(end) {
+        end -= 1;
+    }
+    &line[..end]
+}
+
+/// A guest output stream whose lines go to [`emit`].
 #[derive(Clone)]
 pub struct LogOutput {
     tags: Arc<Tags>,
 }
 
 struct Tags {
-    app: Arc<str>,
+    app: Arc<AppInfo>,
     flow: Arc<str>,
     connection: u64,
     stream: &'static str,
 }
 
 impl LogOutput {
-    pub fn new(app: &Arc<str>, flow: &Arc<str>, connection: u64, stream: &'static str) -> Self {
+    pub fn new(app: &Arc<AppInfo>, flow: &Arc<str>, connection: u64, stream: &'static str) -> Self {
         Self {
             tags: Arc::new(Tags {
                 app: Arc::clone(app),
@@ -60,20 +109,20 @@ struct LineWriter {
 }
 
 impl LineWriter {
-    fn emit(&mut self) {
+    fn flush_line(&mut self) {
         if self.line.is_empty() {
             return;
         }
         let text = String::from_utf8_lossy(&self.line);
         let text = text.trim_end_matches(['\n', '\r']);
         let tags = &self.tags;
-        tracing::info!(
-            target: "wsflow::flow",
-            app = &*tags.app,
-            flow = &*tags.flow,
-            conn = tags.connection,
-            stream = tags.stream,
-            "{text}"
+        emit(
+            &tags.app,
+            &tags.flow,
+            tags.connection,
+            tracing::Level::INFO,
+            tags.stream,
+            text,
         );
         self.line.clear();
     }
@@ -87,7 +136,7 @@ impl LineWriter {
                 self.line.extend_from_slice(&chunk[..take]);
                 chunk = &chunk[take..];
                 if self.line.len() == MAX_LINE || self.line.ends_with(b"\n") {
-                    self.emit();
+                    self.flush_line();
                 }
             }
         }
@@ -109,13 +158,13 @@ impl AsyncWrite for LineWriter {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.emit();
+        self.flush_line();
         Poll::Ready(Ok(()))
     }
 }
 
 impl Drop for LineWriter {
     fn drop(&mut self) {
-        self.emit();
+        self.flush_line();
     }
 }

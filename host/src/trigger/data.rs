@@ -22,6 +22,7 @@ pub async fn run(
     mut event: Event,
     shutdown: &CancellationToken,
 ) -> Option<Close> {
+    let wall_time = handler.flow.app().limits.wall_time;
     loop {
         let message = tokio::select! {
             message = inbound.recv() => message?,
@@ -42,7 +43,10 @@ pub async fn run(
             event.inputs = inputs::evaluate(&handler.spec.inputs, &event, json.as_ref());
         }
         let connection = HostConnection::new(Arc::clone(shared), None);
-        let (outcome, _stats) = handler.flow.execute(&event, connection, shared.id).await;
+        let (outcome, _stats) = handler
+            .flow
+            .execute(&event, connection, shared.id, Some(wall_time))
+            .await;
         if let Some(close) = report(handler, shared, outcome) {
             return Some(close);
         }

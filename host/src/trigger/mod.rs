@@ -24,7 +24,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::loader::AppInfo;
+use crate::app::{AppInfo, AppStats};
 use crate::manifest::Mode;
 use crate::manifest::spec::{HandlerSpec, TriggerLimits};
 use crate::runtime::bindings::{Content, Event};
@@ -63,6 +63,7 @@ impl Close {
     pub const IDLE: Close = Close::fixed(1001, "idle timeout");
     pub const INTERNAL_ERROR: Close = Close::fixed(1011, "internal error");
     pub const FLOW_FAILED: Close = Close::fixed(1011, "flow failed");
+    pub const POLICY_VIOLATION: Close = Close::fixed(1008, "client does not read");
 
     const fn fixed(code: u16, reason: &'static str) -> Self {
         Self {
@@ -122,6 +123,14 @@ fn report(handler: &Handler, connection: &ConnectionShared, outcome: Outcome) ->
             tracing::error!(app, flow, conn, "flow trapped: {trap:?}");
             Some(Close::INTERNAL_ERROR)
         }
+        Outcome::LimitExceeded(exceeded) => {
+            tracing::error!(app, flow, conn, "execution stopped: {exceeded}");
+            Some(if exceeded.is_client_fault() {
+                Close::POLICY_VIOLATION
+            } else {
+                Close::INTERNAL_ERROR
+            })
+        }
     }
 }
 
@@ -145,12 +154,16 @@ static NEXT_CONNECTION_ID: AtomicU64 = AtomicU64::new(1);
 const READ_BUFFER: usize = 4 * 1024;
 const WRITE_BUFFER: usize = 4 * 1024;
 
-/// Counts an open connection until dropped.
-struct OpenGuard(Arc<AtomicUsize>);
+/// Counts an open connection, for its trigger and its app, until dropped.
+struct OpenGuard {
+    trigger: Arc<AtomicUsize>,
+    app: Arc<AppInfo>,
+}
 
 impl Drop for OpenGuard {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        self.trigger.fetch_sub(1, Ordering::AcqRel);
+        self.app.stats.connections_open.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -248,15 +261,28 @@ impl WsTrigger {
             }
         }
         let open = self.open.fetch_add(1, Ordering::AcqRel);
-        let guard = OpenGuard(Arc::clone(&self.open));
-        if let Some(max) = self.limits.max_connections
-            && open >= max
-        {
+        let app_open = self.app.stats.connections_open.fetch_add(1, Ordering::AcqRel);
+        let guard = OpenGuard {
+            trigger: Arc::clone(&self.open),
+            app: Arc::clone(&self.app),
+        };
+        let trigger_full = self.limits.max_connections.filter(|max| open >= *max);
+        let app_max = self.app.limits.max_connections;
+        let full = match trigger_full {
+            Some(max) => Some(format!("the server is at its limit of {max} connections")),
+            None if app_open >= app_max as u64 => {
+                Some(format!("the app is at its limit of {app_max} connections"))
+            }
+            None => None,
+        };
+        if let Some(full) = full {
+            AppStats::add(&self.app.stats.connections_refused, 1);
             return Err(Refusal {
                 status: StatusCode::SERVICE_UNAVAILABLE,
-                body: format!("the server is at its limit of {max} connections; try again later"),
+                body: format!("{full}; try again later"),
             });
         }
+        AppStats::add(&self.app.stats.connections_total, 1);
         Ok((routed, guard))
     }
 
@@ -303,7 +329,7 @@ impl WsTrigger {
         let id = NEXT_CONNECTION_ID.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(app = &*self.app.name, conn = id, %peer, path = %handler.spec.path, "connected");
 
-        let (pump, inbound) = Pump::start(ws, id, peer, &self.limits);
+        let (pump, inbound) = Pump::start(ws, id, Arc::clone(&self.app), peer, &self.limits);
         let mut event = Event {
             mode: match handler.spec.mode {
                 Mode::Data => bindings::Mode::Data,

@@ -21,6 +21,7 @@ use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_util::sync::CancellationToken;
 
 use super::Close;
+use crate::app::{AppInfo, AppStats};
 use crate::manifest::spec::TriggerLimits;
 use crate::runtime::{ConnectionShared, Outbound};
 
@@ -62,6 +63,7 @@ where
     pub fn start(
         ws: WebSocketStream<S>,
         id: u64,
+        app: Arc<AppInfo>,
         peer: SocketAddr,
         limits: &TriggerLimits,
     ) -> (Self, mpsc::Receiver<Message>) {
@@ -70,6 +72,7 @@ where
         let (in_tx, in_rx) = mpsc::channel(INBOUND_QUEUE);
         let shared = Arc::new(ConnectionShared::new(
             id,
+            app,
             peer,
             limits.max_message_size,
             out_tx,
@@ -80,6 +83,7 @@ where
             out_rx,
             limits.ping_interval,
             stop_writer.clone(),
+            shared.aborted().clone(),
         ));
         let reader = tokio::spawn(read_loop(
             stream,
@@ -131,6 +135,7 @@ where
             }
         };
         if let (Some(sink), Some(stream)) = (sink, stream)
+            && !shared.aborted().is_cancelled()
             && let Ok(ws) = sink.reunite(stream)
         {
             linger(ws.into_inner()).await;
@@ -161,6 +166,7 @@ async fn write_loop<S>(
     mut outbound: mpsc::Receiver<Outbound>,
     ping_interval: Option<Duration>,
     stop: CancellationToken,
+    abort: CancellationToken,
 ) -> Sink<S>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -181,6 +187,7 @@ where
                 }
                 continue;
             }
+            () = abort.cancelled() => return sink,
             () = stop.cancelled() => {
                 // Only a queued close frame still matters.
                 while let Ok(next) = outbound.try_recv() {
@@ -225,6 +232,14 @@ where
     let _ = sink.send(Message::Close(Some(frame))).await;
 }
 
+/// Sleep for `duration`, or forever without one.
+async fn sleep_or_never(duration: Option<Duration>) {
+    match duration {
+        Some(duration) => tokio::time::sleep(duration).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Wait for the next tick, or forever without an interval.
 async fn tick(interval: &mut Option<tokio::time::Interval>) {
     match interval {
@@ -246,26 +261,26 @@ where
 {
     // Keep reading after a close frame: tungstenite sends its reply on the
     // next read, and the stream ends once the handshake is complete.
+    let abort = shared.aborted().clone();
     loop {
-        let next = match idle_timeout {
-            // Any frame, a pong included, counts as activity. Once closing,
-            // the close timeout of `Pump::finish` takes over.
-            Some(idle) if !shared.is_closed() => {
-                match tokio::time::timeout(idle, stream.next()).await {
-                    Ok(next) => next,
-                    Err(_elapsed) => {
-                        tracing::debug!(conn = shared.id, "idle timeout");
-                        let close = Close::IDLE;
-                        shared.close(close.code, close.reason).await;
-                        continue;
-                    }
-                }
+        // Any frame, a pong included, counts as activity. Once closing,
+        // the close timeout of `Pump::finish` takes over.
+        let idle = idle_timeout.filter(|_| !shared.is_closed());
+        let next = tokio::select! {
+            next = stream.next() => next,
+            () = sleep_or_never(idle) => {
+                tracing::debug!(conn = shared.id, "idle timeout");
+                let close = Close::IDLE;
+                shared.close(close.code, close.reason).await;
+                continue;
             }
-            _ => stream.next().await,
+            () = abort.cancelled() => break,
         };
         let Some(frame) = next else { break };
         match frame {
             Ok(message @ (Message::Text(_) | Message::Binary(_))) => {
+                AppStats::add(&shared.app.stats.messages_in, 1);
+                AppStats::add(&shared.app.stats.bytes_in, message.len() as u64);
                 // After the flow side has stopped (a trap, a shutdown), data
                 // that still arrives is read and dropped.
                 let _ = inbound.send(message).await;

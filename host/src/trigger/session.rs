@@ -20,7 +20,7 @@ pub async fn run(
     shutdown: &CancellationToken,
 ) -> Option<Close> {
     let connection = HostConnection::new(Arc::clone(shared), Some(inbound));
-    let execution = handler.flow.execute(&event, connection, shared.id);
+    let execution = handler.flow.execute(&event, connection, shared.id, None);
     tokio::pin!(execution);
     let (outcome, _stats) = tokio::select! {
         finished = &mut execution => finished,
