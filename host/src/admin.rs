@@ -18,7 +18,9 @@ pub async fn serve(listener: TcpListener, stats: StatsHandle, shutdown: Cancella
             accepted = listener.accept() => accepted,
             () = shutdown.cancelled() => return,
         };
-        let Ok((mut stream, _)) = accepted else { continue };
+        let Ok((mut stream, _)) = accepted else {
+            continue;
+        };
         let stats = stats.clone();
         tokio::spawn(async move {
             let mut request = Vec::new();
@@ -33,7 +35,10 @@ pub async fn serve(listener: TcpListener, stats: StatsHandle, shutdown: Cancella
             let (status, body) = if first_line.starts_with(b"GET /stats ") {
                 ("200 OK", format!("{:#}\n", stats.to_json()))
             } else {
-                ("404 Not Found", "only GET /stats is served here\n".to_owned())
+                (
+                    "404 Not Found",
+                    "only GET /stats is served here\n".to_owned(),
+                )
             };
             let content_type = if status.starts_with("200") {
                 "application/json"

@@ -65,7 +65,11 @@ async fn up(manifests: Vec<PathBuf>, admin: Option<std::net::SocketAddr>) -> any
                 .await
                 .with_context(|| format!("--admin: cannot listen on {addr}"))?;
             let url = format!("http://{}/stats", listener.local_addr()?);
-            tokio::spawn(crate::admin::serve(listener, server.stats(), shutdown.clone()));
+            tokio::spawn(crate::admin::serve(
+                listener,
+                server.stats(),
+                shutdown.clone(),
+            ));
             Some(url)
         }
         None => None,

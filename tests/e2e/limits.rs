@@ -155,8 +155,14 @@ fn flood_progress(peer: &str) -> u64 {
 
 #[tokio::test]
 async fn a_client_that_does_not_read_holds_up_the_sender_instead_of_host_memory() {
-    let manifest =
-        single_handler_manifest(programs::FLOOD, "path = \"/flood\"\nmode = \"connection\"");
+    // Copying 128 MiB out of the guest is real work: give it the CPU time.
+    let manifest = wsflow_tests::app_manifest(
+        "flood",
+        programs::FLOOD,
+        "/flood",
+        "connection",
+        "cpu_time = \"60s\"",
+    );
     let server = TestServer::start(&manifest).await;
     let mut client = connect(&server.url("/flood")).await;
     let peer = local_addr(&client).to_string();

@@ -10,4 +10,5 @@ mod limits;
 mod manifests;
 mod params;
 mod shutdown;
+mod tenancy;
 mod tls;

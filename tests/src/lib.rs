@@ -11,10 +11,10 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
+use wsflow::app::StatsSnapshot;
 use wsflow::loader::{self, LoadOptions};
-use wsflow::manifest::ManifestFile;
 use wsflow::runtime::Runtime;
-use wsflow::server::{Endpoint, Server};
+use wsflow::server::{Endpoint, Server, StatsHandle};
 
 /// Paths of the guest test programs, compiled to components by `build.rs`.
 pub mod programs {
@@ -28,6 +28,31 @@ pub const TIMEOUT: Duration = Duration::from_secs(15);
 pub fn runtime() -> &'static Runtime {
     static RUNTIME: OnceLock<Runtime> = OnceLock::new();
     RUNTIME.get_or_init(|| Runtime::new().expect("creating the runtime"))
+}
+
+/// A manifest for app `name`: one flow served at `path` on port 0, with
+/// extra `[limits]` and handler settings.
+pub fn app_manifest(name: &str, component: &str, path: &str, mode: &str, limits: &str) -> String {
+    format!(
+        r#"
+[app]
+name = "{name}"
+
+[limits]
+{limits}
+
+[flows.main]
+component = "{component}"
+
+[[triggers]]
+port = 0
+
+[[triggers.handlers]]
+flow = "main"
+path = "{path}"
+mode = "{mode}"
+"#
+    )
 }
 
 /// A manifest for one flow served by one handler on port 0.
@@ -53,6 +78,7 @@ flow = "main"
 /// A wsflow server running in this process.
 pub struct TestServer {
     endpoints: Vec<Endpoint>,
+    stats: StatsHandle,
     shutdown: CancellationToken,
     task: Option<tokio::task::JoinHandle<()>>,
     _dir: tempfile::TempDir,
@@ -73,25 +99,62 @@ impl TestServer {
     }
 
     pub async fn try_start(manifest: &str) -> anyhow::Result<Self> {
+        Self::try_start_apps(&[manifest]).await
+    }
+
+    /// Serve several apps (manifest texts) in one host, as
+    /// `wsflow up app0.toml app1.toml ...` does.
+    pub async fn start_apps(manifests: &[&str]) -> Self {
+        Self::try_start_apps(manifests)
+            .await
+            .expect("starting the test server")
+    }
+
+    pub async fn try_start_apps(manifests: &[&str]) -> anyhow::Result<Self> {
         init_logs();
         let dir = tempfile::tempdir()?;
-        let path = dir.path().join("wsflow.toml");
-        std::fs::write(&path, manifest)?;
-        let app = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-            let file = ManifestFile::load(&path)?;
-            loader::load(runtime(), &file, LoadOptions { build: false })
+        let mut paths = Vec::new();
+        for (i, manifest) in manifests.iter().enumerate() {
+            let path = dir.path().join(format!("app{i}.toml"));
+            std::fs::write(&path, manifest)?;
+            paths.push(path);
+        }
+        let apps = tokio::task::spawn_blocking(move || {
+            loader::load_all(runtime(), &paths, LoadOptions { build: false })
         })
         .await??;
-        let server = Server::bind(vec![app]).await?;
+        let server = Server::bind(apps).await?;
+        let stats = server.stats();
         let endpoints = server.endpoints().to_vec();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(server.run(shutdown.clone()));
         Ok(Self {
             endpoints,
+            stats,
             shutdown,
             task: Some(task),
             _dir: dir,
         })
+    }
+
+    /// The counters of app `name`.
+    pub fn app_stats(&self, name: &str) -> StatsSnapshot {
+        self.stats
+            .snapshot()
+            .into_iter()
+            .find(|(app, _)| app == name)
+            .map(|(_, stats)| stats)
+            .unwrap_or_else(|| panic!("no app named {name}"))
+    }
+
+    /// `ws://ADDR{path}` on the listener of app `app`.
+    pub fn app_url(&self, app: &str, path: &str) -> String {
+        let endpoint = self
+            .endpoints
+            .iter()
+            .find(|endpoint| endpoint.app == app)
+            .unwrap_or_else(|| panic!("no app named {app}"));
+        format!("ws://{}{path}", endpoint.addr)
     }
 
     /// `ws://ADDR{path}` on the first trigger's listener.
@@ -266,17 +329,30 @@ pub fn log_lines() -> Vec<String> {
         .collect()
 }
 
+/// Wait until app `app` logged a line containing `needle`.
+pub async fn wait_for_app_log(app: &str, needle: &str) -> String {
+    wait_for_log_line(&[needle, &format!("app=\"{app}\"")]).await
+}
+
 /// Wait until the log contains `needle`; panics after the timeout.
 pub async fn wait_for_log(needle: &str) -> String {
+    wait_for_log_line(&[needle]).await
+}
+
+/// Wait until one log line contains every needle.
+async fn wait_for_log_line(needles: &[&str]) -> String {
     let deadline = tokio::time::Instant::now() + TIMEOUT;
     loop {
         let logs = String::from_utf8_lossy(&log_buffer().lock().unwrap()).into_owned();
-        if let Some(line) = logs.lines().find(|line| line.contains(needle)) {
+        if let Some(line) = logs
+            .lines()
+            .find(|line| needles.iter().all(|needle| line.contains(needle)))
+        {
             return line.to_owned();
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "no log line containing {needle:?}"
+            "no log line containing all of {needles:?}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

@@ -198,7 +198,11 @@ pub fn parse_size(text: &str) -> Result<usize, String> {
         "KiB" => 1 << 10,
         "MiB" => 1 << 20,
         "GiB" => 1 << 30,
-        other => return Err(format!("`{other}` is not a size unit; use B, KiB, MiB or GiB")),
+        other => {
+            return Err(format!(
+                "`{other}` is not a size unit; use B, KiB, MiB or GiB"
+            ));
+        }
     };
     number
         .checked_mul(scale)

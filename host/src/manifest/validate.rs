@@ -11,13 +11,13 @@ use base64::Engine as _;
 use toml::Spanned;
 
 use super::spec::{
-    AppLimits, AppSpec, FlowGrants, parse_size, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_MESSAGE_SIZE, FLOGO_SERVER_PING_INTERVAL,
-    FlowSpec, HandlerSpec, InputSource, ParamSpec, PemSource, SchemaSpec, TlsSpec, TriggerLimits,
-    TriggerSpec, parse_duration,
+    AppLimits, AppSpec, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_MESSAGE_SIZE,
+    FLOGO_SERVER_PING_INTERVAL, FlowGrants, FlowSpec, HandlerSpec, InputSource, ParamSpec,
+    PemSource, SchemaSpec, TlsSpec, TriggerLimits, TriggerSpec, parse_duration, parse_size,
 };
 use super::{
-    LimitsSection, DEFAULT_PORT, Format, HandlerSection, ManifestError, ManifestFile, ParamSection, PathPattern,
-    SchemaSource, TlsSection, TriggerSection,
+    DEFAULT_PORT, Format, HandlerSection, LimitsSection, ManifestError, ManifestFile, ParamSection,
+    PathPattern, SchemaSource, TlsSection, TriggerSection,
 };
 
 const NAME_HELP: &str = "use letters, digits, `-` and `_`, starting with a letter";
@@ -56,12 +56,17 @@ pub(super) fn resolve(file: &ManifestFile) -> Result<AppSpec, ManifestError> {
         let key = format!("flows.{flow_name}");
         let mut env = Vec::new();
         for (name, value) in &flow.env {
-            env.push((name.clone(), file.resolve(&format!("{key}.env.{name}"), value)?));
+            env.push((
+                name.clone(),
+                file.resolve(&format!("{key}.env.{name}"), value)?,
+            ));
         }
         let read_only_dir = match &flow.read_only_dir {
             None => None,
             Some(dir) => {
-                let path = file.dir.join(file.resolve(&format!("{key}.read_only_dir"), dir)?);
+                let path = file
+                    .dir
+                    .join(file.resolve(&format!("{key}.read_only_dir"), dir)?);
                 if !path.is_dir() {
                     return Err(file
                         .error_at(
@@ -128,17 +133,25 @@ pub(super) fn resolve(file: &ManifestFile) -> Result<AppSpec, ManifestError> {
     })
 }
 
-fn resolve_limits(file: &ManifestFile, section: &LimitsSection) -> Result<AppLimits, ManifestError> {
+fn resolve_limits(
+    file: &ManifestFile,
+    section: &LimitsSection,
+) -> Result<AppLimits, ManifestError> {
     let mut limits = AppLimits::default();
     if let Some(value) = &section.max_memory {
         let key = "limits.max_memory";
         let size = match value.get_ref() {
-            toml::Value::Integer(n) => usize::try_from(*n).map_err(|_| format!("{n} is not a size")),
+            toml::Value::Integer(n) => {
+                usize::try_from(*n).map_err(|_| format!("{n} is not a size"))
+            }
             toml::Value::String(text) => {
                 let text = file.resolve(key, &Spanned::new(value.span(), text.clone()))?;
                 parse_size(&text)
             }
-            other => Err(format!("expected a size such as \"64MiB\", found {}", other.type_str())),
+            other => Err(format!(
+                "expected a size such as \"64MiB\", found {}",
+                other.type_str()
+            )),
         };
         limits.max_memory = match size {
             Ok(size) if size >= MIN_MEMORY => size,

@@ -12,8 +12,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 use tokio_tungstenite::tungstenite;
+use tokio_util::sync::CancellationToken;
 use wasmtime::component::Resource;
 
 use super::bindings::wsflow::flow::connection as wit;
@@ -182,7 +182,9 @@ impl wit::HostConnection for FlowCtx {
             // The client has not read for `patience`: its fault, not the
             // flow's. Drop it and end the execution.
             shared.abort();
-            return Err(wasmtime::Error::new(LimitExceeded::SlowClient { waited: patience }));
+            return Err(wasmtime::Error::new(LimitExceeded::SlowClient {
+                waited: patience,
+            }));
         };
         if result.is_ok() {
             self.stats.messages_out += 1;
@@ -202,16 +204,19 @@ impl wit::HostConnection for FlowCtx {
         let Some(inbound) = conn.inbound.as_mut() else {
             return Ok(Err(ReceiveError::NotConnectionMode));
         };
+        let started = Instant::now();
         let next = match timeout_ms {
-            None => inbound.recv().await,
+            None => Ok(inbound.recv().await),
             Some(ms) => {
-                match tokio::time::timeout(Duration::from_millis(ms.into()), inbound.recv()).await {
-                    Ok(next) => next,
-                    Err(_elapsed) => return Ok(Err(ReceiveError::Timeout)),
-                }
+                tokio::time::timeout(Duration::from_millis(ms.into()), inbound.recv()).await
             }
         };
-        Ok(Ok(next.and_then(from_ws_message)))
+        // Waiting for the client is not the flow's CPU time.
+        self.cpu.waited(started.elapsed());
+        match next {
+            Ok(next) => Ok(Ok(next.and_then(from_ws_message))),
+            Err(_elapsed) => Ok(Err(ReceiveError::Timeout)),
+        }
     }
 
     async fn close(

@@ -100,7 +100,14 @@ impl log::Host for FlowCtx {
             Level::Warn => tracing::Level::WARN,
             Level::Error => tracing::Level::ERROR,
         };
-        stdio::emit(&self.app, &self.flow, self.connection_id, level, "log", &message);
+        stdio::emit(
+            &self.app,
+            &self.flow,
+            self.connection_id,
+            level,
+            "log",
+            &message,
+        );
         Ok(())
     }
 }

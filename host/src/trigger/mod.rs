@@ -120,7 +120,10 @@ fn report(handler: &Handler, connection: &ConnectionShared, outcome: Outcome) ->
             }
         }
         Outcome::Trapped(trap) => {
-            tracing::error!(app, flow, conn, "flow trapped: {trap:?}");
+            // The cause on one line; the wasm backtrace at debug level.
+            let cause = trap.root_cause().to_string().replace('\n', " ");
+            tracing::error!(app, flow, conn, "flow trapped: {cause}");
+            tracing::debug!(app, flow, conn, "trap details: {trap:?}");
             Some(Close::INTERNAL_ERROR)
         }
         Outcome::LimitExceeded(exceeded) => {
@@ -163,7 +166,10 @@ struct OpenGuard {
 impl Drop for OpenGuard {
     fn drop(&mut self) {
         self.trigger.fetch_sub(1, Ordering::AcqRel);
-        self.app.stats.connections_open.fetch_sub(1, Ordering::AcqRel);
+        self.app
+            .stats
+            .connections_open
+            .fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -261,7 +267,11 @@ impl WsTrigger {
             }
         }
         let open = self.open.fetch_add(1, Ordering::AcqRel);
-        let app_open = self.app.stats.connections_open.fetch_add(1, Ordering::AcqRel);
+        let app_open = self
+            .app
+            .stats
+            .connections_open
+            .fetch_add(1, Ordering::AcqRel);
         let guard = OpenGuard {
             trigger: Arc::clone(&self.open),
             app: Arc::clone(&self.app),

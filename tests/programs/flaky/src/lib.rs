@@ -1,5 +1,6 @@
-//! `fail` makes the flow return an error, `panic` makes it trap; anything
-//! else is echoed.
+//! `fail` makes the flow return an error, `panic` makes it trap,
+//! `send-then-panic` sends two messages and then traps; anything else is
+//! echoed.
 
 use wsflow_sdk::{Connection, Error, Event, Flow};
 
@@ -10,6 +11,11 @@ impl Flow for Flaky {
         match event.text() {
             Some("fail") => Err(Error::msg("asked to fail")),
             Some("panic") => panic!("asked to panic"),
+            Some("send-then-panic") => {
+                conn.send_text("partial 1")?;
+                conn.send_text("partial 2")?;
+                panic!("asked to panic in the middle of sending")
+            }
             _ => {
                 if let Some(message) = event.message() {
                     conn.send(message)?;

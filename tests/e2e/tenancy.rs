@@ -1,0 +1,440 @@
+//! Sandboxed multi-tenancy: hostile flows in one app, a well-behaved echo
+//! app next to them. Each hostile program is stopped by the limit meant for
+//! it, only its own connection is closed, and the echo app keeps answering
+//! while the hostile one runs and after it is stopped.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use tokio_tungstenite::tungstenite::Message;
+use wsflow_tests::{
+    Client, Refused, TIMEOUT, TestServer, app_manifest, connect, local_addr, next_close, next_json,
+    next_message, next_text, programs, request, send_text, try_connect, wait_for_app_log,
+};
+
+fn victim() -> String {
+    app_manifest("victim", programs::ECHO, "/echo", "data", "")
+}
+
+/// Start the echo app next to `hostile` and connect a client to the echo.
+async fn with_victim(hostile: &str) -> (TestServer, Client) {
+    let server = TestServer::start_apps(&[&victim(), hostile]).await;
+    let mut victim = connect(&server.app_url("victim", "/echo")).await;
+    assert_victim_answers(&mut victim, "before").await;
+    (server, victim)
+}
+
+async fn assert_victim_answers(victim: &mut Client, tag: &str) {
+    for i in 0..5 {
+        let text = format!("{tag} {i}");
+        send_text(victim, &text).await;
+        assert_eq!(next_text(victim).await, text);
+    }
+}
+
+/// Keep checking the echo app, round after round, until `done` finishes.
+async fn victim_answers_while<F: Future>(victim: &mut Client, done: F) -> F::Output {
+    tokio::pin!(done);
+    loop {
+        let round = assert_victim_answers(victim, "during");
+        tokio::pin!(round);
+        tokio::select! {
+            output = &mut done => {
+                // Finish the round in flight so no echo is left unread.
+                round.await;
+                return output;
+            }
+            () = &mut round => {}
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endless_loop_is_stopped_by_the_cpu_limit() {
+    let hostile = app_manifest(
+        "hostile-an-endless-loop",
+        programs::SPIN,
+        "/spin",
+        "data",
+        "cpu_time = \"500ms\"",
+    );
+    let (server, mut victim) = with_victim(&hostile).await;
+    let mut spinner = connect(&server.app_url("hostile-an-endless-loop", "/spin")).await;
+    let started = Instant::now();
+    send_text(&mut spinner, "go").await;
+    let close = victim_answers_while(&mut victim, next_close(&mut spinner)).await;
+    let stopped_after = started.elapsed();
+    eprintln!("runaway loop stopped {stopped_after:?} after its message was sent (cpu_time 500ms)");
+    assert_eq!(u16::from(close.code), 1011);
+    assert!(
+        stopped_after >= Duration::from_millis(500),
+        "{stopped_after:?}"
+    );
+    let line = wait_for_app_log(
+        "hostile-an-endless-loop",
+        "execution stopped: CPU time limit",
+    )
+    .await;
+    assert!(line.contains("app=\"hostile-an-endless-loop\""), "{line}");
+    assert_eq!(
+        server
+            .app_stats("hostile-an-endless-loop")
+            .executions_limit_exceeded,
+        1
+    );
+    assert_eq!(server.app_stats("victim").executions_limit_exceeded, 0);
+    assert_victim_answers(&mut victim, "after").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_memory_bomb_is_stopped_by_the_memory_limit() {
+    let hostile = app_manifest(
+        "hostile-a-memory-bomb",
+        programs::BOMB,
+        "/bomb",
+        "data",
+        "max_memory = \"16MiB\"",
+    );
+    let (server, mut victim) = with_victim(&hostile).await;
+    let mut bomber = connect(&server.app_url("hostile-a-memory-bomb", "/bomb")).await;
+    send_text(&mut bomber, "go").await;
+    let close = victim_answers_while(&mut victim, next_close(&mut bomber)).await;
+    assert_eq!(u16::from(close.code), 1011);
+    let line = wait_for_app_log("hostile-a-memory-bomb", "execution stopped: memory limit").await;
+    assert!(line.contains("over the limit of 16777216"), "{line}");
+    assert_eq!(
+        server
+            .app_stats("hostile-a-memory-bomb")
+            .executions_limit_exceeded,
+        1
+    );
+    assert_victim_answers(&mut victim, "after").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unbounded_recursion_traps_on_the_stack_limit() {
+    let hostile = app_manifest(
+        "hostile-unbounded-recursion-traps",
+        programs::RECURSE,
+        "/deep",
+        "data",
+        "",
+    );
+    let (server, mut victim) = with_victim(&hostile).await;
+    let mut diver = connect(&server.app_url("hostile-unbounded-recursion-traps", "/deep")).await;
+    send_text(&mut diver, "go").await;
+    let close = victim_answers_while(&mut victim, next_close(&mut diver)).await;
+    assert_eq!(u16::from(close.code), 1011);
+    // Rust keeps large frames on a shadow stack in linear memory, which runs
+    // out first (an out-of-bounds access); small frames exhaust the wasm
+    // call stack. Either way the guest traps.
+    let line = wait_for_app_log(
+        "hostile-unbounded-recursion-traps",
+        "flow trapped: wasm trap:",
+    )
+    .await;
+    assert!(
+        line.contains("call stack exhausted") || line.contains("out of bounds memory access"),
+        "{line}"
+    );
+    assert_eq!(
+        server
+            .app_stats("hostile-unbounded-recursion-traps")
+            .executions_trapped,
+        1
+    );
+    assert_victim_answers(&mut victim, "after").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_flood_to_a_client_that_never_reads_is_cut_off() {
+    let hostile = app_manifest(
+        "hostile-a-send-flood",
+        programs::FLOOD,
+        "/flood",
+        "connection",
+        "slow_client_timeout = \"1s\"",
+    );
+    let (server, mut victim) = with_victim(&hostile).await;
+    let mut sink = connect(&server.app_url("hostile-a-send-flood", "/flood")).await;
+    send_text(&mut sink, "100000 65536").await;
+    // The client never reads; the flow fills the queue and waits in send.
+    let line = victim_answers_while(
+        &mut victim,
+        wait_for_app_log("hostile-a-send-flood", "execution stopped: slow client"),
+    )
+    .await;
+    assert!(line.contains("app=\"hostile-a-send-flood\""), "{line}");
+    assert_eq!(
+        server
+            .app_stats("hostile-a-send-flood")
+            .executions_limit_exceeded,
+        1
+    );
+    // The connection was dropped: reading drains what was buffered, then ends.
+    let drained = tokio::time::timeout(TIMEOUT, async {
+        use futures_util::StreamExt;
+        let mut messages = 0u64;
+        while let Some(Ok(_)) = sink.next().await {
+            messages += 1;
+        }
+        messages
+    })
+    .await
+    .expect("the connection ends");
+    assert!(
+        drained < 100_000,
+        "only what was buffered arrives: {drained}"
+    );
+    assert_victim_answers(&mut victim, "after").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_output_flood_is_rate_limited() {
+    let hostile = app_manifest(
+        "hostile-an-output-flood",
+        programs::CHATTER,
+        "/chatter",
+        "data",
+        "log_lines_per_second = 50",
+    );
+    let (server, mut victim) = with_victim(&hostile).await;
+    let mut chatter = connect(&server.app_url("hostile-an-output-flood", "/chatter")).await;
+    send_text(&mut chatter, "20000").await;
+    let reply = victim_answers_while(&mut victim, next_text(&mut chatter)).await;
+    assert_eq!(reply, "done");
+    let logged = wsflow_tests::log_lines()
+        .iter()
+        .filter(|line| {
+            line.contains("chatter ") && line.contains("app=\"hostile-an-output-flood\"")
+        })
+        .count();
+    // A burst of 500 lines plus 50 a second of refill.
+    assert!(logged <= 1000, "{logged} of 60000 lines reached the log");
+    let dropped = server
+        .app_stats("hostile-an-output-flood")
+        .log_lines_dropped;
+    assert!(dropped >= 59_000, "{dropped} lines dropped");
+    assert_victim_answers(&mut victim, "after").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_flow_that_never_returns_is_stopped_once_it_spins() {
+    let hostile = app_manifest(
+        "hostile-a-connection-flow",
+        programs::STUCK,
+        "/stuck",
+        "connection",
+        "cpu_time = \"300ms\"",
+    );
+    let (server, mut victim) = with_victim(&hostile).await;
+    let mut client = connect(&server.app_url("hostile-a-connection-flow", "/stuck")).await;
+    assert_eq!(next_text(&mut client).await, "ready");
+    // Waiting in receive is not charged: well past the CPU limit, it runs.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(
+        server
+            .app_stats("hostile-a-connection-flow")
+            .executions_limit_exceeded,
+        0
+    );
+    send_text(&mut client, "still there").await;
+    // Once the client is gone, `receive` returns at once and the flow spins.
+    client.close(None).await.unwrap();
+    drop(client);
+    victim_answers_while(
+        &mut victim,
+        wait_for_app_log(
+            "hostile-a-connection-flow",
+            "execution stopped: CPU time limit",
+        ),
+    )
+    .await;
+    assert_eq!(
+        server
+            .app_stats("hostile-a-connection-flow")
+            .executions_limit_exceeded,
+        1
+    );
+    assert_victim_answers(&mut victim, "after").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trap_in_the_middle_of_sending_closes_after_what_was_sent() {
+    let hostile = app_manifest("hostile-a-trap-in", programs::FLAKY, "/flaky", "data", "");
+    let (server, mut victim) = with_victim(&hostile).await;
+    let mut client = connect(&server.app_url("hostile-a-trap-in", "/flaky")).await;
+    send_text(&mut client, "send-then-panic").await;
+    assert_eq!(next_text(&mut client).await, "partial 1");
+    assert_eq!(next_text(&mut client).await, "partial 2");
+    assert_eq!(u16::from(next_close(&mut client).await.code), 1011);
+    wait_for_app_log(
+        "hostile-a-trap-in",
+        "asked to panic in the middle of sending",
+    )
+    .await;
+    assert_victim_answers(&mut victim, "after").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_connection_handles_reach_nothing() {
+    let hostile = app_manifest(
+        "hostile-forged-connection-handles",
+        programs::FORGE,
+        "/forge",
+        "data",
+        "",
+    );
+    let (server, mut victim) = with_victim(&hostile).await;
+    // Another connection of the same app, which a forged handle might hit.
+    let mut neighbour =
+        connect(&server.app_url("hostile-forged-connection-handles", "/forge")).await;
+    let mut forger = connect(&server.app_url("hostile-forged-connection-handles", "/forge")).await;
+    send_text(&mut forger, "go").await;
+    assert_eq!(u16::from(next_close(&mut forger).await.code), 1011);
+    let line = wait_for_app_log("hostile-forged-connection-handles", "flow trapped").await;
+    assert!(
+        line.contains("app=\"hostile-forged-connection-handles\""),
+        "{line}"
+    );
+    assert_victim_answers(&mut victim, "after").await;
+    // Nothing arrived at the neighbour: the next thing it sees is its own
+    // close at shutdown.
+    server.begin_shutdown();
+    assert_eq!(
+        next_message(&mut neighbour).await,
+        Message::Close(next_close_frame(1001))
+    );
+}
+
+fn next_close_frame(code: u16) -> Option<tokio_tungstenite::tungstenite::protocol::CloseFrame> {
+    Some(tokio_tungstenite::tungstenite::protocol::CloseFrame {
+        code: code.into(),
+        reason: "server shutting down".into(),
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_at_its_connection_limit_is_refused_while_others_are_served() {
+    let hostile = app_manifest(
+        "hostile-a-tenant-at",
+        programs::ECHO,
+        "/echo",
+        "data",
+        "max_connections = 3",
+    );
+    let (server, mut victim) = with_victim(&hostile).await;
+    let url = server.app_url("hostile-a-tenant-at", "/echo");
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(connect(&url).await);
+    }
+    let refused = try_connect(request(&url, &[]))
+        .await
+        .expect_err("a fourth is refused");
+    assert_eq!(
+        refused,
+        Refused {
+            status: 503,
+            body: "the app is at its limit of 3 connections; try again later".into()
+        }
+    );
+    assert_eq!(
+        server.app_stats("hostile-a-tenant-at").connections_refused,
+        1
+    );
+    let mut newcomer = connect(&server.app_url("victim", "/echo")).await;
+    assert_victim_answers(&mut newcomer, "new").await;
+    assert_victim_answers(&mut victim, "after").await;
+    assert_eq!(server.app_stats("victim").connections_open, 2);
+}
+
+fn probe_manifest(grants: &str) -> String {
+    app_manifest("probe", programs::PROBE, "/probe", "data", "").replace(
+        &format!("component = \"{}\"", programs::PROBE),
+        &format!("component = \"{}\"\n{grants}", programs::PROBE),
+    )
+}
+
+#[tokio::test]
+async fn flows_see_no_files_network_or_host_environment() {
+    let server = TestServer::start(&probe_manifest("")).await;
+    let mut client = connect(&server.url("/probe")).await;
+    send_text(&mut client, "?").await;
+    let seen = next_json(&mut client).await;
+    assert_eq!(seen["env"], json!({}));
+    assert!(seen["etc_hostname"]["error"].is_string(), "{seen}");
+    assert!(seen["granted"]["error"].is_string(), "{seen}");
+    assert_ne!(seen["network"], "connected");
+}
+
+#[tokio::test]
+async fn flows_see_exactly_what_the_manifest_grants() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("hello.txt"), "hello from the host").unwrap();
+    let grants = format!(
+        "env = {{ GREETING = \"hi\" }}\nread_only_dir = \"{}\"",
+        dir.path().display()
+    );
+    let server = TestServer::start(&probe_manifest(&grants)).await;
+    let mut client = connect(&server.url("/probe")).await;
+    send_text(&mut client, "?").await;
+    let seen = next_json(&mut client).await;
+    assert_eq!(seen["env"], json!({ "GREETING": "hi" }));
+    assert_eq!(seen["granted"], json!({ "ok": "hello from the host" }));
+    assert!(seen["escape"]["error"].is_string(), "{seen}");
+    assert!(seen["etc_hostname"]["error"].is_string(), "{seen}");
+    assert_ne!(seen["network"], "connected");
+}
+
+#[tokio::test]
+async fn apps_may_not_share_a_port_or_a_name() {
+    let first =
+        app_manifest("first", programs::ECHO, "/a", "data", "").replace("port = 0", "port = 9911");
+    let second =
+        app_manifest("second", programs::ECHO, "/b", "data", "").replace("port = 0", "port = 9911");
+    let error = TestServer::try_start_apps(&[&first, &second])
+        .await
+        .err()
+        .unwrap();
+    let message = format!("{error:#}");
+    assert!(
+        message.contains("app `second` triggers[0] wants port 9911, which app `first`"),
+        "{message}"
+    );
+    assert!(message.contains("app0.toml"), "{message}");
+    assert!(message.contains("app1.toml"), "{message}");
+
+    let twin = app_manifest("first", programs::ECHO, "/c", "data", "");
+    let error = TestServer::try_start_apps(&[&victim(), &twin, &first])
+        .await
+        .err()
+        .unwrap();
+    let message = format!("{error:#}");
+    assert!(
+        message.contains("app `first` is also defined by"),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn apps_keep_their_own_properties() {
+    let with_property = |name: &str, value: &str| {
+        app_manifest(name, programs::PARAMS, "/p", "data", "").replace(
+            "[limits]",
+            &format!("[properties]\nSECRET = \"{value}\"\n\n[limits]"),
+        )
+    };
+    let server =
+        TestServer::start_apps(&[&with_property("one", "1"), &with_property("two", "2")]).await;
+    for (app, secret) in [("one", "1"), ("two", "2")] {
+        let mut client = connect(&server.app_url(app, "/p")).await;
+        send_text(&mut client, "?").await;
+        assert_eq!(
+            next_json(&mut client).await["properties"],
+            json!({ "SECRET": secret })
+        );
+    }
+    let _ = local_addr;
+}
