@@ -351,3 +351,56 @@ fn flogo_server_ping_environment_variable_pings_every_five_seconds() {
     );
     assert!(up.terminate().success());
 }
+
+#[test]
+fn several_apps_share_one_host_and_report_their_counters() {
+    let dir = tempfile::tempdir().unwrap();
+    for app in ["alpha", "beta"] {
+        let sub = dir.path().join(app);
+        std::fs::create_dir(&sub).unwrap();
+        echo_manifest(&sub, "port = 0");
+        let manifest = std::fs::read_to_string(sub.join("wsflow.toml"))
+            .unwrap()
+            .replace("name = \"echo\"", &format!("name = \"{app}\""));
+        std::fs::write(dir.path().join(format!("{app}.toml")), manifest).unwrap();
+    }
+    let mut up = Up::start(&["up", "--admin", "127.0.0.1:0", "."], dir.path());
+    let mut urls = Vec::new();
+    for _ in 0..2 {
+        urls.push(up.listening_url());
+    }
+    let stats_line = up.lines.recv_timeout(Duration::from_secs(60)).unwrap();
+    let stats_url = stats_line
+        .strip_prefix("stats on ")
+        .expect(&stats_line)
+        .to_owned();
+    assert_ne!(urls[0], urls[1]);
+    let mut socket = connect(&urls[0]);
+    assert_echo(&mut socket);
+
+    let addr = stats_url
+        .strip_prefix("http://")
+        .and_then(|rest| rest.strip_suffix("/stats"))
+        .unwrap();
+    let mut http = TcpStream::connect(addr).unwrap();
+    std::io::Write::write_all(&mut http, b"GET /stats HTTP/1.1\r\nhost: x\r\n\r\n").unwrap();
+    let mut response = String::new();
+    std::io::Read::read_to_string(&mut http, &mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
+    let body = &response[response.find("\r\n\r\n").unwrap() + 4..];
+    let stats: serde_json::Value = serde_json::from_str(body).unwrap();
+    let apps = &stats["apps"];
+    let total: u64 = ["alpha", "beta"]
+        .iter()
+        .map(|app| apps[app]["messages_in"].as_u64().unwrap())
+        .sum();
+    assert_eq!(total, 2, "{stats}");
+    assert_eq!(
+        ["alpha", "beta"]
+            .iter()
+            .map(|app| apps[app]["connections_open"].as_u64().unwrap())
+            .sum::<u64>(),
+        1
+    );
+    assert!(up.terminate().success());
+}
