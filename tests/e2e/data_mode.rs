@@ -107,3 +107,33 @@ async fn flow_sees_path_query_and_header_params() {
         })
     );
 }
+
+async fn counts(url: &str, messages: usize) -> Vec<String> {
+    let mut client = connect(url).await;
+    let mut replies = Vec::new();
+    for _ in 0..messages {
+        send_text(&mut client, "count").await;
+        replies.push(next_text(&mut client).await);
+    }
+    replies
+}
+
+#[tokio::test]
+async fn each_message_gets_a_fresh_instance_by_default() {
+    let server = TestServer::start(&single_handler_manifest(
+        programs::COUNTER,
+        "path = \"/count\"",
+    ))
+    .await;
+    assert_eq!(counts(&server.url("/count"), 3).await, ["1", "1", "1"]);
+}
+
+#[tokio::test]
+async fn instance_reuse_keeps_state_per_connection_only() {
+    let manifest =
+        single_handler_manifest(programs::COUNTER, "path = \"/count\"\ninstance = \"reuse\"");
+    let server = TestServer::start(&manifest).await;
+    let url = server.url("/count");
+    assert_eq!(counts(&url, 3).await, ["1", "2", "3"]);
+    assert_eq!(counts(&url, 2).await, ["1", "2"]);
+}

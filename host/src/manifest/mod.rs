@@ -324,6 +324,9 @@ pub struct HandlerSection {
     /// What a message that is not valid JSON or fails the schema gets.
     #[serde(default)]
     pub on_invalid: OnInvalid,
+    /// Data mode: a fresh instance per message (default) or one instance
+    /// reused for all messages of a connection.
+    pub instance: Option<Spanned<Instance>>,
     /// The name of a `[flows.NAME]` entry.
     pub flow: Spanned<String>,
     #[serde(default)]
@@ -384,6 +387,18 @@ pub enum Format {
     String,
     /// Parsed as JSON (and checked against the schema) before the flow runs.
     Json,
+}
+
+/// How many instances a data-mode connection uses.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Instance {
+    /// A fresh instance per message: nothing survives between messages.
+    #[default]
+    Fresh,
+    /// One instance for all messages of a connection: faster, and state
+    /// (globals, heap) survives from one message to the next.
+    Reuse,
 }
 
 /// What happens to a message that is not valid JSON or fails the schema.

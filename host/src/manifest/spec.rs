@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::{Format, Mode, OnInvalid, ParamType, PathPattern};
+use super::{Format, Instance, Mode, OnInvalid, ParamType, PathPattern};
 pub use crate::app::AppLimits;
 pub use crate::runtime::FlowGrants;
 
@@ -87,6 +87,7 @@ pub struct HandlerSpec {
     pub format: Format,
     pub schema: Option<SchemaSpec>,
     pub on_invalid: OnInvalid,
+    pub instance: Instance,
     pub flow: String,
     pub path_params: Vec<ParamSpec>,
     pub query_params: Vec<ParamSpec>,

@@ -16,8 +16,8 @@ use super::spec::{
     PemSource, SchemaSpec, TlsSpec, TriggerLimits, TriggerSpec, parse_duration, parse_size,
 };
 use super::{
-    DEFAULT_PORT, Format, HandlerSection, LimitsSection, ManifestError, ManifestFile, ParamSection,
-    PathPattern, SchemaSource, TlsSection, TriggerSection,
+    DEFAULT_PORT, Format, HandlerSection, Instance, LimitsSection, ManifestError, ManifestFile,
+    Mode, ParamSection, PathPattern, SchemaSource, TlsSection, TriggerSection,
 };
 
 const NAME_HELP: &str = "use letters, digits, `-` and `_`, starting with a letter";
@@ -527,7 +527,7 @@ fn resolve_handler(
         let source = InputSource::parse(&text).map_err(|problem| {
             file.error_at(expression.span(), format!("{key}.inputs.{name}: {problem}"))
         })?;
-        if handler.mode == super::Mode::Connection && matches!(source, InputSource::Content(_)) {
+        if handler.mode == Mode::Connection && matches!(source, InputSource::Content(_)) {
             return Err(file
                 .error_at(
                     expression.span(),
@@ -538,8 +538,26 @@ fn resolve_handler(
         inputs.push((name.clone(), source));
     }
 
+    let instance = match &handler.instance {
+        None => Instance::Fresh,
+        Some(instance)
+            if handler.mode == Mode::Connection && *instance.get_ref() == Instance::Reuse =>
+        {
+            return Err(file
+                .error_at(
+                    instance.span(),
+                    format!("{key}.instance: `reuse` applies to data mode only"),
+                )
+                .help(
+                    "connection mode already runs one instance per connection; remove `instance`",
+                ));
+        }
+        Some(instance) => *instance.get_ref(),
+    };
+
     Ok(HandlerSpec {
         path,
+        instance,
         mode: handler.mode,
         format: handler.format,
         schema,

@@ -8,6 +8,7 @@ pub mod limits;
 mod stdio;
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::hash::{Hash as _, Hasher as _};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -178,24 +179,63 @@ impl FlowPre {
         connection_id: u64,
         wall_time: Option<Duration>,
     ) -> (Outcome, ExecutionStats) {
-        let app = &self.app;
+        let _permit = self.execution_slot().await;
+        let mut store = match self.new_store(connection_id) {
+            Ok(store) => store,
+            Err(error) => return self.finish(Err(error), None),
+        };
+        let call = async {
+            let flow = self.pre.instantiate_async(&mut store).await?;
+            let handle = store.data_mut().table.push(connection)?;
+            flow.call_handle(&mut store, event, handle).await
+        };
+        let result = with_wall_time(call, wall_time).await;
+        self.finish(result, Some(store.data()))
+    }
+
+    /// Instantiate the flow once for a connection whose messages will all be
+    /// handled by this instance (`instance = "reuse"`): state in the
+    /// instance survives from one message to the next.
+    pub async fn instantiate(
+        &self,
+        connection: HostConnection,
+        connection_id: u64,
+    ) -> Result<FlowInstance, (Outcome, ExecutionStats)> {
+        let mut store = self
+            .new_store(connection_id)
+            .map_err(|error| self.finish(Err(error), None))?;
+        let prepared = async {
+            let flow = self.pre.instantiate_async(&mut store).await?;
+            let handle = store.data_mut().table.push(connection)?;
+            wasmtime::Result::Ok((flow, handle.rep()))
+        }
+        .await;
+        match prepared {
+            Ok((flow, handle)) => Ok(FlowInstance {
+                pre: self.clone(),
+                store,
+                flow,
+                handle,
+            }),
+            Err(error) => Err(self.finish(Err(error), Some(store.data()))),
+        }
+    }
+
+    async fn execution_slot(&self) -> tokio::sync::OwnedSemaphorePermit {
         // Waits while the app runs as many executions as it may.
-        let _permit = Arc::clone(&app.executions)
+        Arc::clone(&self.app.executions)
             .acquire_owned()
             .await
-            .expect("the semaphore is never closed");
-        let ctx = match FlowCtx::new(
-            Arc::clone(app),
+            .expect("the semaphore is never closed")
+    }
+
+    fn new_store(&self, connection_id: u64) -> wasmtime::Result<Store<FlowCtx>> {
+        let ctx = FlowCtx::new(
+            Arc::clone(&self.app),
             Arc::clone(&self.name),
             &self.grants,
             connection_id,
-        ) {
-            Ok(ctx) => ctx,
-            Err(error) => {
-                AppStats::add(&app.stats.executions_trapped, 1);
-                return (Outcome::Trapped(error), ExecutionStats::default());
-            }
-        };
+        )?;
         let mut store = Store::new(self.pre.engine(), ctx);
         store.limiter(|ctx| &mut ctx.limiter);
         store.set_epoch_deadline(1);
@@ -211,54 +251,88 @@ impl FlowPre {
             }
             Ok(UpdateDeadline::Yield(1))
         });
+        Ok(store)
+    }
 
-        let call = self.call(&mut store, event, connection);
-        let result = match wall_time {
-            None => call.await,
-            Some(limit) => match tokio::time::timeout(limit, call).await {
-                Ok(result) => result,
-                Err(_elapsed) => {
-                    let exceeded = LimitExceeded::WallTime { limit };
-                    Err(wasmtime::Error::new(exceeded))
-                }
-            },
-        };
+    /// Classify how a call ended and count it.
+    fn finish(
+        &self,
+        result: wasmtime::Result<Result<(), String>>,
+        ctx: Option<&FlowCtx>,
+    ) -> (Outcome, ExecutionStats) {
         let outcome = match result {
             Ok(Ok(())) => Outcome::Completed,
             Ok(Err(message)) => Outcome::Failed(message),
-            Err(trap) => match limit_behind(&trap, store.data()) {
+            Err(trap) => match limit_behind(&trap, ctx) {
                 Some(exceeded) => Outcome::LimitExceeded(exceeded),
                 None => Outcome::Trapped(trap),
             },
         };
+        let stats = &self.app.stats;
         let counter = match &outcome {
-            Outcome::Completed => &app.stats.executions_ok,
-            Outcome::Failed(_) => &app.stats.executions_failed,
-            Outcome::Trapped(_) => &app.stats.executions_trapped,
-            Outcome::LimitExceeded(_) => &app.stats.executions_limit_exceeded,
+            Outcome::Completed => &stats.executions_ok,
+            Outcome::Failed(_) => &stats.executions_failed,
+            Outcome::Trapped(_) => &stats.executions_trapped,
+            Outcome::LimitExceeded(_) => &stats.executions_limit_exceeded,
         };
         AppStats::add(counter, 1);
-        (outcome, store.data().stats)
+        (outcome, ctx.map(|ctx| ctx.stats).unwrap_or_default())
     }
+}
 
-    async fn call(
-        &self,
-        store: &mut Store<FlowCtx>,
+/// A flow instance that serves every message of one connection.
+pub struct FlowInstance {
+    pre: FlowPre,
+    store: Store<FlowCtx>,
+    flow: bindings::Flow,
+    /// The table index of the connection resource, lent to every call.
+    handle: u32,
+}
+
+impl FlowInstance {
+    /// Handle one message. Each call is one execution for the CPU limit,
+    /// `wall_time` and the app's execution slots. After a trap or a limit
+    /// the instance must not be called again.
+    pub async fn call(
+        &mut self,
         event: &bindings::Event,
-        connection: HostConnection,
-    ) -> wasmtime::Result<Result<(), String>> {
-        let flow = self.pre.instantiate_async(&mut *store).await?;
-        let handle = store.data_mut().table.push(connection)?;
-        flow.call_handle(&mut *store, event, handle).await
+        wall_time: Option<Duration>,
+    ) -> (Outcome, ExecutionStats) {
+        let _permit = self.pre.execution_slot().await;
+        let ctx = self.store.data_mut();
+        ctx.cpu = limits::CpuMeter::new(ctx.app.limits.cpu_time);
+        ctx.limiter.exceeded = None;
+        ctx.stats = ExecutionStats::default();
+        let connection = wasmtime::component::Resource::new_borrow(self.handle);
+        let call = self.flow.call_handle(&mut self.store, event, connection);
+        let result = with_wall_time(call, wall_time).await;
+        self.pre.finish(result, Some(self.store.data()))
+    }
+}
+
+/// Run `call`, turning an overrun of `wall_time` into a limit error.
+async fn with_wall_time<F>(
+    call: F,
+    wall_time: Option<Duration>,
+) -> wasmtime::Result<Result<(), String>>
+where
+    F: Future<Output = wasmtime::Result<Result<(), String>>>,
+{
+    match wall_time {
+        None => call.await,
+        Some(limit) => match tokio::time::timeout(limit, call).await {
+            Ok(result) => result,
+            Err(_elapsed) => Err(wasmtime::Error::new(LimitExceeded::WallTime { limit })),
+        },
     }
 }
 
 /// The limit that caused `trap`, if one did: the error itself (CPU, wall
 /// clock, slow client) or the memory refusal the limiter recorded, which
 /// the guest turns into an abort.
-fn limit_behind(trap: &wasmtime::Error, ctx: &FlowCtx) -> Option<LimitExceeded> {
+fn limit_behind(trap: &wasmtime::Error, ctx: Option<&FlowCtx>) -> Option<LimitExceeded> {
     if let Some(exceeded) = trap.downcast_ref::<LimitExceeded>() {
         return Some(exceeded.clone());
     }
-    ctx.limiter.exceeded.clone()
+    ctx.and_then(|ctx| ctx.limiter.exceeded.clone())
 }

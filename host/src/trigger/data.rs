@@ -9,7 +9,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
 use super::{Close, Handler, inputs, report, truncate_reason};
-use crate::manifest::{Format, OnInvalid};
+use crate::manifest::{Format, Instance, OnInvalid};
 use crate::runtime::bindings::{Content, Event};
 use crate::runtime::{ConnectionShared, HostConnection};
 
@@ -23,6 +23,16 @@ pub async fn run(
     shutdown: &CancellationToken,
 ) -> Option<Close> {
     let wall_time = handler.flow.app().limits.wall_time;
+    let mut reused = match handler.spec.instance {
+        Instance::Fresh => None,
+        Instance::Reuse => {
+            let connection = HostConnection::new(Arc::clone(shared), None);
+            match handler.flow.instantiate(connection, shared.id).await {
+                Ok(instance) => Some(instance),
+                Err((outcome, _)) => return report(handler, shared, outcome),
+            }
+        }
+    };
     loop {
         let message = tokio::select! {
             message = inbound.recv() => message?,
@@ -42,11 +52,16 @@ pub async fn run(
         if !handler.spec.inputs.is_empty() {
             event.inputs = inputs::evaluate(&handler.spec.inputs, &event, json.as_ref());
         }
-        let connection = HostConnection::new(Arc::clone(shared), None);
-        let (outcome, _stats) = handler
-            .flow
-            .execute(&event, connection, shared.id, Some(wall_time))
-            .await;
+        let (outcome, _stats) = match &mut reused {
+            None => {
+                let connection = HostConnection::new(Arc::clone(shared), None);
+                handler
+                    .flow
+                    .execute(&event, connection, shared.id, Some(wall_time))
+                    .await
+            }
+            Some(instance) => instance.call(&event, Some(wall_time)).await,
+        };
         if let Some(close) = report(handler, shared, outcome) {
             return Some(close);
         }
