@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::loader::{self, LoadOptions};
 use crate::manifest::ManifestFile;
-use crate::runtime::Runtime;
+use crate::runtime::{Runtime, RuntimeOptions};
 use crate::server::Server;
 
 /// Serve WebSocket apps whose logic runs as sandboxed WebAssembly flows.
@@ -32,6 +32,13 @@ pub enum Command {
         /// address, e.g. 127.0.0.1:9090.
         #[arg(long, value_name = "ADDR")]
         admin: Option<std::net::SocketAddr>,
+        /// Where compiled components are cached [default: $WSFLOW_CACHE_DIR,
+        /// else $XDG_CACHE_HOME/wsflow, else ~/.cache/wsflow].
+        #[arg(long, value_name = "DIR", conflicts_with = "no_cache")]
+        cache_dir: Option<PathBuf>,
+        /// Compile every component at startup; read and write no cache.
+        #[arg(long)]
+        no_cache: bool,
     },
     /// Validate a manifest without serving it.
     Check {
@@ -43,15 +50,31 @@ pub enum Command {
 impl Cli {
     pub async fn run(self) -> anyhow::Result<()> {
         match self.command {
-            Command::Up { manifests, admin } => up(manifests, admin).await,
+            Command::Up {
+                manifests,
+                admin,
+                cache_dir,
+                no_cache,
+            } => {
+                let cache_dir = if no_cache {
+                    None
+                } else {
+                    cache_dir.or_else(RuntimeOptions::default_cache_dir)
+                };
+                up(manifests, admin, RuntimeOptions { cache_dir }).await
+            }
             Command::Check { manifest } => check(&manifest),
         }
     }
 }
 
-async fn up(manifests: Vec<PathBuf>, admin: Option<std::net::SocketAddr>) -> anyhow::Result<()> {
+async fn up(
+    manifests: Vec<PathBuf>,
+    admin: Option<std::net::SocketAddr>,
+    options: RuntimeOptions,
+) -> anyhow::Result<()> {
     let apps = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-        let runtime = Runtime::new()?;
+        let runtime = Runtime::with_options(&options)?;
         loader::load_all(&runtime, &manifests, LoadOptions { build: true })
     })
     .await

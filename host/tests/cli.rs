@@ -404,3 +404,38 @@ fn several_apps_share_one_host_and_report_their_counters() {
     );
     assert!(up.terminate().success());
 }
+
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            files.extend(files_under(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}
+
+#[test]
+fn compiled_components_are_cached_and_a_damaged_entry_is_rebuilt() {
+    let dir = tempfile::tempdir().unwrap();
+    echo_manifest(dir.path(), "port = 0");
+    let cache = dir.path().join("cache");
+    let cache_arg = cache.display().to_string();
+    let args = ["up", "--cache-dir", cache_arg.as_str()];
+
+    let mut up = Up::start(&args, dir.path());
+    assert_echo(&mut connect(&up.listening_url()));
+    assert!(up.terminate().success());
+    let entries = files_under(&cache);
+    assert!(!entries.is_empty(), "the compiled component was cached");
+
+    for entry in &entries {
+        std::fs::write(entry, b"not a compiled component").unwrap();
+    }
+    let mut up = Up::start(&args, dir.path());
+    assert_echo(&mut connect(&up.listening_url()));
+    assert!(up.terminate().success());
+}

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::error::Context as _;
-use wasmtime::{Config, Engine, Store, UpdateDeadline};
+use wasmtime::{Cache, CacheConfig, Config, Engine, Store, UpdateDeadline};
 
 pub use connection::{ConnectionShared, HostConnection, Outbound};
 pub use ctx::{ExecutionStats, FlowCtx, FlowGrants, GRANTED_DIR_GUEST_PATH};
@@ -29,6 +29,29 @@ use crate::app::{AppInfo, AppStats};
 /// loop is stopped within one tick of its limit and cannot hold a worker
 /// thread for longer than a tick.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// How the host's engine is set up.
+#[derive(Debug, Clone, Default)]
+pub struct RuntimeOptions {
+    /// Keep compiled components in this directory, so a restart does not
+    /// compile them again.
+    pub cache_dir: Option<std::path::PathBuf>,
+}
+
+impl RuntimeOptions {
+    /// The default cache directory: `$WSFLOW_CACHE_DIR`, else
+    /// `$XDG_CACHE_HOME/wsflow`, else `$HOME/.cache/wsflow`.
+    pub fn default_cache_dir() -> Option<std::path::PathBuf> {
+        use std::path::PathBuf;
+        if let Some(dir) = std::env::var_os("WSFLOW_CACHE_DIR") {
+            return Some(PathBuf::from(dir));
+        }
+        if let Some(dir) = std::env::var_os("XDG_CACHE_HOME") {
+            return Some(PathBuf::from(dir).join("wsflow"));
+        }
+        std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache").join("wsflow"))
+    }
+}
 
 /// The engine and linker shared by every app in the host.
 #[derive(Clone)]
@@ -59,10 +82,26 @@ impl ContentKey {
 }
 
 impl Runtime {
+    /// A runtime that compiles every component afresh.
     pub fn new() -> anyhow::Result<Self> {
+        Self::with_options(&RuntimeOptions::default())
+    }
+
+    pub fn with_options(options: &RuntimeOptions) -> anyhow::Result<Self> {
         let mut config = Config::new();
         config.wasm_component_model(true);
         config.epoch_interruption(true);
+        if let Some(dir) = &options.cache_dir {
+            // wasmtime keys each entry by the component's bytes and the
+            // engine's settings and version, and recompiles an entry that
+            // does not load (stale, foreign or damaged).
+            let mut cache = CacheConfig::new();
+            cache.with_directory(dir);
+            let cache = Cache::new(cache).with_context(|| {
+                format!("setting up the compilation cache in {}", dir.display())
+            })?;
+            config.cache(Some(cache));
+        }
         let engine = Engine::new(&config).context("creating the WebAssembly engine")?;
         start_epoch_ticker(&engine);
         let mut linker = Linker::new(&engine);
