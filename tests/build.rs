@@ -1,6 +1,6 @@
 //! Builds every guest test program in `programs/` and every example flow in
 //! `../examples/` to a `wasm32-wasip2` component and writes their paths as
-//! constants into `$OUT_DIR/programs.rs` (`test-echo` -> `ECHO`,
+//! constants into `$OUT_DIR/programs.rs` (`test-flaky` -> `FLAKY`,
 //! `wsflow-example-orders` -> `EXAMPLE_ORDERS`), so `cargo test` needs no
 //! manual build step.
 

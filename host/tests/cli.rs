@@ -110,6 +110,15 @@ fn read_close_code(socket: &mut WebSocket<MaybeTlsStream<TcpStream>>) -> u16 {
     }
 }
 
+/// Echo over `url`, then SIGTERM: the client gets 1001, wsflow exits 0.
+fn echo_then_stop_gracefully(up: &mut Up, url: &str) {
+    let mut socket = connect(url);
+    assert_echo(&mut socket);
+    let status = up.terminate();
+    assert_eq!(read_close_code(&mut socket), 1001);
+    assert!(status.success(), "{status}");
+}
+
 /// The two commands of the README's quick start, in order.
 fn quick_start_commands() -> Vec<String> {
     let readme = std::fs::read_to_string(workspace().join("README.md")).unwrap();
@@ -152,11 +161,7 @@ fn readme_quick_start_serves_the_echo_example() {
     let mut up = Up::start(&["up", "examples/echo/wsflow.toml"], &workspace());
     let url = up.listening_url();
     assert_eq!(url, "ws://127.0.0.1:9998/echo");
-    let mut socket = connect(&url);
-    assert_echo(&mut socket);
-    let status = up.terminate();
-    assert_eq!(read_close_code(&mut socket), 1001);
-    assert!(status.success(), "{status}");
+    echo_then_stop_gracefully(&mut up, &url);
 }
 
 #[test]
@@ -197,11 +202,7 @@ flow = "echo"
         url.starts_with("ws://127.0.0.1:") && url.ends_with("/echo"),
         "{url}"
     );
-    let mut socket = connect(&url);
-    assert_echo(&mut socket);
-    let status = up.terminate();
-    assert_eq!(read_close_code(&mut socket), 1001);
-    assert!(status.success(), "{status}");
+    echo_then_stop_gracefully(&mut up, &url);
 }
 
 #[test]

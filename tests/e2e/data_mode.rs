@@ -8,7 +8,7 @@ use wsflow_tests::{
 };
 
 fn echo_server_manifest() -> String {
-    single_handler_manifest(programs::ECHO, "path = \"/echo\"\nmode = \"data\"")
+    single_handler_manifest(programs::EXAMPLE_ECHO, "path = \"/echo\"\nmode = \"data\"")
 }
 
 #[tokio::test]

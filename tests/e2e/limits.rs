@@ -12,7 +12,7 @@ use wsflow_tests::{
 };
 
 fn echo_with(trigger_settings: &str) -> String {
-    single_handler_manifest(programs::ECHO, "path = \"/echo\"")
+    single_handler_manifest(programs::EXAMPLE_ECHO, "path = \"/echo\"")
         .replace("port = 0", &format!("port = 0\n{trigger_settings}"))
 }
 

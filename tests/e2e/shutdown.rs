@@ -8,7 +8,7 @@ use wsflow_tests::{
 async fn shutdown_closes_data_and_connection_mode_clients_with_1001() {
     let manifest = format!(
         "{}\n[[triggers.handlers]]\nflow = \"session\"\npath = \"/session\"\nmode = \"connection\"\n\n[flows.session]\ncomponent = \"{}\"\n",
-        single_handler_manifest(programs::ECHO, "path = \"/echo\""),
+        single_handler_manifest(programs::EXAMPLE_ECHO, "path = \"/echo\""),
         programs::SESSION
     );
     let server = TestServer::start(&manifest).await;

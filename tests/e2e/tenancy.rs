@@ -14,7 +14,7 @@ use wsflow_tests::{
 };
 
 fn victim() -> String {
-    app_manifest("victim", programs::ECHO, "/echo", "data", "")
+    app_manifest("victim", programs::EXAMPLE_ECHO, "/echo", "data", "")
 }
 
 /// Start the echo app next to `hostile` and connect a client to the echo.
@@ -319,7 +319,7 @@ fn next_close_frame(code: u16) -> Option<tokio_tungstenite::tungstenite::protoco
 async fn a_tenant_at_its_connection_limit_is_refused_while_others_are_served() {
     let hostile = app_manifest(
         "hostile-a-tenant-at",
-        programs::ECHO,
+        programs::EXAMPLE_ECHO,
         "/echo",
         "data",
         "max_connections = 3",
@@ -390,10 +390,10 @@ async fn flows_see_exactly_what_the_manifest_grants() {
 
 #[tokio::test]
 async fn apps_may_not_share_a_port_or_a_name() {
-    let first =
-        app_manifest("first", programs::ECHO, "/a", "data", "").replace("port = 0", "port = 9911");
-    let second =
-        app_manifest("second", programs::ECHO, "/b", "data", "").replace("port = 0", "port = 9911");
+    let first = app_manifest("first", programs::EXAMPLE_ECHO, "/a", "data", "")
+        .replace("port = 0", "port = 9911");
+    let second = app_manifest("second", programs::EXAMPLE_ECHO, "/b", "data", "")
+        .replace("port = 0", "port = 9911");
     let error = TestServer::try_start_apps(&[&first, &second])
         .await
         .err()
@@ -406,7 +406,7 @@ async fn apps_may_not_share_a_port_or_a_name() {
     assert!(message.contains("app0.toml"), "{message}");
     assert!(message.contains("app1.toml"), "{message}");
 
-    let twin = app_manifest("first", programs::ECHO, "/c", "data", "");
+    let twin = app_manifest("first", programs::EXAMPLE_ECHO, "/c", "data", "");
     let error = TestServer::try_start_apps(&[&victim(), &twin, &first])
         .await
         .err()

@@ -28,7 +28,7 @@ port = 0
 path = "/echo"
 flow = "echo"
 "#,
-        programs::ECHO
+        programs::EXAMPLE_ECHO
     )
 }
 
