@@ -61,7 +61,15 @@ impl Cli {
                 } else {
                     cache_dir.or_else(RuntimeOptions::default_cache_dir)
                 };
-                up(manifests, admin, RuntimeOptions { cache_dir }).await
+                up(
+                    manifests,
+                    admin,
+                    RuntimeOptions {
+                        cache_dir,
+                        pool: None,
+                    },
+                )
+                .await
             }
             Command::Check { manifest } => check(&manifest),
         }
@@ -74,8 +82,16 @@ async fn up(
     options: RuntimeOptions,
 ) -> anyhow::Result<()> {
     let apps = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        let files = loader::parse_all(&manifests)?;
+        let options = RuntimeOptions {
+            pool: loader::pool_size(&files),
+            ..options
+        };
         let runtime = Runtime::with_options(&options)?;
-        loader::load_all(&runtime, &manifests, LoadOptions { build: true })
+        files
+            .iter()
+            .map(|file| loader::load(&runtime, file, LoadOptions { build: true }))
+            .collect::<anyhow::Result<Vec<_>>>()
     })
     .await
     .context("loading apps")??;

@@ -10,8 +10,8 @@ use anyhow::{Context as _, bail};
 
 use crate::app::AppInfo;
 use crate::builder;
-use crate::manifest::ManifestFile;
-use crate::runtime::{FlowPre, Runtime};
+use crate::manifest::{Instance, ManifestFile};
+use crate::runtime::{FlowPre, PoolSize, Runtime};
 use crate::trigger::{Handler, TriggerConfig, tls};
 
 /// An app ready to serve.
@@ -124,23 +124,50 @@ pub fn manifest_paths(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
     Ok(manifests)
 }
 
-/// Parse and validate every manifest, check that the apps can share one
-/// host (distinct names, distinct ports), then load them all. Nothing is
-/// served unless every app loads.
-pub fn load_all(
-    runtime: &Runtime,
-    paths: &[PathBuf],
-    options: LoadOptions,
-) -> anyhow::Result<Vec<LoadedApp>> {
+/// Parse and validate every manifest and check that the apps can share one
+/// host (distinct names, distinct ports).
+pub fn parse_all(paths: &[PathBuf]) -> anyhow::Result<Vec<ManifestFile>> {
     let mut files: Vec<ManifestFile> = Vec::new();
     for path in manifest_paths(paths)? {
         files.push(ManifestFile::load(&path)?);
     }
     check_apps_can_share_a_host(&files)?;
-    files
+    Ok(files)
+}
+
+/// [`parse_all`], then load every app. Nothing is served unless every app
+/// loads.
+pub fn load_all(
+    runtime: &Runtime,
+    paths: &[PathBuf],
+    options: LoadOptions,
+) -> anyhow::Result<Vec<LoadedApp>> {
+    parse_all(paths)?
         .iter()
         .map(|file| load(runtime, file, options))
         .collect()
+}
+
+/// The instance pool the apps need: each app's execution slots, plus a
+/// long-lived instance per connection where a handler reuses instances.
+pub fn pool_size(files: &[ManifestFile]) -> Option<PoolSize> {
+    let mut instances: u64 = 0;
+    let mut max_memory = 0;
+    for file in files {
+        let limits = &file.spec.limits;
+        instances += limits.max_executions as u64;
+        let reuses = file
+            .spec
+            .triggers
+            .iter()
+            .flat_map(|trigger| &trigger.handlers)
+            .any(|handler| handler.instance == Instance::Reuse);
+        if reuses {
+            instances += limits.max_connections as u64;
+        }
+        max_memory = max_memory.max(limits.max_memory);
+    }
+    PoolSize::for_instances(instances, max_memory)
 }
 
 fn check_apps_can_share_a_host(files: &[ManifestFile]) -> anyhow::Result<()> {

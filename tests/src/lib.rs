@@ -11,9 +11,10 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
+use wsflow::app::AppLimits;
 use wsflow::app::StatsSnapshot;
 use wsflow::loader::{self, LoadOptions};
-use wsflow::runtime::Runtime;
+use wsflow::runtime::{PoolSize, Runtime, RuntimeOptions};
 use wsflow::server::{Endpoint, Server, StatsHandle};
 
 /// Paths of the guest test programs, compiled to components by `build.rs`.
@@ -24,10 +25,17 @@ pub mod programs {
 /// How long a test waits for anything before it fails.
 pub const TIMEOUT: Duration = Duration::from_secs(15);
 
-/// The engine is shared by all tests of a process, like in the host.
+/// The engine is shared by all tests of a process, like in the host, with
+/// an instance pool as `wsflow up` sizes it for a few apps.
 pub fn runtime() -> &'static Runtime {
     static RUNTIME: OnceLock<Runtime> = OnceLock::new();
-    RUNTIME.get_or_init(|| Runtime::new().expect("creating the runtime"))
+    RUNTIME.get_or_init(|| {
+        let options = RuntimeOptions {
+            cache_dir: None,
+            pool: PoolSize::for_instances(2048, AppLimits::default().max_memory),
+        };
+        Runtime::with_options(&options).expect("creating the runtime")
+    })
 }
 
 /// A manifest for app `name`: one flow served at `path` on port 0, with

@@ -16,7 +16,10 @@ use std::time::Duration;
 
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::error::Context as _;
-use wasmtime::{Cache, CacheConfig, Config, Engine, Store, UpdateDeadline};
+use wasmtime::{
+    Cache, CacheConfig, Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store,
+    UpdateDeadline,
+};
 
 pub use connection::{ConnectionShared, HostConnection, Outbound};
 pub use ctx::{ExecutionStats, FlowCtx, FlowGrants, GRANTED_DIR_GUEST_PATH};
@@ -36,7 +39,57 @@ pub struct RuntimeOptions {
     /// Keep compiled components in this directory, so a restart does not
     /// compile them again.
     pub cache_dir: Option<std::path::PathBuf>,
+    /// Pre-allocate instance slots (the pooling allocator) instead of
+    /// mapping memory for every instance.
+    pub pool: Option<PoolSize>,
 }
+
+/// How many instances may live at once, and how large their memory may be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolSize {
+    pub instances: u32,
+    pub max_memory: usize,
+}
+
+impl PoolSize {
+    /// Beyond this many slots the pool's address-space reservation stops
+    /// paying for itself; such hosts allocate on demand.
+    pub const MAX_INSTANCES: u32 = 4096;
+
+    /// The pool for apps that run at most `instances` instances at once,
+    /// each with up to `max_memory` of linear memory; `None` when that is
+    /// more than the pool should hold.
+    pub fn for_instances(instances: u64, max_memory: usize) -> Option<Self> {
+        let instances = u32::try_from(instances).ok()?;
+        (instances > 0 && instances <= Self::MAX_INSTANCES).then_some(Self {
+            instances,
+            max_memory,
+        })
+    }
+
+    fn allocation_strategy(self) -> InstanceAllocationStrategy {
+        let n = self.instances;
+        let mut pooling = PoolingAllocationConfig::new();
+        pooling
+            .total_component_instances(n)
+            .total_core_instances(n.saturating_mul(CORE_INSTANCES_PER_FLOW))
+            .max_core_instances_per_component(CORE_INSTANCES_PER_FLOW)
+            .total_memories(n.saturating_mul(MEMORIES_PER_FLOW))
+            .max_memories_per_component(MEMORIES_PER_FLOW)
+            .total_tables(n.saturating_mul(TABLES_PER_FLOW))
+            .max_tables_per_component(TABLES_PER_FLOW)
+            .total_stacks(n)
+            .max_memory_size(self.max_memory);
+        InstanceAllocationStrategy::Pooling(pooling)
+    }
+}
+
+/// A Rust flow built for `wasm32-wasip2` is a component of a few core
+/// instances (the flow, WASI adapter shims), one or two memories and a few
+/// tables; these bounds leave room for larger flows.
+const CORE_INSTANCES_PER_FLOW: u32 = 16;
+const MEMORIES_PER_FLOW: u32 = 2;
+const TABLES_PER_FLOW: u32 = 8;
 
 impl RuntimeOptions {
     /// The default cache directory: `$WSFLOW_CACHE_DIR`, else
@@ -101,6 +154,9 @@ impl Runtime {
                 format!("setting up the compilation cache in {}", dir.display())
             })?;
             config.cache(Some(cache));
+        }
+        if let Some(pool) = options.pool {
+            config.allocation_strategy(pool.allocation_strategy());
         }
         let engine = Engine::new(&config).context("creating the WebAssembly engine")?;
         start_epoch_ticker(&engine);
