@@ -96,6 +96,53 @@ fn parse_rss_kib(status: &str) -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// Machine-wide CPU time from the first line of `/proc/stat`, in seconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct MachineCpu {
+    /// All time of all CPUs, idle included.
+    pub total: f64,
+    /// Idle and waiting for I/O.
+    pub idle: f64,
+    /// Interrupts and soft interrupts (on loopback, much of TCP's work),
+    /// which Linux charges to no process.
+    pub interrupts: f64,
+}
+
+impl MachineCpu {
+    pub fn read() -> Option<Self> {
+        parse_machine_cpu(&std::fs::read_to_string("/proc/stat").ok()?)
+    }
+
+    /// The time between two readings.
+    pub fn since(self, earlier: Self) -> Self {
+        Self {
+            total: self.total - earlier.total,
+            idle: self.idle - earlier.idle,
+            interrupts: self.interrupts - earlier.interrupts,
+        }
+    }
+}
+
+fn parse_machine_cpu(stat: &str) -> Option<MachineCpu> {
+    let line = stat.lines().find(|line| line.starts_with("cpu "))?;
+    // user nice system idle iowait irq softirq steal (guest time is
+    // already part of user).
+    let ticks: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .map(|field| field.parse().ok())
+        .collect::<Option<_>>()?;
+    let seconds = |range: std::ops::Range<usize>| {
+        ticks.get(range).map_or(0, |t| t.iter().sum::<u64>()) as f64 / TICKS_PER_SECOND
+    };
+    Some(MachineCpu {
+        total: seconds(0..ticks.len()),
+        idle: seconds(3..5),
+        interrupts: seconds(5..7),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -120,6 +167,12 @@ mod tests {
         assert_eq!(parse_cpu_seconds(stat), Some(3.0));
         let status = "Name:\tx\nVmPeak:\t  9000 kB\nVmRSS:\t    1234 kB\nThreads:\t4\n";
         assert_eq!(parse_rss_kib(status), Some(1234));
+        let stat = "cpu  100 50 30 700 20 5 45 0 0 0\ncpu0 1 2 3 4 5 6 7 8 0 0\n";
+        let cpu = parse_machine_cpu(stat).unwrap();
+        assert_eq!(cpu.total, 9.5);
+        assert_eq!(cpu.idle, 7.2);
+        assert_eq!(cpu.interrupts, 0.5);
+        assert!(MachineCpu::read().is_some());
         assert!(cpu_seconds("self").is_some());
         assert!(rss_kib("self").is_some_and(|kib| kib > 0));
     }

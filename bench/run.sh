@@ -1,0 +1,427 @@
+#!/usr/bin/env bash
+# wsflow benchmarks (docs/BENCHMARKS.md). One command:
+#
+#   bench/run.sh            # compare: native baseline, wsflow, peers; one table
+#   bench/run.sh scale      # memory per idle connection / blocked flow, start time, overhead
+#   bench/run.sh all        # both
+#
+# Settings (environment):
+#   BENCH_DURATION=10 BENCH_WARMUP=2   seconds measured / warm-up per server
+#                                      (quick run: BENCH_DURATION=3 BENCH_WARMUP=1)
+#   BENCH_CONNECTIONS=64 BENCH_SIZE=32 connections, message size in bytes
+#   BENCH_MODE=ping-pong               or pipelined (BENCH_WINDOW=16 in flight)
+#   BENCH_BINARY=0                     1: binary messages (websocketd is skipped)
+#   BENCH_IDLE_CONNECTIONS=10000       scale: idle Data-mode connections
+#   BENCH_FLOWS=5000                   scale: Connection-mode flows blocked in receive
+#   BENCH_STARTUP_RUNS=7               scale: measured starts of `wsflow up`
+#   BENCH_BUILD=1                      0: use the binaries already built
+#   BENCH_PIN=1                        0: do not pin server and load to CPUs
+#   BENCH_NODE_DIR=target/bench-node   where `npm install ws` goes
+#   CARGO_TARGET_DIR                   honoured; binaries come from there
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+
+WHAT=${1:-compare}
+case $WHAT in
+compare | scale | all) ;;
+*)
+    echo "usage: bench/run.sh [compare|scale|all]" >&2
+    exit 2
+    ;;
+esac
+
+TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
+BIN=$TARGET/release
+WASM=$TARGET/wasm32-wasip2/release
+DURATION=${BENCH_DURATION:-10}
+WARMUP=${BENCH_WARMUP:-2}
+CONNECTIONS=${BENCH_CONNECTIONS:-64}
+SIZE=${BENCH_SIZE:-32}
+MODE=${BENCH_MODE:-ping-pong}
+WINDOW=${BENCH_WINDOW:-16}
+BINARY=${BENCH_BINARY:-0}
+IDLE_CONNECTIONS=${BENCH_IDLE_CONNECTIONS:-10000}
+FLOWS=${BENCH_FLOWS:-5000}
+STARTUP_RUNS=${BENCH_STARTUP_RUNS:-7}
+NODE_DIR=${BENCH_NODE_DIR:-$ROOT/target/bench-node}
+WS_VERSION=8.23.0
+
+# --- build -----------------------------------------------------------------
+
+if [[ ${BENCH_BUILD:-1} == 1 ]]; then
+    echo "building (release) into $TARGET ..."
+    cargo build --release -p wsflow -p wsflow-bench
+    cargo build --release --target wasm32-wasip2 -p wsflow-example-echo -p wsflow-example-chat-session
+fi
+for file in "$BIN/wsflow" "$BIN/wsflow-load" "$BIN/native-echo" "$BIN/wsflow-startup" \
+    "$WASM/wsflow_example_echo.wasm" "$WASM/wsflow_example_chat_session.wasm"; do
+    [[ -e $file ]] || {
+        echo "missing $file (run without BENCH_BUILD=0)" >&2
+        exit 1
+    }
+done
+
+# --- processes -----------------------------------------------------------------
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/wsflow-bench.XXXXXX")
+PIDS=()
+cleanup() {
+    local pid
+    for pid in "${PIDS[@]}"; do
+        kill "$pid" 2>/dev/null || true
+    done
+    wait 2>/dev/null || true
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+# Server on CPU 0, load generator on CPU 1, when there are two CPUs to use.
+SERVER_PIN=()
+LOAD_PIN=()
+if [[ ${BENCH_PIN:-1} == 1 ]] && command -v taskset >/dev/null && (($(nproc) >= 2)); then
+    SERVER_PIN=(taskset -c 0)
+    LOAD_PIN=(taskset -c 1)
+    PINNING="server pinned to CPU 0, load generator to CPU 1 (taskset)"
+else
+    PINNING="not pinned"
+fi
+
+# Open files: each side holds one socket per connection.
+hard=$(ulimit -Hn)
+if [[ $hard == unlimited ]] || ((hard > 20000)); then hard=20000; fi
+ulimit -n "$hard"
+
+# start_server NAME READY_PATTERN COMMAND...: start a server (pinned), wait
+# until READY_PATTERN shows in its output; sets SERVER_PID and SERVER_LINE.
+start_server() {
+    local name=$1 pattern=$2
+    shift 2
+    : >"$WORK/$name.out"
+    : >"$WORK/$name.err"
+    "${SERVER_PIN[@]}" "$@" >"$WORK/$name.out" 2>"$WORK/$name.err" &
+    SERVER_PID=$!
+    PIDS+=("$SERVER_PID")
+    local i
+    for ((i = 0; i < 600; i++)); do
+        SERVER_LINE=$(grep -h -m1 -- "$pattern" "$WORK/$name.out" "$WORK/$name.err" || true)
+        [[ -n $SERVER_LINE ]] && return 0
+        kill -0 "$SERVER_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    echo "$name did not start; its output:" >&2
+    cat "$WORK/$name.out" "$WORK/$name.err" >&2
+    exit 1
+}
+
+stop_server() {
+    kill "$SERVER_PID" 2>/dev/null || true
+    wait "$SERVER_PID" 2>/dev/null || true
+}
+
+listening_url() { sed -n 's/.*listening on \(ws:[^ ]*\).*/\1/p' <<<"$SERVER_LINE" | head -1; }
+
+rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
+# Proportional set size: pages shared between mappings (e.g. a copy-on-write
+# memory image mapped once per instance) count once, not once per mapping.
+pss_kib() { awk '/^Pss:/ { print $2 }' "/proc/$1/smaps_rollup"; }
+
+# field FILE KEY: a value of the `result` line of a wsflow-load run.
+field() { grep '^result ' "$1" | tr ' ' '\n' | sed -n "s/^$2=//p" | tail -1; }
+
+free_port() {
+    local port
+    for ((port = 20000 + RANDOM % 10000; ; port++)); do
+        if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+            echo "$port"
+            return
+        fi
+    done
+}
+
+# manifest FILE COMPONENT PATH MODE HANDLER_LINES: an app serving one flow
+# at PATH in MODE on a free port. Where this wsflow has app `[limits]`, they
+# are lifted above the scale tests' counts (the defaults cap connections at
+# 10,000 and running executions, hence Connection-mode flows, at 256).
+manifest() {
+    write_manifest "$@" "$(printf '[limits]\nmax_connections = 100000\nmax_executions = 100000')"
+    if ! "$BIN/wsflow" check "$1" >/dev/null 2>&1; then
+        write_manifest "$@" ""
+    fi
+}
+
+write_manifest() {
+    local file=$1 component=$2 path=$3 mode=$4 extra=$5 limits=$6
+    cat >"$file" <<EOF
+[app]
+name = "bench"
+
+[flows.bench]
+component = "$component"
+
+[[triggers]]
+port = 0
+
+[[triggers.handlers]]
+path = "$path"
+mode = "$mode"
+flow = "bench"
+$extra
+
+$limits
+EOF
+}
+
+manifest "$WORK/echo.toml" "$WASM/wsflow_example_echo.wasm" /echo data ""
+manifest "$WORK/reuse.toml" "$WASM/wsflow_example_echo.wasm" /echo data 'instance = "reuse"'
+manifest "$WORK/session.toml" "$WASM/wsflow_example_chat_session.wasm" '/chat/{room}' connection ""
+
+machine() {
+    echo "machine: $(nproc) CPU(s), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), Linux $(uname -r)"
+    echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
+    echo "$PINNING"
+}
+
+# --- compare -------------------------------------------------------------------
+
+HOLD_KIB=
+ROWS=()
+NATIVE_RATE=
+LAST_RATE=
+WSFLOW_RATE=
+REUSE_RATE=
+NODE_RATE=
+WEBSOCKETD_RATE=
+
+# target LABEL MEASURED GOAL: print MEASURED against GOAL. GOAL is an awk
+# condition on `x` (e.g. "x >= 0.75"); an empty MEASURED is not measured.
+target() {
+    local label=$1 measured=$2 goal=$3
+    if [[ -z $measured ]]; then
+        printf '   %-52s %-10s %s\n' "$label" "n/a" "(target: ${goal#x })"
+        return
+    fi
+    awk -v x="$measured" -v label="$label" -v goal="${goal#x }" "BEGIN {
+        printf \"   %-52s %-10s %s (target: %s)\\n\", label, x, ($goal) ? \"met\" : \"MISSED\", goal
+    }"
+}
+
+ratio() { [[ -n $1 && -n $2 ]] && awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }' || true; }
+
+# measure LABEL URL: one load run against the running server; adds a row.
+measure() {
+    local label=$1 url=$2 out=$WORK/load-$((${#ROWS[@]})).txt
+    local args=(-c "$CONNECTIONS" -m "$MODE" -w "$WINDOW" -s "$SIZE" -d "$DURATION" --warmup "$WARMUP"
+        --server-pid "$SERVER_PID")
+    [[ $BINARY == 1 ]] && args+=(--binary)
+    echo "== $label ($url)"
+    if ! "${LOAD_PIN[@]}" "$BIN/wsflow-load" "$url" "${args[@]}" >"$out" 2>"$out.err"; then
+        cat "$out" "$out.err" >&2
+        ROWS+=("$label|failed (see above)")
+        LAST_RATE=
+        return 0
+    fi
+    grep -E '^(messages/s|round trip|CPU)' "$out" | sed 's/^/   /'
+    local rate
+    rate=$(field "$out" msgs_per_s)
+    LAST_RATE=$rate
+    [[ -z $NATIVE_RATE ]] && NATIVE_RATE=$rate
+    ROWS+=("$label|$rate|$(field "$out" p50_us)|$(field "$out" p90_us)|$(field "$out" p99_us)|$(field "$out" max_us)|$(awk -v r="$rate" -v n="$NATIVE_RATE" 'BEGIN { printf "%.2fx", r / n }')|$(awk -v c="$(field "$out" server_cpu)" 'BEGIN { printf "%.0f%%", c * 100 }')|$(awk -v c="$(field "$out" others_cpu)" 'BEGIN { printf "%.0f%%", c * 100 }')")
+}
+
+compare() {
+    local kind=text
+    [[ $BINARY == 1 ]] && kind=binary
+    local load="$CONNECTIONS connections, $MODE"
+    [[ $MODE == pipelined ]] && load+=" (window $WINDOW)"
+    load+=", $SIZE-byte $kind messages, ${WARMUP}s warm-up + ${DURATION}s measured per server"
+
+    start_server native 'listening on' "$BIN/native-echo"
+    measure "native (tokio-tungstenite)" "$(listening_url)"
+    stop_server
+
+    start_server wsflow 'listening on' "$BIN/wsflow" up "$WORK/echo.toml"
+    measure "wsflow echo (fresh instance per message)" "$(listening_url)"
+    WSFLOW_RATE=$LAST_RATE
+    stop_server
+
+    if "$BIN/wsflow" check "$WORK/reuse.toml" >/dev/null 2>&1; then
+        start_server wsflow-reuse 'listening on' "$BIN/wsflow" up "$WORK/reuse.toml"
+        measure "wsflow echo, instance reuse" "$(listening_url)"
+        REUSE_RATE=$LAST_RATE
+        stop_server
+    else
+        ROWS+=("wsflow echo, instance reuse|n/a (not implemented: \`wsflow check\` rejects instance = \"reuse\")")
+    fi
+
+    if command -v node >/dev/null && [[ ! -d $NODE_DIR/node_modules/ws ]] && command -v npm >/dev/null; then
+        echo "installing ws@$WS_VERSION into $NODE_DIR ..."
+        npm install --silent --no-audit --no-fund --prefix "$NODE_DIR" "ws@$WS_VERSION" >&2 || true
+    fi
+    if command -v node >/dev/null && [[ -d $NODE_DIR/node_modules/ws ]]; then
+        local version
+        version=$(node -p "require('$NODE_DIR/node_modules/ws/package.json').version")
+        start_server node 'listening on' env NODE_PATH="$NODE_DIR/node_modules" node bench/peers/ws-echo.js
+        measure "Node $(node --version) ws $version" "$(listening_url)"
+        NODE_RATE=$LAST_RATE
+        stop_server
+    else
+        ROWS+=("Node ws|n/a (node or ws not installed; see docs/BENCHMARKS.md)")
+    fi
+
+    if ! command -v websocketd >/dev/null; then
+        ROWS+=("websocketd|n/a (not installed: apt-get install -y websocketd)")
+    elif [[ $BINARY == 1 ]]; then
+        ROWS+=("websocketd|n/a (websocketd + cat is line-based: text messages only)")
+    else
+        local port
+        port=$(free_port)
+        start_server websocketd 'Starting WebSocket server' websocketd --port="$port" --address=127.0.0.1 cat
+        measure "websocketd $(dpkg-query -W -f='${Version}' websocketd 2>/dev/null || true) + cat" "ws://127.0.0.1:$port/echo"
+        WEBSOCKETD_RATE=$LAST_RATE
+        stop_server
+    fi
+
+    echo
+    echo "load: $load"
+    machine
+    echo "load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"
+    echo
+    printf '| %-40s | %10s | %8s | %8s | %8s | %8s | %9s | %10s | %10s |\n' server 'messages/s' 'p50 µs' 'p90 µs' 'p99 µs' 'max µs' 'vs native' 'server CPU' 'other load'
+    printf '| %-40s | %10s | %8s | %8s | %8s | %8s | %9s | %10s | %10s |\n' :-- --: --: --: --: --: --: --: --:
+    local row
+    for row in "${ROWS[@]}"; do
+        IFS='|' read -r -a cells <<<"$row"
+        if ((${#cells[@]} == 2)); then
+            printf '| %-40s | %s |\n' "${cells[0]}" "${cells[1]}"
+        else
+            printf '| %-40s | %10s | %8s | %8s | %8s | %8s | %9s | %10s | %10s |\n' "${cells[@]}"
+        fi
+    done
+    echo
+    echo "server CPU: the server process's CPU time over the measured period, in % of one CPU"
+    echo "(websocketd: without its \`cat\` children). other load: CPU time of every other"
+    echo "process on the machine meanwhile (not the server, the load generator or interrupts;"
+    echo "websocketd's \`cat\` processes count here); 0% on a quiet machine."
+    echo
+    echo "targets (messages/s relative to the native baseline):"
+    target "wsflow, fresh instance per message / native" "$(ratio "$WSFLOW_RATE" "$NATIVE_RATE")" "x >= 0.75"
+    target "wsflow, fresh instance per message / Node ws" "$(ratio "$WSFLOW_RATE" "$NODE_RATE")" "x > 1"
+    target "wsflow, fresh instance per message / websocketd" "$(ratio "$WSFLOW_RATE" "$WEBSOCKETD_RATE")" "x > 1"
+    target "wsflow, instance reuse / native" "$(ratio "$REUSE_RATE" "$NATIVE_RATE")" "x >= 0.9"
+}
+
+# --- scale ---------------------------------------------------------------------
+
+# hold NAME URL COUNT [--expect-greeting]: open COUNT idle connections to the
+# running server; prints the server's RSS growth per connection in KiB.
+hold() {
+    local name=$1 url=$2 count=$3
+    shift 3
+    HOLD_KIB=
+    sleep 0.5
+    local before after pss_before pss_after
+    before=$(rss_kib "$SERVER_PID")
+    pss_before=$(pss_kib "$SERVER_PID")
+    : >"$WORK/$name.hold"
+    "${LOAD_PIN[@]}" "$BIN/wsflow-load" "$url" -m hold -c "$count" -d 300 "$@" \
+        >"$WORK/$name.hold" 2>&1 &
+    local loader=$!
+    PIDS+=("$loader")
+    local i
+    for ((i = 0; i < 1200; i++)); do
+        grep -q '^holding' "$WORK/$name.hold" && break
+        kill -0 "$loader" 2>/dev/null || break
+        sleep 0.1
+    done
+    if ! grep -q '^holding' "$WORK/$name.hold"; then
+        kill "$loader" 2>/dev/null || true
+        wait "$loader" 2>/dev/null || true
+        echo "   $name: could not open $count connections:"
+        grep -v -e '^wsflow-load' -e Backtrace "$WORK/$name.hold" | head -3 | sed 's/^/      /'
+        return 0
+    fi
+    sleep 1
+    after=$(rss_kib "$SERVER_PID")
+    pss_after=$(pss_kib "$SERVER_PID")
+    kill "$loader" 2>/dev/null || true
+    wait "$loader" 2>/dev/null || true
+    HOLD_KIB=$(awk -v b="$before" -v a="$after" -v n="$count" 'BEGIN { printf "%.1f", (a - b) / n }')
+    awk -v b="$before" -v a="$after" -v per="$HOLD_KIB" -v name="$name" -v pb="$pss_before" \
+        -v pa="$pss_after" -v n="$count" 'BEGIN {
+        printf "   %-8s VmRSS %6.1f MiB before, %6.1f MiB with them open: %6.1f KiB each (PSS: %5.1f KiB each)\n", name, b / 1024, a / 1024, per, (pa - pb) / n
+    }'
+}
+
+scale() {
+    local limit
+    limit=$(ulimit -n)
+    if ((IDLE_CONNECTIONS + 100 > limit)); then
+        IDLE_CONNECTIONS=$((limit - 100))
+        echo "open-file limit $limit: using $IDLE_CONNECTIONS idle connections"
+    fi
+    machine
+    echo
+    echo "memory per idle Data-mode connection ($IDLE_CONNECTIONS connections, RSS after - before):"
+    start_server native 'listening on' "$BIN/native-echo"
+    hold native "$(listening_url)" "$IDLE_CONNECTIONS"
+    stop_server
+    start_server wsflow 'listening on' "$BIN/wsflow" up "$WORK/echo.toml"
+    hold wsflow "$(listening_url)" "$IDLE_CONNECTIONS"
+    local idle_kib=$HOLD_KIB
+    stop_server
+
+    echo
+    echo "memory per Connection-mode flow blocked in receive ($FLOWS flows, examples/chat-session):"
+    start_server wsflow-session 'listening on' "$BIN/wsflow" up "$WORK/session.toml"
+    hold wsflow "$(listening_url | sed 's/{room}/bench/')" "$FLOWS" --expect-greeting
+    local flow_kib=$HOLD_KIB
+    stop_server
+
+    echo
+    echo "time from starting the server to its \`listening on\` line (not pinned):"
+    echo -n "   wsflow up (echo):  "
+    "$BIN/wsflow-startup" --runs "$STARTUP_RUNS" -- "$BIN/wsflow" up "$WORK/echo.toml" >"$WORK/startup.txt"
+    head -1 "$WORK/startup.txt"
+    echo -n "   native-echo:       "
+    "$BIN/wsflow-startup" --runs "$STARTUP_RUNS" -- "$BIN/native-echo" | head -1
+
+    echo
+    echo "per-execution overhead: ping-pong over 1 connection, ${DURATION}s after ${WARMUP}s warm-up:"
+    local name
+    for name in native wsflow; do
+        if [[ $name == native ]]; then
+            start_server native 'listening on' "$BIN/native-echo"
+        else
+            start_server wsflow 'listening on' "$BIN/wsflow" up "$WORK/echo.toml"
+        fi
+        "${LOAD_PIN[@]}" "$BIN/wsflow-load" "$(listening_url)" -c 1 -s "$SIZE" -d "$DURATION" \
+            --warmup "$WARMUP" --server-pid "$SERVER_PID" >"$WORK/$name-single.txt" 2>&1 ||
+            cat "$WORK/$name-single.txt" >&2
+        stop_server
+        awk -v name="$name" -v p50="$(field "$WORK/$name-single.txt" p50_us)" \
+            -v rate="$(field "$WORK/$name-single.txt" msgs_per_s)" \
+            -v cpu="$(field "$WORK/$name-single.txt" server_cpu)" 'BEGIN {
+            printf "   %-8s p50 %7.1f µs, %6d messages/s, server CPU %5.1f µs per message\n", name, p50, rate, cpu * 1e6 / rate
+        }'
+    done
+    awk -v w="$(field "$WORK/wsflow-single.txt" p50_us)" -v n="$(field "$WORK/native-single.txt" p50_us)" \
+        'BEGIN { printf "   overhead of a wsflow execution (p50 difference): %.1f µs\n", w - n }'
+    echo "load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"
+    echo
+    echo "targets:"
+    target "KiB per idle Data-mode connection ($IDLE_CONNECTIONS)" "$idle_kib" "x <= 16"
+    target "KiB per blocked Connection-mode flow ($FLOWS)" "$flow_kib" "x <= 64"
+    target "ms from start to listening, median" "$(field "$WORK/startup.txt" median_ms)" "x < 50"
+}
+
+case $WHAT in
+compare) compare ;;
+scale) scale ;;
+all)
+    compare
+    echo
+    scale
+    ;;
+esac
