@@ -27,7 +27,7 @@ pub async fn run(
         Instance::Fresh => None,
         Instance::Reuse => {
             let connection = HostConnection::new(Arc::clone(shared), None);
-            match handler.flow.instantiate(connection, shared.id).await {
+            match Box::pin(handler.flow.instantiate(connection, shared.id)).await {
                 Ok(instance) => Some(instance),
                 Err((outcome, _)) => return report(handler, shared, outcome),
             }
@@ -55,12 +55,16 @@ pub async fn run(
         let (outcome, _stats) = match &mut reused {
             None => {
                 let connection = HostConnection::new(Arc::clone(shared), None);
-                handler
-                    .flow
-                    .execute(&event, connection, shared.id, Some(wall_time))
-                    .await
+                // Boxed: an execution's future is large and lives only
+                // while a message is handled, not while the connection idles.
+                Box::pin(
+                    handler
+                        .flow
+                        .execute(&event, connection, shared.id, Some(wall_time)),
+                )
+                .await
             }
-            Some(instance) => instance.call(&event, Some(wall_time)).await,
+            Some(instance) => Box::pin(instance.call(&event, Some(wall_time))).await,
         };
         if let Some(close) = report(handler, shared, outcome) {
             return Some(close);

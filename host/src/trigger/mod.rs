@@ -235,7 +235,7 @@ impl WsTrigger {
         match &self.tls {
             None => self.serve_stream(stream, peer, deadline, shutdown).await,
             Some(acceptor) => {
-                match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
+                match tokio::time::timeout_at(deadline, Box::pin(acceptor.accept(stream))).await {
                     Ok(Ok(tls)) => self.serve_stream(tls, peer, deadline, shutdown).await,
                     Ok(Err(error)) => tracing::debug!(%peer, "TLS handshake failed: {error}"),
                     Err(_elapsed) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -319,8 +319,13 @@ impl WsTrigger {
             admitted = Some(accepted);
             Ok(response)
         };
-        let upgrade =
-            tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(self.ws_config));
+        // Boxed, like every future that lives only for a while: the
+        // connection's task then keeps only what an idle connection needs.
+        let upgrade = Box::pin(tokio_tungstenite::accept_hdr_async_with_config(
+            stream,
+            callback,
+            Some(self.ws_config),
+        ));
         let ws = match tokio::time::timeout_at(deadline, upgrade).await {
             Ok(Ok(ws)) => ws,
             Ok(Err(error)) => {
@@ -355,7 +360,14 @@ impl WsTrigger {
             Mode::Data => data::run(&handler, &pump.shared, inbound, event, &shutdown).await,
             Mode::Connection => {
                 event.inputs = inputs::evaluate(&handler.spec.inputs, &event, None);
-                session::run(&handler, &pump.shared, inbound, event, &shutdown).await
+                Box::pin(session::run(
+                    &handler,
+                    &pump.shared,
+                    inbound,
+                    event,
+                    &shutdown,
+                ))
+                .await
             }
         };
         pump.finish(close.as_ref().map(|close| (close.code, &*close.reason)))
