@@ -31,7 +31,6 @@ use crate::runtime::bindings::{Content, Event};
 use crate::runtime::{ConnectionShared, FlowPre, Outcome, bindings};
 
 use handshake::Refusal;
-use pump::Pump;
 
 /// A path served by a flow.
 pub struct Handler {
@@ -344,7 +343,6 @@ impl WsTrigger {
         let id = NEXT_CONNECTION_ID.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(app = &*self.app.name, conn = id, %peer, path = %handler.spec.path, "connected");
 
-        let (pump, inbound) = Pump::start(ws, id, Arc::clone(&self.app), peer, &self.limits);
         let mut event = Event {
             mode: match handler.spec.mode {
                 Mode::Data => bindings::Mode::Data,
@@ -356,22 +354,16 @@ impl WsTrigger {
             headers: routed.headers,
             inputs: Vec::new(),
         };
-        let close = match handler.spec.mode {
-            Mode::Data => data::run(&handler, &pump.shared, inbound, event, &shutdown).await,
-            Mode::Connection => {
-                event.inputs = inputs::evaluate(&handler.spec.inputs, &event, None);
-                Box::pin(session::run(
-                    &handler,
-                    &pump.shared,
-                    inbound,
-                    event,
-                    &shutdown,
-                ))
-                .await
+        let flow_side = |shared: Arc<ConnectionShared>, inbound| async move {
+            match handler.spec.mode {
+                Mode::Data => data::run(&handler, &shared, inbound, event, &shutdown).await,
+                Mode::Connection => {
+                    event.inputs = inputs::evaluate(&handler.spec.inputs, &event, None);
+                    Box::pin(session::run(&handler, &shared, inbound, event, &shutdown)).await
+                }
             }
         };
-        pump.finish(close.as_ref().map(|close| (close.code, &*close.reason)))
-            .await;
+        pump::run(ws, id, Arc::clone(&self.app), peer, &self.limits, flow_side).await;
         tracing::debug!(app = &*self.app.name, conn = id, "disconnected");
     }
 }

@@ -5,6 +5,7 @@
 //! It is written against any `AsyncRead + AsyncWrite` stream, so plain TCP
 //! and TLS share one path.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,7 +14,6 @@ use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -44,102 +44,95 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// connection and could destroy the close frame before the client reads it.
 const LINGER: Duration = Duration::from_secs(2);
 
-/// A running connection: its shared state and the tasks that move frames.
-/// Each task hands its half of the socket back when it ends.
-pub struct Pump<S> {
-    pub shared: Arc<ConnectionShared>,
-    reader: JoinHandle<Stream<S>>,
-    writer: JoinHandle<Sink<S>>,
-    stop_writer: CancellationToken,
-}
-
-impl<S> Pump<S>
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+/// Serve one connection in the current task: a reader that turns frames
+/// into messages for the flow side, a writer that drains the bounded
+/// outbound queue into the socket, and `flow_side` (data or connection
+/// mode), which gets the connection's shared state and the messages read
+/// (`None` once the client has closed or the connection has failed) and
+/// returns the close to send. All three are polled by this one task, so a
+/// message crosses no thread and an idle connection costs one task.
+pub async fn run<S, F, Fut>(
+    ws: WebSocketStream<S>,
+    id: u64,
+    app: Arc<AppInfo>,
+    peer: SocketAddr,
+    limits: &TriggerLimits,
+    flow_side: F,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+    F: FnOnce(Arc<ConnectionShared>, mpsc::Receiver<Message>) -> Fut,
+    Fut: Future<Output = Option<Close>>,
 {
-    /// Start moving frames. Returns the pump and the messages read from the
-    /// client; the receiver yields `None` once the client has closed or the
-    /// connection has failed.
-    pub fn start(
-        ws: WebSocketStream<S>,
-        id: u64,
-        app: Arc<AppInfo>,
-        peer: SocketAddr,
-        limits: &TriggerLimits,
-    ) -> (Self, mpsc::Receiver<Message>) {
-        let (sink, stream) = ws.split();
-        let (out_tx, out_rx) = mpsc::channel(OUTBOUND_QUEUE);
-        let (in_tx, in_rx) = mpsc::channel(INBOUND_QUEUE);
-        let shared = Arc::new(ConnectionShared::new(
-            id,
-            app,
-            peer,
-            limits.max_message_size,
-            out_tx,
-        ));
-        let stop_writer = CancellationToken::new();
-        let writer = tokio::spawn(write_loop(
+    let (sink, stream) = ws.split();
+    let (out_tx, out_rx) = mpsc::channel(OUTBOUND_QUEUE);
+    let (in_tx, in_rx) = mpsc::channel(INBOUND_QUEUE);
+    let shared = Arc::new(ConnectionShared::new(
+        id,
+        app,
+        peer,
+        limits.max_message_size,
+        out_tx,
+    ));
+    let reader_done = CancellationToken::new();
+    let stop_reader = CancellationToken::new();
+    let writer_done = CancellationToken::new();
+    let stop_writer = CancellationToken::new();
+
+    let reader = async {
+        let stream = read_loop(
+            stream,
+            in_tx,
+            Arc::clone(&shared),
+            limits.idle_timeout,
+            stop_reader.clone(),
+        )
+        .await;
+        reader_done.cancel();
+        stream
+    };
+    let writer = async {
+        let sink = write_loop(
             sink,
             out_rx,
             limits.ping_interval,
             stop_writer.clone(),
             shared.aborted().clone(),
-        ));
-        let reader = tokio::spawn(read_loop(
-            stream,
-            in_tx,
-            Arc::clone(&shared),
-            limits.idle_timeout,
-        ));
-        let pump = Self {
-            shared,
-            reader,
-            writer,
-            stop_writer,
-        };
-        (pump, in_rx)
-    }
-
-    /// End the connection: send `close` (unless a close was already sent or
-    /// received), wait for the closing handshake, then shut the socket down
-    /// gracefully.
-    pub async fn finish(self, close: Option<(u16, &str)>) {
-        let Self {
-            shared,
-            mut reader,
-            mut writer,
-            stop_writer,
-        } = self;
-        if let Some((code, reason)) = close {
-            shared.close(code, reason).await;
+        )
+        .await;
+        writer_done.cancel();
+        sink
+    };
+    let control = async {
+        let close = flow_side(Arc::clone(&shared), in_rx).await;
+        if let Some(close) = close {
+            shared.close(close.code, close.reason).await;
         }
-        let stream = match tokio::time::timeout(CLOSE_TIMEOUT, &mut reader).await {
-            Ok(stream) => stream.ok(),
-            Err(_elapsed) => {
-                tracing::debug!(
-                    conn = shared.id,
-                    "client did not complete the closing handshake"
-                );
-                reader.abort();
-                None
-            }
-        };
-        // The writer sends what is still queued up to a close frame, then
-        // hands back its half; a client that does not read cannot hold it.
-        stop_writer.cancel();
-        let sink = match tokio::time::timeout(CLOSE_TIMEOUT, &mut writer).await {
-            Ok(sink) => sink.ok(),
-            Err(_elapsed) => {
-                writer.abort();
-                None
-            }
-        };
-        if let (Some(sink), Some(stream)) = (sink, stream)
-            && !shared.aborted().is_cancelled()
-            && let Ok(ws) = sink.reunite(stream)
+        // The reader ends once the closing handshake is complete.
+        if tokio::time::timeout(CLOSE_TIMEOUT, reader_done.cancelled())
+            .await
+            .is_err()
         {
-            linger(ws.into_inner()).await;
+            tracing::debug!(
+                conn = shared.id,
+                "client did not complete the closing handshake"
+            );
+            stop_reader.cancel();
         }
+        // The writer sends what is still queued up to a close frame, then
+        // stops; a client that does not read cannot hold it.
+        stop_writer.cancel();
+        if tokio::time::timeout(CLOSE_TIMEOUT, writer_done.cancelled())
+            .await
+            .is_err()
+        {
+            shared.abort();
+        }
+    };
+    let (stream, sink, ()) = tokio::join!(reader, writer, control);
+    if !shared.aborted().is_cancelled()
+        && let Ok(ws) = sink.reunite(stream)
+    {
+        linger(ws.into_inner()).await;
     }
 }
 
@@ -192,7 +185,10 @@ where
                 // Only a queued close frame still matters.
                 while let Ok(next) = outbound.try_recv() {
                     if let Outbound::Close(code, reason) = next {
-                        send_close(&mut sink, code, reason).await;
+                        tokio::select! {
+                            () = send_close(&mut sink, code, reason) => {}
+                            () = abort.cancelled() => {}
+                        }
                         break;
                     }
                 }
@@ -202,15 +198,21 @@ where
         let Some(next) = next else { return sink };
         let result = match next {
             Outbound::Message(message) => {
-                // Batch: flush only once nothing else is waiting.
-                if outbound.is_empty() {
-                    sink.send(message).await
-                } else {
-                    sink.feed(message).await
+                // Batch: flush only once nothing else is waiting. A client
+                // that does not read is dropped by `abort`, even mid-write.
+                let flush = outbound.is_empty();
+                tokio::select! {
+                    result = async {
+                        if flush { sink.send(message).await } else { sink.feed(message).await }
+                    } => result,
+                    () = abort.cancelled() => return sink,
                 }
             }
             Outbound::Close(code, reason) => {
-                send_close(&mut sink, code, reason).await;
+                tokio::select! {
+                    () = send_close(&mut sink, code, reason) => {}
+                    () = abort.cancelled() => {}
+                }
                 return sink;
             }
         };
@@ -255,6 +257,7 @@ async fn read_loop<S>(
     inbound: mpsc::Sender<Message>,
     shared: Arc<ConnectionShared>,
     idle_timeout: Option<Duration>,
+    stop: CancellationToken,
 ) -> Stream<S>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -275,6 +278,7 @@ where
                 continue;
             }
             () = abort.cancelled() => break,
+            () = stop.cancelled() => break,
         };
         let Some(frame) = next else { break };
         match frame {
@@ -283,7 +287,11 @@ where
                 AppStats::add(&shared.app.stats.bytes_in, message.len() as u64);
                 // After the flow side has stopped (a trap, a shutdown), data
                 // that still arrives is read and dropped.
-                let _ = inbound.send(message).await;
+                tokio::select! {
+                    _ = inbound.send(message) => {}
+                    () = abort.cancelled() => break,
+                    () = stop.cancelled() => break,
+                }
             }
             Ok(Message::Close(_)) => shared.mark_closed(),
             Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => {}
