@@ -231,11 +231,13 @@ impl WsTrigger {
     async fn connection(&self, stream: TcpStream, peer: SocketAddr, shutdown: CancellationToken) {
         let _ = stream.set_nodelay(true);
         let deadline = Instant::now() + self.limits.handshake_timeout;
+        // Each branch's future is boxed at its own size: unboxed, every
+        // connection's task would be as large as the largest branch (TLS).
         match &self.tls {
-            None => self.serve_stream(stream, peer, deadline, shutdown).await,
+            None => Box::pin(self.serve_stream(stream, peer, deadline, shutdown)).await,
             Some(acceptor) => {
                 match tokio::time::timeout_at(deadline, Box::pin(acceptor.accept(stream))).await {
-                    Ok(Ok(tls)) => self.serve_stream(tls, peer, deadline, shutdown).await,
+                    Ok(Ok(tls)) => Box::pin(self.serve_stream(tls, peer, deadline, shutdown)).await,
                     Ok(Err(error)) => tracing::debug!(%peer, "TLS handshake failed: {error}"),
                     Err(_elapsed) => tracing::debug!(%peer, "TLS handshake timed out"),
                 }
@@ -363,7 +365,15 @@ impl WsTrigger {
                 }
             }
         };
-        pump::run(ws, id, Arc::clone(&self.app), peer, &self.limits, flow_side).await;
+        Box::pin(pump::run(
+            ws,
+            id,
+            Arc::clone(&self.app),
+            peer,
+            &self.limits,
+            flow_side,
+        ))
+        .await;
         tracing::debug!(app = &*self.app.name, conn = id, "disconnected");
     }
 }
