@@ -187,8 +187,6 @@ impl wit::HostConnection for FlowCtx {
             }));
         };
         if result.is_ok() {
-            self.stats.messages_out += 1;
-            self.stats.bytes_out += len as u64;
             AppStats::add(&self.app.stats.messages_out, 1);
             AppStats::add(&self.app.stats.bytes_out, len as u64);
         }

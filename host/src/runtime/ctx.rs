@@ -25,13 +25,6 @@ pub struct FlowGrants {
     pub read_only_dir: Option<PathBuf>,
 }
 
-/// Counts an execution reports back to its connection.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct ExecutionStats {
-    pub messages_out: u64,
-    pub bytes_out: u64,
-}
-
 /// The data of one execution's `Store`.
 ///
 /// Built fresh for every execution: nothing a flow does survives it except
@@ -44,7 +37,6 @@ pub struct FlowCtx {
     pub(super) app: Arc<AppInfo>,
     pub(super) flow: Arc<str>,
     pub(super) connection_id: u64,
-    pub(super) stats: ExecutionStats,
 }
 
 impl FlowCtx {
@@ -77,7 +69,6 @@ impl FlowCtx {
             app,
             flow,
             connection_id,
-            stats: ExecutionStats::default(),
         })
     }
 }

@@ -22,7 +22,7 @@ use wasmtime::{
 };
 
 pub use connection::{ConnectionShared, HostConnection, Outbound};
-pub use ctx::{ExecutionStats, FlowCtx, FlowGrants, GRANTED_DIR_GUEST_PATH};
+pub use ctx::{FlowCtx, FlowGrants, GRANTED_DIR_GUEST_PATH};
 pub use limits::LimitExceeded;
 
 use crate::app::{AppInfo, AppStats};
@@ -281,7 +281,7 @@ impl FlowPre {
         connection: HostConnection,
         connection_id: u64,
         wall_time: Option<Duration>,
-    ) -> (Outcome, ExecutionStats) {
+    ) -> Outcome {
         let _permit = self.execution_slot().await;
         let mut store = match self.new_store(connection_id) {
             Ok(store) => store,
@@ -303,7 +303,7 @@ impl FlowPre {
         &self,
         connection: HostConnection,
         connection_id: u64,
-    ) -> Result<FlowInstance, (Outcome, ExecutionStats)> {
+    ) -> Result<FlowInstance, Outcome> {
         let mut store = self
             .new_store(connection_id)
             .map_err(|error| self.finish(Err(error), None))?;
@@ -362,7 +362,7 @@ impl FlowPre {
         &self,
         result: wasmtime::Result<Result<(), String>>,
         ctx: Option<&FlowCtx>,
-    ) -> (Outcome, ExecutionStats) {
+    ) -> Outcome {
         let outcome = match result {
             Ok(Ok(())) => Outcome::Completed,
             Ok(Err(message)) => Outcome::Failed(message),
@@ -379,7 +379,7 @@ impl FlowPre {
             Outcome::LimitExceeded(_) => &stats.executions_limit_exceeded,
         };
         AppStats::add(counter, 1);
-        (outcome, ctx.map(|ctx| ctx.stats).unwrap_or_default())
+        outcome
     }
 }
 
@@ -396,16 +396,11 @@ impl FlowInstance {
     /// Handle one message. Each call is one execution for the CPU limit,
     /// `wall_time` and the app's execution slots. After a trap or a limit
     /// the instance must not be called again.
-    pub async fn call(
-        &mut self,
-        event: &bindings::Event,
-        wall_time: Option<Duration>,
-    ) -> (Outcome, ExecutionStats) {
+    pub async fn call(&mut self, event: &bindings::Event, wall_time: Option<Duration>) -> Outcome {
         let _permit = self.pre.execution_slot().await;
         let ctx = self.store.data_mut();
         ctx.cpu = limits::CpuMeter::new(ctx.app.limits.cpu_time);
         ctx.limiter.exceeded = None;
-        ctx.stats = ExecutionStats::default();
         let connection = wasmtime::component::Resource::new_borrow(self.handle);
         let call = self.flow.call_handle(&mut self.store, event, connection);
         let result = with_wall_time(call, wall_time).await;

@@ -29,7 +29,7 @@ pub async fn run(
             let connection = HostConnection::new(Arc::clone(shared), None);
             match Box::pin(handler.flow.instantiate(connection, shared.id)).await {
                 Ok(instance) => Some(instance),
-                Err((outcome, _)) => return report(handler, shared, outcome),
+                Err(outcome) => return report(handler, shared, outcome),
             }
         }
     };
@@ -52,7 +52,7 @@ pub async fn run(
         if !handler.spec.inputs.is_empty() {
             event.inputs = inputs::evaluate(&handler.spec.inputs, &event, json.as_ref());
         }
-        let (outcome, _stats) = match &mut reused {
+        let outcome = match &mut reused {
             None => {
                 let connection = HostConnection::new(Arc::clone(shared), None);
                 // Boxed: an execution's future is large and lives only

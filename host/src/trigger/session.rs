@@ -22,7 +22,7 @@ pub async fn run(
     let connection = HostConnection::new(Arc::clone(shared), Some(inbound));
     let execution = handler.flow.execute(&event, connection, shared.id, None);
     tokio::pin!(execution);
-    let (outcome, _stats) = tokio::select! {
+    let outcome = tokio::select! {
         finished = &mut execution => finished,
         () = shutdown.cancelled() => {
             // Tell the client; its close reply ends the flow's `receive`.
