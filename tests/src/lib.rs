@@ -39,8 +39,23 @@ pub fn runtime() -> &'static Runtime {
 }
 
 /// A manifest for app `name`: one flow served at `path` on port 0, with
-/// extra `[limits]` and handler settings.
+/// extra `[limits]` lines.
 pub fn app_manifest(name: &str, component: &str, path: &str, mode: &str, limits: &str) -> String {
+    manifest(
+        name,
+        limits,
+        component,
+        &format!("path = \"{path}\"\nmode = \"{mode}\""),
+    )
+}
+
+/// A manifest for one flow served by one handler on port 0; `handler` holds
+/// the handler's settings other than `flow`.
+pub fn single_handler_manifest(component: &str, handler: &str) -> String {
+    manifest("test", "", component, handler)
+}
+
+fn manifest(name: &str, limits: &str, component: &str, handler: &str) -> String {
     format!(
         r#"
 [app]
@@ -48,27 +63,6 @@ name = "{name}"
 
 [limits]
 {limits}
-
-[flows.main]
-component = "{component}"
-
-[[triggers]]
-port = 0
-
-[[triggers.handlers]]
-flow = "main"
-path = "{path}"
-mode = "{mode}"
-"#
-    )
-}
-
-/// A manifest for one flow served by one handler on port 0.
-pub fn single_handler_manifest(component: &str, handler: &str) -> String {
-    format!(
-        r#"
-[app]
-name = "test"
 
 [flows.main]
 component = "{component}"
