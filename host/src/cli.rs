@@ -8,7 +8,6 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use crate::loader::{self, LoadOptions};
-use crate::manifest::ManifestFile;
 use crate::runtime::{Runtime, RuntimeOptions};
 use crate::server::Server;
 
@@ -40,10 +39,12 @@ pub enum Command {
         #[arg(long)]
         no_cache: bool,
     },
-    /// Validate a manifest without serving it.
+    /// Validate manifests without serving them: each on its own, and
+    /// together as `wsflow up` would run them (distinct names and ports).
     Check {
-        /// The app manifest.
-        manifest: PathBuf,
+        /// App manifests, or directories of them.
+        #[arg(required = true)]
+        manifests: Vec<PathBuf>,
     },
 }
 
@@ -71,7 +72,7 @@ impl Cli {
                 )
                 .await
             }
-            Command::Check { manifest } => check(&manifest),
+            Command::Check { manifests } => check(&manifests),
         }
     }
 }
@@ -129,18 +130,19 @@ async fn up(
     Ok(())
 }
 
-fn check(manifest: &std::path::Path) -> anyhow::Result<()> {
-    let file = ManifestFile::load(manifest)?;
-    let spec = &file.spec;
-    let handlers: usize = spec.triggers.iter().map(|t| t.handlers.len()).sum();
-    println!(
-        "{}: app `{}` is valid ({} flow(s), {} trigger(s), {} handler(s))",
-        manifest.display(),
-        spec.name,
-        spec.flows.len(),
-        spec.triggers.len(),
-        handlers
-    );
+fn check(manifests: &[PathBuf]) -> anyhow::Result<()> {
+    for file in loader::parse_all(manifests)? {
+        let spec = &file.spec;
+        let handlers: usize = spec.triggers.iter().map(|t| t.handlers.len()).sum();
+        println!(
+            "{}: app `{}` is valid ({} flow(s), {} trigger(s), {} handler(s))",
+            file.path.display(),
+            spec.name,
+            spec.flows.len(),
+            spec.triggers.len(),
+            handlers
+        );
+    }
     Ok(())
 }
 

@@ -440,3 +440,23 @@ fn compiled_components_are_cached_and_a_damaged_entry_is_rebuilt() {
     assert_echo(&mut connect(&up.listening_url()));
     assert!(up.terminate().success());
 }
+
+#[test]
+fn check_of_several_manifests_finds_apps_that_cannot_share_a_host() {
+    let output = Command::new(WSFLOW)
+        .args([
+            "check",
+            "examples/echo/wsflow.toml",
+            "examples/orders/wsflow.toml",
+        ])
+        .current_dir(workspace())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&output.stderr),
+        "error: examples/orders/wsflow.toml: app `orders` triggers[0] wants port 9998, \
+         which app `echo` (examples/echo/wsflow.toml) triggers[0] already uses\n  \
+         help: give each app its own ports\n"
+    );
+}
