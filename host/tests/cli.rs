@@ -170,26 +170,13 @@ fn up_builds_a_missing_component_then_serves_until_sigterm() {
     let workspace = workspace();
     // The example echo component, built by the same cargo command the
     // example uses, then copied: the copy is what this app's build makes.
-    let manifest = format!(
-        r#"
-[app]
-name = "built"
-
-[flows.echo]
-component = "echo.wasm"
-build = "cd '{ws}' && cargo build --release --target wasm32-wasip2 -p wsflow-example-echo && cp '{ws}/target/wasm32-wasip2/release/wsflow_example_echo.wasm' \"$OLDPWD/echo.wasm\""
-sources = []
-
-[[triggers]]
-port = 0
-
-[[triggers.handlers]]
-path = "/echo"
-flow = "echo"
-"#,
+    let flow = format!(
+        "component = \"echo.wasm\"\n\
+         build = \"cd '{ws}' && cargo build --release --target wasm32-wasip2 -p wsflow-example-echo && cp '{ws}/target/wasm32-wasip2/release/wsflow_example_echo.wasm' \\\"$OLDPWD/echo.wasm\\\"\"\n\
+         sources = []",
         ws = workspace.display()
     );
-    std::fs::write(dir.path().join("wsflow.toml"), manifest).unwrap();
+    write_manifest(dir.path(), "built", &flow, "port = 0");
     assert!(!dir.path().join("echo.wasm").exists());
 
     let mut up = Up::start(&["up"], dir.path());
@@ -208,25 +195,12 @@ flow = "echo"
 #[test]
 fn a_failing_build_command_stops_startup_with_its_name() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("wsflow.toml"),
-        r#"
-[app]
-name = "broken"
-
-[flows.echo]
-component = "echo.wasm"
-build = "exit 3"
-
-[[triggers]]
-port = 0
-
-[[triggers.handlers]]
-path = "/echo"
-flow = "echo"
-"#,
-    )
-    .unwrap();
+    write_manifest(
+        dir.path(),
+        "broken",
+        "component = \"echo.wasm\"\nbuild = \"exit 3\"",
+        "port = 0",
+    );
     let output = Command::new(WSFLOW)
         .args(["up", "wsflow.toml"])
         .current_dir(dir.path())
@@ -291,19 +265,29 @@ fn check_of_a_missing_file_says_so() {
 /// A manifest serving the example echo component (built by its cargo
 /// command if needed) with the given trigger settings.
 fn echo_manifest(dir: &Path, trigger_settings: &str) {
-    let workspace = workspace();
+    let ws = workspace().display().to_string();
+    let flow = format!(
+        "component = \"{ws}/target/wasm32-wasip2/release/wsflow_example_echo.wasm\"\n\
+         build = \"cd '{ws}' && cargo build --release --target wasm32-wasip2 -p wsflow-example-echo\"\n\
+         sources = [\"{ws}/examples/echo/src\"]"
+    );
+    write_manifest(dir, "echo", &flow, trigger_settings);
+}
+
+/// `dir/wsflow.toml`: app `name` with the property `PORT = "9998"`, the flow
+/// `echo` given by `flow` (its `[flows.echo]` lines), served at `/echo` by
+/// a trigger with `trigger_settings`.
+fn write_manifest(dir: &Path, name: &str, flow: &str, trigger_settings: &str) {
     let manifest = format!(
         r#"
 [app]
-name = "echo"
+name = "{name}"
 
 [properties]
 PORT = "9998"
 
 [flows.echo]
-component = "{ws}/target/wasm32-wasip2/release/wsflow_example_echo.wasm"
-build = "cd '{ws}' && cargo build --release --target wasm32-wasip2 -p wsflow-example-echo"
-sources = ["{ws}/examples/echo/src"]
+{flow}
 
 [[triggers]]
 {trigger_settings}
@@ -311,8 +295,7 @@ sources = ["{ws}/examples/echo/src"]
 [[triggers.handlers]]
 path = "/echo"
 flow = "echo"
-"#,
-        ws = workspace.display()
+"#
     );
     std::fs::write(dir.join("wsflow.toml"), manifest).unwrap();
 }
