@@ -12,7 +12,7 @@ use crate::server::StatsHandle;
 const MAX_REQUEST: usize = 8 * 1024;
 
 /// Serve `GET /stats` on `listener` until `shutdown`.
-pub async fn serve(listener: TcpListener, stats: StatsHandle, shutdown: CancellationToken) {
+pub(crate) async fn serve(listener: TcpListener, stats: StatsHandle, shutdown: CancellationToken) {
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,

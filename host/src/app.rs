@@ -6,80 +6,31 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde::Serialize;
 use tokio::sync::Semaphore;
 
-/// Limits applied to every execution and connection of an app.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AppLimits {
-    /// Linear memory a single execution may grow to.
-    pub max_memory: usize,
-    /// Time an execution may spend running (not waiting in `receive` or in
-    /// `send` for a slow client).
-    pub cpu_time: Duration,
-    /// Time a data-mode execution may take from start to finish.
-    pub wall_time: Duration,
-    /// Executions of the app running at once; more wait for a slot.
-    pub max_executions: usize,
-    /// Connections of the app (all its triggers) open at once; more are
-    /// refused with HTTP 503 before the upgrade.
-    pub max_connections: usize,
-    /// How long `send` may wait for a client that does not read before the
-    /// host closes that connection with 1008.
-    pub slow_client_timeout: Duration,
-    /// Guest output lines (stdout, stderr, `log`) the app may write per
-    /// second, with bursts up to ten times that; the rest is dropped and
-    /// counted.
-    pub log_lines_per_second: u32,
-}
-
-impl Default for AppLimits {
-    fn default() -> Self {
-        Self {
-            // Enough for a Rust flow with serde and a few MiB of data; small
-            // enough that hundreds of concurrent executions fit in RAM.
-            max_memory: 64 << 20,
-            // Generous for message handling, short enough that a runaway
-            // loop is stopped before a client gives up.
-            cpu_time: Duration::from_secs(1),
-            wall_time: Duration::from_secs(10),
-            // Two cores serve thousands of executions a second; more in
-            // flight only adds memory.
-            max_executions: 256,
-            max_connections: 10_000,
-            slow_client_timeout: Duration::from_secs(30),
-            log_lines_per_second: 100,
-        }
-    }
-}
+use crate::manifest::spec::{AppLimits, AppSpec};
 
 /// What the host knows about a running app.
 #[derive(Debug)]
-pub struct AppInfo {
-    pub name: Arc<str>,
-    /// The manifest the app came from, for messages.
-    pub manifest: String,
-    pub properties: BTreeMap<String, String>,
-    pub limits: AppLimits,
-    pub stats: AppStats,
+pub(crate) struct AppInfo {
+    pub(crate) name: Arc<str>,
+    pub(crate) properties: BTreeMap<String, String>,
+    pub(crate) limits: AppLimits,
+    pub(crate) stats: AppStats,
     /// Slots for running executions (`limits.max_executions`).
-    pub executions: Arc<Semaphore>,
-    pub log_budget: LogBudget,
+    pub(crate) executions: Arc<Semaphore>,
+    pub(crate) log_budget: LogBudget,
 }
 
 impl AppInfo {
-    pub fn new(
-        name: &str,
-        manifest: String,
-        properties: BTreeMap<String, String>,
-        limits: AppLimits,
-    ) -> Self {
+    pub(crate) fn new(spec: &AppSpec) -> Self {
+        let limits = spec.limits.clone();
         Self {
-            name: name.into(),
-            manifest,
-            properties,
+            name: spec.name.as_str().into(),
+            properties: spec.properties.clone(),
             executions: Arc::new(Semaphore::new(limits.max_executions)),
             log_budget: LogBudget::new(limits.log_lines_per_second),
             limits,
@@ -90,44 +41,56 @@ impl AppInfo {
 
 /// Counters of one app, readable while it runs.
 #[derive(Debug, Default)]
-pub struct AppStats {
-    pub connections_open: AtomicU64,
-    pub connections_total: AtomicU64,
-    pub connections_refused: AtomicU64,
-    pub executions_ok: AtomicU64,
-    pub executions_failed: AtomicU64,
-    pub executions_trapped: AtomicU64,
-    pub executions_limit_exceeded: AtomicU64,
-    pub messages_in: AtomicU64,
-    pub messages_out: AtomicU64,
-    pub bytes_in: AtomicU64,
-    pub bytes_out: AtomicU64,
-    pub log_lines_dropped: AtomicU64,
+pub(crate) struct AppStats {
+    pub(crate) connections_open: AtomicU64,
+    pub(crate) connections_total: AtomicU64,
+    pub(crate) connections_refused: AtomicU64,
+    pub(crate) executions_ok: AtomicU64,
+    pub(crate) executions_failed: AtomicU64,
+    pub(crate) executions_trapped: AtomicU64,
+    pub(crate) executions_limit_exceeded: AtomicU64,
+    pub(crate) messages_in: AtomicU64,
+    pub(crate) messages_out: AtomicU64,
+    pub(crate) bytes_in: AtomicU64,
+    pub(crate) bytes_out: AtomicU64,
+    pub(crate) log_lines_dropped: AtomicU64,
 }
 
 /// A point-in-time copy of [`AppStats`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct StatsSnapshot {
+    /// Connections open now.
     pub connections_open: u64,
+    /// Connections accepted since start.
     pub connections_total: u64,
+    /// Upgrades refused because a connection limit was reached.
     pub connections_refused: u64,
+    /// Executions whose flow returned `ok`.
     pub executions_ok: u64,
+    /// Executions whose flow returned an error.
     pub executions_failed: u64,
+    /// Executions that trapped.
     pub executions_trapped: u64,
+    /// Executions stopped by a limit.
     pub executions_limit_exceeded: u64,
+    /// Data messages read from clients.
     pub messages_in: u64,
+    /// Data messages flows sent.
     pub messages_out: u64,
+    /// Payload bytes read from clients.
     pub bytes_in: u64,
+    /// Payload bytes flows sent.
     pub bytes_out: u64,
+    /// Guest output lines dropped over the log budget.
     pub log_lines_dropped: u64,
 }
 
 impl AppStats {
-    pub fn add(counter: &AtomicU64, n: u64) {
+    pub(crate) fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
     }
 
-    pub fn snapshot(&self) -> StatsSnapshot {
+    pub(crate) fn snapshot(&self) -> StatsSnapshot {
         let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
         StatsSnapshot {
             connections_open: get(&self.connections_open),
@@ -149,7 +112,7 @@ impl AppStats {
 /// A token bucket for guest output lines: a flood from one app cannot fill
 /// the disk or keep the host busy logging.
 #[derive(Debug)]
-pub struct LogBudget {
+pub(crate) struct LogBudget {
     per_second: f64,
     burst: f64,
     state: std::sync::Mutex<Bucket>,
@@ -165,13 +128,13 @@ struct Bucket {
 
 /// Whether a line may be logged, and how many were dropped before it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogPermit {
+pub(crate) enum LogPermit {
     Log { dropped_before: u64 },
     Drop,
 }
 
 impl LogBudget {
-    pub fn new(per_second: u32) -> Self {
+    pub(crate) fn new(per_second: u32) -> Self {
         let per_second = f64::from(per_second);
         let burst = per_second * 10.0;
         Self {
@@ -186,7 +149,7 @@ impl LogBudget {
     }
 
     /// Take one line's worth from the budget.
-    pub fn take(&self) -> LogPermit {
+    pub(crate) fn take(&self) -> LogPermit {
         let mut bucket = self.state.lock().expect("not poisoned");
         let now = Instant::now();
         let elapsed = now.duration_since(bucket.refilled).as_secs_f64();

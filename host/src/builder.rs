@@ -1,5 +1,5 @@
-//! Builds flow components whose file is missing or older than their sources,
-//! by running the build command the manifest gives.
+//! Builds flow components whose file is missing or older than their
+//! sources, by running the build command the app spec carries.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -7,31 +7,24 @@ use std::time::SystemTime;
 
 use anyhow::{Context as _, bail};
 
-use crate::manifest::{FlowSection, ManifestFile};
-
-/// What a flow is checked against when the manifest names no `sources`.
-const DEFAULT_SOURCES: [&str; 2] = ["src", "Cargo.toml"];
+use crate::manifest::AppSpec;
+use crate::manifest::spec::{BuildSpec, FlowSpec};
 
 /// Why a component needs building, if it does.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Staleness {
+enum Staleness {
     Missing,
     OlderThan(PathBuf),
     Fresh,
 }
 
-/// Decide whether `flow`'s component must be (re)built.
-pub fn staleness(dir: &Path, flow: &FlowSection) -> Staleness {
-    let component = dir.join(flow.component.get_ref());
-    let Ok(built) = std::fs::metadata(&component).and_then(|m| m.modified()) else {
+/// Decide whether a component must be (re)built from `sources`.
+fn staleness(component: &Path, sources: &[PathBuf]) -> Staleness {
+    let Ok(built) = std::fs::metadata(component).and_then(|m| m.modified()) else {
         return Staleness::Missing;
     };
-    let sources: Vec<PathBuf> = match &flow.sources {
-        Some(sources) => sources.iter().map(|s| dir.join(s)).collect(),
-        None => DEFAULT_SOURCES.iter().map(|s| dir.join(s)).collect(),
-    };
     for source in sources {
-        if let Some((path, modified)) = newest(&source)
+        if let Some((path, modified)) = newest(source)
             && modified > built
         {
             return Staleness::OlderThan(path);
@@ -57,30 +50,44 @@ fn newest(path: &Path) -> Option<(PathBuf, SystemTime)> {
     found
 }
 
-/// Run `name`'s build command if its component is stale. The command's
+/// Build every flow of `app` whose component is missing or stale.
+pub(crate) fn build_stale(app: &AppSpec) -> anyhow::Result<()> {
+    for flow in &app.flows {
+        ensure_built(app, flow)?;
+    }
+    Ok(())
+}
+
+/// Run `flow`'s build command if its component is stale. The command's
 /// output goes to stderr so stdout stays reserved for `listening on` lines.
-pub fn ensure_built(file: &ManifestFile, name: &str, flow: &FlowSection) -> anyhow::Result<()> {
-    let component = file.dir.join(flow.component.get_ref());
-    let reason = match staleness(&file.dir, flow) {
-        Staleness::Fresh => return Ok(()),
-        Staleness::Missing => format!("{} does not exist", component.display()),
-        Staleness::OlderThan(source) => format!("{} changed", source.display()),
-    };
-    let Some(command) = &flow.build else {
-        if std::fs::metadata(&component).is_ok() {
+fn ensure_built(app: &AppSpec, flow: &FlowSpec) -> anyhow::Result<()> {
+    let name = &flow.name;
+    let component = &flow.component;
+    let Some(BuildSpec {
+        command,
+        dir,
+        sources,
+    }) = &flow.build
+    else {
+        if std::fs::metadata(component).is_ok() {
             return Ok(());
         }
         bail!(
             "{}: flow `{name}`: component {} does not exist\n  help: build it, or add a `build` command to [flows.{name}]",
-            file.path.display(),
+            app.manifest.display(),
             component.display()
         );
     };
-    tracing::info!(flow = name, "building flow: {reason}; running `{command}`");
+    let reason = match staleness(component, sources) {
+        Staleness::Fresh => return Ok(()),
+        Staleness::Missing => format!("{} does not exist", component.display()),
+        Staleness::OlderThan(source) => format!("{} changed", source.display()),
+    };
+    tracing::info!(flow = %name, "building flow: {reason}; running `{command}`");
     let status = Command::new("sh")
         .arg("-c")
         .arg(command)
-        .current_dir(&file.dir)
+        .current_dir(dir)
         .stdin(Stdio::null())
         .stdout(std::io::stderr())
         .status()
@@ -88,13 +95,13 @@ pub fn ensure_built(file: &ManifestFile, name: &str, flow: &FlowSection) -> anyh
     if !status.success() {
         bail!(
             "{}: flow `{name}`: the build command `{command}` failed ({status})",
-            file.path.display()
+            app.manifest.display()
         );
     }
-    if std::fs::metadata(&component).is_err() {
+    if std::fs::metadata(component).is_err() {
         bail!(
             "{}: flow `{name}`: the build command succeeded but {} still does not exist\n  help: check that [flows.{name}].component names the file the build produces",
-            file.path.display(),
+            app.manifest.display(),
             component.display()
         );
     }

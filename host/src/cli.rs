@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use crate::loader::{self, LoadOptions};
-use crate::runtime::{Runtime, RuntimeOptions};
+use crate::manifest::{self, Environment};
 use crate::server::Server;
 
 /// Serve WebSocket apps whose logic runs as sandboxed WebAssembly flows.
@@ -16,11 +16,11 @@ use crate::server::Server;
 #[command(name = "wsflow", version, about)]
 pub struct Cli {
     #[command(subcommand)]
-    pub command: Command,
+    command: Command,
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {
+enum Command {
     /// Build stale flows, then serve the apps until Ctrl-C or SIGTERM.
     Up {
         /// App manifests, or directories of them (every *.toml file). All
@@ -49,6 +49,7 @@ pub enum Command {
 }
 
 impl Cli {
+    /// Run the command the user gave.
     pub async fn run(self) -> anyhow::Result<()> {
         match self.command {
             Command::Up {
@@ -60,19 +61,16 @@ impl Cli {
                 let cache_dir = if no_cache {
                     None
                 } else {
-                    cache_dir.or_else(RuntimeOptions::default_cache_dir)
+                    cache_dir.or_else(LoadOptions::default_cache_dir)
                 };
-                up(
-                    manifests,
-                    admin,
-                    RuntimeOptions {
-                        cache_dir,
-                        pool: None,
-                    },
-                )
-                .await
+                let options = LoadOptions {
+                    build: true,
+                    cache_dir,
+                    env: Environment::from_process(),
+                };
+                up(manifests, admin, options).await
             }
-            Command::Check { manifests } => check(&manifests),
+            Command::Check { manifests } => check(&manifests, &Environment::from_process()),
         }
     }
 }
@@ -80,22 +78,11 @@ impl Cli {
 async fn up(
     manifests: Vec<PathBuf>,
     admin: Option<std::net::SocketAddr>,
-    options: RuntimeOptions,
+    options: LoadOptions,
 ) -> anyhow::Result<()> {
-    let apps = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-        let files = loader::parse_all(&manifests)?;
-        let options = RuntimeOptions {
-            pool: loader::pool_size(&files),
-            ..options
-        };
-        let runtime = Runtime::with_options(&options)?;
-        files
-            .iter()
-            .map(|file| loader::load(&runtime, file, LoadOptions { build: true }))
-            .collect::<anyhow::Result<Vec<_>>>()
-    })
-    .await
-    .context("loading apps")??;
+    let apps = tokio::task::spawn_blocking(move || loader::load(&manifests, &options))
+        .await
+        .context("loading apps")??;
 
     let server = Server::bind(apps).await?;
     let shutdown = CancellationToken::new();
@@ -130,17 +117,13 @@ async fn up(
     Ok(())
 }
 
-fn check(manifests: &[PathBuf]) -> anyhow::Result<()> {
-    for file in loader::parse_all(manifests)? {
-        let spec = &file.spec;
-        let handlers: usize = spec.triggers.iter().map(|t| t.handlers.len()).sum();
+fn check(manifests: &[PathBuf], env: &Environment) -> anyhow::Result<()> {
+    for app in manifest::load_all(manifests, env)? {
+        let (flows, triggers, handlers) = app.counts();
         println!(
-            "{}: app `{}` is valid ({} flow(s), {} trigger(s), {} handler(s))",
-            file.path.display(),
-            spec.name,
-            spec.flows.len(),
-            spec.triggers.len(),
-            handlers
+            "{}: app `{}` is valid ({flows} flow(s), {triggers} trigger(s), {handlers} handler(s))",
+            app.manifest().display(),
+            app.name(),
         );
     }
     Ok(())

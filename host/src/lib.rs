@@ -1,17 +1,23 @@
 //! wsflow: a WebSocket server whose application logic runs as sandboxed
 //! WebAssembly components.
 //!
-//! The crate is a pipeline: [`manifest`] parses a `wsflow.toml`, [`loader`]
-//! turns it into a runnable [`loader::LoadedApp`] (components compiled,
-//! schemas compiled, paths resolved), [`runtime`] executes flows in wasmtime,
-//! and [`trigger`] serves WebSocket clients and drives the flows.
+//! The crate is a pipeline that data flows through one way:
+//! [`manifest`] parses and validates a `wsflow.toml` into an
+//! [`manifest::AppSpec`] (plain data, the config layer's only output);
+//! [`loader`] builds stale flows and hands the specs to the runtime
+//! (wasmtime: compiled flows, stores, limits) and the trigger (listeners,
+//! handshake, data and connection modes); [`server`] binds and serves them.
+#![deny(missing_docs)]
 
-pub mod admin;
-pub mod app;
-pub mod builder;
+mod admin;
+mod app;
+mod builder;
 pub mod cli;
+mod close;
 pub mod loader;
 pub mod manifest;
-pub mod runtime;
+mod runtime;
 pub mod server;
-pub mod trigger;
+mod trigger;
+
+pub use app::StatsSnapshot;

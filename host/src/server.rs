@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::app::{AppInfo, StatsSnapshot};
-use crate::loader::LoadedApp;
+use crate::loader::LoadedApps;
 use crate::trigger::WsTrigger;
 
 /// How long shutdown waits for connections to finish their closing
@@ -21,14 +21,18 @@ const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(10);
 /// One path a client can connect to.
 #[derive(Debug, Clone)]
 pub struct Endpoint {
+    /// The app that serves it.
     pub app: String,
     /// `ws` or `wss`.
     pub scheme: &'static str,
+    /// The address the listener is bound to.
     pub addr: SocketAddr,
+    /// The handler's path pattern, e.g. `/rooms/{room}`.
     pub path: String,
 }
 
 impl Endpoint {
+    /// `ws://ADDR/PATH` (or `wss://`).
     pub fn url(&self) -> String {
         format!("{}://{}{}", self.scheme, self.addr, self.path)
     }
@@ -70,27 +74,26 @@ impl StatsHandle {
 impl Server {
     /// Bind a listener for every trigger. Nothing is served until
     /// [`Server::run`]; if any bind fails, none is kept.
-    pub async fn bind(apps: Vec<LoadedApp>) -> anyhow::Result<Self> {
+    pub async fn bind(loaded: LoadedApps) -> anyhow::Result<Self> {
         let mut listeners = Vec::new();
         let mut endpoints = Vec::new();
         let mut infos = Vec::new();
-        for app in apps {
+        for app in loaded.apps {
             infos.push(Arc::clone(&app.info));
-            for config in &app.triggers {
-                let listener = TcpListener::bind(config.addr).await.with_context(|| {
-                    format!("app `{}`: cannot listen on {}", app.info.name, config.addr)
+            for (wanted, trigger) in app.triggers {
+                let listener = TcpListener::bind(wanted).await.with_context(|| {
+                    format!("app `{}`: cannot listen on {wanted}", app.info.name)
                 })?;
                 let addr = listener.local_addr()?;
-                let trigger = Arc::new(WsTrigger::new(Arc::clone(&app.info), config));
-                for handler in trigger.handlers() {
+                for path in trigger.paths() {
                     endpoints.push(Endpoint {
                         app: app.info.name.to_string(),
                         scheme: trigger.scheme(),
                         addr,
-                        path: handler.spec.path.to_string(),
+                        path,
                     });
                 }
-                listeners.push((trigger, listener));
+                listeners.push((Arc::new(trigger), listener));
             }
         }
         Ok(Self {
@@ -100,12 +103,14 @@ impl Server {
         })
     }
 
+    /// A handle to the apps' counters.
     pub fn stats(&self) -> StatsHandle {
         StatsHandle {
             apps: self.apps.clone(),
         }
     }
 
+    /// Every path served, with its listener's address.
     pub fn endpoints(&self) -> &[Endpoint] {
         &self.endpoints
     }

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use wsflow::manifest::ManifestFile;
+use wsflow::manifest::{self, Environment};
 
 #[test]
 fn invalid_manifests_match_their_error_snapshots() {
@@ -24,7 +24,7 @@ fn invalid_manifests_match_their_error_snapshots() {
 
     let mut mismatches = Vec::new();
     for fixture in fixtures {
-        let actual = match ManifestFile::load(&fixture) {
+        let actual = match manifest::load(&fixture, &Environment::default()) {
             Ok(_) => format!("(no error: {} loaded)", fixture.display()),
             Err(error) => error.to_string(),
         };
@@ -49,7 +49,7 @@ fn invalid_manifests_match_their_error_snapshots() {
 fn the_examples_are_valid() {
     for example in ["echo", "chat-session", "orders"] {
         let path = Path::new("../examples").join(example).join("wsflow.toml");
-        if let Err(error) = ManifestFile::load(&path) {
+        if let Err(error) = manifest::load(&path, &Environment::default()) {
             panic!("{error}");
         }
     }

@@ -11,10 +11,9 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
-use wsflow::app::AppLimits;
-use wsflow::app::StatsSnapshot;
+use wsflow::StatsSnapshot;
 use wsflow::loader::{self, LoadOptions};
-use wsflow::runtime::{PoolSize, Runtime, RuntimeOptions};
+use wsflow::manifest::Environment;
 use wsflow::server::{Endpoint, Server, StatsHandle};
 
 /// Paths of the guest test programs, compiled to components by `build.rs`.
@@ -25,17 +24,11 @@ pub mod programs {
 /// How long a test waits for anything before it fails.
 pub const TIMEOUT: Duration = Duration::from_secs(15);
 
-/// The engine is shared by all tests of a process, like in the host, with
-/// an instance pool as `wsflow up` sizes it for a few apps.
-pub fn runtime() -> &'static Runtime {
-    static RUNTIME: OnceLock<Runtime> = OnceLock::new();
-    RUNTIME.get_or_init(|| {
-        let options = RuntimeOptions {
-            cache_dir: None,
-            pool: PoolSize::for_instances(2048, AppLimits::default().max_memory),
-        };
-        Runtime::with_options(&options).expect("creating the runtime")
-    })
+/// Where the tests keep compiled components: each test server has an
+/// engine of its own, as `wsflow up` does, and the cache spares them all but
+/// the first compilation of each component.
+fn cache_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("OUT_DIR")).join("component-cache")
 }
 
 /// A manifest for app `name`: one flow served at `path` on port 0, with
@@ -121,10 +114,12 @@ impl TestServer {
             std::fs::write(&path, manifest)?;
             paths.push(path);
         }
-        let apps = tokio::task::spawn_blocking(move || {
-            loader::load_all(runtime(), &paths, LoadOptions { build: false })
-        })
-        .await??;
+        let options = LoadOptions {
+            build: false,
+            cache_dir: Some(cache_dir()),
+            env: Environment::default(),
+        };
+        let apps = tokio::task::spawn_blocking(move || loader::load(&paths, &options)).await??;
         let server = Server::bind(apps).await?;
         let stats = server.stats();
         let endpoints = server.endpoints().to_vec();

@@ -16,7 +16,7 @@ pub struct ManifestError {
 }
 
 impl ManifestError {
-    pub fn new(file: &Path, message: impl Into<String>) -> Self {
+    pub(crate) fn new(file: &Path, message: impl Into<String>) -> Self {
         Self {
             file: file.to_path_buf(),
             location: None,
@@ -26,13 +26,13 @@ impl ManifestError {
     }
 
     /// Point the error at a byte range of the manifest source.
-    pub fn at(mut self, source: &str, span: Range<usize>) -> Self {
+    pub(crate) fn at(mut self, source: &str, span: Range<usize>) -> Self {
         self.location = Some(line_col(source, span.start));
         self
     }
 
     /// Say how to fix it.
-    pub fn help(mut self, help: impl Into<String>) -> Self {
+    pub(crate) fn help(mut self, help: impl Into<String>) -> Self {
         self.help = Some(help.into());
         self
     }
@@ -54,14 +54,6 @@ impl ManifestError {
             Some(span) => error_at.at(source, span),
             None => error_at,
         }
-    }
-
-    pub fn file(&self) -> &Path {
-        &self.file
-    }
-
-    pub fn message(&self) -> &str {
-        &self.message
     }
 }
 

@@ -1,6 +1,8 @@
-//! The `wsflow.toml` schema: plain data, parsed with serde and checked by
-//! [`validate`]. Nothing here touches the file system beyond reading the
-//! manifest itself; the [`crate::loader`] makes a manifest runnable.
+//! The config layer: a `wsflow.toml` is parsed ([`schema`]: serde structs
+//! only), checked and resolved (`validate`) into an [`AppSpec`]
+//! ([`spec`]: plain data). The spec is the layer's only output; nothing
+//! past it sees TOML, and nothing here depends on the runtime or the
+//! trigger.
 //!
 //! ```toml
 //! [app]
@@ -26,388 +28,241 @@
 mod error;
 mod path;
 mod properties;
-pub mod spec;
+pub(crate) mod schema;
+pub(crate) mod spec;
 mod validate;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
-use toml::Spanned;
+use anyhow::{Context as _, bail};
 
 pub use error::ManifestError;
-pub use path::{PathPattern, Segment};
-pub use properties::{PROPERTY_ENV_PREFIX, Properties};
+pub(crate) use path::PathPattern;
+use properties::Properties;
+pub use spec::AppSpec;
 
 /// The port a trigger listens on when the manifest does not say.
-pub const DEFAULT_PORT: u16 = 9998;
+pub(crate) const DEFAULT_PORT: u16 = 9998;
 
-/// A parsed manifest and where it came from.
-#[derive(Debug)]
-pub struct ManifestFile {
-    /// The manifest file as given.
-    pub path: PathBuf,
-    /// The directory relative paths in the manifest are resolved against.
-    pub dir: PathBuf,
-    pub source: String,
-    pub manifest: Manifest,
-    /// The app's properties after environment overrides.
-    pub properties: Properties,
-    /// The app the manifest describes, validated and resolved.
-    pub spec: spec::AppSpec,
+/// The environment a manifest is validated in: `WSFLOW_PROP_*` variables
+/// override app properties, `FLOGO_WEBSOCKET_SERVERPING` turns on pings.
+/// Passed in rather than read from the process, so tests choose their own.
+#[derive(Debug, Clone, Default)]
+pub struct Environment {
+    vars: BTreeMap<String, String>,
 }
 
-impl ManifestFile {
-    /// Read, parse and validate a manifest.
-    pub fn load(path: &Path) -> Result<Self, ManifestError> {
-        let source = std::fs::read_to_string(path).map_err(|error| {
-            ManifestError::new(path, format!("cannot read the manifest: {error}"))
-                .help("pass the path of an existing wsflow.toml")
-        })?;
-        Self::parse(path, source)
+impl Environment {
+    /// The process's environment (variables that are not UTF-8 are skipped).
+    pub fn from_process() -> Self {
+        std::env::vars().collect()
     }
 
-    /// Parse and validate manifest text that was read from `path`.
-    pub fn parse(path: &Path, source: String) -> Result<Self, ManifestError> {
-        let manifest: Manifest = match toml::de::Deserializer::parse(&source) {
-            Err(error) => return Err(ManifestError::from_toml(path, &source, None, &error)),
-            Ok(deserializer) => {
-                serde_path_to_error::deserialize(deserializer).map_err(|error| {
-                    // `Spanned` values show up as an inner field; the user wrote
-                    // the outer key.
-                    let key = error
-                        .path()
-                        .to_string()
-                        .replace(".$__serde_spanned_private_value", "");
-                    ManifestError::from_toml(path, &source, Some(&key), error.inner())
-                })?
+    fn get(&self, name: &str) -> Option<&str> {
+        self.vars.get(name).map(String::as_str)
+    }
+}
+
+impl<K: Into<String>, V: Into<String>> FromIterator<(K, V)> for Environment {
+    fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
+        Self {
+            vars: iter
+                .into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
+        }
+    }
+}
+
+/// Read, parse and validate the manifest at `path`.
+pub fn load(path: &Path, env: &Environment) -> Result<AppSpec, ManifestError> {
+    let text = std::fs::read_to_string(path).map_err(|error| {
+        ManifestError::new(path, format!("cannot read the manifest: {error}"))
+            .help("pass the path of an existing wsflow.toml")
+    })?;
+    parse(path, &text, env)
+}
+
+/// Parse and validate manifest `text` that was read from `path`.
+pub fn parse(path: &Path, text: &str, env: &Environment) -> Result<AppSpec, ManifestError> {
+    let manifest: schema::Manifest = match toml::de::Deserializer::parse(text) {
+        Err(error) => return Err(ManifestError::from_toml(path, text, None, &error)),
+        Ok(deserializer) => serde_path_to_error::deserialize(deserializer).map_err(|error| {
+            // `Spanned` values show up as an inner field; the user wrote the
+            // outer key.
+            let key = error
+                .path()
+                .to_string()
+                .replace(".$__serde_spanned_private_value", "");
+            ManifestError::from_toml(path, text, Some(&key), error.inner())
+        })?,
+    };
+    let dir = path
+        .parent()
+        .filter(|dir| !dir.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let properties = Properties::new(&manifest.properties, env.vars.clone());
+    let source = validate::Source {
+        path,
+        dir,
+        text,
+        properties: &properties,
+        env,
+    };
+    validate::resolve(&source, &manifest)
+}
+
+/// Load every manifest `paths` name (files, and every `*.toml` of a
+/// directory) and check that the apps can share one host: distinct names,
+/// distinct ports.
+pub fn load_all(paths: &[PathBuf], env: &Environment) -> anyhow::Result<Vec<AppSpec>> {
+    let mut apps: Vec<AppSpec> = Vec::new();
+    for path in manifest_paths(paths)? {
+        apps.push(load(&path, env)?);
+    }
+    check_apps_can_share_a_host(&apps)?;
+    Ok(apps)
+}
+
+/// The manifests `paths` name: files as given, and every `*.toml` file of
+/// a directory (sorted by name).
+fn manifest_paths(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
+    let mut manifests = Vec::new();
+    for path in paths {
+        if path.is_dir() {
+            let mut found: Vec<PathBuf> = std::fs::read_dir(path)
+                .with_context(|| format!("reading the directory {}", path.display()))?
+                .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+                .filter(|path| path.extension().is_some_and(|ext| ext == "toml") && path.is_file())
+                .collect();
+            if found.is_empty() {
+                bail!(
+                    "{}: the directory holds no manifest (*.toml)\n  help: pass manifest files, or a directory of them",
+                    path.display()
+                );
             }
-        };
-        let dir = path
-            .parent()
-            .map(Path::to_path_buf)
-            .filter(|dir| !dir.as_os_str().is_empty())
-            .unwrap_or_else(|| PathBuf::from("."));
-        let properties = Properties::new(&manifest.properties, std::env::vars());
-        let mut file = Self {
-            path: path.to_path_buf(),
-            dir,
-            source,
-            manifest,
-            properties,
-            spec: spec::AppSpec::default(),
-        };
-        file.spec = validate::resolve(&file)?;
-        Ok(file)
+            found.sort();
+            manifests.extend(found);
+        } else {
+            manifests.push(path.clone());
+        }
+    }
+    Ok(manifests)
+}
+
+fn check_apps_can_share_a_host(apps: &[AppSpec]) -> anyhow::Result<()> {
+    for (i, app) in apps.iter().enumerate() {
+        for earlier in &apps[..i] {
+            if earlier.name == app.name {
+                bail!(
+                    "{}: app `{}` is also defined by {}\n  help: give each app its own [app] name",
+                    app.manifest.display(),
+                    app.name,
+                    earlier.manifest.display()
+                );
+            }
+            for (t, trigger) in app.triggers.iter().enumerate() {
+                let port = trigger.addr.port();
+                let clash = earlier
+                    .triggers
+                    .iter()
+                    .position(|other| port != 0 && other.addr.port() == port);
+                if let Some(e) = clash {
+                    bail!(
+                        "{}: app `{}` triggers[{t}] wants port {port}, which app `{}` ({}) triggers[{e}] already uses\n  help: give each app its own ports",
+                        app.manifest.display(),
+                        app.name,
+                        earlier.name,
+                        earlier.manifest.display()
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    const MANIFEST: &str = r#"
+        [app]
+        name = "demo"
+
+        [properties]
+        PORT = "9000"
+
+        [flows.echo]
+        component = "echo.wasm"
+
+        [[triggers]]
+        port = "${PORT}"
+
+        [[triggers.handlers]]
+        path = "/echo"
+        flow = "echo"
+    "#;
+
+    /// [`MANIFEST`] with `extra` lines added to its `[flows.echo]` table.
+    fn with_flow_settings(extra: &str) -> String {
+        let (head, tail) = MANIFEST
+            .split_once("[flows.echo]\n")
+            .expect("the flow table");
+        format!("{head}[flows.echo]\n{extra}\n{tail}")
     }
 
-    /// An error located at `span` in this manifest.
-    pub fn error_at(
-        &self,
-        span: std::ops::Range<usize>,
-        message: impl Into<String>,
-    ) -> ManifestError {
-        ManifestError::new(&self.path, message).at(&self.source, span)
+    fn parse_with(env: &[(&str, &str)]) -> AppSpec {
+        let env: Environment = env.iter().copied().collect();
+        parse(Path::new("dir/wsflow.toml"), MANIFEST, &env).unwrap()
     }
 
-    /// A string setting with its `${NAME}` property references replaced.
-    pub fn resolve(&self, key: &str, value: &Spanned<String>) -> Result<String, ManifestError> {
-        self.properties
-            .substitute(value.get_ref())
-            .map_err(|problem| {
-                self.error_at(value.span(), format!("{key}: {problem}"))
-                    .help(problem.help())
-            })
+    #[test]
+    fn validation_reads_the_environment_it_is_given() {
+        let plain = parse_with(&[]);
+        assert_eq!(plain.triggers[0].addr.port(), 9000);
+        assert_eq!(plain.triggers[0].limits.ping_interval, None);
+
+        let overridden = parse_with(&[
+            ("WSFLOW_PROP_PORT", "9001"),
+            ("FLOGO_WEBSOCKET_SERVERPING", "true"),
+        ]);
+        assert_eq!(overridden.triggers[0].addr.port(), 9001);
+        assert_eq!(
+            overridden.triggers[0].limits.ping_interval,
+            Some(Duration::from_secs(5))
+        );
+        assert_eq!(overridden.properties["PORT"], "9001");
     }
-}
 
-/// A whole manifest.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Manifest {
-    pub app: AppSection,
-    /// App properties: `NAME = "value"`, readable by flows.
-    #[serde(default)]
-    pub properties: BTreeMap<String, String>,
-    /// Flows by name: `[flows.NAME]`.
-    #[serde(default)]
-    pub flows: BTreeMap<String, FlowSection>,
-    /// Limits of the app's executions and connections.
-    #[serde(default)]
-    pub limits: LimitsSection,
-    /// App-level JSON schemas by name: `[schemas.NAME]`.
-    #[serde(default)]
-    pub schemas: BTreeMap<String, SchemaSource>,
-    /// `[[triggers]]`: one WebSocket listener each.
-    #[serde(default)]
-    pub triggers: Vec<TriggerSection>,
-}
+    #[test]
+    fn the_spec_carries_resolved_paths_and_build_settings() {
+        let text = with_flow_settings("build = \"make\"");
+        let spec = parse(Path::new("dir/wsflow.toml"), &text, &Environment::default()).unwrap();
+        let flow = &spec.flows[0];
+        assert_eq!(flow.component, Path::new("dir/echo.wasm"));
+        let build = flow.build.as_ref().expect("a build command");
+        assert_eq!(build.command, "make");
+        assert_eq!(build.dir, Path::new("dir"));
+        assert_eq!(
+            build.sources,
+            [Path::new("dir/src"), Path::new("dir/Cargo.toml")]
+        );
+    }
 
-/// `[app]`
-///
-/// ```toml
-/// [app]
-/// name = "orders"
-/// ```
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AppSection {
-    pub name: Spanned<String>,
-}
-
-/// `[flows.NAME]`: a flow component and how to build it.
-///
-/// ```toml
-/// [flows.echo]
-/// component = "target/wasm32-wasip2/release/echo.wasm"
-/// build = "cargo build --release --target wasm32-wasip2"
-/// sources = ["src", "Cargo.toml"]
-/// ```
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FlowSection {
-    /// The component file, relative to the manifest's directory.
-    pub component: Spanned<String>,
-    /// A shell command, run in the manifest's directory, that builds the
-    /// component. `wsflow up` runs it when the component is missing or older
-    /// than any of `sources`.
-    pub build: Option<String>,
-    /// Files and directories whose changes make the component stale.
-    /// Default: `["src", "Cargo.toml"]`.
-    pub sources: Option<Vec<String>>,
-    /// Environment variables the flow sees (it sees no others).
-    #[serde(default)]
-    pub env: BTreeMap<String, Spanned<String>>,
-    /// A directory (relative to the manifest) the flow may read, at `/data`.
-    pub read_only_dir: Option<Spanned<String>>,
-}
-
-/// `[limits]`: what one app's executions and connections may use.
-///
-/// ```toml
-/// [limits]
-/// max_memory = "64MiB"         # linear memory per execution
-/// cpu_time = "1s"              # per execution, not counting waits
-/// wall_time = "10s"            # per data-mode execution
-/// max_executions = 256         # running at once
-/// max_connections = 10000      # open at once, all triggers together
-/// slow_client_timeout = "30s"  # a send waiting this long on a client: close 1008
-/// log_lines_per_second = 100   # guest output; bursts of ten times that
-/// ```
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LimitsSection {
-    pub max_memory: Option<Spanned<toml::Value>>,
-    pub cpu_time: Option<Spanned<String>>,
-    pub wall_time: Option<Spanned<String>>,
-    pub max_executions: Option<Spanned<u64>>,
-    pub max_connections: Option<Spanned<u64>>,
-    pub slow_client_timeout: Option<Spanned<String>>,
-    pub log_lines_per_second: Option<Spanned<u64>>,
-}
-
-/// Where a JSON schema comes from: exactly one of `inline` (JSON text),
-/// `file` (relative to the manifest) or `app` (the name of a
-/// `[schemas.NAME]` entry; handlers only).
-///
-/// ```toml
-/// [schemas.order]
-/// file = "order.schema.json"
-///
-/// [[triggers.handlers]]
-/// schema = { app = "order" }
-/// # or: schema = { inline = '{"type": "object"}' }
-/// ```
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SchemaSource {
-    pub inline: Option<Spanned<String>>,
-    pub file: Option<Spanned<String>>,
-    pub app: Option<Spanned<String>>,
-}
-
-/// `[[triggers]]`: a WebSocket listener.
-///
-/// ```toml
-/// [[triggers]]
-/// port = 9998                  # or "${PORT}"
-/// host = "127.0.0.1"
-/// max_connections = 10000
-/// max_message_size = 1048576
-/// handshake_timeout = "10s"
-/// idle_timeout = "5m"
-/// ping_interval = "30s"
-/// allowed_origins = ["https://example.com"]
-/// ```
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TriggerSection {
-    /// Default 9998. Port 0 picks a free port. An integer, or a string
-    /// such as `"${PORT}"`.
-    pub port: Option<Spanned<toml::Value>>,
-    /// The address to listen on. Default `127.0.0.1`; `0.0.0.0` for all
-    /// interfaces.
-    pub host: Option<Spanned<String>>,
-    /// TLS for this listener (`wss://`).
-    pub tls: Option<TlsSection>,
-    /// Connections beyond this are refused with HTTP 503 before the upgrade.
-    pub max_connections: Option<Spanned<u64>>,
-    /// Largest message or frame a client may send, in bytes (default 1 MiB;
-    /// larger: close 1009).
-    pub max_message_size: Option<Spanned<u64>>,
-    /// How long a client may take to complete TLS and the upgrade.
-    pub handshake_timeout: Option<Spanned<String>>,
-    /// Close a connection (1001) after this long without a frame from the
-    /// client. Off by default.
-    pub idle_timeout: Option<Spanned<String>>,
-    /// Send a ping this often. Off by default; `FLOGO_WEBSOCKET_SERVERPING=TRUE`
-    /// in the environment turns on a ping every 5 s.
-    pub ping_interval: Option<Spanned<String>>,
-    /// When set, only upgrade requests whose `Origin` header is in the list
-    /// are accepted (others get HTTP 403).
-    pub allowed_origins: Option<Vec<Spanned<String>>>,
-    #[serde(default)]
-    pub handlers: Vec<HandlerSection>,
-}
-
-/// `[triggers.tls]`: serve `wss://`.
-///
-/// ```toml
-/// [triggers.tls]
-/// enabled = true
-/// cert = "certs/server.pem"    # a file, PEM text or base64 PEM (e.g. "${SERVER_CERT}")
-/// key = "certs/server.key"
-/// client_ca = ["certs/ca.pem"] # optional: require client certificates signed by these
-/// ```
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TlsSection {
-    /// Default true when the table is present.
-    pub enabled: Option<Spanned<toml::Value>>,
-    pub cert: Option<Spanned<String>>,
-    pub key: Option<Spanned<String>>,
-    #[serde(default)]
-    pub client_ca: Vec<Spanned<String>>,
-}
-
-/// `[[triggers.handlers]]`: a path served by a flow.
-///
-/// ```toml
-/// [[triggers.handlers]]
-/// path = "/orders/{region}"
-/// mode = "data"
-/// format = "json"
-/// schema = { app = "order" }
-/// on_invalid = "close"
-/// flow = "orders"
-/// query_params = [
-///   { name = "user", type = "string", required = true },
-///   { name = "tag", repeating = true },
-/// ]
-/// headers = [{ name = "X-Client" }]
-///
-/// [triggers.handlers.inputs]
-/// user = "$.queryParams.user"
-/// item = "$.content.item"
-/// ```
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HandlerSection {
-    /// The request path; `{name}` segments are path parameters.
-    pub path: Spanned<String>,
-    #[serde(default)]
-    pub mode: Mode,
-    #[serde(default)]
-    pub format: Format,
-    /// JSON Schema every message must satisfy (`format = "json"` only).
-    pub schema: Option<Spanned<SchemaSource>>,
-    /// What a message that is not valid JSON or fails the schema gets.
-    #[serde(default)]
-    pub on_invalid: OnInvalid,
-    /// Data mode: a fresh instance per message (default) or one instance
-    /// reused for all messages of a connection.
-    pub instance: Option<Spanned<Instance>>,
-    /// The name of a `[flows.NAME]` entry.
-    pub flow: Spanned<String>,
-    #[serde(default)]
-    pub path_params: Vec<ParamSection>,
-    #[serde(default)]
-    pub query_params: Vec<ParamSection>,
-    #[serde(default)]
-    pub headers: Vec<ParamSection>,
-    /// Flow inputs by name, each mapped from a trigger output.
-    #[serde(default)]
-    pub inputs: BTreeMap<String, Spanned<String>>,
-}
-
-/// A declared path parameter, query parameter or header.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ParamSection {
-    pub name: Spanned<String>,
-    #[serde(default, rename = "type")]
-    pub ty: ParamType,
-    /// A list of values (a query parameter given several times, a header
-    /// given several times or with comma-separated values).
-    #[serde(default)]
-    pub repeating: bool,
-    /// Missing: HTTP 400 before the upgrade.
-    #[serde(default)]
-    pub required: bool,
-}
-
-/// The type a parameter's text is converted to.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ParamType {
-    #[default]
-    String,
-    Number,
-    Integer,
-    Boolean,
-}
-
-/// How a handler drives its flow.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Mode {
-    /// One execution per message; executions of a connection run in order.
-    #[default]
-    Data,
-    /// One execution per connection, which receives and sends itself.
-    Connection,
-}
-
-/// How data-mode messages are decoded before the flow runs.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Format {
-    /// Passed through as text (or binary).
-    #[default]
-    String,
-    /// Parsed as JSON (and checked against the schema) before the flow runs.
-    Json,
-}
-
-/// How many instances a data-mode connection uses.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Instance {
-    /// A fresh instance per message: nothing survives between messages.
-    #[default]
-    Fresh,
-    /// One instance for all messages of a connection: faster, and state
-    /// (globals, heap) survives from one message to the next.
-    Reuse,
-}
-
-/// What happens to a message that is not valid JSON or fails the schema.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum OnInvalid {
-    /// Close the connection with 1007 and a reason naming the problem.
-    #[default]
-    Close,
-    /// Reply with `{"error": ..., "pointer": ...}` and keep the connection.
-    Reply,
+    #[test]
+    fn any_scalar_setting_may_come_from_a_property() {
+        let text = format!(
+            "{MANIFEST}\n[limits]\nmax_memory = \"${{MEM}}\"\nmax_executions = \"${{EXECS}}\"\n"
+        );
+        let env: Environment = [("WSFLOW_PROP_MEM", "2MiB"), ("WSFLOW_PROP_EXECS", "3")]
+            .into_iter()
+            .collect();
+        let spec = parse(Path::new("wsflow.toml"), &text, &env).unwrap();
+        assert_eq!(spec.limits.max_memory, 2 << 20);
+        assert_eq!(spec.limits.max_executions, 3);
+    }
 }

@@ -4,21 +4,21 @@ use std::fmt;
 
 /// One `/`-separated piece of a handler path.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Segment {
+pub(crate) enum Segment {
     Literal(String),
     Param(String),
 }
 
 /// A validated handler path.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PathPattern {
+pub(crate) struct PathPattern {
     text: String,
     segments: Vec<Segment>,
 }
 
 impl PathPattern {
     /// Parse a path such as `/orders/{region}`, or say what is wrong with it.
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub(crate) fn parse(text: &str) -> Result<Self, String> {
         let Some(rest) = text.strip_prefix('/') else {
             return Err(format!("path `{text}` must start with `/`"));
         };
@@ -45,16 +45,8 @@ impl PathPattern {
         })
     }
 
-    pub fn as_str(&self) -> &str {
-        &self.text
-    }
-
-    pub fn segments(&self) -> &[Segment] {
-        &self.segments
-    }
-
     /// The names of the path's parameters, in order.
-    pub fn param_names(&self) -> impl Iterator<Item = &str> {
+    pub(crate) fn param_names(&self) -> impl Iterator<Item = &str> {
         self.segments.iter().filter_map(|segment| match segment {
             Segment::Param(name) => Some(name.as_str()),
             Segment::Literal(_) => None,
@@ -63,7 +55,7 @@ impl PathPattern {
 
     /// Match a request path (without query). On a match, returns the raw
     /// (still percent-encoded) value of each parameter.
-    pub fn matches<'p>(&self, path: &'p str) -> Option<Vec<(&str, &'p str)>> {
+    pub(crate) fn matches<'p>(&self, path: &'p str) -> Option<Vec<(&str, &'p str)>> {
         let rest = path.strip_prefix('/')?;
         let pieces: Vec<&str> = if rest.is_empty() {
             Vec::new()
@@ -87,7 +79,7 @@ impl PathPattern {
 
     /// Whether two patterns match exactly the same request paths (they
     /// differ at most in parameter names).
-    pub fn same_shape(&self, other: &PathPattern) -> bool {
+    pub(crate) fn same_shape(&self, other: &PathPattern) -> bool {
         self.segments.len() == other.segments.len()
             && self
                 .segments
@@ -102,7 +94,7 @@ impl PathPattern {
 
     /// How many literal segments the pattern has: when several patterns
     /// match a request, the one with more literals wins.
-    pub fn specificity(&self) -> usize {
+    pub(crate) fn specificity(&self) -> usize {
         self.segments
             .iter()
             .filter(|segment| matches!(segment, Segment::Literal(_)))

@@ -6,11 +6,11 @@ use std::fmt;
 /// An environment variable `WSFLOW_PROP_<NAME>` overrides (or supplies) the
 /// property `NAME`; in the variable name, `NAME` is upper-cased and every
 /// character other than a letter or digit becomes `_`.
-pub const PROPERTY_ENV_PREFIX: &str = "WSFLOW_PROP_";
+pub(crate) const PROPERTY_ENV_PREFIX: &str = "WSFLOW_PROP_";
 
 /// The properties of one app, after environment overrides.
 #[derive(Debug, Clone, Default)]
-pub struct Properties {
+pub(crate) struct Properties {
     values: BTreeMap<String, String>,
     /// The `WSFLOW_PROP_*` environment variables, captured once so that
     /// validation and loading agree.
@@ -19,14 +19,14 @@ pub struct Properties {
 
 /// A `${...}` reference that cannot be resolved.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PropertyError {
+pub(crate) enum PropertyError {
     Undefined(String),
     Unterminated,
     EmptyName,
 }
 
 impl PropertyError {
-    pub fn help(&self) -> String {
+    pub(crate) fn help(&self) -> String {
         match self {
             PropertyError::Undefined(name) => format!(
                 "define it under [properties] or set the environment variable {}",
@@ -51,7 +51,7 @@ impl fmt::Display for PropertyError {
 }
 
 /// The environment variable that overrides property `name`.
-pub fn env_name(name: &str) -> String {
+pub(crate) fn env_name(name: &str) -> String {
     let mut env = String::from(PROPERTY_ENV_PREFIX);
     env.extend(name.chars().map(|c| {
         if c.is_ascii_alphanumeric() {
@@ -66,7 +66,7 @@ pub fn env_name(name: &str) -> String {
 impl Properties {
     /// The manifest's `[properties]`, each overridden by its variable in
     /// `environment` (the process environment, or a test's) when set.
-    pub fn new(
+    pub(crate) fn new(
         declared: &BTreeMap<String, String>,
         environment: impl IntoIterator<Item = (String, String)>,
     ) -> Self {
@@ -89,7 +89,7 @@ impl Properties {
 
     /// The value of property `name`: the manifest's (or its override), else
     /// one supplied only through the environment.
-    pub fn get(&self, name: &str) -> Option<&str> {
+    pub(crate) fn get(&self, name: &str) -> Option<&str> {
         self.values
             .get(name)
             .or_else(|| self.environment.get(&env_name(name)))
@@ -99,13 +99,13 @@ impl Properties {
     /// The properties a flow can read: those the manifest declares (with
     /// their overrides). Values supplied only through the environment serve
     /// settings such as TLS keys and stay hidden from flows.
-    pub fn values(&self) -> &BTreeMap<String, String> {
+    pub(crate) fn values(&self) -> &BTreeMap<String, String> {
         &self.values
     }
 
     /// Replace each `${NAME}` in `text` with the property's value; `$${`
     /// stands for a literal `${`.
-    pub fn substitute(&self, text: &str) -> Result<String, PropertyError> {
+    pub(crate) fn substitute(&self, text: &str) -> Result<String, PropertyError> {
         let mut out = String::with_capacity(text.len());
         let mut rest = text;
         while let Some(start) = rest.find('$') {

@@ -1,43 +1,138 @@
-//! The validated, resolved form of a manifest: every `${NAME}` replaced,
-//! every reference checked, every value converted. The loader builds a
-//! runnable app from this and never looks at TOML.
+//! The validated app: what the config layer hands to the rest of the host
+//! (like Spin's `LockedApp`). Plain data — every `${NAME}` replaced, every
+//! reference checked, every value converted, schemas compiled, build
+//! settings included — and no TOML. The runtime and the trigger read this
+//! and nothing else of a manifest.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
-use super::{Format, Instance, Mode, OnInvalid, ParamType, PathPattern};
-pub use crate::app::AppLimits;
-pub use crate::runtime::FlowGrants;
+use serde::Deserialize;
 
-#[derive(Debug, Clone, Default)]
+use super::PathPattern;
+
+/// One app (tenant), validated and resolved from its manifest.
+#[derive(Debug, Clone)]
 pub struct AppSpec {
-    pub name: String,
-    pub limits: AppLimits,
-    pub flows: Vec<FlowSpec>,
-    pub triggers: Vec<TriggerSpec>,
+    pub(crate) name: String,
+    /// The manifest the app came from, for messages.
+    pub(crate) manifest: PathBuf,
+    /// The properties flows can read (the manifest's, with overrides).
+    pub(crate) properties: BTreeMap<String, String>,
+    pub(crate) limits: AppLimits,
+    pub(crate) flows: Vec<FlowSpec>,
+    pub(crate) triggers: Vec<TriggerSpec>,
 }
 
-#[derive(Debug, Clone)]
-pub struct FlowSpec {
-    pub name: String,
-    pub component: PathBuf,
-    pub grants: FlowGrants,
+impl AppSpec {
+    /// The app's name (`[app] name`).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Where the app's manifest is.
+    pub fn manifest(&self) -> &std::path::Path {
+        &self.manifest
+    }
+
+    /// How many flows, triggers and handlers the app has.
+    pub fn counts(&self) -> (usize, usize, usize) {
+        let handlers = self.triggers.iter().map(|t| t.handlers.len()).sum();
+        (self.flows.len(), self.triggers.len(), handlers)
+    }
 }
 
+/// Limits applied to every execution and connection of an app.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct AppLimits {
+    /// Linear memory a single execution may grow to.
+    pub(crate) max_memory: usize,
+    /// Time an execution may spend running (not waiting in `receive` or in
+    /// `send` for a slow client).
+    pub(crate) cpu_time: Duration,
+    /// Time a data-mode execution may take from start to finish.
+    pub(crate) wall_time: Duration,
+    /// Executions of the app running at once; more wait for a slot.
+    pub(crate) max_executions: usize,
+    /// Connections of the app (all its triggers) open at once; more are
+    /// refused with HTTP 503 before the upgrade.
+    pub(crate) max_connections: usize,
+    /// How long `send` may wait for a client that does not read before the
+    /// host closes that connection with 1008.
+    pub(crate) slow_client_timeout: Duration,
+    /// Guest output lines (stdout, stderr, `log`) the app may write per
+    /// second, with bursts up to ten times that; the rest is dropped and
+    /// counted.
+    pub(crate) log_lines_per_second: u32,
+}
+
+impl Default for AppLimits {
+    fn default() -> Self {
+        Self {
+            // Enough for a Rust flow with serde and a few MiB of data; small
+            // enough that hundreds of concurrent executions fit in RAM.
+            max_memory: 64 << 20,
+            // Generous for message handling, short enough that a runaway
+            // loop is stopped before a client gives up.
+            cpu_time: Duration::from_secs(1),
+            wall_time: Duration::from_secs(10),
+            // Two cores serve thousands of executions a second; more in
+            // flight only adds memory.
+            max_executions: 256,
+            max_connections: 10_000,
+            slow_client_timeout: Duration::from_secs(30),
+            log_lines_per_second: 100,
+        }
+    }
+}
+
+/// A flow: its component, what it is granted, and how to build it.
 #[derive(Debug, Clone)]
-pub struct TriggerSpec {
-    pub addr: SocketAddr,
-    pub tls: Option<TlsSpec>,
-    pub limits: TriggerLimits,
+pub(crate) struct FlowSpec {
+    pub(crate) name: String,
+    pub(crate) component: PathBuf,
+    pub(crate) grants: FlowGrants,
+    /// Absent: the component is built by other means.
+    pub(crate) build: Option<BuildSpec>,
+}
+
+/// How to rebuild a flow's component when it is missing or stale.
+#[derive(Debug, Clone)]
+pub(crate) struct BuildSpec {
+    /// A shell command.
+    pub(crate) command: String,
+    /// Where the command runs (the manifest's directory).
+    pub(crate) dir: PathBuf,
+    /// Files and directories whose changes make the component stale.
+    pub(crate) sources: Vec<PathBuf>,
+}
+
+/// What the manifest grants a flow beyond computing and its connection.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct FlowGrants {
+    /// Environment variables the flow sees (and no others).
+    pub(crate) env: Vec<(String, String)>,
+    /// A host directory the flow may read, at `/data` in the sandbox.
+    pub(crate) read_only_dir: Option<PathBuf>,
+}
+
+/// A WebSocket listener and its handlers.
+#[derive(Debug, Clone)]
+pub(crate) struct TriggerSpec {
+    pub(crate) addr: SocketAddr,
+    pub(crate) tls: Option<TlsSpec>,
+    pub(crate) limits: TriggerLimits,
     /// `None`: any origin (or none) is accepted.
-    pub allowed_origins: Option<Vec<String>>,
-    pub handlers: Vec<HandlerSpec>,
+    pub(crate) allowed_origins: Option<Vec<String>>,
+    pub(crate) handlers: Vec<HandlerSpec>,
 }
 
 /// Where PEM material comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PemSource {
+pub(crate) enum PemSource {
     File(PathBuf),
     /// PEM text, given directly or base64-encoded through a property.
     Text(String),
@@ -52,76 +147,135 @@ impl std::fmt::Display for PemSource {
     }
 }
 
+/// `wss://`: the server's certificate chain and key, and optional client
+/// certificate authorities.
 #[derive(Debug, Clone)]
-pub struct TlsSpec {
-    pub cert: PemSource,
-    pub key: PemSource,
+pub(crate) struct TlsSpec {
+    pub(crate) cert: PemSource,
+    pub(crate) key: PemSource,
     /// Non-empty: clients must present a certificate signed by one of these.
-    pub client_ca: Vec<PemSource>,
+    pub(crate) client_ca: Vec<PemSource>,
 }
 
 /// Limits of one listener and its connections.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TriggerLimits {
-    pub max_connections: Option<usize>,
-    pub max_message_size: usize,
-    pub handshake_timeout: Duration,
-    pub idle_timeout: Option<Duration>,
-    pub ping_interval: Option<Duration>,
+pub(crate) struct TriggerLimits {
+    pub(crate) max_connections: Option<usize>,
+    pub(crate) max_message_size: usize,
+    pub(crate) handshake_timeout: Duration,
+    pub(crate) idle_timeout: Option<Duration>,
+    pub(crate) ping_interval: Option<Duration>,
 }
 
 /// Largest message (and frame) a client may send, unless configured.
-pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 1 << 20;
+pub(crate) const DEFAULT_MAX_MESSAGE_SIZE: usize = 1 << 20;
 
 /// A client that has not finished TLS and the upgrade by then is dropped, so
 /// idle sockets cannot pile up before the handshake.
-pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The ping interval `FLOGO_WEBSOCKET_SERVERPING=TRUE` turns on, as in Flogo.
-pub const FLOGO_SERVER_PING_INTERVAL: Duration = Duration::from_secs(5);
+pub(crate) const FLOGO_SERVER_PING_INTERVAL: Duration = Duration::from_secs(5);
 
+/// A path served by a flow.
 #[derive(Debug, Clone)]
-pub struct HandlerSpec {
-    pub path: PathPattern,
-    pub mode: Mode,
-    pub format: Format,
-    pub schema: Option<SchemaSpec>,
-    pub on_invalid: OnInvalid,
-    pub instance: Instance,
-    pub flow: String,
-    pub path_params: Vec<ParamSpec>,
-    pub query_params: Vec<ParamSpec>,
+pub(crate) struct HandlerSpec {
+    pub(crate) path: PathPattern,
+    pub(crate) mode: Mode,
+    pub(crate) format: Format,
+    pub(crate) schema: Option<SchemaSpec>,
+    pub(crate) on_invalid: OnInvalid,
+    pub(crate) instance: Instance,
+    /// The name of one of the app's flows.
+    pub(crate) flow: String,
+    pub(crate) path_params: Vec<ParamSpec>,
+    pub(crate) query_params: Vec<ParamSpec>,
     /// Names are lower case.
-    pub headers: Vec<ParamSpec>,
-    pub inputs: Vec<(String, InputSource)>,
+    pub(crate) headers: Vec<ParamSpec>,
+    pub(crate) inputs: Vec<(String, InputSource)>,
 }
 
-/// A JSON schema, parsed (compiled by the loader).
+/// A JSON schema, compiled once when the manifest is validated.
 #[derive(Debug, Clone)]
-pub struct SchemaSpec {
-    /// Where it came from, for messages: `schemas.order`, a file, `inline`.
-    pub origin: String,
-    pub schema: serde_json::Value,
+pub(crate) struct SchemaSpec {
+    pub(crate) validator: Arc<jsonschema::Validator>,
 }
 
+/// A declared path parameter, query parameter or header.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ParamSpec {
-    pub name: String,
-    pub ty: ParamType,
-    pub repeating: bool,
-    pub required: bool,
+pub(crate) struct ParamSpec {
+    pub(crate) name: String,
+    pub(crate) ty: ParamType,
+    pub(crate) repeating: bool,
+    pub(crate) required: bool,
+}
+
+/// The type a parameter's text is converted to.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum ParamType {
+    #[default]
+    String,
+    Number,
+    Integer,
+    Boolean,
+}
+
+/// How a handler drives its flow.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Mode {
+    /// One execution per message; executions of a connection run in order.
+    #[default]
+    Data,
+    /// One execution per connection, which receives and sends itself.
+    Connection,
+}
+
+/// How data-mode messages are decoded before the flow runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Format {
+    /// Passed through as text (or binary).
+    #[default]
+    String,
+    /// Parsed as JSON (and checked against the schema) before the flow runs.
+    Json,
+}
+
+/// How many instances a data-mode connection uses.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Instance {
+    /// A fresh instance per message: nothing survives between messages.
+    #[default]
+    Fresh,
+    /// One instance for all messages of a connection: faster, and state
+    /// (globals, heap) survives from one message to the next.
+    Reuse,
+}
+
+/// What happens to a message that is not valid JSON or fails the schema.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum OnInvalid {
+    /// Close the connection with 1007 and a reason naming the problem.
+    #[default]
+    Close,
+    /// Reply with `{"error": ..., "pointer": ...}` and keep the connection.
+    Reply,
 }
 
 /// One step into JSON content: an object key or an array index.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum JsonStep {
+pub(crate) enum JsonStep {
     Key(String),
     Index(usize),
 }
 
 /// A trigger output a flow input is mapped from.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum InputSource {
+pub(crate) enum InputSource {
     PathParam(String),
     QueryParam(String),
     /// Lower case.
@@ -133,7 +287,7 @@ pub enum InputSource {
 impl InputSource {
     /// Parse `$.pathParams.x`, `$.queryParams.y`, `$.headers.z`,
     /// `$.content`, `$.content.a.b[0]`.
-    pub fn parse(expression: &str) -> Result<Self, String> {
+    pub(crate) fn parse(expression: &str) -> Result<Self, String> {
         let bad = || {
             format!(
                 "`{expression}` is not a trigger output; use $.pathParams.NAME, \
@@ -184,54 +338,6 @@ fn parse_steps(mut tail: &str) -> Option<Vec<JsonStep>> {
     Some(steps)
 }
 
-/// Parse a byte size: `1048576`, `512KiB`, `64MiB`, `1GiB`.
-pub fn parse_size(text: &str) -> Result<usize, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: usize = number
-        .parse()
-        .map_err(|_| format!("`{text}` does not start with a whole number"))?;
-    let scale: usize = match unit.trim() {
-        "" | "B" => 1,
-        "KiB" => 1 << 10,
-        "MiB" => 1 << 20,
-        "GiB" => 1 << 30,
-        other => {
-            return Err(format!(
-                "`{other}` is not a size unit; use B, KiB, MiB or GiB"
-            ));
-        }
-    };
-    number
-        .checked_mul(scale)
-        .ok_or_else(|| format!("`{text}` is too large"))
-}
-
-/// Parse `500ms`, `10s`, `5m`, `1h`.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .ok_or_else(|| format!("`{text}` has no unit; write e.g. \"500ms\", \"10s\", \"5m\""))?;
-    let (number, unit) = text.split_at(split);
-    let number: u64 = number
-        .parse()
-        .map_err(|_| format!("`{text}` does not start with a whole number"))?;
-    let seconds = |n: u64| Duration::from_secs(n);
-    match unit.trim() {
-        "ms" => Ok(Duration::from_millis(number)),
-        "s" => Ok(seconds(number)),
-        "m" => Ok(seconds(number * 60)),
-        "h" => Ok(seconds(number * 3600)),
-        other => Err(format!(
-            "`{other}` is not a duration unit; use ms, s, m or h"
-        )),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -268,25 +374,5 @@ mod tests {
         ] {
             assert!(InputSource::parse(bad).is_err(), "{bad}");
         }
-    }
-
-    #[test]
-    fn parses_sizes() {
-        assert_eq!(parse_size("1024"), Ok(1024));
-        assert_eq!(parse_size("64MiB"), Ok(64 << 20));
-        assert_eq!(parse_size("512 KiB"), Ok(512 << 10));
-        assert!(parse_size("1MB").is_err());
-        assert!(parse_size("lots").is_err());
-    }
-
-    #[test]
-    fn parses_durations() {
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
-        assert!(parse_duration("10").is_err());
-        assert!(parse_duration("ten s").is_err());
-        assert!(parse_duration("5 days").is_err());
     }
 }

@@ -21,22 +21,23 @@ use super::bindings::{CloseError, Message, ReceiveError, SendError};
 use super::ctx::FlowCtx;
 use super::limits::LimitExceeded;
 use crate::app::{AppInfo, AppStats};
+use crate::close::{Close, InvalidClose};
 
-/// What a connection's writer task sends to the client.
+/// What a connection's writer sends to the client.
 #[derive(Debug)]
-pub enum Outbound {
+pub(crate) enum Outbound {
     Message(tungstenite::Message),
-    Close(u16, String),
+    Close(Close),
 }
 
 /// State of one client connection shared by its reader, its writer and the
 /// executions serving it.
 #[derive(Debug)]
-pub struct ConnectionShared {
-    pub id: u64,
-    pub app: Arc<AppInfo>,
-    pub peer: SocketAddr,
-    pub max_message_size: usize,
+pub(crate) struct ConnectionShared {
+    pub(crate) id: u64,
+    pub(crate) app: Arc<AppInfo>,
+    pub(crate) peer: SocketAddr,
+    pub(crate) max_message_size: usize,
     closed: AtomicBool,
     outbound: mpsc::Sender<Outbound>,
     abort: CancellationToken,
@@ -47,7 +48,7 @@ pub struct ConnectionShared {
 const CLOSE_QUEUE_WAIT: Duration = Duration::from_secs(1);
 
 impl ConnectionShared {
-    pub fn new(
+    pub(crate) fn new(
         id: u64,
         app: Arc<AppInfo>,
         peer: SocketAddr,
@@ -66,17 +67,17 @@ impl ConnectionShared {
     }
 
     /// Whether a close has been sent or received.
-    pub fn is_closed(&self) -> bool {
+    pub(crate) fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
     }
 
     /// Record that the connection is closing; later sends fail with `closed`.
-    pub fn mark_closed(&self) {
+    pub(crate) fn mark_closed(&self) {
         self.closed.store(true, Ordering::Release);
     }
 
     /// Queue a message, waiting while the outbound queue is full.
-    pub async fn send(&self, message: tungstenite::Message) -> Result<(), SendError> {
+    pub(crate) async fn send(&self, message: tungstenite::Message) -> Result<(), SendError> {
         if self.is_closed() {
             return Err(SendError::Closed);
         }
@@ -89,11 +90,11 @@ impl ConnectionShared {
     /// Start the closing handshake, once. Returns whether this call closed
     /// it. If the close frame cannot even be queued (the client does not
     /// read), the connection is aborted instead.
-    pub async fn close(&self, code: u16, reason: impl Into<String>) -> bool {
+    pub(crate) async fn close(&self, close: Close) -> bool {
         if self.closed.swap(true, Ordering::AcqRel) {
             return false;
         }
-        let queued = self.outbound.send(Outbound::Close(code, reason.into()));
+        let queued = self.outbound.send(Outbound::Close(close));
         match tokio::time::timeout(CLOSE_QUEUE_WAIT, queued).await {
             Ok(result) => result.is_ok(),
             Err(_elapsed) => {
@@ -104,13 +105,13 @@ impl ConnectionShared {
     }
 
     /// Drop the connection without a closing handshake.
-    pub fn abort(&self) {
+    pub(crate) fn abort(&self) {
         self.closed.store(true, Ordering::Release);
         self.abort.cancel();
     }
 
     /// Cancelled when the connection must be dropped at once.
-    pub fn aborted(&self) -> &CancellationToken {
+    pub(crate) fn aborted(&self) -> &CancellationToken {
         &self.abort
     }
 }
@@ -123,21 +124,13 @@ pub struct HostConnection {
 }
 
 impl HostConnection {
-    pub fn new(
+    pub(crate) fn new(
         shared: Arc<ConnectionShared>,
         inbound: Option<mpsc::Receiver<tungstenite::Message>>,
     ) -> Self {
         Self { shared, inbound }
     }
 }
-
-/// Close codes an endpoint may send (RFC 6455 section 7.4).
-pub fn is_sendable_close_code(code: u16) -> bool {
-    matches!(code, 1000..=1003 | 1007..=1011 | 3000..=4999)
-}
-
-/// Longest close reason that fits a control frame (125 - 2 bytes of code).
-pub const MAX_CLOSE_REASON: usize = 123;
 
 fn into_ws_message(message: Message) -> tungstenite::Message {
     match message {
@@ -223,14 +216,13 @@ impl wit::HostConnection for FlowCtx {
         code: u16,
         reason: String,
     ) -> wasmtime::Result<Result<(), CloseError>> {
-        if !is_sendable_close_code(code) {
-            return Ok(Err(CloseError::InvalidCode));
-        }
-        if reason.len() > MAX_CLOSE_REASON {
-            return Ok(Err(CloseError::ReasonTooLong));
-        }
+        let close = match Close::requested(code, reason) {
+            Ok(close) => close,
+            Err(InvalidClose::Code) => return Ok(Err(CloseError::InvalidCode)),
+            Err(InvalidClose::ReasonTooLong) => return Ok(Err(CloseError::ReasonTooLong)),
+        };
         let shared = Arc::clone(&self.table.get(&this)?.shared);
-        shared.close(code, reason).await;
+        shared.close(close).await;
         Ok(Ok(()))
     }
 
@@ -244,7 +236,7 @@ impl wit::Host for FlowCtx {}
 
 /// A data message from the client as the flow sees it; control frames are
 /// handled by the host and never reach flows.
-pub fn from_ws_message(message: tungstenite::Message) -> Option<Message> {
+pub(crate) fn from_ws_message(message: tungstenite::Message) -> Option<Message> {
     match message {
         tungstenite::Message::Text(text) => Some(Message::Text(text.as_str().to_owned())),
         tungstenite::Message::Binary(bytes) => Some(Message::Binary(bytes.to_vec())),

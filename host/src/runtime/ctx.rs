@@ -1,6 +1,5 @@
 //! Per-execution store state: what one flow execution can reach.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use wasmtime::component::ResourceTable;
@@ -12,42 +11,27 @@ use super::bindings::wsflow::flow::{log, properties};
 use super::limits::{CpuMeter, ExecutionLimiter};
 use super::stdio::{self, LogOutput};
 use crate::app::AppInfo;
+use crate::manifest::spec::FlowGrants;
 
 /// Where a flow's directory grant appears inside the sandbox.
-pub const GRANTED_DIR_GUEST_PATH: &str = "/data";
-
-/// What the manifest grants a flow beyond computing and its connection.
-#[derive(Debug, Clone, Default)]
-pub struct FlowGrants {
-    /// Environment variables the flow sees (and no others).
-    pub env: Vec<(String, String)>,
-    /// A host directory the flow may read, at [`GRANTED_DIR_GUEST_PATH`].
-    pub read_only_dir: Option<PathBuf>,
-}
+pub(crate) const GRANTED_DIR_GUEST_PATH: &str = "/data";
 
 /// The data of one execution's `Store`.
 ///
 /// Built fresh for every execution: nothing a flow does survives it except
 /// what it sent over its connection.
-pub struct FlowCtx {
+pub(crate) struct FlowCtx {
     pub(super) wasi: WasiCtx,
     pub(super) table: ResourceTable,
     pub(super) limiter: ExecutionLimiter,
     pub(super) cpu: CpuMeter,
     pub(super) app: Arc<AppInfo>,
-    pub(super) flow: Arc<str>,
-    pub(super) connection_id: u64,
 }
 
 impl FlowCtx {
-    pub fn new(
-        app: Arc<AppInfo>,
-        flow: Arc<str>,
-        grants: &FlowGrants,
-        connection_id: u64,
-    ) -> wasmtime::Result<Self> {
-        let stdout = LogOutput::new(&app, &flow, connection_id, "stdout");
-        let stderr = LogOutput::new(&app, &flow, connection_id, "stderr");
+    pub(super) fn new(app: Arc<AppInfo>, grants: &FlowGrants) -> wasmtime::Result<Self> {
+        let stdout = LogOutput::new(&app, "stdout");
+        let stderr = LogOutput::new(&app, "stderr");
         // No ambient authority: no host environment, no files, no network;
         // stdin is empty and stdout/stderr go to the host log. Only what the
         // manifest grants is added.
@@ -67,8 +51,6 @@ impl FlowCtx {
             limiter: ExecutionLimiter::new(app.limits.max_memory),
             cpu: CpuMeter::new(app.limits.cpu_time),
             app,
-            flow,
-            connection_id,
         })
     }
 }
@@ -91,14 +73,7 @@ impl log::Host for FlowCtx {
             Level::Warn => tracing::Level::WARN,
             Level::Error => tracing::Level::ERROR,
         };
-        stdio::emit(
-            &self.app,
-            &self.flow,
-            self.connection_id,
-            level,
-            "log",
-            &message,
-        );
+        stdio::emit(&self.app, level, "log", &message);
         Ok(())
     }
 }

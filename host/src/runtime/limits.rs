@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 /// A limit an execution ran into. The execution ends; its connection is
 /// closed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum LimitExceeded {
+pub(crate) enum LimitExceeded {
     #[error(
         "memory limit: tried to grow linear memory to {requested} bytes, {over} over the limit of {limit}"
     , over = requested - limit)]
@@ -22,14 +22,14 @@ pub enum LimitExceeded {
 
 impl LimitExceeded {
     /// Whether the client caused it (close 1008) rather than the flow (1011).
-    pub fn is_client_fault(&self) -> bool {
+    pub(crate) fn is_client_fault(&self) -> bool {
         matches!(self, LimitExceeded::SlowClient { .. })
     }
 }
 
 /// Caps linear memory and tables and remembers the first refusal.
 #[derive(Debug)]
-pub struct ExecutionLimiter {
+pub(crate) struct ExecutionLimiter {
     max_memory: usize,
     pub(super) exceeded: Option<LimitExceeded>,
 }
@@ -39,7 +39,7 @@ pub struct ExecutionLimiter {
 const MAX_TABLE_ELEMENTS: usize = 100_000;
 
 impl ExecutionLimiter {
-    pub fn new(max_memory: usize) -> Self {
+    pub(crate) fn new(max_memory: usize) -> Self {
         Self {
             max_memory,
             exceeded: None,
@@ -77,14 +77,14 @@ impl wasmtime::ResourceLimiter for ExecutionLimiter {
 /// Measures the time an execution spends running: wall-clock time since it
 /// started minus the time it spent waiting in host calls.
 #[derive(Debug)]
-pub struct CpuMeter {
+pub(crate) struct CpuMeter {
     started: Instant,
     waiting: Duration,
-    pub limit: Duration,
+    pub(crate) limit: Duration,
 }
 
 impl CpuMeter {
-    pub fn new(limit: Duration) -> Self {
+    pub(crate) fn new(limit: Duration) -> Self {
         Self {
             started: Instant::now(),
             waiting: Duration::ZERO,
@@ -92,12 +92,12 @@ impl CpuMeter {
         }
     }
 
-    pub fn used(&self) -> Duration {
+    pub(crate) fn used(&self) -> Duration {
         self.started.elapsed().saturating_sub(self.waiting)
     }
 
     /// Record time spent waiting (in `receive`, or in `send` for a client).
-    pub fn waited(&mut self, duration: Duration) {
+    pub(crate) fn waited(&mut self, duration: Duration) {
         self.waiting += duration;
     }
 }

@@ -1,10 +1,10 @@
 //! Running flows: one wasmtime engine and linker for the host, one
 //! pre-instantiated component per flow, one fresh store per execution.
 
-pub mod bindings;
-pub mod connection;
+pub(crate) mod bindings;
+pub(crate) mod connection;
 mod ctx;
-pub mod limits;
+mod limits;
 mod stdio;
 
 use std::collections::HashMap;
@@ -21,45 +21,63 @@ use wasmtime::{
     UpdateDeadline,
 };
 
-pub use connection::{ConnectionShared, HostConnection, Outbound};
-pub use ctx::{FlowCtx, FlowGrants, GRANTED_DIR_GUEST_PATH};
-pub use limits::LimitExceeded;
+pub(crate) use connection::{ConnectionShared, HostConnection, Outbound};
+use ctx::FlowCtx;
+pub(crate) use limits::LimitExceeded;
+use tracing::Instrument as _;
 
 use crate::app::{AppInfo, AppStats};
+use crate::manifest::AppSpec;
+use crate::manifest::spec::{FlowGrants, Instance};
 
 /// How often the engine's epoch advances. An execution's CPU time is checked
 /// (and the execution yields to other tasks) once per tick, so a runaway
 /// loop is stopped within one tick of its limit and cannot hold a worker
 /// thread for longer than a tick.
-pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+const EPOCH_TICK: Duration = Duration::from_millis(10);
 
 /// How the host's engine is set up.
 #[derive(Debug, Clone, Default)]
-pub struct RuntimeOptions {
+pub(crate) struct RuntimeOptions {
     /// Keep compiled components in this directory, so a restart does not
     /// compile them again.
-    pub cache_dir: Option<std::path::PathBuf>,
+    pub(crate) cache_dir: Option<std::path::PathBuf>,
     /// Pre-allocate instance slots (the pooling allocator) instead of
     /// mapping memory for every instance.
-    pub pool: Option<PoolSize>,
+    pub(crate) pool: Option<PoolSize>,
 }
 
 /// How many instances may live at once, and how large their memory may be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PoolSize {
-    pub instances: u32,
-    pub max_memory: usize,
+pub(crate) struct PoolSize {
+    instances: u32,
+    max_memory: usize,
 }
 
 impl PoolSize {
     /// Beyond this many slots the pool's address-space reservation stops
     /// paying for itself; such hosts allocate on demand.
-    pub const MAX_INSTANCES: u32 = 4096;
+    const MAX_INSTANCES: u32 = 4096;
 
-    /// The pool for apps that run at most `instances` instances at once,
-    /// each with up to `max_memory` of linear memory; `None` when that is
-    /// more than the pool should hold.
-    pub fn for_instances(instances: u64, max_memory: usize) -> Option<Self> {
+    /// The pool `apps` need: each app's execution slots, plus a long-lived
+    /// instance per connection where a handler reuses instances; `None`
+    /// when that is more than the pool should hold.
+    pub(crate) fn for_apps(apps: &[AppSpec]) -> Option<Self> {
+        let mut instances: u64 = 0;
+        let mut max_memory = 0;
+        for app in apps {
+            let limits = &app.limits;
+            instances += limits.max_executions as u64;
+            let reuses = app
+                .triggers
+                .iter()
+                .flat_map(|trigger| &trigger.handlers)
+                .any(|handler| handler.instance == Instance::Reuse);
+            if reuses {
+                instances += limits.max_connections as u64;
+            }
+            max_memory = max_memory.max(limits.max_memory);
+        }
         let instances = u32::try_from(instances).ok()?;
         (instances > 0 && instances <= Self::MAX_INSTANCES).then_some(Self {
             instances,
@@ -102,7 +120,7 @@ const TABLES_PER_FLOW: u32 = 8;
 impl RuntimeOptions {
     /// The default cache directory: `$WSFLOW_CACHE_DIR`, else
     /// `$XDG_CACHE_HOME/wsflow`, else `$HOME/.cache/wsflow`.
-    pub fn default_cache_dir() -> Option<std::path::PathBuf> {
+    pub(crate) fn default_cache_dir() -> Option<std::path::PathBuf> {
         use std::path::PathBuf;
         if let Some(dir) = std::env::var_os("WSFLOW_CACHE_DIR") {
             return Some(PathBuf::from(dir));
@@ -116,7 +134,7 @@ impl RuntimeOptions {
 
 /// The engine and linker shared by every app in the host.
 #[derive(Clone)]
-pub struct Runtime {
+pub(crate) struct Runtime {
     engine: Engine,
     linker: Arc<Linker<FlowCtx>>,
     /// Components compiled so far, by content: flows (or apps) that use the
@@ -143,12 +161,7 @@ impl ContentKey {
 }
 
 impl Runtime {
-    /// A runtime that compiles every component afresh.
-    pub fn new() -> anyhow::Result<Self> {
-        Self::with_options(&RuntimeOptions::default())
-    }
-
-    pub fn with_options(options: &RuntimeOptions) -> anyhow::Result<Self> {
+    pub(crate) fn new(options: &RuntimeOptions) -> anyhow::Result<Self> {
         let mut config = Config::new();
         config.wasm_component_model(true);
         config.epoch_interruption(true);
@@ -182,7 +195,7 @@ impl Runtime {
 
     /// Compile a component file and check that it is a flow this host can
     /// run: every import satisfied, `handle` exported with the right type.
-    pub fn load_flow(
+    pub(crate) fn load_flow(
         &self,
         app: &Arc<AppInfo>,
         name: &str,
@@ -243,7 +256,7 @@ impl Runtime {
 
 /// How one execution ended.
 #[derive(Debug)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// `handle` returned `ok`.
     Completed,
     /// `handle` returned `err` with this message.
@@ -257,7 +270,7 @@ pub enum Outcome {
 
 /// A flow compiled and linked, ready to be instantiated once per execution.
 #[derive(Clone)]
-pub struct FlowPre {
+pub(crate) struct FlowPre {
     name: Arc<str>,
     app: Arc<AppInfo>,
     grants: Arc<FlowGrants>,
@@ -265,53 +278,55 @@ pub struct FlowPre {
 }
 
 impl FlowPre {
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    pub fn app(&self) -> &Arc<AppInfo> {
+    pub(crate) fn app(&self) -> &Arc<AppInfo> {
         &self.app
     }
 
     /// Run the flow once in a fresh store, within the app's limits; with
     /// `wall_time`, stop it when that much time has passed.
-    pub async fn execute(
+    pub(crate) async fn execute(
         &self,
         event: &bindings::Event,
         connection: HostConnection,
-        connection_id: u64,
         wall_time: Option<Duration>,
     ) -> Outcome {
-        let _permit = self.execution_slot().await;
-        let mut store = match self.new_store(connection_id) {
-            Ok(store) => store,
-            Err(error) => return self.finish(Err(error), None),
-        };
-        let call = async {
-            let flow = self.pre.instantiate_async(&mut store).await?;
-            let handle = store.data_mut().table.push(connection)?;
-            flow.call_handle(&mut store, event, handle).await
-        };
-        let result = with_wall_time(call, wall_time).await;
-        self.finish(result, Some(store.data()))
+        let span = tracing::info_span!("exec", flow = &*self.name, instance = "fresh");
+        async {
+            let _permit = self.execution_slot().await;
+            let mut store = match self.new_store() {
+                Ok(store) => store,
+                Err(error) => return self.finish(Err(error), None),
+            };
+            let call = async {
+                let flow = self.pre.instantiate_async(&mut store).await?;
+                let handle = store.data_mut().table.push(connection)?;
+                flow.call_handle(&mut store, event, handle).await
+            };
+            let result = with_wall_time(call, wall_time).await;
+            self.finish(result, Some(store.data()))
+        }
+        .instrument(span)
+        .await
     }
 
     /// Instantiate the flow once for a connection whose messages will all be
     /// handled by this instance (`instance = "reuse"`): state in the
     /// instance survives from one message to the next.
-    pub async fn instantiate(
+    pub(crate) async fn instantiate(
         &self,
         connection: HostConnection,
-        connection_id: u64,
     ) -> Result<FlowInstance, Outcome> {
-        let mut store = self
-            .new_store(connection_id)
+        let span = tracing::info_span!("exec", flow = &*self.name, instance = "reuse");
+        // Guest output streams log in the span current when the store is made.
+        let mut store = span
+            .in_scope(|| self.new_store())
             .map_err(|error| self.finish(Err(error), None))?;
         let prepared = async {
             let flow = self.pre.instantiate_async(&mut store).await?;
             let handle = store.data_mut().table.push(connection)?;
             wasmtime::Result::Ok((flow, handle.rep()))
         }
+        .instrument(span)
         .await;
         match prepared {
             Ok((flow, handle)) => Ok(FlowInstance {
@@ -332,13 +347,8 @@ impl FlowPre {
             .expect("the semaphore is never closed")
     }
 
-    fn new_store(&self, connection_id: u64) -> wasmtime::Result<Store<FlowCtx>> {
-        let ctx = FlowCtx::new(
-            Arc::clone(&self.app),
-            Arc::clone(&self.name),
-            &self.grants,
-            connection_id,
-        )?;
+    fn new_store(&self) -> wasmtime::Result<Store<FlowCtx>> {
+        let ctx = FlowCtx::new(Arc::clone(&self.app), &self.grants)?;
         let mut store = Store::new(self.pre.engine(), ctx);
         store.limiter(|ctx| &mut ctx.limiter);
         store.set_epoch_deadline(1);
@@ -384,7 +394,7 @@ impl FlowPre {
 }
 
 /// A flow instance that serves every message of one connection.
-pub struct FlowInstance {
+pub(crate) struct FlowInstance {
     pre: FlowPre,
     store: Store<FlowCtx>,
     flow: bindings::Flow,
@@ -394,17 +404,31 @@ pub struct FlowInstance {
 
 impl FlowInstance {
     /// Handle one message. Each call is one execution for the CPU limit,
-    /// `wall_time` and the app's execution slots. After a trap or a limit
-    /// the instance must not be called again.
-    pub async fn call(&mut self, event: &bindings::Event, wall_time: Option<Duration>) -> Outcome {
-        let _permit = self.pre.execution_slot().await;
-        let ctx = self.store.data_mut();
-        ctx.cpu = limits::CpuMeter::new(ctx.app.limits.cpu_time);
-        ctx.limiter.exceeded = None;
-        let connection = wasmtime::component::Resource::new_borrow(self.handle);
-        let call = self.flow.call_handle(&mut self.store, event, connection);
-        let result = with_wall_time(call, wall_time).await;
-        self.pre.finish(result, Some(self.store.data()))
+    /// `wall_time` and the app's execution slots. The instance comes back
+    /// only when the call completed or failed normally: after a trap or a
+    /// limit its state is not to be trusted, and it is dropped.
+    pub(crate) async fn call(
+        mut self,
+        event: &bindings::Event,
+        wall_time: Option<Duration>,
+    ) -> (Outcome, Option<Self>) {
+        let span = tracing::info_span!("exec", flow = &*self.pre.name, instance = "reuse");
+        let outcome = async {
+            let _permit = self.pre.execution_slot().await;
+            let ctx = self.store.data_mut();
+            ctx.cpu = limits::CpuMeter::new(ctx.app.limits.cpu_time);
+            ctx.limiter.exceeded = None;
+            let connection = wasmtime::component::Resource::new_borrow(self.handle);
+            let call = self.flow.call_handle(&mut self.store, event, connection);
+            let result = with_wall_time(call, wall_time).await;
+            self.pre.finish(result, Some(self.store.data()))
+        }
+        .instrument(span)
+        .await;
+        match outcome {
+            Outcome::Completed | Outcome::Failed(_) => (outcome, Some(self)),
+            Outcome::Trapped(_) | Outcome::LimitExceeded(_) => (outcome, None),
+        }
     }
 }
 

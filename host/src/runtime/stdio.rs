@@ -1,6 +1,6 @@
 //! Guest output — stdout, stderr and `log` calls — into the host log, line
-//! by line, tagged with app, flow and connection, within the app's log
-//! budget.
+//! by line, within the app's log budget. App, connection and flow come from
+//! the spans the output is written in.
 
 use std::io;
 use std::pin::Pin;
@@ -18,7 +18,7 @@ const MAX_LINE: usize = 4096;
 
 /// Log one line of guest output if the app's budget allows; otherwise count
 /// it as dropped. The first line after a drop says how many were dropped.
-pub fn emit(app: &AppInfo, flow: &str, conn: u64, level: tracing::Level, stream: &str, line: &str) {
+pub(super) fn emit(app: &AppInfo, level: tracing::Level, stream: &str, line: &str) {
     let dropped_before = match app.log_budget.take() {
         LogPermit::Drop => {
             AppStats::add(&app.stats.log_lines_dropped, 1);
@@ -26,12 +26,9 @@ pub fn emit(app: &AppInfo, flow: &str, conn: u64, level: tracing::Level, stream:
         }
         LogPermit::Log { dropped_before } => dropped_before,
     };
-    let app_name = &*app.name;
     if dropped_before > 0 {
         tracing::warn!(
             target: "wsflow::flow",
-            app = app_name,
-            flow,
             "dropped {dropped_before} line(s) of guest output over the app's log budget of {}/s",
             app.limits.log_lines_per_second
         );
@@ -39,7 +36,7 @@ pub fn emit(app: &AppInfo, flow: &str, conn: u64, level: tracing::Level, stream:
     let line = truncate(line);
     macro_rules! at {
         ($level:expr) => {
-            tracing::event!(target: "wsflow::flow", $level, app = app_name, flow, conn, stream, "{line}")
+            tracing::event!(target: "wsflow::flow", $level, stream, "{line}")
         };
     }
     match level {
@@ -64,25 +61,26 @@ fn truncate(line: &str) -> &str {
 
 /// A guest output stream whose lines go to [`emit`].
 #[derive(Clone)]
-pub struct LogOutput {
+pub(super) struct LogOutput {
     tags: Arc<Tags>,
 }
 
 struct Tags {
     app: Arc<AppInfo>,
-    flow: Arc<str>,
-    connection: u64,
     stream: &'static str,
+    /// The execution's span: WASI writes the stream from a task of its own,
+    /// outside the execution, so the span is carried here.
+    span: tracing::Span,
 }
 
 impl LogOutput {
-    pub fn new(app: &Arc<AppInfo>, flow: &Arc<str>, connection: u64, stream: &'static str) -> Self {
+    /// A stream whose lines are logged in the current span.
+    pub(super) fn new(app: &Arc<AppInfo>, stream: &'static str) -> Self {
         Self {
             tags: Arc::new(Tags {
                 app: Arc::clone(app),
-                flow: Arc::clone(flow),
-                connection,
                 stream,
+                span: tracing::Span::current(),
             }),
         }
     }
@@ -116,14 +114,8 @@ impl LineWriter {
         let text = String::from_utf8_lossy(&self.line);
         let text = text.trim_end_matches(['\n', '\r']);
         let tags = &self.tags;
-        emit(
-            &tags.app,
-            &tags.flow,
-            tags.connection,
-            tracing::Level::INFO,
-            tags.stream,
-            text,
-        );
+        tags.span
+            .in_scope(|| emit(&tags.app, tracing::Level::INFO, tags.stream, text));
         self.line.clear();
     }
 

@@ -8,14 +8,15 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
-use super::{Close, Handler, inputs, report, truncate_reason};
-use crate::manifest::{Format, Instance, OnInvalid};
+use super::{Handler, inputs, report};
+use crate::close::Close;
+use crate::manifest::spec::{Format, Instance, OnInvalid};
 use crate::runtime::bindings::{Content, Event};
 use crate::runtime::{ConnectionShared, HostConnection};
 
 /// Serve messages until the client closes, a flow traps, or the server shuts
 /// down. Returns the close the host should send, if any.
-pub async fn run(
+pub(super) async fn run(
     handler: &Handler,
     shared: &Arc<ConnectionShared>,
     mut inbound: mpsc::Receiver<Message>,
@@ -27,7 +28,7 @@ pub async fn run(
         Instance::Fresh => None,
         Instance::Reuse => {
             let connection = HostConnection::new(Arc::clone(shared), None);
-            match Box::pin(handler.flow.instantiate(connection, shared.id)).await {
+            match Box::pin(handler.flow.instantiate(connection)).await {
                 Ok(instance) => Some(instance),
                 Err(outcome) => return report(handler, shared, outcome),
             }
@@ -52,19 +53,18 @@ pub async fn run(
         if !handler.spec.inputs.is_empty() {
             event.inputs = inputs::evaluate(&handler.spec.inputs, &event, json.as_ref());
         }
-        let outcome = match &mut reused {
+        // Boxed: an execution's future is large and lives only while a
+        // message is handled, not while the connection idles.
+        let outcome = match reused.take() {
             None => {
                 let connection = HostConnection::new(Arc::clone(shared), None);
-                // Boxed: an execution's future is large and lives only
-                // while a message is handled, not while the connection idles.
-                Box::pin(
-                    handler
-                        .flow
-                        .execute(&event, connection, shared.id, Some(wall_time)),
-                )
-                .await
+                Box::pin(handler.flow.execute(&event, connection, Some(wall_time))).await
             }
-            Some(instance) => Box::pin(instance.call(&event, Some(wall_time))).await,
+            Some(instance) => {
+                let (outcome, instance) = Box::pin(instance.call(&event, Some(wall_time))).await;
+                reused = instance;
+                outcome
+            }
         };
         if let Some(close) = report(handler, shared, outcome) {
             return Some(close);
@@ -85,7 +85,7 @@ impl Rejection {
             Rejection::InvalidJson(problem) => format!("invalid JSON: {problem}"),
             Rejection::Schema { pointer, problem } => {
                 let at = if pointer.is_empty() { "/" } else { pointer };
-                truncate_reason(format!("schema violation at {at}: {problem}"))
+                format!("schema violation at {at}: {problem}")
             }
         }
     }
@@ -130,8 +130,8 @@ fn decode(
     };
     let value: Value =
         serde_json::from_str(&text).map_err(|error| Rejection::InvalidJson(error.to_string()))?;
-    if let Some(schema) = &handler.schema
-        && let Err(error) = schema.validate(&value)
+    if let Some(schema) = &handler.spec.schema
+        && let Err(error) = schema.validator.validate(&value)
     {
         return Err(Rejection::Schema {
             pointer: error.instance_path().to_string(),

@@ -12,23 +12,23 @@ use crate::manifest::spec::ParamSpec;
 use crate::runtime::bindings::{Param, ParamValue};
 
 /// A request accepted for upgrade.
-pub struct Routed {
-    pub handler: Arc<Handler>,
-    pub path_params: Vec<Param>,
-    pub query_params: Vec<Param>,
-    pub headers: Vec<Param>,
+pub(super) struct Routed {
+    pub(super) handler: Arc<Handler>,
+    pub(super) path_params: Vec<Param>,
+    pub(super) query_params: Vec<Param>,
+    pub(super) headers: Vec<Param>,
 }
 
 /// Why an upgrade request is refused: an HTTP status and a plain-text body
 /// that names the problem.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Refusal {
-    pub status: StatusCode,
-    pub body: String,
+pub(super) struct Refusal {
+    pub(super) status: StatusCode,
+    pub(super) body: String,
 }
 
 impl Refusal {
-    pub fn into_response(self) -> ErrorResponse {
+    pub(super) fn into_response(self) -> ErrorResponse {
         let mut response = ErrorResponse::new(Some(self.body));
         *response.status_mut() = self.status;
         response.headers_mut().insert(
@@ -40,7 +40,7 @@ impl Refusal {
 }
 
 /// Route a handshake request, or say why it is refused.
-pub fn route(handlers: &[Arc<Handler>], request: &Request) -> Result<Routed, Refusal> {
+pub(super) fn route(handlers: &[Arc<Handler>], request: &Request) -> Result<Routed, Refusal> {
     let path = request.uri().path();
     let (handler, raw_params) = handlers
         .iter()
@@ -180,7 +180,7 @@ fn text_param(name: String, mut values: Vec<String>) -> Param {
 
 /// Decode `%XX` escapes (and `+` as space in query strings). `None` if an
 /// escape is malformed or the result is not UTF-8.
-pub fn percent_decode(raw: &str, plus_is_space: bool) -> Option<String> {
+pub(super) fn percent_decode(raw: &str, plus_is_space: bool) -> Option<String> {
     let bytes = raw.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

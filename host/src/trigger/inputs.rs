@@ -9,7 +9,7 @@ use crate::runtime::bindings::{Event, Input, Param, ParamValue};
 /// Evaluate `inputs` against an event whose params are filled in, with the
 /// message's parsed JSON (JSON format) when there is one. Outputs that are
 /// absent map to `null`.
-pub fn evaluate(
+pub(super) fn evaluate(
     inputs: &[(String, InputSource)],
     event: &Event,
     json: Option<&Value>,

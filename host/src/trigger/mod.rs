@@ -7,13 +7,15 @@ mod inputs;
 mod params;
 mod pump;
 mod session;
-pub mod tls;
+mod tls;
 
-use std::borrow::Cow;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
+
+use tracing::Instrument as _;
 
 use http::StatusCode;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -25,94 +27,31 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::app::{AppInfo, AppStats};
-use crate::manifest::Mode;
-use crate::manifest::spec::{HandlerSpec, TriggerLimits};
+use crate::close::Close;
+use crate::manifest::spec::{HandlerSpec, Mode, TriggerLimits, TriggerSpec};
 use crate::runtime::bindings::{Content, Event};
 use crate::runtime::{ConnectionShared, FlowPre, Outcome, bindings};
 
 use handshake::Refusal;
 
 /// A path served by a flow.
-pub struct Handler {
-    pub spec: HandlerSpec,
-    /// The handler's JSON schema, compiled once at load time.
-    pub schema: Option<jsonschema::Validator>,
-    pub flow: FlowPre,
-}
-
-/// One listener and the handlers it routes to.
-pub struct TriggerConfig {
-    pub addr: SocketAddr,
-    pub tls: Option<Arc<rustls::ServerConfig>>,
-    pub limits: TriggerLimits,
-    pub allowed_origins: Option<Vec<String>>,
-    pub handlers: Vec<Arc<Handler>>,
-}
-
-/// A close frame the host sends.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Close {
-    pub code: u16,
-    pub reason: Cow<'static, str>,
-}
-
-impl Close {
-    pub const NORMAL: Close = Close::fixed(1000, "");
-    pub const GOING_AWAY: Close = Close::fixed(1001, "server shutting down");
-    pub const IDLE: Close = Close::fixed(1001, "idle timeout");
-    pub const INTERNAL_ERROR: Close = Close::fixed(1011, "internal error");
-    pub const FLOW_FAILED: Close = Close::fixed(1011, "flow failed");
-    pub const POLICY_VIOLATION: Close = Close::fixed(1008, "client does not read");
-
-    const fn fixed(code: u16, reason: &'static str) -> Self {
-        Self {
-            code,
-            reason: Cow::Borrowed(reason),
-        }
-    }
-
-    /// 1007: the message content was not what the handler accepts.
-    pub fn invalid_data(reason: String) -> Self {
-        Self {
-            code: 1007,
-            reason: Cow::Owned(truncate_reason(reason)),
-        }
-    }
-}
-
-/// Close reasons must fit a control frame: at most 123 bytes of UTF-8.
-pub fn truncate_reason(mut reason: String) -> String {
-    const MAX: usize = crate::runtime::connection::MAX_CLOSE_REASON;
-    if reason.len() > MAX {
-        let mut end = MAX;
-        while !reason.is_char_boundary(end) {
-            end -= 1;
-        }
-        reason.truncate(end);
-    }
-    reason
+pub(crate) struct Handler {
+    spec: HandlerSpec,
+    flow: FlowPre,
 }
 
 /// Log how an execution ended and decide whether the connection must close.
 /// Details of a failure go to the log only, never to the client.
 fn report(handler: &Handler, connection: &ConnectionShared, outcome: Outcome) -> Option<Close> {
-    let app = &*handler.flow.app().name;
-    let flow = handler.flow.name();
-    let conn = connection.id;
     match outcome {
         Outcome::Completed => None,
         // A flow that fails because its client has gone is no news.
         Outcome::Failed(message) if connection.is_closed() => {
-            tracing::debug!(
-                app,
-                flow,
-                conn,
-                "flow returned an error after the close: {message}"
-            );
+            tracing::debug!("flow returned an error after the close: {message}");
             None
         }
         Outcome::Failed(message) => {
-            tracing::warn!(app, flow, conn, "flow returned an error: {message}");
+            tracing::warn!("flow returned an error: {message}");
             match handler.spec.mode {
                 Mode::Data => None,
                 Mode::Connection => Some(Close::FLOW_FAILED),
@@ -121,14 +60,14 @@ fn report(handler: &Handler, connection: &ConnectionShared, outcome: Outcome) ->
         Outcome::Trapped(trap) => {
             // The cause on one line; the wasm backtrace at debug level.
             let cause = trap.root_cause().to_string().replace('\n', " ");
-            tracing::error!(app, flow, conn, "flow trapped: {cause}");
-            tracing::debug!(app, flow, conn, "trap details: {trap:?}");
+            tracing::error!("flow trapped: {cause}");
+            tracing::debug!("trap details: {trap:?}");
             Some(Close::INTERNAL_ERROR)
         }
         Outcome::LimitExceeded(exceeded) => {
-            tracing::error!(app, flow, conn, "execution stopped: {exceeded}");
+            tracing::error!("execution stopped: {exceeded}");
             Some(if exceeded.is_client_fault() {
-                Close::POLICY_VIOLATION
+                Close::SLOW_CLIENT
             } else {
                 Close::INTERNAL_ERROR
             })
@@ -137,7 +76,7 @@ fn report(handler: &Handler, connection: &ConnectionShared, outcome: Outcome) ->
 }
 
 /// A running WebSocket listener for one `[[triggers]]` entry.
-pub struct WsTrigger {
+pub(crate) struct WsTrigger {
     app: Arc<AppInfo>,
     handlers: Vec<Arc<Handler>>,
     tls: Option<tokio_rustls::TlsAcceptor>,
@@ -173,36 +112,62 @@ impl Drop for OpenGuard {
 }
 
 impl WsTrigger {
-    pub fn new(app: Arc<AppInfo>, config: &TriggerConfig) -> Self {
-        let limits = config.limits.clone();
+    /// The trigger `spec` describes, for `app`, whose flows are `flows`.
+    /// Sets up TLS; fails (only) if the certificate or key cannot be used.
+    pub(crate) fn new(
+        app: Arc<AppInfo>,
+        spec: &TriggerSpec,
+        flows: &BTreeMap<String, FlowPre>,
+    ) -> anyhow::Result<Self> {
+        let tls = match &spec.tls {
+            Some(tls) => Some(tokio_rustls::TlsAcceptor::from(tls::server_config(tls)?)),
+            None => None,
+        };
+        let handlers = spec
+            .handlers
+            .iter()
+            .map(|handler| {
+                let flow = flows
+                    .get(&handler.flow)
+                    .expect("validation checked that every handler names a flow of its app");
+                Arc::new(Handler {
+                    spec: handler.clone(),
+                    flow: flow.clone(),
+                })
+            })
+            .collect();
+        let limits = spec.limits.clone();
         let ws_config = WebSocketConfig::default()
             .read_buffer_size(READ_BUFFER)
             .write_buffer_size(WRITE_BUFFER)
             .max_message_size(Some(limits.max_message_size))
             .max_frame_size(Some(limits.max_message_size));
-        Self {
+        Ok(Self {
             app,
-            handlers: config.handlers.clone(),
-            tls: config.tls.clone().map(tokio_rustls::TlsAcceptor::from),
+            handlers,
+            tls,
             limits,
-            allowed_origins: config.allowed_origins.clone(),
+            allowed_origins: spec.allowed_origins.clone(),
             ws_config,
             open: Arc::new(AtomicUsize::new(0)),
-        }
+        })
     }
 
-    pub fn handlers(&self) -> &[Arc<Handler>] {
-        &self.handlers
+    /// The request paths the trigger serves.
+    pub(crate) fn paths(&self) -> impl Iterator<Item = String> + '_ {
+        self.handlers
+            .iter()
+            .map(|handler| handler.spec.path.to_string())
     }
 
     /// `ws` or `wss`.
-    pub fn scheme(&self) -> &'static str {
+    pub(crate) fn scheme(&self) -> &'static str {
         if self.tls.is_some() { "wss" } else { "ws" }
     }
 
     /// Accept connections on an already-bound listener until `shutdown`.
     /// Each connection runs on `tracker`, so the caller can wait for them.
-    pub async fn serve(
+    pub(crate) async fn serve(
         self: Arc<Self>,
         listener: TcpListener,
         shutdown: CancellationToken,
@@ -217,7 +182,17 @@ impl WsTrigger {
                 Ok((stream, peer)) => {
                     let trigger = Arc::clone(&self);
                     let shutdown = shutdown.clone();
-                    tracker.spawn(async move { trigger.connection(stream, peer, shutdown).await });
+                    let span = tracing::info_span!(
+                        "conn",
+                        app = &*self.app.name,
+                        %peer,
+                        conn = tracing::field::Empty,
+                        path = tracing::field::Empty,
+                    );
+                    tracker.spawn(
+                        async move { trigger.connection(stream, peer, shutdown).await }
+                            .instrument(span),
+                    );
                 }
                 Err(error) => {
                     // Typically EMFILE: back off instead of spinning.
@@ -238,8 +213,8 @@ impl WsTrigger {
             Some(acceptor) => {
                 match tokio::time::timeout_at(deadline, Box::pin(acceptor.accept(stream))).await {
                     Ok(Ok(tls)) => Box::pin(self.serve_stream(tls, peer, deadline, shutdown)).await,
-                    Ok(Err(error)) => tracing::debug!(%peer, "TLS handshake failed: {error}"),
-                    Err(_elapsed) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    Ok(Err(error)) => tracing::debug!("TLS handshake failed: {error}"),
+                    Err(_elapsed) => tracing::debug!("TLS handshake timed out"),
                 }
             }
         }
@@ -314,7 +289,7 @@ impl WsTrigger {
         let mut admitted = None;
         let callback = |request: &Request, response: Response| -> Result<Response, ErrorResponse> {
             let accepted = self.admit(request).map_err(|refusal| {
-                tracing::debug!(%peer, path = request.uri().path(), status = %refusal.status, "upgrade refused: {}", refusal.body);
+                tracing::debug!(path = request.uri().path(), status = %refusal.status, "upgrade refused: {}", refusal.body);
                 refusal.into_response()
             })?;
             admitted = Some(accepted);
@@ -330,11 +305,11 @@ impl WsTrigger {
         let ws = match tokio::time::timeout_at(deadline, upgrade).await {
             Ok(Ok(ws)) => ws,
             Ok(Err(error)) => {
-                tracing::debug!(%peer, "handshake refused or failed: {error}");
+                tracing::debug!("handshake refused or failed: {error}");
                 return;
             }
             Err(_elapsed) => {
-                tracing::debug!(%peer, "handshake timed out");
+                tracing::debug!("handshake timed out");
                 return;
             }
         };
@@ -343,7 +318,10 @@ impl WsTrigger {
         };
         let handler = routed.handler;
         let id = NEXT_CONNECTION_ID.fetch_add(1, Ordering::Relaxed);
-        tracing::debug!(app = &*self.app.name, conn = id, %peer, path = %handler.spec.path, "connected");
+        let span = tracing::Span::current();
+        span.record("conn", id);
+        span.record("path", tracing::field::display(&handler.spec.path));
+        tracing::debug!("connected");
 
         let mut event = Event {
             mode: match handler.spec.mode {
@@ -374,6 +352,6 @@ impl WsTrigger {
             flow_side,
         ))
         .await;
-        tracing::debug!(app = &*self.app.name, conn = id, "disconnected");
+        tracing::debug!("disconnected");
     }
 }

@@ -1,14 +1,13 @@
 //! Declared parameters: the raw strings of a path parameter, query
 //! parameter or header, checked and converted to the declared type.
 
-use crate::manifest::ParamType;
-use crate::manifest::spec::ParamSpec;
+use crate::manifest::spec::{ParamSpec, ParamType};
 use crate::runtime::bindings::ParamValue;
 
 /// Convert the raw values given for a declared parameter. `kind` names the
 /// parameter's place (`query parameter`, ...) in the message. `Ok(None)`:
 /// absent and not required.
-pub fn convert(
+pub(super) fn convert(
     spec: &ParamSpec,
     kind: &str,
     raw: Vec<String>,

@@ -15,13 +15,11 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::sync::mpsc;
 use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_util::sync::CancellationToken;
 
-use super::Close;
 use crate::app::{AppInfo, AppStats};
+use crate::close::Close;
 use crate::manifest::spec::TriggerLimits;
 use crate::runtime::{ConnectionShared, Outbound};
 
@@ -51,7 +49,7 @@ const LINGER: Duration = Duration::from_secs(2);
 /// (`None` once the client has closed or the connection has failed) and
 /// returns the close to send. All three are polled by this one task, so a
 /// message crosses no thread and an idle connection costs one task.
-pub async fn run<S, F, Fut>(
+pub(super) async fn run<S, F, Fut>(
     ws: WebSocketStream<S>,
     id: u64,
     app: Arc<AppInfo>,
@@ -105,17 +103,14 @@ pub async fn run<S, F, Fut>(
     let control = async {
         let close = flow_side(Arc::clone(&shared), in_rx).await;
         if let Some(close) = close {
-            shared.close(close.code, close.reason).await;
+            shared.close(close).await;
         }
         // The reader ends once the closing handshake is complete.
         if tokio::time::timeout(CLOSE_TIMEOUT, reader_done.cancelled())
             .await
             .is_err()
         {
-            tracing::debug!(
-                conn = shared.id,
-                "client did not complete the closing handshake"
-            );
+            tracing::debug!("client did not complete the closing handshake");
             stop_reader.cancel();
         }
         // The writer sends what is still queued up to a close frame, then
@@ -184,9 +179,9 @@ where
             () = stop.cancelled() => {
                 // Only a queued close frame still matters.
                 while let Ok(next) = outbound.try_recv() {
-                    if let Outbound::Close(code, reason) = next {
+                    if let Outbound::Close(close) = next {
                         tokio::select! {
-                            () = send_close(&mut sink, code, reason) => {}
+                            () = send_close(&mut sink, close) => {}
                             () = abort.cancelled() => {}
                         }
                         break;
@@ -208,9 +203,9 @@ where
                     () = abort.cancelled() => return sink,
                 }
             }
-            Outbound::Close(code, reason) => {
+            Outbound::Close(close) => {
                 tokio::select! {
-                    () = send_close(&mut sink, code, reason) => {}
+                    () = send_close(&mut sink, close) => {}
                     () = abort.cancelled() => {}
                 }
                 return sink;
@@ -223,15 +218,11 @@ where
     }
 }
 
-async fn send_close<S>(sink: &mut Sink<S>, code: u16, reason: String)
+async fn send_close<S>(sink: &mut Sink<S>, close: Close)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let frame = CloseFrame {
-        code: CloseCode::from(code),
-        reason: reason.into(),
-    };
-    let _ = sink.send(Message::Close(Some(frame))).await;
+    let _ = sink.send(Message::Close(Some(close.into_frame()))).await;
 }
 
 /// Sleep for `duration`, or forever without one.
@@ -272,9 +263,8 @@ where
         let next = tokio::select! {
             next = stream.next() => next,
             () = sleep_or_never(idle) => {
-                tracing::debug!(conn = shared.id, "idle timeout");
-                let close = Close::IDLE;
-                shared.close(close.code, close.reason).await;
+                tracing::debug!("idle timeout");
+                shared.close(Close::IDLE).await;
                 continue;
             }
             () = abort.cancelled() => break,
@@ -296,8 +286,8 @@ where
             Ok(Message::Close(_)) => shared.mark_closed(),
             Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => {}
             Err(error) => {
-                if let Some((code, reason)) = close_for(&error) {
-                    shared.close(code, reason).await;
+                if let Some(close) = close_for(&error) {
+                    shared.close(close).await;
                 }
                 log_error("read", &error);
                 break;
@@ -310,11 +300,11 @@ where
 
 /// The close a protocol-level read error calls for, if the connection can
 /// still carry one.
-fn close_for(error: &tungstenite::Error) -> Option<(u16, &'static str)> {
+fn close_for(error: &tungstenite::Error) -> Option<Close> {
     match error {
-        tungstenite::Error::Protocol(_) => Some((1002, "protocol error")),
-        tungstenite::Error::Utf8(_) => Some((1007, "invalid UTF-8 in a text message")),
-        tungstenite::Error::Capacity(_) => Some((1009, "message too big")),
+        tungstenite::Error::Protocol(_) => Some(Close::PROTOCOL_ERROR),
+        tungstenite::Error::Utf8(_) => Some(Close::INVALID_UTF8),
+        tungstenite::Error::Capacity(_) => Some(Close::TOO_BIG),
         _ => None,
     }
 }

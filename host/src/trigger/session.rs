@@ -7,12 +7,13 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
-use super::{Close, Handler, report};
+use super::{Handler, report};
+use crate::close::Close;
 use crate::runtime::bindings::Event;
 use crate::runtime::{ConnectionShared, HostConnection};
 
 /// Run the connection's flow to its end. Returns the close to send.
-pub async fn run(
+pub(super) async fn run(
     handler: &Handler,
     shared: &Arc<ConnectionShared>,
     inbound: mpsc::Receiver<Message>,
@@ -20,14 +21,13 @@ pub async fn run(
     shutdown: &CancellationToken,
 ) -> Option<Close> {
     let connection = HostConnection::new(Arc::clone(shared), Some(inbound));
-    let execution = handler.flow.execute(&event, connection, shared.id, None);
+    let execution = handler.flow.execute(&event, connection, None);
     tokio::pin!(execution);
     let outcome = tokio::select! {
         finished = &mut execution => finished,
         () = shutdown.cancelled() => {
             // Tell the client; its close reply ends the flow's `receive`.
-            let close = Close::GOING_AWAY;
-            shared.close(close.code, close.reason).await;
+            shared.close(Close::GOING_AWAY).await;
             execution.await
         }
     };

@@ -12,7 +12,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use crate::manifest::spec::{PemSource, TlsSpec};
 
 /// Build the rustls configuration of a `[triggers.tls]` table.
-pub fn server_config(spec: &TlsSpec) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+pub(super) fn server_config(spec: &TlsSpec) -> anyhow::Result<Arc<rustls::ServerConfig>> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let certs = certificates(&spec.cert).context("cert")?;
     let key = private_key(&spec.key).context("key")?;

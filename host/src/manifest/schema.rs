@@ -1,0 +1,250 @@
+//! The `wsflow.toml` schema: serde structs only, with `deny_unknown_fields`
+//! so a misspelt key is an error. Every scalar a user may also write as
+//! `"${PROPERTY}"` is kept as a spanned [`toml::Value`] and converted by the
+//! one typed resolver in [`super::validate`].
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::spec::{Format, Instance, Mode, OnInvalid, ParamType};
+
+/// A scalar setting as written: a number, a boolean or a string (which may
+/// hold `${NAME}` references), with its place in the file.
+pub(crate) type Scalar = Spanned<toml::Value>;
+
+/// A whole manifest.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Manifest {
+    pub(crate) app: AppSection,
+    /// App properties: `NAME = "value"`, readable by flows.
+    #[serde(default)]
+    pub(crate) properties: BTreeMap<String, String>,
+    /// Flows by name: `[flows.NAME]`.
+    #[serde(default)]
+    pub(crate) flows: BTreeMap<String, FlowSection>,
+    /// Limits of the app's executions and connections.
+    #[serde(default)]
+    pub(crate) limits: LimitsSection,
+    /// App-level JSON schemas by name: `[schemas.NAME]`.
+    #[serde(default)]
+    pub(crate) schemas: BTreeMap<String, SchemaSource>,
+    /// `[[triggers]]`: one WebSocket listener each.
+    #[serde(default)]
+    pub(crate) triggers: Vec<TriggerSection>,
+}
+
+/// `[app]`
+///
+/// ```toml
+/// [app]
+/// name = "orders"
+/// ```
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AppSection {
+    pub(crate) name: Spanned<String>,
+}
+
+/// `[flows.NAME]`: a flow component and how to build it.
+///
+/// ```toml
+/// [flows.echo]
+/// component = "target/wasm32-wasip2/release/echo.wasm"
+/// build = "cargo build --release --target wasm32-wasip2"
+/// sources = ["src", "Cargo.toml"]
+/// ```
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FlowSection {
+    /// The component file, relative to the manifest's directory.
+    pub(crate) component: Spanned<String>,
+    /// A shell command, run in the manifest's directory, that builds the
+    /// component. `wsflow up` runs it when the component is missing or older
+    /// than any of `sources`.
+    pub(crate) build: Option<String>,
+    /// Files and directories whose changes make the component stale.
+    /// Default: `["src", "Cargo.toml"]`.
+    pub(crate) sources: Option<Vec<String>>,
+    /// Environment variables the flow sees (it sees no others).
+    #[serde(default)]
+    pub(crate) env: BTreeMap<String, Spanned<String>>,
+    /// A directory (relative to the manifest) the flow may read, at `/data`.
+    pub(crate) read_only_dir: Option<Spanned<String>>,
+}
+
+/// `[limits]`: what one app's executions and connections may use.
+///
+/// ```toml
+/// [limits]
+/// max_memory = "64MiB"         # linear memory per execution
+/// cpu_time = "1s"              # per execution, not counting waits
+/// wall_time = "10s"            # per data-mode execution
+/// max_executions = 256         # running at once
+/// max_connections = 10000      # open at once, all triggers together
+/// slow_client_timeout = "30s"  # a send waiting this long on a client: close 1008
+/// log_lines_per_second = 100   # guest output; bursts of ten times that
+/// ```
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct LimitsSection {
+    pub(crate) max_memory: Option<Scalar>,
+    pub(crate) cpu_time: Option<Scalar>,
+    pub(crate) wall_time: Option<Scalar>,
+    pub(crate) max_executions: Option<Scalar>,
+    pub(crate) max_connections: Option<Scalar>,
+    pub(crate) slow_client_timeout: Option<Scalar>,
+    pub(crate) log_lines_per_second: Option<Scalar>,
+}
+
+/// Where a JSON schema comes from: exactly one of `inline` (JSON text),
+/// `file` (relative to the manifest) or `app` (the name of a
+/// `[schemas.NAME]` entry; handlers only).
+///
+/// ```toml
+/// [schemas.order]
+/// file = "order.schema.json"
+///
+/// [[triggers.handlers]]
+/// schema = { app = "order" }
+/// # or: schema = { inline = '{"type": "object"}' }
+/// ```
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SchemaSource {
+    pub(crate) inline: Option<Spanned<String>>,
+    pub(crate) file: Option<Spanned<String>>,
+    pub(crate) app: Option<Spanned<String>>,
+}
+
+/// `[[triggers]]`: a WebSocket listener.
+///
+/// ```toml
+/// [[triggers]]
+/// port = 9998                  # or "${PORT}"
+/// host = "127.0.0.1"
+/// max_connections = 10000
+/// max_message_size = 1048576
+/// handshake_timeout = "10s"
+/// idle_timeout = "5m"
+/// ping_interval = "30s"
+/// allowed_origins = ["https://example.com"]
+/// ```
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TriggerSection {
+    /// Default 9998. Port 0 picks a free port. An integer, or a string
+    /// such as `"${PORT}"`.
+    pub(crate) port: Option<Scalar>,
+    /// The address to listen on. Default `127.0.0.1`; `0.0.0.0` for all
+    /// interfaces.
+    pub(crate) host: Option<Spanned<String>>,
+    /// TLS for this listener (`wss://`).
+    pub(crate) tls: Option<TlsSection>,
+    /// Connections beyond this are refused with HTTP 503 before the upgrade.
+    pub(crate) max_connections: Option<Scalar>,
+    /// Largest message or frame a client may send, in bytes (default 1 MiB;
+    /// larger: close 1009).
+    pub(crate) max_message_size: Option<Scalar>,
+    /// How long a client may take to complete TLS and the upgrade.
+    pub(crate) handshake_timeout: Option<Scalar>,
+    /// Close a connection (1001) after this long without a frame from the
+    /// client. Off by default.
+    pub(crate) idle_timeout: Option<Scalar>,
+    /// Send a ping this often. Off by default; `FLOGO_WEBSOCKET_SERVERPING=TRUE`
+    /// in the environment turns on a ping every 5 s.
+    pub(crate) ping_interval: Option<Scalar>,
+    /// When set, only upgrade requests whose `Origin` header is in the list
+    /// are accepted (others get HTTP 403).
+    pub(crate) allowed_origins: Option<Vec<Spanned<String>>>,
+    #[serde(default)]
+    pub(crate) handlers: Vec<HandlerSection>,
+}
+
+/// `[triggers.tls]`: serve `wss://`.
+///
+/// ```toml
+/// [triggers.tls]
+/// enabled = true
+/// cert = "certs/server.pem"    # a file, PEM text or base64 PEM (e.g. "${SERVER_CERT}")
+/// key = "certs/server.key"
+/// client_ca = ["certs/ca.pem"] # optional: require client certificates signed by these
+/// ```
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TlsSection {
+    /// Default true when the table is present.
+    pub(crate) enabled: Option<Scalar>,
+    pub(crate) cert: Option<Spanned<String>>,
+    pub(crate) key: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(crate) client_ca: Vec<Spanned<String>>,
+}
+
+/// `[[triggers.handlers]]`: a path served by a flow.
+///
+/// ```toml
+/// [[triggers.handlers]]
+/// path = "/orders/{region}"
+/// mode = "data"
+/// format = "json"
+/// schema = { app = "order" }
+/// on_invalid = "close"
+/// flow = "orders"
+/// query_params = [
+///   { name = "user", type = "string", required = true },
+///   { name = "tag", repeating = true },
+/// ]
+/// headers = [{ name = "X-Client" }]
+///
+/// [triggers.handlers.inputs]
+/// user = "$.queryParams.user"
+/// item = "$.content.item"
+/// ```
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct HandlerSection {
+    /// The request path; `{name}` segments are path parameters.
+    pub(crate) path: Spanned<String>,
+    #[serde(default)]
+    pub(crate) mode: Mode,
+    #[serde(default)]
+    pub(crate) format: Format,
+    /// JSON Schema every message must satisfy (`format = "json"` only).
+    pub(crate) schema: Option<Spanned<SchemaSource>>,
+    /// What a message that is not valid JSON or fails the schema gets.
+    #[serde(default)]
+    pub(crate) on_invalid: OnInvalid,
+    /// Data mode: a fresh instance per message (default) or one instance
+    /// reused for all messages of a connection.
+    pub(crate) instance: Option<Spanned<Instance>>,
+    /// The name of a `[flows.NAME]` entry.
+    pub(crate) flow: Spanned<String>,
+    #[serde(default)]
+    pub(crate) path_params: Vec<ParamSection>,
+    #[serde(default)]
+    pub(crate) query_params: Vec<ParamSection>,
+    #[serde(default)]
+    pub(crate) headers: Vec<ParamSection>,
+    /// Flow inputs by name, each mapped from a trigger output.
+    #[serde(default)]
+    pub(crate) inputs: BTreeMap<String, Spanned<String>>,
+}
+
+/// A declared path parameter, query parameter or header.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ParamSection {
+    pub(crate) name: Spanned<String>,
+    #[serde(default, rename = "type")]
+    pub(crate) ty: ParamType,
+    /// A list of values (a query parameter given several times, a header
+    /// given several times or with comma-separated values).
+    #[serde(default)]
+    pub(crate) repeating: bool,
+    /// Missing: HTTP 400 before the upgrade.
+    #[serde(default)]
+    pub(crate) required: bool,
+}

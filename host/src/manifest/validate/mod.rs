@@ -1,0 +1,336 @@
+//! Checks a parsed manifest for everything serde cannot see — property
+//! references, paths, references between sections, schema and certificate
+//! sources — and resolves it into an [`AppSpec`].
+
+mod scalar;
+mod trigger;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use toml::Spanned;
+
+use scalar::{Count, Scalar, Size};
+
+use super::schema::{self, FlowSection, LimitsSection, Manifest, SchemaSource};
+use super::spec::{AppLimits, AppSpec, BuildSpec, FlowGrants, FlowSpec, SchemaSpec};
+use super::{Environment, ManifestError, Properties};
+
+const NAME_HELP: &str = "use letters, digits, `-` and `_`, starting with a letter";
+
+/// What a flow is checked against when the manifest names no `sources`.
+const DEFAULT_SOURCES: [&str; 2] = ["src", "Cargo.toml"];
+
+/// A Rust flow's stack, data and heap need about this much to start.
+const MIN_MEMORY: usize = 1 << 20;
+
+/// The manifest being validated: where it is, its text (for line and column
+/// of errors), its properties and the environment it is validated in.
+pub(super) struct Source<'a> {
+    pub(super) path: &'a Path,
+    /// The directory relative paths are resolved against.
+    pub(super) dir: &'a Path,
+    pub(super) text: &'a str,
+    pub(super) properties: &'a Properties,
+    pub(super) env: &'a Environment,
+}
+
+impl Source<'_> {
+    /// An error located at `span` in this manifest.
+    fn error_at(&self, span: std::ops::Range<usize>, message: impl Into<String>) -> ManifestError {
+        ManifestError::new(self.path, message).at(self.text, span)
+    }
+
+    /// An error about the manifest as a whole (no one place to point at).
+    fn error(&self, message: impl Into<String>) -> ManifestError {
+        ManifestError::new(self.path, message)
+    }
+
+    /// A string setting with its `${NAME}` property references replaced.
+    fn text(&self, key: &str, value: &Spanned<String>) -> Result<String, ManifestError> {
+        self.substitute(key, value.get_ref(), value.span())
+    }
+
+    fn substitute(
+        &self,
+        key: &str,
+        text: &str,
+        span: std::ops::Range<usize>,
+    ) -> Result<String, ManifestError> {
+        self.properties.substitute(text).map_err(|problem| {
+            self.error_at(span, format!("{key}: {problem}"))
+                .help(problem.help())
+        })
+    }
+
+    /// A scalar setting converted to `T`, from its own TOML type or from a
+    /// string (after property substitution).
+    fn scalar<T: Scalar>(&self, key: &str, value: &schema::Scalar) -> Result<T, ManifestError> {
+        let converted = match value.get_ref() {
+            toml::Value::Integer(n) => T::from_integer(*n),
+            toml::Value::Boolean(b) => T::from_bool(*b),
+            toml::Value::String(text) => T::from_text(&self.substitute(key, text, value.span())?),
+            other => Err(format!(
+                "expected {}, found {}",
+                T::EXPECTED,
+                other.type_str()
+            )),
+        };
+        converted.map_err(|problem| {
+            let error = self.error_at(value.span(), format!("{key}: {problem}"));
+            match T::HELP {
+                Some(help) => error.help(help),
+                None => error,
+            }
+        })
+    }
+
+    /// A count that must be at least 1.
+    fn positive(&self, key: &str, value: &schema::Scalar) -> Result<usize, ManifestError> {
+        let Count(n) = self.scalar(key, value)?;
+        match usize::try_from(n) {
+            Ok(n) if n > 0 => Ok(n),
+            _ => Err(self
+                .error_at(value.span(), format!("{key}: must be at least 1"))
+                .help("remove the setting to use the default")),
+        }
+    }
+
+    /// A duration that must be longer than zero.
+    fn duration(&self, key: &str, value: &schema::Scalar) -> Result<Duration, ManifestError> {
+        let duration: Duration = self.scalar(key, value)?;
+        if duration.is_zero() {
+            return Err(self
+                .error_at(value.span(), format!("{key}: must be longer than zero"))
+                .help("remove the setting to turn it off"));
+        }
+        Ok(duration)
+    }
+
+    fn join(&self, relative: &str) -> PathBuf {
+        self.dir.join(relative)
+    }
+}
+
+/// Validate `manifest` and resolve it into the app it describes.
+pub(super) fn resolve(source: &Source<'_>, manifest: &Manifest) -> Result<AppSpec, ManifestError> {
+    let name = &manifest.app.name;
+    if !is_valid_name(name.get_ref()) {
+        return Err(source
+            .error_at(
+                name.span(),
+                format!("app.name: `{}` is not a valid app name", name.get_ref()),
+            )
+            .help(NAME_HELP));
+    }
+    let flows = manifest
+        .flows
+        .iter()
+        .map(|(flow_name, flow)| resolve_flow(source, flow_name, flow))
+        .collect::<Result<Vec<_>, _>>()?;
+
+    let mut schemas = BTreeMap::new();
+    for (schema_name, schema) in &manifest.schemas {
+        let key = format!("schemas.{schema_name}");
+        if schema.app.is_some() {
+            return Err(source
+                .error(format!(
+                    "{key}: an app-level schema cannot refer to another with `app`"
+                ))
+                .help("give the schema as `inline` JSON text or as a `file`"));
+        }
+        schemas.insert(
+            schema_name.as_str(),
+            load_schema(source, &key, schema, None)?,
+        );
+    }
+
+    let triggers = trigger::resolve_all(source, manifest, &schemas)?;
+    Ok(AppSpec {
+        name: name.get_ref().clone(),
+        manifest: source.path.to_path_buf(),
+        properties: source.properties.values().clone(),
+        limits: resolve_limits(source, &manifest.limits)?,
+        flows,
+        triggers,
+    })
+}
+
+fn resolve_flow(
+    source: &Source<'_>,
+    name: &str,
+    flow: &FlowSection,
+) -> Result<FlowSpec, ManifestError> {
+    let key = format!("flows.{name}");
+    if !is_valid_name(name) {
+        return Err(source
+            .error(format!("{key}: `{name}` is not a valid flow name"))
+            .help(NAME_HELP));
+    }
+    let component = source.text(&format!("{key}.component"), &flow.component)?;
+    if component.trim().is_empty() {
+        return Err(source
+            .error_at(flow.component.span(), format!("{key}.component is empty"))
+            .help("give the path of the flow's .wasm component file"));
+    }
+    let env = flow
+        .env
+        .iter()
+        .map(|(var, value)| {
+            Ok((
+                var.clone(),
+                source.text(&format!("{key}.env.{var}"), value)?,
+            ))
+        })
+        .collect::<Result<Vec<_>, ManifestError>>()?;
+    let read_only_dir = match &flow.read_only_dir {
+        None => None,
+        Some(dir) => {
+            let path = source.join(&source.text(&format!("{key}.read_only_dir"), dir)?);
+            if !path.is_dir() {
+                return Err(source
+                    .error_at(
+                        dir.span(),
+                        format!("{key}.read_only_dir: {} is not a directory", path.display()),
+                    )
+                    .help("give a directory relative to the manifest"));
+            }
+            Some(path)
+        }
+    };
+    let build = flow.build.as_ref().map(|command| BuildSpec {
+        command: command.clone(),
+        dir: source.dir.to_path_buf(),
+        sources: match &flow.sources {
+            Some(sources) => sources.iter().map(|s| source.join(s)).collect(),
+            None => DEFAULT_SOURCES.iter().map(|s| source.join(s)).collect(),
+        },
+    });
+    Ok(FlowSpec {
+        name: name.to_owned(),
+        component: source.join(&component),
+        grants: FlowGrants { env, read_only_dir },
+        build,
+    })
+}
+
+fn resolve_limits(
+    source: &Source<'_>,
+    section: &LimitsSection,
+) -> Result<AppLimits, ManifestError> {
+    let mut limits = AppLimits::default();
+    if let Some(value) = &section.max_memory {
+        let Size(size) = source.scalar("limits.max_memory", value)?;
+        if size < MIN_MEMORY {
+            return Err(source.error_at(value.span(), "limits.max_memory: must be at least 1MiB"));
+        }
+        limits.max_memory = size;
+    }
+    if let Some(value) = &section.cpu_time {
+        limits.cpu_time = source.duration("limits.cpu_time", value)?;
+    }
+    if let Some(value) = &section.wall_time {
+        limits.wall_time = source.duration("limits.wall_time", value)?;
+    }
+    if let Some(value) = &section.max_executions {
+        limits.max_executions = source.positive("limits.max_executions", value)?;
+    }
+    if let Some(value) = &section.max_connections {
+        limits.max_connections = source.positive("limits.max_connections", value)?;
+    }
+    if let Some(value) = &section.slow_client_timeout {
+        limits.slow_client_timeout = source.duration("limits.slow_client_timeout", value)?;
+    }
+    if let Some(value) = &section.log_lines_per_second {
+        let lines = source.positive("limits.log_lines_per_second", value)?;
+        limits.log_lines_per_second = u32::try_from(lines).unwrap_or(u32::MAX);
+    }
+    Ok(limits)
+}
+
+/// Read, parse and compile a schema given `inline`, as a `file`, or (for
+/// handlers, with `app_schemas`) by the name of an app-level schema.
+pub(super) fn load_schema(
+    source: &Source<'_>,
+    key: &str,
+    schema: &SchemaSource,
+    app_schemas: Option<&BTreeMap<&str, SchemaSpec>>,
+) -> Result<SchemaSpec, ManifestError> {
+    let given = [
+        schema.inline.is_some(),
+        schema.file.is_some(),
+        schema.app.is_some(),
+    ];
+    if given.iter().filter(|given| **given).count() != 1 {
+        let choices = if app_schemas.is_some() {
+            "`inline`, `file` or `app`"
+        } else {
+            "`inline` or `file`"
+        };
+        return Err(source
+            .error(format!("{key}: give exactly one of {choices}"))
+            .help("e.g. schema = { app = \"order\" } or { file = \"order.schema.json\" }"));
+    }
+    if let (Some(name), Some(app_schemas)) = (&schema.app, app_schemas) {
+        let text = source.text(&format!("{key}.app"), name)?;
+        return app_schemas.get(text.as_str()).cloned().ok_or_else(|| {
+            let known: Vec<&str> = app_schemas.keys().copied().collect();
+            source
+                .error_at(
+                    name.span(),
+                    format!("{key}.app: there is no app-level schema `{text}`"),
+                )
+                .help(if known.is_empty() {
+                    format!("define it in a [schemas.{text}] table")
+                } else {
+                    format!(
+                        "define [schemas.{text}] or use one of: {}",
+                        known.join(", ")
+                    )
+                })
+        });
+    }
+    let (origin, text, span) = if let Some(inline) = &schema.inline {
+        (
+            "the inline schema".to_owned(),
+            source.text(&format!("{key}.inline"), inline)?,
+            inline.span(),
+        )
+    } else {
+        let path_value = schema.file.as_ref().expect("one source is given");
+        let path = source.join(&source.text(&format!("{key}.file"), path_value)?);
+        let text = std::fs::read_to_string(&path).map_err(|error| {
+            source
+                .error_at(
+                    path_value.span(),
+                    format!("{key}.file: cannot read {}: {error}", path.display()),
+                )
+                .help("give the schema file's path relative to the manifest")
+        })?;
+        (path.display().to_string(), text, path_value.span())
+    };
+    let json: serde_json::Value = serde_json::from_str(&text).map_err(|error| {
+        source.error_at(
+            span.clone(),
+            format!("{key}: {origin} is not valid JSON: {error}"),
+        )
+    })?;
+    let validator = jsonschema::validator_for(&json).map_err(|error| {
+        source.error_at(
+            span,
+            format!("{key}: {origin} is not a valid JSON Schema: {error}"),
+        )
+    })?;
+    Ok(SchemaSpec {
+        validator: Arc::new(validator),
+    })
+}
+
+/// App and flow names appear in logs and metrics; keep them plain.
+fn is_valid_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}

@@ -1,0 +1,195 @@
+//! The one typed resolver for scalar settings. A setting such as `port`,
+//! `max_memory`, `cpu_time` or `tls.enabled` may be written as a TOML value
+//! of its own type or as a string (which may hold `${NAME}` references);
+//! each target type says here how to read either.
+
+use std::time::Duration;
+
+/// A type a scalar setting converts to. Each method returns the problem
+/// (without the key, which the resolver adds) when the value does not fit.
+pub(super) trait Scalar: Sized {
+    /// What the setting takes, for "expected ..., found ..." messages.
+    const EXPECTED: &'static str;
+    /// How to fix a bad value, when there is more to say than `EXPECTED`.
+    const HELP: Option<&'static str> = None;
+
+    fn from_integer(n: i64) -> Result<Self, String> {
+        Err(format!("expected {}, found the number {n}", Self::EXPECTED))
+    }
+
+    fn from_bool(b: bool) -> Result<Self, String> {
+        Err(format!("expected {}, found {b}", Self::EXPECTED))
+    }
+
+    fn from_text(text: &str) -> Result<Self, String>;
+}
+
+/// A TCP port (0 picks a free one).
+pub(super) struct Port(pub(super) u16);
+
+impl Scalar for Port {
+    const EXPECTED: &'static str = "a number";
+    const HELP: Option<&'static str> =
+        Some("use a number from 0 to 65535 (0 picks a free port), or \"${NAME}\" of a property");
+
+    fn from_integer(n: i64) -> Result<Self, String> {
+        u16::try_from(n)
+            .map(Port)
+            .map_err(|_| format!("{n} is not a port number"))
+    }
+
+    fn from_text(text: &str) -> Result<Self, String> {
+        text.trim()
+            .parse()
+            .map(Port)
+            .map_err(|_| format!("`{text}` is not a port number"))
+    }
+}
+
+/// A byte size: `1048576`, `"512KiB"`, `"64MiB"`, `"1GiB"`.
+pub(super) struct Size(pub(super) usize);
+
+impl Scalar for Size {
+    const EXPECTED: &'static str = "a size such as \"64MiB\"";
+
+    fn from_integer(n: i64) -> Result<Self, String> {
+        usize::try_from(n)
+            .map(Size)
+            .map_err(|_| format!("{n} is not a size"))
+    }
+
+    fn from_text(text: &str) -> Result<Self, String> {
+        parse_size(text).map(Size)
+    }
+}
+
+/// A whole number of things (connections, lines, bytes).
+pub(super) struct Count(pub(super) u64);
+
+impl Scalar for Count {
+    const EXPECTED: &'static str = "a whole number";
+
+    fn from_integer(n: i64) -> Result<Self, String> {
+        u64::try_from(n)
+            .map(Count)
+            .map_err(|_| format!("{n} is not a whole number"))
+    }
+
+    fn from_text(text: &str) -> Result<Self, String> {
+        text.trim()
+            .parse()
+            .map(Count)
+            .map_err(|_| format!("`{text}` is not a whole number"))
+    }
+}
+
+impl Scalar for bool {
+    const EXPECTED: &'static str = "true or false";
+
+    fn from_bool(b: bool) -> Result<Self, String> {
+        Ok(b)
+    }
+
+    fn from_text(text: &str) -> Result<Self, String> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "true" => Ok(true),
+            "false" => Ok(false),
+            _ => Err(format!("`{text}` is not true or false")),
+        }
+    }
+}
+
+impl Scalar for Duration {
+    const EXPECTED: &'static str = "a duration such as \"10s\"";
+
+    fn from_text(text: &str) -> Result<Self, String> {
+        parse_duration(text)
+    }
+}
+
+/// Parse a byte size: `1048576`, `512KiB`, `64MiB`, `1GiB`.
+pub(crate) fn parse_size(text: &str) -> Result<usize, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: usize = number
+        .parse()
+        .map_err(|_| format!("`{text}` does not start with a whole number"))?;
+    let scale: usize = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        other => {
+            return Err(format!(
+                "`{other}` is not a size unit; use B, KiB, MiB or GiB"
+            ));
+        }
+    };
+    number
+        .checked_mul(scale)
+        .ok_or_else(|| format!("`{text}` is too large"))
+}
+
+/// Parse `500ms`, `10s`, `5m`, `1h`.
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("`{text}` has no unit; write e.g. \"500ms\", \"10s\", \"5m\""))?;
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` does not start with a whole number"))?;
+    let seconds = |n: u64| Duration::from_secs(n);
+    match unit.trim() {
+        "ms" => Ok(Duration::from_millis(number)),
+        "s" => Ok(seconds(number)),
+        "m" => Ok(seconds(number * 60)),
+        "h" => Ok(seconds(number * 3600)),
+        other => Err(format!(
+            "`{other}` is not a duration unit; use ms, s, m or h"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_sizes() {
+        assert_eq!(parse_size("1024"), Ok(1024));
+        assert_eq!(parse_size("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_size("512 KiB"), Ok(512 << 10));
+        assert!(parse_size("1MB").is_err());
+        assert!(parse_size("lots").is_err());
+    }
+
+    #[test]
+    fn parses_durations() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert!(parse_duration("10").is_err());
+        assert!(parse_duration("ten s").is_err());
+        assert!(parse_duration("5 days").is_err());
+    }
+
+    #[test]
+    fn each_type_reads_its_own_toml_type_and_text() {
+        assert_eq!(Port::from_integer(8080).unwrap().0, 8080);
+        assert_eq!(Port::from_text(" 8080 ").unwrap().0, 8080);
+        assert!(Port::from_integer(70000).is_err());
+        assert!(Port::from_bool(true).is_err());
+        assert_eq!(Size::from_text("2MiB").unwrap().0, 2 << 20);
+        assert!(Size::from_integer(-1).is_err());
+        assert!(bool::from_text("TRUE").unwrap());
+        assert!(bool::from_text("yes").is_err());
+        assert!(Duration::from_integer(5).is_err());
+        assert_eq!(Count::from_text("7").unwrap().0, 7);
+    }
+}
