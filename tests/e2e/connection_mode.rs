@@ -3,15 +3,16 @@
 
 use tokio_tungstenite::MaybeTlsStream;
 use tokio_tungstenite::tungstenite::Message;
+use toml::toml;
 use wsflow_tests::{
-    TestServer, connect, next_close, next_message, next_text, programs, send_text,
-    single_handler_manifest, wait_for_log,
+    Manifest, TestServer, connect, next_close, next_message, next_text, programs, send_text,
 };
 
-fn session_manifest() -> String {
-    single_handler_manifest(
+fn session_manifest() -> Manifest {
+    Manifest::one_flow(
+        "session",
         programs::SESSION,
-        "path = \"/session\"\nmode = \"connection\"",
+        toml! { path = "/session" mode = "connection" },
     )
 }
 
@@ -51,6 +52,8 @@ async fn a_client_close_is_seen_by_receive() {
     };
     let local = tcp.local_addr().unwrap();
     client.close(None).await.unwrap();
-    let line = wait_for_log(&format!("after 4 message(s) from {local}")).await;
+    let line = server
+        .wait_for_log(&format!("after 4 message(s) from {local}"))
+        .await;
     assert!(line.contains("client closed connection"), "{line}");
 }

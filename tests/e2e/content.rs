@@ -3,8 +3,10 @@
 //! schema can be inline, a file or app-level; inputs map trigger outputs.
 
 use serde_json::json;
+use toml::{Table, toml};
 use wsflow_tests::{
-    TestServer, connect, next_close, next_json, programs, request, send_text, try_connect,
+    Manifest, TestServer, connect, merged, next_close, next_json, programs, request, send_text,
+    table, try_connect,
 };
 
 const ORDER_SCHEMA: &str = r#"{
@@ -16,35 +18,18 @@ const ORDER_SCHEMA: &str = r#"{
   "required": ["item", "qty"]
 }"#;
 
-fn manifest(schema: &str, extra: &str) -> String {
-    format!(
-        r#"
-[app]
-name = "content"
-
-[schemas.order]
-inline = '''{ORDER_SCHEMA}'''
-
-[flows.main]
-component = "{}"
-
-[[triggers]]
-port = 0
-
-[[triggers.handlers]]
-path = "/orders"
-format = "json"
-flow = "main"
-{schema}
-{extra}
-"#,
-        programs::PARAMS
-    )
+/// App `content` with the app-level schema `order`, serving the params
+/// program at `path` as JSON, with more handler `settings`.
+fn manifest(path: &str, settings: Table) -> Manifest {
+    let handler = table([("path", path.into()), ("format", "json".into())]);
+    Manifest::one_flow("content", programs::PARAMS, merged(handler, settings))
+        .schema("order", table([("inline", ORDER_SCHEMA.into())]))
 }
 
 #[tokio::test]
 async fn valid_json_reaches_the_flow_parsed() {
-    let server = TestServer::start(&manifest("schema = { app = \"order\" }", "")).await;
+    let server =
+        TestServer::start(&manifest("/orders", toml! { schema = { app = "order" } })).await;
     let mut client = connect(&server.url("/orders")).await;
     send_text(&mut client, r#"{"item": "tea", "qty": 2}"#).await;
     let reply = next_json(&mut client).await;
@@ -56,7 +41,7 @@ async fn valid_json_reaches_the_flow_parsed() {
 
 #[tokio::test]
 async fn invalid_json_closes_with_1007_without_running_the_flow() {
-    let server = TestServer::start(&manifest("", "")).await;
+    let server = TestServer::start(&manifest("/orders", Table::new())).await;
     let mut client = connect(&server.url("/orders")).await;
     send_text(&mut client, "{not json").await;
     // The flow would have replied; the next frame is the close.
@@ -71,10 +56,10 @@ async fn invalid_json_closes_with_1007_without_running_the_flow() {
 #[tokio::test]
 async fn schema_violations_close_with_1007_naming_the_pointer() {
     for schema in [
-        "schema = { app = \"order\" }".to_owned(),
-        format!("schema = {{ inline = '''{ORDER_SCHEMA}''' }}"),
+        toml! { schema = { app = "order" } },
+        table([("schema", table([("inline", ORDER_SCHEMA.into())]).into())]),
     ] {
-        let server = TestServer::start(&manifest(&schema, "")).await;
+        let server = TestServer::start(&manifest("/orders", schema)).await;
         let mut client = connect(&server.url("/orders")).await;
         send_text(&mut client, r#"{"item": "tea", "qty": 0}"#).await;
         let close = next_close(&mut client).await;
@@ -91,8 +76,11 @@ async fn schema_from_a_file_is_enforced_and_long_reasons_fit_a_close_frame() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("order.schema.json");
     std::fs::write(&path, ORDER_SCHEMA).unwrap();
-    let schema = format!("schema = {{ file = \"{}\" }}", path.display());
-    let server = TestServer::start(&manifest(&schema, "")).await;
+    let schema = table([(
+        "schema",
+        table([("file", path.display().to_string().into())]).into(),
+    )]);
+    let server = TestServer::start(&manifest("/orders", schema)).await;
     let mut client = connect(&server.url("/orders")).await;
     let long_item = "x".repeat(300);
     send_text(
@@ -113,8 +101,8 @@ async fn schema_from_a_file_is_enforced_and_long_reasons_fit_a_close_frame() {
 #[tokio::test]
 async fn on_invalid_reply_answers_with_an_error_and_keeps_the_connection() {
     let server = TestServer::start(&manifest(
-        "schema = { app = \"order\" }",
-        "on_invalid = \"reply\"",
+        "/orders",
+        toml! { schema = { app = "order" } on_invalid = "reply" },
     ))
     .await;
     let mut client = connect(&server.url("/orders")).await;
@@ -132,19 +120,19 @@ async fn on_invalid_reply_answers_with_an_error_and_keeps_the_connection() {
 
 #[tokio::test]
 async fn inputs_are_mapped_from_trigger_outputs() {
-    let inputs = r#"query_params = [{ name = "priority", type = "number" }]
+    let inputs = toml! {
+        query_params = [{ name = "priority", type = "number" }]
 
-[triggers.handlers.inputs]
-region = "$.pathParams.region"
-priority = "$.queryParams.priority"
-missing = "$.queryParams.nothing"
-client = "$.headers.X-Client"
-order = "$.content"
-item = "$.content.item"
-first_tag = "$.content.tags[0]"
-"#;
-    let manifest =
-        manifest("", inputs).replace("path = \"/orders\"", "path = \"/orders/{region}\"");
+        [inputs]
+        region = "$.pathParams.region"
+        priority = "$.queryParams.priority"
+        missing = "$.queryParams.nothing"
+        client = "$.headers.X-Client"
+        order = "$.content"
+        item = "$.content.item"
+        first_tag = "$.content.tags[0]"
+    };
+    let manifest = manifest("/orders/{region}", inputs);
     let server = TestServer::start(&manifest).await;
     let url = server.url("/orders/eu?priority=3");
     let mut client = try_connect(request(&url, &[("x-client", "cli")]))
@@ -168,12 +156,8 @@ first_tag = "$.content.tags[0]"
 
 #[tokio::test]
 async fn properties_fill_settings_and_reach_the_flow() {
-    let manifest = manifest("", "")
-        .replace("path = \"/orders\"", "path = \"${BASE}/orders\"")
-        .replace(
-            "[schemas.order]",
-            "[properties]\nBASE = \"/v1\"\nGREETING = \"hi\"\n\n[schemas.order]",
-        );
+    let manifest =
+        manifest("${BASE}/orders", Table::new()).properties(toml! { BASE = "/v1" GREETING = "hi" });
     let server = TestServer::start(&manifest).await;
     let mut client = connect(&server.url("/v1/orders")).await;
     send_text(&mut client, "{}").await;

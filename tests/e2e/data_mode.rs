@@ -3,12 +3,15 @@
 
 use futures_util::SinkExt;
 use tokio_tungstenite::tungstenite::{self, Message};
-use wsflow_tests::{
-    TestServer, connect, next_message, next_text, programs, send_text, single_handler_manifest,
-};
+use toml::toml;
+use wsflow_tests::{Manifest, TestServer, connect, next_message, next_text, programs, send_text};
 
-fn echo_server_manifest() -> String {
-    single_handler_manifest(programs::EXAMPLE_ECHO, "path = \"/echo\"\nmode = \"data\"")
+fn echo_server_manifest() -> Manifest {
+    Manifest::one_flow(
+        "echo",
+        programs::EXAMPLE_ECHO,
+        toml! { path = "/echo" mode = "data" },
+    )
 }
 
 #[tokio::test]
@@ -80,9 +83,10 @@ async fn unknown_path_is_refused_with_404_before_the_upgrade() {
 
 #[tokio::test]
 async fn flow_sees_path_query_and_header_params() {
-    let manifest = single_handler_manifest(
+    let manifest = Manifest::one_flow(
+        "params",
         programs::PARAMS,
-        "path = \"/rooms/{room}/{user}\"\nmode = \"data\"",
+        toml! { path = "/rooms/{room}/{user}" mode = "data" },
     );
     let server = TestServer::start(&manifest).await;
     let url = server.url("/rooms/blue%20sky/ann?tag=a&tag=b&q=x+y");
@@ -120,9 +124,10 @@ async fn counts(url: &str, messages: usize) -> Vec<String> {
 
 #[tokio::test]
 async fn each_message_gets_a_fresh_instance_by_default() {
-    let server = TestServer::start(&single_handler_manifest(
+    let server = TestServer::start(&Manifest::one_flow(
+        "counter",
         programs::COUNTER,
-        "path = \"/count\"",
+        toml! { path = "/count" },
     ))
     .await;
     assert_eq!(counts(&server.url("/count"), 3).await, ["1", "1", "1"]);
@@ -130,8 +135,11 @@ async fn each_message_gets_a_fresh_instance_by_default() {
 
 #[tokio::test]
 async fn instance_reuse_keeps_state_per_connection_only() {
-    let manifest =
-        single_handler_manifest(programs::COUNTER, "path = \"/count\"\ninstance = \"reuse\"");
+    let manifest = Manifest::one_flow(
+        "counter",
+        programs::COUNTER,
+        toml! { path = "/count" instance = "reuse" },
+    );
     let server = TestServer::start(&manifest).await;
     let url = server.url("/count");
     assert_eq!(counts(&url, 3).await, ["1", "2", "3"]);

@@ -2,29 +2,47 @@
 //! the harness built and a free port).
 
 use serde_json::json;
+use toml::Table;
 use wsflow_tests::{
-    Refused, TestServer, connect, next_close, next_json, next_text, programs, request, send_text,
-    try_connect,
+    Manifest, Refused, TestServer, connect, next_close, next_json, next_text, programs, request,
+    send_text, try_connect,
 };
 
-/// An example's manifest, pointed at the harness-built component and port 0.
-fn example_manifest(example: &str, component: &str) -> String {
-    let path = format!("../examples/{example}/wsflow.toml");
-    let manifest = std::fs::read_to_string(&path).unwrap();
-    let original = manifest
-        .lines()
-        .find(|line| line.starts_with("component = "))
-        .unwrap_or_else(|| panic!("{path} names a component"));
-    let schema_dir = std::fs::canonicalize(format!("../examples/{example}")).unwrap();
-    manifest
-        .replace(original, &format!("component = \"{component}\""))
-        .replace("port = 9998", "port = 0")
-        .replace("file = \"", &format!("file = \"{}/", schema_dir.display()))
+/// Example `example`'s manifest with its flow `flow` pointed at the
+/// harness-built `component`, every trigger on a free port, and schema
+/// files found in the example's folder. Each change is made by key, so a
+/// key the example no longer has fails here.
+fn example_manifest(example: &str, flow: &str, component: &str) -> Manifest {
+    let dir = std::fs::canonicalize(format!("../examples/{example}")).unwrap();
+    let path = dir.join("wsflow.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let mut manifest: Table = text
+        .parse()
+        .unwrap_or_else(|error| panic!("{}: {error}", path.display()));
+
+    manifest["flows"][flow]["component"] = component.into();
+    let triggers = manifest["triggers"].as_array_mut().expect("[[triggers]]");
+    for trigger in triggers {
+        trigger["port"] = 0.into();
+    }
+    if let Some(schemas) = manifest.get_mut("schemas") {
+        let schemas = schemas.as_table_mut().expect("[schemas]");
+        for (_, schema) in schemas.iter_mut() {
+            let file = schema["file"].as_str().expect("a schema file");
+            schema["file"] = dir.join(file).display().to_string().into();
+        }
+    }
+    Manifest::from_table(manifest)
 }
 
 #[tokio::test]
 async fn orders_replies_with_the_typed_order() {
-    let server = TestServer::start(&example_manifest("orders", programs::EXAMPLE_ORDERS)).await;
+    let server = TestServer::start(&example_manifest(
+        "orders",
+        "orders",
+        programs::EXAMPLE_ORDERS,
+    ))
+    .await;
     let url = server.url("/orders/eu?user=ann&priority=2&tag=gift&tag=rush");
     let mut client = try_connect(request(&url, &[("X-Client", "tests")]))
         .await
@@ -68,7 +86,7 @@ async fn orders_replies_with_the_typed_order() {
 
 #[tokio::test]
 async fn echo_example_echoes() {
-    let server = TestServer::start(&example_manifest("echo", programs::EXAMPLE_ECHO)).await;
+    let server = TestServer::start(&example_manifest("echo", "echo", programs::EXAMPLE_ECHO)).await;
     let mut client = connect(&server.url("/echo")).await;
     send_text(&mut client, "hello").await;
     assert_eq!(next_text(&mut client).await, "hello");
@@ -77,6 +95,7 @@ async fn echo_example_echoes() {
 #[tokio::test]
 async fn chat_session_example_holds_a_conversation() {
     let server = TestServer::start(&example_manifest(
+        "chat-session",
         "chat-session",
         programs::EXAMPLE_CHAT_SESSION,
     ))

@@ -1,13 +1,15 @@
 //! A flow that fails keeps its connection; a flow that traps loses only its
 //! own connection.
 
-use wsflow_tests::{
-    TestServer, connect, next_close, next_text, programs, send_text, single_handler_manifest,
-    wait_for_log,
-};
+use toml::toml;
+use wsflow_tests::{Manifest, TestServer, connect, next_close, next_text, programs, send_text};
 
-fn flaky_manifest() -> String {
-    single_handler_manifest(programs::FLAKY, "path = \"/flaky\"\nmode = \"data\"")
+fn flaky_manifest() -> Manifest {
+    Manifest::one_flow(
+        "flaky",
+        programs::FLAKY,
+        toml! { path = "/flaky" mode = "data" },
+    )
 }
 
 #[tokio::test]
@@ -17,7 +19,9 @@ async fn a_failing_flow_is_logged_and_the_connection_stays_open() {
     send_text(&mut client, "fail").await;
     send_text(&mut client, "still there?").await;
     assert_eq!(next_text(&mut client).await, "still there?");
-    let line = wait_for_log("flow returned an error: asked to fail").await;
+    let line = server
+        .wait_for_log("flow returned an error: asked to fail")
+        .await;
     assert!(line.contains("WARN"), "{line}");
 }
 
@@ -40,5 +44,5 @@ async fn a_trapping_flow_closes_only_its_connection_with_1011() {
     let mut newcomer = connect(&url).await;
     send_text(&mut newcomer, "new").await;
     assert_eq!(next_text(&mut newcomer).await, "new");
-    wait_for_log("flow trapped").await;
+    server.wait_for_log("flow trapped").await;
 }

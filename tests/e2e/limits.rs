@@ -6,19 +6,27 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use tokio::io::AsyncReadExt;
 use tokio_tungstenite::tungstenite::Message;
+use toml::{Table, toml};
 use wsflow_tests::{
-    Refused, TIMEOUT, TestServer, connect, local_addr, next_close, next_message, next_text,
-    programs, request, send_text, single_handler_manifest, try_connect,
+    Manifest, Refused, TIMEOUT, TestServer, Trigger, connect, local_addr, next_close, next_message,
+    next_text, programs, request, send_text, try_connect,
 };
 
-fn echo_with(trigger_settings: &str) -> String {
-    single_handler_manifest(programs::EXAMPLE_ECHO, "path = \"/echo\"")
-        .replace("port = 0", &format!("port = 0\n{trigger_settings}"))
+/// App `echo` serving the echo example at `/echo`, on a trigger with
+/// `trigger_settings`.
+fn echo_with(trigger_settings: Table) -> Manifest {
+    Manifest::app("echo")
+        .flow("main", programs::EXAMPLE_ECHO)
+        .trigger(
+            Trigger::on_port(0)
+                .with(trigger_settings)
+                .handler(toml! { path = "/echo" flow = "main" }),
+        )
 }
 
 #[tokio::test]
 async fn a_message_over_the_size_limit_closes_with_1009() {
-    let server = TestServer::start(&echo_with("max_message_size = 1024")).await;
+    let server = TestServer::start(&echo_with(toml! { max_message_size = 1024 })).await;
     let mut client = connect(&server.url("/echo")).await;
     send_text(&mut client, &"a".repeat(1024)).await;
     assert_eq!(next_text(&mut client).await.len(), 1024);
@@ -29,7 +37,7 @@ async fn a_message_over_the_size_limit_closes_with_1009() {
 
 #[tokio::test]
 async fn connections_over_the_limit_get_503_before_the_upgrade() {
-    let server = TestServer::start(&echo_with("max_connections = 2")).await;
+    let server = TestServer::start(&echo_with(toml! { max_connections = 2 })).await;
     let url = server.url("/echo");
     let first = connect(&url).await;
     let mut second = connect(&url).await;
@@ -63,8 +71,10 @@ async fn connections_over_the_limit_get_503_before_the_upgrade() {
 
 #[tokio::test]
 async fn only_allowed_origins_may_connect() {
-    let server =
-        TestServer::start(&echo_with("allowed_origins = [\"https://good.example\"]")).await;
+    let server = TestServer::start(&echo_with(
+        toml! { allowed_origins = ["https://good.example"] },
+    ))
+    .await;
     let url = server.url("/echo");
     let missing = try_connect(request(&url, &[])).await.err().unwrap();
     assert_eq!(
@@ -94,7 +104,7 @@ async fn only_allowed_origins_may_connect() {
 
 #[tokio::test]
 async fn an_idle_connection_is_closed_with_1001() {
-    let server = TestServer::start(&echo_with("idle_timeout = \"300ms\"")).await;
+    let server = TestServer::start(&echo_with(toml! { idle_timeout = "300ms" })).await;
     let mut client = connect(&server.url("/echo")).await;
     send_text(&mut client, "hi").await;
     assert_eq!(next_text(&mut client).await, "hi");
@@ -105,7 +115,7 @@ async fn an_idle_connection_is_closed_with_1001() {
 
 #[tokio::test]
 async fn the_server_pings_at_the_configured_interval() {
-    let server = TestServer::start(&echo_with("ping_interval = \"100ms\"")).await;
+    let server = TestServer::start(&echo_with(toml! { ping_interval = "100ms" })).await;
     let mut client = connect(&server.url("/echo")).await;
     let mut pings = 0;
     while pings < 3 {
@@ -125,7 +135,7 @@ async fn the_server_pings_at_the_configured_interval() {
 
 #[tokio::test]
 async fn a_client_that_never_upgrades_is_dropped_after_the_handshake_timeout() {
-    let server = TestServer::start(&echo_with("handshake_timeout = \"300ms\"")).await;
+    let server = TestServer::start(&echo_with(toml! { handshake_timeout = "300ms" })).await;
     let addr = server.endpoints()[0].addr;
     let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let started = std::time::Instant::now();
@@ -140,9 +150,10 @@ async fn a_client_that_never_upgrades_is_dropped_after_the_handshake_timeout() {
     assert!(started.elapsed() >= Duration::from_millis(250));
 }
 
-/// The highest `flood sent N on PEER` the flood program logged for `peer`.
-fn flood_progress(peer: &str) -> u64 {
-    wsflow_tests::log_lines()
+/// The highest `flood sent N on PEER` that app `flood` logged for `peer`.
+fn flood_progress(server: &TestServer, peer: &str) -> u64 {
+    server
+        .app_log_lines("flood")
         .iter()
         .filter(|line| line.contains(&format!("on {peer}")))
         .filter_map(|line| {
@@ -156,13 +167,12 @@ fn flood_progress(peer: &str) -> u64 {
 #[tokio::test]
 async fn a_client_that_does_not_read_holds_up_the_sender_instead_of_host_memory() {
     // Copying 128 MiB out of the guest is real work: give it the CPU time.
-    let manifest = wsflow_tests::app_manifest(
+    let manifest = Manifest::one_flow(
         "flood",
         programs::FLOOD,
-        "/flood",
-        "connection",
-        "cpu_time = \"60s\"",
-    );
+        toml! { path = "/flood" mode = "connection" },
+    )
+    .limits(toml! { cpu_time = "60s" });
     let server = TestServer::start(&manifest).await;
     let mut client = connect(&server.url("/flood")).await;
     let peer = local_addr(&client).to_string();
@@ -171,7 +181,7 @@ async fn a_client_that_does_not_read_holds_up_the_sender_instead_of_host_memory(
     // Not reading: the flow fills the bounded queue and the socket, then
     // waits in `send`.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let stalled_at = flood_progress(&peer);
+    let stalled_at = flood_progress(&server, &peer);
     assert!(
         stalled_at < 1000,
         "{stalled_at} messages of 64 KiB were accepted while the client read nothing"

@@ -3,30 +3,33 @@
 //! pass through as strings.
 
 use serde_json::json;
+use toml::toml;
 use wsflow_tests::{
-    Refused, TestServer, next_json, programs, request, send_text, single_handler_manifest,
-    try_connect,
+    Manifest, Refused, TestServer, next_json, programs, request, send_text, try_connect,
 };
 
-fn typed_manifest() -> String {
-    single_handler_manifest(
+fn typed_manifest() -> Manifest {
+    Manifest::one_flow(
+        "params",
         programs::PARAMS,
-        r#"path = "/items/{id}/{flag}"
-path_params = [
-  { name = "id", type = "integer" },
-  { name = "flag", type = "boolean" },
-]
-query_params = [
-  { name = "user", type = "string", required = true },
-  { name = "priority", type = "number" },
-  { name = "tag", repeating = true },
-  { name = "n", type = "integer", repeating = true },
-]
-headers = [
-  { name = "X-Client", required = true },
-  { name = "X-Retries", type = "integer" },
-  { name = "X-Features", repeating = true },
-]"#,
+        toml! {
+            path = "/items/{id}/{flag}"
+            path_params = [
+                { name = "id", type = "integer" },
+                { name = "flag", type = "boolean" },
+            ]
+            query_params = [
+                { name = "user", type = "string", required = true },
+                { name = "priority", type = "number" },
+                { name = "tag", repeating = true },
+                { name = "n", type = "integer", repeating = true },
+            ]
+            headers = [
+                { name = "X-Client", required = true },
+                { name = "X-Retries", type = "integer" },
+                { name = "X-Features", repeating = true },
+            ]
+        },
     )
 }
 

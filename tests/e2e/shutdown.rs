@@ -1,16 +1,20 @@
 //! Graceful shutdown closes every connection with 1001.
 
+use toml::toml;
 use wsflow_tests::{
-    TestServer, connect, next_close, next_text, programs, send_text, single_handler_manifest,
+    Manifest, TestServer, Trigger, connect, next_close, next_text, programs, send_text,
 };
 
 #[tokio::test]
 async fn shutdown_closes_data_and_connection_mode_clients_with_1001() {
-    let manifest = format!(
-        "{}\n[[triggers.handlers]]\nflow = \"session\"\npath = \"/session\"\nmode = \"connection\"\n\n[flows.session]\ncomponent = \"{}\"\n",
-        single_handler_manifest(programs::EXAMPLE_ECHO, "path = \"/echo\""),
-        programs::SESSION
-    );
+    let manifest = Manifest::app("shutdown")
+        .flow("main", programs::EXAMPLE_ECHO)
+        .flow("session", programs::SESSION)
+        .trigger(
+            Trigger::on_port(0)
+                .handler(toml! { flow = "main" path = "/echo" })
+                .handler(toml! { flow = "session" path = "/session" mode = "connection" }),
+        );
     let server = TestServer::start(&manifest).await;
     let mut data_client = connect(&server.url("/echo")).await;
     send_text(&mut data_client, "hi").await;

@@ -8,18 +8,32 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
+use toml::{Table, toml};
 use wsflow_tests::{
-    Client, Refused, TIMEOUT, TestServer, app_manifest, connect, local_addr, next_close, next_json,
-    next_message, next_text, programs, request, send_text, try_connect, wait_for_app_log,
+    Client, Manifest, Refused, TIMEOUT, TestServer, Trigger, connect, local_addr, merged,
+    next_close, next_json, next_message, next_text, programs, request, send_text, table,
+    try_connect,
 };
 
-fn victim() -> String {
-    app_manifest("victim", programs::EXAMPLE_ECHO, "/echo", "data", "")
+/// App `name` serving `component` at `path` in `mode`, with `limits`.
+fn app_manifest(name: &str, component: &str, path: &str, mode: &str, limits: Table) -> Manifest {
+    let handler = table([("path", path.into()), ("mode", mode.into())]);
+    Manifest::one_flow(name, component, handler).limits(limits)
+}
+
+fn victim() -> Manifest {
+    app_manifest(
+        "victim",
+        programs::EXAMPLE_ECHO,
+        "/echo",
+        "data",
+        Table::new(),
+    )
 }
 
 /// Start the echo app next to `hostile` and connect a client to the echo.
-async fn with_victim(hostile: &str) -> (TestServer, Client) {
-    let server = TestServer::start_apps(&[&victim(), hostile]).await;
+async fn with_victim(hostile: Manifest) -> (TestServer, Client) {
+    let server = TestServer::start_apps(&[victim(), hostile]).await;
     let mut victim = connect(&server.app_url("victim", "/echo")).await;
     assert_victim_answers(&mut victim, "before").await;
     (server, victim)
@@ -57,9 +71,9 @@ async fn an_endless_loop_is_stopped_by_the_cpu_limit() {
         programs::SPIN,
         "/spin",
         "data",
-        "cpu_time = \"500ms\"",
+        toml! { cpu_time = "500ms" },
     );
-    let (server, mut victim) = with_victim(&hostile).await;
+    let (server, mut victim) = with_victim(hostile).await;
     let mut spinner = connect(&server.app_url("hostile-an-endless-loop", "/spin")).await;
     let started = Instant::now();
     send_text(&mut spinner, "go").await;
@@ -71,12 +85,19 @@ async fn an_endless_loop_is_stopped_by_the_cpu_limit() {
         stopped_after >= Duration::from_millis(500),
         "{stopped_after:?}"
     );
-    let line = wait_for_app_log(
-        "hostile-an-endless-loop",
-        "execution stopped: CPU time limit",
-    )
-    .await;
-    assert!(line.contains("app=\"hostile-an-endless-loop\""), "{line}");
+    let line = server
+        .wait_for_app_log(
+            "hostile-an-endless-loop",
+            "execution stopped: CPU time limit",
+        )
+        .await;
+    assert!(
+        line.contains(&format!(
+            "app=\"{}\"",
+            server.app_name("hostile-an-endless-loop")
+        )),
+        "{line}"
+    );
     assert_eq!(
         server
             .app_stats("hostile-an-endless-loop")
@@ -94,14 +115,16 @@ async fn a_memory_bomb_is_stopped_by_the_memory_limit() {
         programs::BOMB,
         "/bomb",
         "data",
-        "max_memory = \"16MiB\"",
+        toml! { max_memory = "16MiB" },
     );
-    let (server, mut victim) = with_victim(&hostile).await;
+    let (server, mut victim) = with_victim(hostile).await;
     let mut bomber = connect(&server.app_url("hostile-a-memory-bomb", "/bomb")).await;
     send_text(&mut bomber, "go").await;
     let close = victim_answers_while(&mut victim, next_close(&mut bomber)).await;
     assert_eq!(u16::from(close.code), 1011);
-    let line = wait_for_app_log("hostile-a-memory-bomb", "execution stopped: memory limit").await;
+    let line = server
+        .wait_for_app_log("hostile-a-memory-bomb", "execution stopped: memory limit")
+        .await;
     assert!(line.contains("over the limit of 16777216"), "{line}");
     assert_eq!(
         server
@@ -119,9 +142,9 @@ async fn unbounded_recursion_traps_on_the_stack_limit() {
         programs::RECURSE,
         "/deep",
         "data",
-        "",
+        Table::new(),
     );
-    let (server, mut victim) = with_victim(&hostile).await;
+    let (server, mut victim) = with_victim(hostile).await;
     let mut diver = connect(&server.app_url("hostile-unbounded-recursion-traps", "/deep")).await;
     send_text(&mut diver, "go").await;
     let close = victim_answers_while(&mut victim, next_close(&mut diver)).await;
@@ -129,11 +152,12 @@ async fn unbounded_recursion_traps_on_the_stack_limit() {
     // Rust keeps large frames on a shadow stack in linear memory, which runs
     // out first (an out-of-bounds access); small frames exhaust the wasm
     // call stack. Either way the guest traps.
-    let line = wait_for_app_log(
-        "hostile-unbounded-recursion-traps",
-        "flow trapped: wasm trap:",
-    )
-    .await;
+    let line = server
+        .wait_for_app_log(
+            "hostile-unbounded-recursion-traps",
+            "flow trapped: wasm trap:",
+        )
+        .await;
     assert!(
         line.contains("call stack exhausted") || line.contains("out of bounds memory access"),
         "{line}"
@@ -154,18 +178,24 @@ async fn a_send_flood_to_a_client_that_never_reads_is_cut_off() {
         programs::FLOOD,
         "/flood",
         "connection",
-        "slow_client_timeout = \"1s\"",
+        toml! { slow_client_timeout = "1s" },
     );
-    let (server, mut victim) = with_victim(&hostile).await;
+    let (server, mut victim) = with_victim(hostile).await;
     let mut sink = connect(&server.app_url("hostile-a-send-flood", "/flood")).await;
     send_text(&mut sink, "100000 65536").await;
     // The client never reads; the flow fills the queue and waits in send.
     let line = victim_answers_while(
         &mut victim,
-        wait_for_app_log("hostile-a-send-flood", "execution stopped: slow client"),
+        server.wait_for_app_log("hostile-a-send-flood", "execution stopped: slow client"),
     )
     .await;
-    assert!(line.contains("app=\"hostile-a-send-flood\""), "{line}");
+    assert!(
+        line.contains(&format!(
+            "app=\"{}\"",
+            server.app_name("hostile-a-send-flood")
+        )),
+        "{line}"
+    );
     assert_eq!(
         server
             .app_stats("hostile-a-send-flood")
@@ -197,20 +227,19 @@ async fn an_output_flood_is_rate_limited() {
         programs::CHATTER,
         "/chatter",
         "data",
-        "log_lines_per_second = 50",
+        toml! { log_lines_per_second = 50 },
     );
-    let (server, mut victim) = with_victim(&hostile).await;
+    let (server, mut victim) = with_victim(hostile).await;
     let mut chatter = connect(&server.app_url("hostile-an-output-flood", "/chatter")).await;
     let started = Instant::now();
     send_text(&mut chatter, "20000").await;
     let reply = victim_answers_while(&mut victim, next_text(&mut chatter)).await;
     assert_eq!(reply, "done");
     let seconds = started.elapsed().as_secs() + 1;
-    let logged = wsflow_tests::log_lines()
+    let logged = server
+        .app_log_lines("hostile-an-output-flood")
         .iter()
-        .filter(|line| {
-            line.contains("chatter ") && line.contains("app=\"hostile-an-output-flood\"")
-        })
+        .filter(|line| line.contains("chatter "))
         .count();
     // A burst of 500 lines plus 50 a second of refill, while it ran.
     let allowed = 500 + 50 * seconds as usize;
@@ -235,9 +264,9 @@ async fn a_connection_flow_that_never_returns_is_stopped_once_it_spins() {
         programs::STUCK,
         "/stuck",
         "connection",
-        "cpu_time = \"300ms\"",
+        toml! { cpu_time = "300ms" },
     );
-    let (server, mut victim) = with_victim(&hostile).await;
+    let (server, mut victim) = with_victim(hostile).await;
     let mut client = connect(&server.app_url("hostile-a-connection-flow", "/stuck")).await;
     assert_eq!(next_text(&mut client).await, "ready");
     // Waiting in receive is not charged: well past the CPU limit, it runs.
@@ -254,7 +283,7 @@ async fn a_connection_flow_that_never_returns_is_stopped_once_it_spins() {
     drop(client);
     victim_answers_while(
         &mut victim,
-        wait_for_app_log(
+        server.wait_for_app_log(
             "hostile-a-connection-flow",
             "execution stopped: CPU time limit",
         ),
@@ -271,18 +300,25 @@ async fn a_connection_flow_that_never_returns_is_stopped_once_it_spins() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trap_in_the_middle_of_sending_closes_after_what_was_sent() {
-    let hostile = app_manifest("hostile-a-trap-in", programs::FLAKY, "/flaky", "data", "");
-    let (server, mut victim) = with_victim(&hostile).await;
+    let hostile = app_manifest(
+        "hostile-a-trap-in",
+        programs::FLAKY,
+        "/flaky",
+        "data",
+        Table::new(),
+    );
+    let (server, mut victim) = with_victim(hostile).await;
     let mut client = connect(&server.app_url("hostile-a-trap-in", "/flaky")).await;
     send_text(&mut client, "send-then-panic").await;
     assert_eq!(next_text(&mut client).await, "partial 1");
     assert_eq!(next_text(&mut client).await, "partial 2");
     assert_eq!(u16::from(next_close(&mut client).await.code), 1011);
-    wait_for_app_log(
-        "hostile-a-trap-in",
-        "asked to panic in the middle of sending",
-    )
-    .await;
+    server
+        .wait_for_app_log(
+            "hostile-a-trap-in",
+            "asked to panic in the middle of sending",
+        )
+        .await;
     assert_victim_answers(&mut victim, "after").await;
 }
 
@@ -293,18 +329,23 @@ async fn forged_connection_handles_reach_nothing() {
         programs::FORGE,
         "/forge",
         "data",
-        "",
+        Table::new(),
     );
-    let (server, mut victim) = with_victim(&hostile).await;
+    let (server, mut victim) = with_victim(hostile).await;
     // Another connection of the same app, which a forged handle might hit.
     let mut neighbour =
         connect(&server.app_url("hostile-forged-connection-handles", "/forge")).await;
     let mut forger = connect(&server.app_url("hostile-forged-connection-handles", "/forge")).await;
     send_text(&mut forger, "go").await;
     assert_eq!(u16::from(next_close(&mut forger).await.code), 1011);
-    let line = wait_for_app_log("hostile-forged-connection-handles", "flow trapped").await;
+    let line = server
+        .wait_for_app_log("hostile-forged-connection-handles", "flow trapped")
+        .await;
     assert!(
-        line.contains("app=\"hostile-forged-connection-handles\""),
+        line.contains(&format!(
+            "app=\"{}\"",
+            server.app_name("hostile-forged-connection-handles")
+        )),
         "{line}"
     );
     assert_victim_answers(&mut victim, "after").await;
@@ -331,9 +372,9 @@ async fn a_tenant_at_its_connection_limit_is_refused_while_others_are_served() {
         programs::EXAMPLE_ECHO,
         "/echo",
         "data",
-        "max_connections = 3",
+        toml! { max_connections = 3 },
     );
-    let (server, mut victim) = with_victim(&hostile).await;
+    let (server, mut victim) = with_victim(hostile).await;
     let url = server.app_url("hostile-a-tenant-at", "/echo");
     let mut held = Vec::new();
     for _ in 0..3 {
@@ -359,16 +400,17 @@ async fn a_tenant_at_its_connection_limit_is_refused_while_others_are_served() {
     assert_eq!(server.app_stats("victim").connections_open, 2);
 }
 
-fn probe_manifest(grants: &str) -> String {
-    app_manifest("probe", programs::PROBE, "/probe", "data", "").replace(
-        &format!("component = \"{}\"", programs::PROBE),
-        &format!("component = \"{}\"\n{grants}", programs::PROBE),
-    )
+/// App `probe` whose flow is granted `grants` (`env`, `read_only_dir`).
+fn probe_manifest(grants: Table) -> Manifest {
+    Manifest::app("probe")
+        .flow_with("main", programs::PROBE, grants)
+        .trigger(Trigger::on_port(0).handler(toml! { path = "/probe" mode = "data" flow = "main" }))
+        .limits(Table::new())
 }
 
 #[tokio::test]
 async fn flows_see_no_files_network_or_host_environment() {
-    let server = TestServer::start(&probe_manifest("")).await;
+    let server = TestServer::start(&probe_manifest(Table::new())).await;
     let mut client = connect(&server.url("/probe")).await;
     send_text(&mut client, "?").await;
     let seen = next_json(&mut client).await;
@@ -382,11 +424,11 @@ async fn flows_see_no_files_network_or_host_environment() {
 async fn flows_see_exactly_what_the_manifest_grants() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("hello.txt"), "hello from the host").unwrap();
-    let grants = format!(
-        "env = {{ GREETING = \"hi\" }}\nread_only_dir = \"{}\"",
-        dir.path().display()
+    let grants = merged(
+        toml! { env = { GREETING = "hi" } },
+        table([("read_only_dir", dir.path().display().to_string().into())]),
     );
-    let server = TestServer::start(&probe_manifest(&grants)).await;
+    let server = TestServer::start(&probe_manifest(grants)).await;
     let mut client = connect(&server.url("/probe")).await;
     send_text(&mut client, "?").await;
     let seen = next_json(&mut client).await;
@@ -399,30 +441,44 @@ async fn flows_see_exactly_what_the_manifest_grants() {
 
 #[tokio::test]
 async fn apps_may_not_share_a_port_or_a_name() {
-    let first = app_manifest("first", programs::EXAMPLE_ECHO, "/a", "data", "")
-        .replace("port = 0", "port = 9911");
-    let second = app_manifest("second", programs::EXAMPLE_ECHO, "/b", "data", "")
-        .replace("port = 0", "port = 9911");
-    let error = TestServer::try_start_apps(&[&first, &second])
+    let on_port_9911 = |name: &str, path: &str| {
+        let handler = table([
+            ("path", path.into()),
+            ("mode", "data".into()),
+            ("flow", "main".into()),
+        ]);
+        Manifest::app(name)
+            .limits(Table::new())
+            .flow("main", programs::EXAMPLE_ECHO)
+            .trigger(Trigger::on_port(9911).handler(handler))
+    };
+    let first = on_port_9911("first", "/a");
+    let second = on_port_9911("second", "/b");
+    let error = TestServer::try_start_apps(&[first.clone(), second.clone()])
         .await
         .err()
         .unwrap();
     let message = format!("{error:#}");
     assert!(
-        message.contains("app `second` triggers[0] wants port 9911, which app `first`"),
+        message.contains(&format!(
+            "app `{}` triggers[0] wants port 9911, which app `{}`",
+            second.name(),
+            first.name()
+        )),
         "{message}"
     );
     assert!(message.contains("app0.toml"), "{message}");
     assert!(message.contains("app1.toml"), "{message}");
 
-    let twin = app_manifest("first", programs::EXAMPLE_ECHO, "/c", "data", "");
-    let error = TestServer::try_start_apps(&[&victim(), &twin, &first])
+    let twin = app_manifest("first", programs::EXAMPLE_ECHO, "/c", "data", Table::new())
+        .named_like(&first);
+    let error = TestServer::try_start_apps(&[victim(), twin, first.clone()])
         .await
         .err()
         .unwrap();
     let message = format!("{error:#}");
     assert!(
-        message.contains("app `first` is also defined by"),
+        message.contains(&format!("app `{}` is also defined by", first.name())),
         "{message}"
     );
 }
@@ -430,13 +486,11 @@ async fn apps_may_not_share_a_port_or_a_name() {
 #[tokio::test]
 async fn apps_keep_their_own_properties() {
     let with_property = |name: &str, value: &str| {
-        app_manifest(name, programs::PARAMS, "/p", "data", "").replace(
-            "[limits]",
-            &format!("[properties]\nSECRET = \"{value}\"\n\n[limits]"),
-        )
+        app_manifest(name, programs::PARAMS, "/p", "data", Table::new())
+            .properties(table([("SECRET", value.into())]))
     };
     let server =
-        TestServer::start_apps(&[&with_property("one", "1"), &with_property("two", "2")]).await;
+        TestServer::start_apps(&[with_property("one", "1"), with_property("two", "2")]).await;
     for (app, secret) in [("one", "1"), ("two", "2")] {
         let mut client = connect(&server.app_url(app, "/p")).await;
         send_text(&mut client, "?").await;

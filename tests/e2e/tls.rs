@@ -3,33 +3,26 @@
 //! startup errors that name the bad file.
 
 use base64::Engine as _;
+use toml::{Table, toml};
 use wsflow_tests::pki::Pki;
-use wsflow_tests::{TestServer, programs};
+use wsflow_tests::{Manifest, TestServer, Trigger, programs, table};
 
-fn manifest(properties: &str, tls: &str) -> String {
-    format!(
-        r#"
-[app]
-name = "secure"
+/// App `secure` with `properties`, serving the echo example at `/echo` on
+/// a trigger with the `[triggers.tls]` settings `tls`.
+fn manifest(properties: Table, tls: Table) -> Manifest {
+    Manifest::app("secure")
+        .properties(properties)
+        .flow("echo", programs::EXAMPLE_ECHO)
+        .trigger(
+            Trigger::on_port(0)
+                .with(table([("tls", tls.into())]))
+                .handler(toml! { path = "/echo" flow = "echo" }),
+        )
+}
 
-[properties]
-{properties}
-
-[flows.echo]
-component = "{}"
-
-[[triggers]]
-port = 0
-
-[triggers.tls]
-{tls}
-
-[[triggers.handlers]]
-path = "/echo"
-flow = "echo"
-"#,
-        programs::EXAMPLE_ECHO
-    )
+/// `[triggers.tls]` with a chain and key from files.
+fn tls_files(cert: &str, key: &str) -> Table {
+    table([("cert", cert.into()), ("key", key.into())])
 }
 
 async fn assert_echo_over_tls(server: &TestServer, pki: &Pki, with_client_cert: bool) {
@@ -47,12 +40,8 @@ async fn assert_echo_over_tls(server: &TestServer, pki: &Pki, with_client_cert: 
 async fn serves_wss_with_a_certificate_chain_from_files() {
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::generate(dir.path());
-    let tls = format!(
-        "cert = \"{}\"\nkey = \"{}\"",
-        pki.file("server.pem"),
-        pki.file("server.key")
-    );
-    let server = TestServer::start(&manifest("", &tls)).await;
+    let tls = tls_files(&pki.file("server.pem"), &pki.file("server.key"));
+    let server = TestServer::start(&manifest(Table::new(), tls)).await;
     assert_echo_over_tls(&server, &pki, false).await;
 }
 
@@ -61,13 +50,13 @@ async fn takes_pem_text_and_base64_pem_from_properties() {
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::generate(dir.path());
     let base64 = base64::engine::general_purpose::STANDARD;
-    let properties = format!(
-        "CERT = '''{}'''\nKEY = \"{}\"\nTLS_ON = \"true\"",
-        pki.server_chain_pem,
-        base64.encode(&pki.server_key_pem)
-    );
-    let tls = "enabled = \"${TLS_ON}\"\ncert = \"${CERT}\"\nkey = \"${KEY}\"";
-    let server = TestServer::start(&manifest(&properties, tls)).await;
+    let properties = table([
+        ("CERT", pki.server_chain_pem.clone().into()),
+        ("KEY", base64.encode(&pki.server_key_pem).into()),
+        ("TLS_ON", "true".into()),
+    ]);
+    let tls = toml! { enabled = "${TLS_ON}" cert = "${CERT}" key = "${KEY}" };
+    let server = TestServer::start(&manifest(properties, tls)).await;
     assert_echo_over_tls(&server, &pki, false).await;
 }
 
@@ -75,13 +64,9 @@ async fn takes_pem_text_and_base64_pem_from_properties() {
 async fn client_certificates_are_required_when_a_client_ca_is_set() {
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::generate(dir.path());
-    let tls = format!(
-        "cert = \"{}\"\nkey = \"{}\"\nclient_ca = [\"{}\"]",
-        pki.file("server.pem"),
-        pki.file("server.key"),
-        pki.file("ca.pem")
-    );
-    let server = TestServer::start(&manifest("", &tls)).await;
+    let mut tls = tls_files(&pki.file("server.pem"), &pki.file("server.key"));
+    tls.insert("client_ca".into(), vec![pki.file("ca.pem")].into());
+    let server = TestServer::start(&manifest(Table::new(), tls)).await;
     let url = server.endpoints()[0].url();
     assert!(
         pki.connect(&url, false).await.is_err(),
@@ -92,8 +77,8 @@ async fn client_certificates_are_required_when_a_client_ca_is_set() {
 
 #[tokio::test]
 async fn disabled_tls_serves_plain_ws() {
-    let tls = "enabled = false\ncert = \"nowhere.pem\"";
-    let server = TestServer::start(&manifest("", tls)).await;
+    let tls = toml! { enabled = false cert = "nowhere.pem" };
+    let server = TestServer::start(&manifest(Table::new(), tls)).await;
     assert!(server.endpoints()[0].url().starts_with("ws://"));
 }
 
@@ -103,12 +88,8 @@ async fn a_bad_certificate_file_is_a_startup_error_naming_the_file() {
     let pki = Pki::generate(dir.path());
     let garbage = dir.path().join("garbage.pem");
     std::fs::write(&garbage, "not a certificate").unwrap();
-    let tls = format!(
-        "cert = \"{}\"\nkey = \"{}\"",
-        garbage.display(),
-        pki.file("server.key")
-    );
-    let error = TestServer::try_start(&manifest("", &tls))
+    let tls = tls_files(&garbage.display().to_string(), &pki.file("server.key"));
+    let error = TestServer::try_start(&manifest(Table::new(), tls))
         .await
         .err()
         .unwrap();
@@ -121,12 +102,8 @@ async fn a_bad_certificate_file_is_a_startup_error_naming_the_file() {
         "{message}"
     );
 
-    let tls = format!(
-        "cert = \"{}\"\nkey = \"{}\"",
-        pki.file("server.pem"),
-        pki.file("server.pem")
-    );
-    let error = TestServer::try_start(&manifest("", &tls))
+    let tls = tls_files(&pki.file("server.pem"), &pki.file("server.pem"));
+    let error = TestServer::try_start(&manifest(Table::new(), tls))
         .await
         .err()
         .unwrap();
@@ -137,8 +114,8 @@ async fn a_bad_certificate_file_is_a_startup_error_naming_the_file() {
         "{message}"
     );
 
-    let tls = "cert = \"missing.pem\"\nkey = \"missing.key\"";
-    let error = TestServer::try_start(&manifest("", tls))
+    let tls = tls_files("missing.pem", "missing.key");
+    let error = TestServer::try_start(&manifest(Table::new(), tls))
         .await
         .err()
         .unwrap();

@@ -1,8 +1,7 @@
-//! The test harness: guest programs built by `build.rs`, an in-process
-//! server on port 0, a real WebSocket client, and captured logs.
+//! The test harness: guest programs built by `build.rs`, manifests built
+//! from TOML values, an in-process server on port 0 that sees only its own
+//! apps' logs, and a real WebSocket client.
 
-use std::io::Write;
-use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -15,6 +14,13 @@ use wsflow::StatsSnapshot;
 use wsflow::loader::{self, LoadOptions};
 use wsflow::manifest::Environment;
 use wsflow::server::{Endpoint, Server, StatsHandle};
+
+use logs::LogView;
+pub use manifest::{Manifest, Trigger, merged, table};
+
+mod logs;
+pub mod manifest;
+pub mod pki;
 
 /// Paths of the guest test programs, compiled to components by `build.rs`.
 pub mod programs {
@@ -31,49 +37,15 @@ fn cache_dir() -> std::path::PathBuf {
     std::path::Path::new(env!("OUT_DIR")).join("component-cache")
 }
 
-/// A manifest for app `name`: one flow served at `path` on port 0, with
-/// extra `[limits]` lines.
-pub fn app_manifest(name: &str, component: &str, path: &str, mode: &str, limits: &str) -> String {
-    manifest(
-        name,
-        limits,
-        component,
-        &format!("path = \"{path}\"\nmode = \"{mode}\""),
-    )
-}
-
-/// A manifest for one flow served by one handler on port 0; `handler` holds
-/// the handler's settings other than `flow`.
-pub fn single_handler_manifest(component: &str, handler: &str) -> String {
-    manifest("test", "", component, handler)
-}
-
-fn manifest(name: &str, limits: &str, component: &str, handler: &str) -> String {
-    format!(
-        r#"
-[app]
-name = "{name}"
-
-[limits]
-{limits}
-
-[flows.main]
-component = "{component}"
-
-[[triggers]]
-port = 0
-
-[[triggers.handlers]]
-flow = "main"
-{handler}
-"#
-    )
-}
-
-/// A wsflow server running in this process.
+/// A wsflow server running in this process. Tests name its apps as they
+/// asked for them in their [`Manifest`]s; the server knows their real,
+/// process-unique names and sees only their log lines.
 pub struct TestServer {
+    /// (asked name, real name) of every app served.
+    apps: Vec<(String, String)>,
     endpoints: Vec<Endpoint>,
     stats: StatsHandle,
+    logs: LogView,
     shutdown: CancellationToken,
     task: Option<tokio::task::JoinHandle<()>>,
     _dir: tempfile::TempDir,
@@ -86,32 +58,33 @@ impl Drop for TestServer {
 }
 
 impl TestServer {
-    /// Load `manifest` (TOML text) and serve it. Panics on any error.
-    pub async fn start(manifest: &str) -> Self {
-        Self::try_start(manifest)
-            .await
-            .expect("starting the test server")
+    /// Load `manifest` and serve it. Panics on any error.
+    pub async fn start(manifest: &Manifest) -> Self {
+        Self::start_apps(std::slice::from_ref(manifest)).await
     }
 
-    pub async fn try_start(manifest: &str) -> anyhow::Result<Self> {
-        Self::try_start_apps(&[manifest]).await
+    pub async fn try_start(manifest: &Manifest) -> anyhow::Result<Self> {
+        Self::try_start_apps(std::slice::from_ref(manifest)).await
     }
 
-    /// Serve several apps (manifest texts) in one host, as
-    /// `wsflow up app0.toml app1.toml ...` does.
-    pub async fn start_apps(manifests: &[&str]) -> Self {
+    /// Serve several apps in one host, as `wsflow up app0.toml app1.toml
+    /// ...` does.
+    pub async fn start_apps(manifests: &[Manifest]) -> Self {
         Self::try_start_apps(manifests)
             .await
             .expect("starting the test server")
     }
 
-    pub async fn try_start_apps(manifests: &[&str]) -> anyhow::Result<Self> {
-        init_logs();
+    /// Like [`TestServer::start_apps`]; the manifests are written to
+    /// `app0.toml`, `app1.toml`, ... in a temporary directory.
+    pub async fn try_start_apps(manifests: &[Manifest]) -> anyhow::Result<Self> {
+        logs::init();
+        let logs = LogView::new();
         let dir = tempfile::tempdir()?;
         let mut paths = Vec::new();
         for (i, manifest) in manifests.iter().enumerate() {
             let path = dir.path().join(format!("app{i}.toml"));
-            std::fs::write(&path, manifest)?;
+            std::fs::write(&path, manifest.to_toml())?;
             paths.push(path);
         }
         let options = LoadOptions {
@@ -126,31 +99,47 @@ impl TestServer {
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(server.run(shutdown.clone()));
         Ok(Self {
+            apps: manifests
+                .iter()
+                .map(|manifest| (manifest.asked_name().to_owned(), manifest.name().to_owned()))
+                .collect(),
             endpoints,
             stats,
+            logs,
             shutdown,
             task: Some(task),
             _dir: dir,
         })
     }
 
-    /// The counters of app `name`.
-    pub fn app_stats(&self, name: &str) -> StatsSnapshot {
+    /// The real name of the app the test calls `app`.
+    pub fn app_name(&self, app: &str) -> &str {
+        self.apps
+            .iter()
+            .find(|(asked, _)| asked == app)
+            .map(|(_, real)| real.as_str())
+            .unwrap_or_else(|| panic!("this server has no app named {app}"))
+    }
+
+    /// The counters of app `app`.
+    pub fn app_stats(&self, app: &str) -> StatsSnapshot {
+        let name = self.app_name(app);
         self.stats
             .snapshot()
             .into_iter()
-            .find(|(app, _)| app == name)
+            .find(|(served, _)| served == name)
             .map(|(_, stats)| stats)
-            .unwrap_or_else(|| panic!("no app named {name}"))
+            .unwrap_or_else(|| panic!("the host serves no app named {name}"))
     }
 
     /// `ws://ADDR{path}` on the listener of app `app`.
     pub fn app_url(&self, app: &str, path: &str) -> String {
+        let name = self.app_name(app);
         let endpoint = self
             .endpoints
             .iter()
-            .find(|endpoint| endpoint.app == app)
-            .unwrap_or_else(|| panic!("no app named {app}"));
+            .find(|endpoint| endpoint.app == name)
+            .unwrap_or_else(|| panic!("app {name} has no listener"));
         format!("ws://{}{path}", endpoint.addr)
     }
 
@@ -161,6 +150,24 @@ impl TestServer {
 
     pub fn endpoints(&self) -> &[Endpoint] {
         &self.endpoints
+    }
+
+    /// Wait until one of this server's apps logs a line containing
+    /// `needle`; panics after [`TIMEOUT`].
+    pub async fn wait_for_log(&self, needle: &str) -> String {
+        let apps: Vec<&str> = self.apps.iter().map(|(_, real)| real.as_str()).collect();
+        self.logs.wait_for(&apps, needle).await
+    }
+
+    /// Wait until app `app` logs a line containing `needle`; panics after
+    /// [`TIMEOUT`].
+    pub async fn wait_for_app_log(&self, app: &str, needle: &str) -> String {
+        self.logs.wait_for(&[self.app_name(app)], needle).await
+    }
+
+    /// The lines app `app` has logged so far.
+    pub fn app_log_lines(&self, app: &str) -> Vec<String> {
+        self.logs.lines(&[self.app_name(app)])
     }
 
     /// Shut down as on SIGTERM and wait until the server has stopped, which
@@ -282,75 +289,5 @@ pub fn local_addr(client: &Client) -> std::net::SocketAddr {
     match client.get_ref() {
         MaybeTlsStream::Plain(tcp) => tcp.local_addr().unwrap(),
         _ => unreachable!("plain ws:// connection"),
-    }
-}
-
-pub mod pki;
-
-/// Everything the host logged in this process, for tests that check what a
-/// flow or the host reported.
-fn log_buffer() -> &'static Arc<Mutex<Vec<u8>>> {
-    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
-    LOGS.get_or_init(Default::default)
-}
-
-struct LogWriter;
-
-impl Write for LogWriter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        log_buffer().lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-fn init_logs() {
-    static INIT: OnceLock<()> = OnceLock::new();
-    INIT.get_or_init(|| {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter("info,wsflow=debug")
-            .with_ansi(false)
-            .with_writer(|| LogWriter)
-            .try_init();
-    });
-}
-
-/// The lines logged so far.
-pub fn log_lines() -> Vec<String> {
-    String::from_utf8_lossy(&log_buffer().lock().unwrap())
-        .lines()
-        .map(str::to_owned)
-        .collect()
-}
-
-/// Wait until app `app` logged a line containing `needle`.
-pub async fn wait_for_app_log(app: &str, needle: &str) -> String {
-    wait_for_log_line(&[needle, &format!("app=\"{app}\"")]).await
-}
-
-/// Wait until the log contains `needle`; panics after the timeout.
-pub async fn wait_for_log(needle: &str) -> String {
-    wait_for_log_line(&[needle]).await
-}
-
-/// Wait until one log line contains every needle.
-async fn wait_for_log_line(needles: &[&str]) -> String {
-    let deadline = tokio::time::Instant::now() + TIMEOUT;
-    loop {
-        let logs = String::from_utf8_lossy(&log_buffer().lock().unwrap()).into_owned();
-        if let Some(line) = logs
-            .lines()
-            .find(|line| needles.iter().all(|needle| line.contains(needle)))
-        {
-            return line.to_owned();
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no log line containing all of {needles:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
