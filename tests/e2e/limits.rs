@@ -53,16 +53,14 @@ async fn connections_over_the_limit_get_503_before_the_upgrade() {
     );
     drop(first);
     // The slot frees once the server has seen the first connection end.
-    let deadline = tokio::time::Instant::now() + TIMEOUT;
-    let mut third = loop {
-        match try_connect(request(&url, &[])).await {
-            Ok(client) => break client,
-            Err(refused) if refused.status == 503 && tokio::time::Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            Err(refused) => panic!("{refused:?}"),
-        }
-    };
+    server
+        .wait_for_stats("echo", "down to one open connection", |stats| {
+            stats.connections_open == 1
+        })
+        .await;
+    let mut third = try_connect(request(&url, &[]))
+        .await
+        .expect("the freed slot takes a third connection");
     send_text(&mut third, "three").await;
     assert_eq!(next_text(&mut third).await, "three");
     send_text(&mut second, "two").await;
@@ -179,7 +177,11 @@ async fn a_client_that_does_not_read_holds_up_the_sender_instead_of_host_memory(
     const COUNT: u64 = 2000;
     send_text(&mut client, &format!("{COUNT} 65536")).await;
     // Not reading: the flow fills the bounded queue and the socket, then
-    // waits in `send`.
+    // waits in `send`. Once it is sending, only time shows that it gets no
+    // further: there is no event for "still waiting".
+    server
+        .wait_for_stats("flood", "sending", |stats| stats.messages_out > 0)
+        .await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let stalled_at = flood_progress(&server, &peer);
     assert!(

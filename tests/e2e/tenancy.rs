@@ -270,6 +270,7 @@ async fn a_connection_flow_that_never_returns_is_stopped_once_it_spins() {
     let mut client = connect(&server.app_url("hostile-a-connection-flow", "/stuck")).await;
     assert_eq!(next_text(&mut client).await, "ready");
     // Waiting in receive is not charged: well past the CPU limit, it runs.
+    // Nothing happening is the point, so only waiting can show it.
     tokio::time::sleep(Duration::from_millis(1200)).await;
     assert_eq!(
         server

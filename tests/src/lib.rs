@@ -132,6 +132,29 @@ impl TestServer {
             .unwrap_or_else(|| panic!("the host serves no app named {name}"))
     }
 
+    /// Wait until the counters of app `app` satisfy `condition`, which
+    /// `what` describes for the panic after [`TIMEOUT`].
+    pub async fn wait_for_stats(
+        &self,
+        app: &str,
+        what: &str,
+        condition: impl Fn(&StatsSnapshot) -> bool,
+    ) -> StatsSnapshot {
+        let deadline = tokio::time::Instant::now() + TIMEOUT;
+        loop {
+            let stats = self.app_stats(app);
+            if condition(&stats) {
+                return stats;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "app {app}: not {what} after {TIMEOUT:?}: {stats:?}"
+            );
+            // The counters are plain atomics with no notification to await.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// `ws://ADDR{path}` on the listener of app `app`.
     pub fn app_url(&self, app: &str, path: &str) -> String {
         let name = self.app_name(app);
