@@ -8,6 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+use toml::{Table, Value, toml};
 use tungstenite::stream::MaybeTlsStream;
 use tungstenite::{Message, WebSocket};
 
@@ -170,13 +171,17 @@ fn up_builds_a_missing_component_then_serves_until_sigterm() {
     let workspace = workspace();
     // The example echo component, built by the same cargo command the
     // example uses, then copied: the copy is what this app's build makes.
-    let flow = format!(
-        "component = \"echo.wasm\"\n\
-         build = \"cd '{ws}' && cargo build --release --target wasm32-wasip2 -p wsflow-example-echo && cp '{ws}/target/wasm32-wasip2/release/wsflow_example_echo.wasm' \\\"$OLDPWD/echo.wasm\\\"\"\n\
-         sources = []",
+    let build = format!(
+        "cd '{ws}' && cargo build --release --target wasm32-wasip2 -p wsflow-example-echo \
+         && cp '{ws}/target/wasm32-wasip2/release/wsflow_example_echo.wasm' \"$OLDPWD/echo.wasm\"",
         ws = workspace.display()
     );
-    write_manifest(dir.path(), "built", &flow, "port = 0");
+    let flow = table([
+        ("component", "echo.wasm".into()),
+        ("build", build.into()),
+        ("sources", Vec::<Value>::new().into()),
+    ]);
+    write_app(&dir.path().join("wsflow.toml"), "built", flow, 0.into());
     assert!(!dir.path().join("echo.wasm").exists());
 
     let mut up = Up::start(&["up"], dir.path());
@@ -195,11 +200,11 @@ fn up_builds_a_missing_component_then_serves_until_sigterm() {
 #[test]
 fn a_failing_build_command_stops_startup_with_its_name() {
     let dir = tempfile::tempdir().unwrap();
-    write_manifest(
-        dir.path(),
+    write_app(
+        &dir.path().join("wsflow.toml"),
         "broken",
-        "component = \"echo.wasm\"\nbuild = \"exit 3\"",
-        "port = 0",
+        toml! { component = "echo.wasm" build = "exit 3" },
+        0.into(),
     );
     let output = Command::new(WSFLOW)
         .args(["up", "wsflow.toml"])
@@ -262,48 +267,58 @@ fn check_of_a_missing_file_says_so() {
     );
 }
 
-/// A manifest serving the example echo component (built by its cargo
-/// command if needed) with the given trigger settings.
-fn echo_manifest(dir: &Path, trigger_settings: &str) {
-    let ws = workspace().display().to_string();
-    let flow = format!(
-        "component = \"{ws}/target/wasm32-wasip2/release/wsflow_example_echo.wasm\"\n\
-         build = \"cd '{ws}' && cargo build --release --target wasm32-wasip2 -p wsflow-example-echo\"\n\
-         sources = [\"{ws}/examples/echo/src\"]"
-    );
-    write_manifest(dir, "echo", &flow, trigger_settings);
+/// A table of settings, some only known at run time.
+fn table<const N: usize>(entries: [(&str, Value); N]) -> Table {
+    entries
+        .into_iter()
+        .map(|(key, value)| (key.to_owned(), value))
+        .collect()
 }
 
-/// `dir/wsflow.toml`: app `name` with the property `PORT = "9998"`, the flow
-/// `echo` given by `flow` (its `[flows.echo]` lines), served at `/echo` by
-/// a trigger with `trigger_settings`.
-fn write_manifest(dir: &Path, name: &str, flow: &str, trigger_settings: &str) {
-    let manifest = format!(
-        r#"
-[app]
-name = "{name}"
+/// The flow settings of the example echo component, built by its cargo
+/// command if needed.
+fn echo_flow() -> Table {
+    let ws = workspace().display().to_string();
+    let component = format!("{ws}/target/wasm32-wasip2/release/wsflow_example_echo.wasm");
+    let build =
+        format!("cd '{ws}' && cargo build --release --target wasm32-wasip2 -p wsflow-example-echo");
+    table([
+        ("component", component.into()),
+        ("build", build.into()),
+        ("sources", vec![format!("{ws}/examples/echo/src")].into()),
+    ])
+}
 
-[properties]
-PORT = "9998"
+/// `dir/wsflow.toml`: app `echo` serving the example echo component on
+/// `port`.
+fn echo_manifest(dir: &Path, port: Value) {
+    write_app(&dir.join("wsflow.toml"), "echo", echo_flow(), port);
+}
 
-[flows.echo]
-{flow}
-
-[[triggers]]
-{trigger_settings}
-
-[[triggers.handlers]]
-path = "/echo"
-flow = "echo"
-"#
-    );
-    std::fs::write(dir.join("wsflow.toml"), manifest).unwrap();
+/// `path`: app `name` with the property `PORT = "9998"`, the flow `echo`
+/// with the settings `flow`, served at `/echo` by a trigger on `port` (a
+/// number or a `"${PROPERTY}"`).
+fn write_app(path: &Path, name: &str, flow: Table, port: Value) {
+    let mut trigger = toml! {
+        [[handlers]]
+        path = "/echo"
+        flow = "echo"
+    };
+    trigger.insert("port".into(), port);
+    let mut manifest = toml! {
+        [properties]
+        PORT = "9998"
+    };
+    manifest.insert("app".into(), table([("name", name.into())]).into());
+    manifest.insert("flows".into(), table([("echo", flow.into())]).into());
+    manifest.insert("triggers".into(), vec![trigger].into());
+    std::fs::write(path, toml::to_string(&manifest).unwrap()).unwrap();
 }
 
 #[test]
 fn environment_variables_override_app_properties() {
     let dir = tempfile::tempdir().unwrap();
-    echo_manifest(dir.path(), "port = \"${PORT}\"");
+    echo_manifest(dir.path(), "${PORT}".into());
     let mut up = Up::start_with_env(&["up"], dir.path(), &[("WSFLOW_PROP_PORT", "0")]);
     let url = up.listening_url();
     assert!(
@@ -317,7 +332,7 @@ fn environment_variables_override_app_properties() {
 #[test]
 fn flogo_server_ping_environment_variable_pings_every_five_seconds() {
     let dir = tempfile::tempdir().unwrap();
-    echo_manifest(dir.path(), "port = 0");
+    echo_manifest(dir.path(), 0.into());
     let mut up = Up::start_with_env(
         &["up"],
         dir.path(),
@@ -340,13 +355,8 @@ fn flogo_server_ping_environment_variable_pings_every_five_seconds() {
 fn several_apps_share_one_host_and_report_their_counters() {
     let dir = tempfile::tempdir().unwrap();
     for app in ["alpha", "beta"] {
-        let sub = dir.path().join(app);
-        std::fs::create_dir(&sub).unwrap();
-        echo_manifest(&sub, "port = 0");
-        let manifest = std::fs::read_to_string(sub.join("wsflow.toml"))
-            .unwrap()
-            .replace("name = \"echo\"", &format!("name = \"{app}\""));
-        std::fs::write(dir.path().join(format!("{app}.toml")), manifest).unwrap();
+        let path = dir.path().join(format!("{app}.toml"));
+        write_app(&path, app, echo_flow(), 0.into());
     }
     let mut up = Up::start(&["up", "--admin", "127.0.0.1:0", "."], dir.path());
     let mut urls = Vec::new();
@@ -405,7 +415,7 @@ fn files_under(dir: &Path) -> Vec<PathBuf> {
 #[test]
 fn compiled_components_are_cached_and_a_damaged_entry_is_rebuilt() {
     let dir = tempfile::tempdir().unwrap();
-    echo_manifest(dir.path(), "port = 0");
+    echo_manifest(dir.path(), 0.into());
     let cache = dir.path().join("cache");
     let cache_arg = cache.display().to_string();
     let args = ["up", "--cache-dir", cache_arg.as_str()];
