@@ -36,6 +36,10 @@ impl Up {
         let mut child = Command::new(WSFLOW)
             .args(args)
             .current_dir(dir)
+            // Flows are built the way a user builds them, into the
+            // workspace's `target/` where the manifests look for them, even
+            // when these tests run with a target dir of their own.
+            .env_remove("CARGO_TARGET_DIR")
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
