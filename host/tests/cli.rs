@@ -433,13 +433,40 @@ fn compiled_components_are_cached_and_a_damaged_entry_is_rebuilt() {
     assert!(up.terminate().success());
     let entries = files_under(&cache);
     assert!(!entries.is_empty(), "the compiled component was cached");
+    let compiled = compiled_entries(&entries);
+    assert!(
+        !compiled.is_empty(),
+        "a compiled component among {entries:?}"
+    );
 
+    const DAMAGE: &[u8] = b"not a compiled component";
     for entry in &entries {
-        std::fs::write(entry, b"not a compiled component").unwrap();
+        std::fs::write(entry, DAMAGE).unwrap();
     }
     let mut up = Up::start(&args, dir.path());
     assert_echo(&mut connect(&up.listening_url()));
     assert!(up.terminate().success());
+    for entry in compiled {
+        let rewritten = std::fs::read(&entry).unwrap();
+        assert_ne!(
+            rewritten,
+            DAMAGE,
+            "{} still holds the damage: the rebuilt component was not cached",
+            entry.display()
+        );
+    }
+}
+
+/// The entries of compiled components among the files of a wasmtime cache
+/// directory: `modules/<compiler>/<hash>`, next to which the cache keeps
+/// `<hash>.stats` files.
+fn compiled_entries(files: &[PathBuf]) -> Vec<PathBuf> {
+    files
+        .iter()
+        .filter(|file| file.components().any(|part| part.as_os_str() == "modules"))
+        .filter(|file| file.extension().is_none())
+        .cloned()
+        .collect()
 }
 
 #[test]
