@@ -101,6 +101,9 @@ async fn up(
         }
         None => None,
     };
+    // Handlers are installed before the ready line, so a SIGTERM sent as
+    // soon as it appears shuts down gracefully instead of killing us.
+    let signals = ShutdownSignals::install().context("installing signal handlers")?;
     let mut stdout = std::io::stdout().lock();
     for endpoint in server.endpoints() {
         writeln!(stdout, "listening on {}", endpoint.url())?;
@@ -111,7 +114,7 @@ async fn up(
     stdout.flush()?;
     drop(stdout);
 
-    tokio::spawn(signal_shutdown(shutdown.clone()));
+    tokio::spawn(signals.cancel_on_signal(shutdown.clone()));
     server.run(shutdown).await;
     tracing::info!("stopped");
     Ok(())
@@ -129,26 +132,28 @@ fn check(manifests: &[PathBuf], env: &Environment) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Cancel `shutdown` on Ctrl-C or SIGTERM.
-async fn signal_shutdown(shutdown: CancellationToken) {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
+/// SIGINT (Ctrl-C) and SIGTERM, with their handlers installed.
+struct ShutdownSignals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl ShutdownSignals {
+    fn install() -> std::io::Result<Self> {
         use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = ctrl_c => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = ctrl_c.await;
-            }
-        }
+        Ok(Self {
+            interrupt: signal(SignalKind::interrupt())?,
+            terminate: signal(SignalKind::terminate())?,
+        })
     }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
-    tracing::info!("shutting down");
-    shutdown.cancel();
+
+    /// Cancel `shutdown` on the first of the signals.
+    async fn cancel_on_signal(mut self, shutdown: CancellationToken) {
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
+        }
+        tracing::info!("shutting down");
+        shutdown.cancel();
+    }
 }
