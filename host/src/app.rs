@@ -22,6 +22,9 @@ pub(crate) struct AppInfo {
     pub(crate) stats: AppStats,
     /// Slots for running executions (`limits.max_executions`).
     pub(crate) executions: Arc<Semaphore>,
+    /// Slots for instances kept for a connection
+    /// (`limits.max_reused_instances`).
+    pub(crate) reused_instances: Arc<Semaphore>,
     pub(crate) log_budget: LogBudget,
 }
 
@@ -32,6 +35,7 @@ impl AppInfo {
             name: spec.name.as_str().into(),
             properties: spec.properties.clone(),
             executions: Arc::new(Semaphore::new(limits.max_executions)),
+            reused_instances: Arc::new(Semaphore::new(limits.max_reused_instances)),
             log_budget: LogBudget::new(limits.log_lines_per_second),
             limits,
             stats: AppStats::default(),

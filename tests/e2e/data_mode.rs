@@ -4,7 +4,10 @@
 use futures_util::SinkExt;
 use tokio_tungstenite::tungstenite::{self, Message};
 use toml::toml;
-use wsflow_tests::{Manifest, TestServer, connect, next_message, next_text, programs, send_text};
+use wsflow_tests::{
+    Manifest, Refused, TestServer, connect, next_message, next_text, programs, request, send_text,
+    try_connect,
+};
 
 fn echo_server_manifest() -> Manifest {
     Manifest::one_flow(
@@ -144,4 +147,45 @@ async fn instance_reuse_keeps_state_per_connection_only() {
     let url = server.url("/count");
     assert_eq!(counts(&url, 3).await, ["1", "2", "3"]);
     assert_eq!(counts(&url, 2).await, ["1", "2"]);
+}
+
+#[tokio::test]
+async fn reused_instances_are_capped_per_app_before_the_upgrade() {
+    let manifest = Manifest::one_flow(
+        "counter",
+        programs::COUNTER,
+        toml! { path = "/count" instance = "reuse" },
+    )
+    .limits(toml! { max_reused_instances = 2 });
+    let server = TestServer::start(&manifest).await;
+    let url = server.url("/count");
+    let mut first = connect(&url).await;
+    let mut second = connect(&url).await;
+    let refused = try_connect(request(&url, &[]))
+        .await
+        .expect_err("a third instance is over the cap");
+    assert_eq!(
+        refused,
+        Refused {
+            status: 503,
+            body:
+                "the app is at its limit of 2 connections with a reused instance; try again later"
+                    .into()
+        }
+    );
+    for client in [&mut first, &mut second] {
+        send_text(client, "count").await;
+        assert_eq!(next_text(client).await, "1");
+    }
+    drop(first);
+    server
+        .wait_for_stats("counter", "down to one open connection", |stats| {
+            stats.connections_open == 1
+        })
+        .await;
+    let mut third = try_connect(request(&url, &[]))
+        .await
+        .expect("the freed instance slot takes a third connection");
+    send_text(&mut third, "count").await;
+    assert_eq!(next_text(&mut third).await, "1");
 }

@@ -84,6 +84,7 @@ pub(crate) struct FlowSection {
 /// wall_time = "10s"            # per data-mode execution
 /// max_executions = 256         # running at once
 /// max_connections = 10000      # open at once, all triggers together
+/// max_reused_instances = 256   # `instance = "reuse"` connections open at once
 /// slow_client_timeout = "30s"  # a send waiting this long on a client: close 1008
 /// log_lines_per_second = 100   # guest output; bursts of ten times that
 /// ```
@@ -95,6 +96,7 @@ pub(crate) struct LimitsSection {
     pub(crate) wall_time: Option<Scalar>,
     pub(crate) max_executions: Option<Scalar>,
     pub(crate) max_connections: Option<Scalar>,
+    pub(crate) max_reused_instances: Option<Scalar>,
     pub(crate) slow_client_timeout: Option<Scalar>,
     pub(crate) log_lines_per_second: Option<Scalar>,
 }

@@ -60,6 +60,11 @@ pub(crate) struct AppLimits {
     /// Connections of the app (all its triggers) open at once; more are
     /// refused with HTTP 503 before the upgrade.
     pub(crate) max_connections: usize,
+    /// Instances kept alive for a connection (`instance = "reuse"`) at
+    /// once; each holds up to `max_memory` for the connection's life, so
+    /// connections beyond this to a reusing handler are refused with HTTP
+    /// 503 before the upgrade.
+    pub(crate) max_reused_instances: usize,
     /// How long `send` may wait for a client that does not read before the
     /// host closes that connection with 1008.
     pub(crate) slow_client_timeout: Duration,
@@ -83,6 +88,9 @@ impl Default for AppLimits {
             // flight only adds memory.
             max_executions: 256,
             max_connections: 10_000,
+            // As many as executions: guest memory stays within
+            // (max_executions + max_reused_instances) x max_memory.
+            max_reused_instances: 256,
             slow_client_timeout: Duration::from_secs(30),
             log_lines_per_second: 100,
         }

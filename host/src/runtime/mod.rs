@@ -59,9 +59,9 @@ impl PoolSize {
     /// paying for itself; such hosts allocate on demand.
     const MAX_INSTANCES: u32 = 4096;
 
-    /// The pool `apps` need: each app's execution slots, plus a long-lived
-    /// instance per connection where a handler reuses instances; `None`
-    /// when that is more than the pool should hold.
+    /// The pool `apps` need: each app's execution slots, plus its reused
+    /// instances where a handler reuses them; `None` when that is more
+    /// than the pool should hold.
     pub(crate) fn for_apps(apps: &[AppSpec]) -> Option<Self> {
         let mut instances: u64 = 0;
         let mut max_memory = 0;
@@ -74,7 +74,7 @@ impl PoolSize {
                 .flat_map(|trigger| &trigger.handlers)
                 .any(|handler| handler.instance == Instance::Reuse);
             if reuses {
-                instances += limits.max_connections as u64;
+                instances += limits.max_reused_instances as u64;
             }
             max_memory = max_memory.max(limits.max_memory);
         }

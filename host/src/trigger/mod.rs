@@ -28,7 +28,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::app::{AppInfo, AppStats};
 use crate::close::Close;
-use crate::manifest::spec::{HandlerSpec, Mode, TriggerLimits, TriggerSpec};
+use crate::manifest::spec::{HandlerSpec, Instance, Mode, TriggerLimits, TriggerSpec};
 use crate::runtime::bindings::{Content, Event};
 use crate::runtime::{ConnectionShared, FlowPre, Outcome, bindings};
 
@@ -95,10 +95,12 @@ static NEXT_CONNECTION_ID: AtomicU64 = AtomicU64::new(1);
 const READ_BUFFER: usize = 4 * 1024;
 const WRITE_BUFFER: usize = 4 * 1024;
 
-/// Counts an open connection, for its trigger and its app, until dropped.
+/// Counts an open connection, for its trigger and its app, until dropped;
+/// holds the app's reused-instance slot when its handler reuses instances.
 struct OpenGuard {
     trigger: Arc<AtomicUsize>,
     app: Arc<AppInfo>,
+    _reused_instance: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl Drop for OpenGuard {
@@ -248,9 +250,10 @@ impl WsTrigger {
             .stats
             .connections_open
             .fetch_add(1, Ordering::AcqRel);
-        let guard = OpenGuard {
+        let mut guard = OpenGuard {
             trigger: Arc::clone(&self.open),
             app: Arc::clone(&self.app),
+            _reused_instance: None,
         };
         let trigger_full = self.limits.max_connections.filter(|max| open >= *max);
         let app_max = self.app.limits.max_connections;
@@ -258,6 +261,18 @@ impl WsTrigger {
             Some(max) => Some(format!("the server is at its limit of {max} connections")),
             None if app_open >= app_max as u64 => {
                 Some(format!("the app is at its limit of {app_max} connections"))
+            }
+            None if routed.handler.spec.instance == Instance::Reuse => {
+                match Arc::clone(&self.app.reused_instances).try_acquire_owned() {
+                    Ok(permit) => {
+                        guard._reused_instance = Some(permit);
+                        None
+                    }
+                    Err(_) => Some(format!(
+                        "the app is at its limit of {} connections with a reused instance",
+                        self.app.limits.max_reused_instances
+                    )),
+                }
             }
             None => None,
         };

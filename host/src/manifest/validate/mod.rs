@@ -240,6 +240,9 @@ fn resolve_limits(
     if let Some(value) = &section.max_connections {
         limits.max_connections = source.positive("limits.max_connections", value)?;
     }
+    if let Some(value) = &section.max_reused_instances {
+        limits.max_reused_instances = source.positive("limits.max_reused_instances", value)?;
+    }
     if let Some(value) = &section.slow_client_timeout {
         limits.slow_client_timeout = source.duration("limits.slow_client_timeout", value)?;
     }
