@@ -24,6 +24,7 @@
 //! Build it with `cargo build --release --target wasm32-wasip2`; the
 //! resulting `.wasm` file is a component that a `wsflow.toml` manifest names
 //! as a flow's `component`.
+#![deny(missing_docs)]
 
 mod connection;
 mod error;
@@ -41,6 +42,10 @@ pub use param::{FromParam, ParamValue};
 #[expect(
     clippy::too_many_arguments,
     reason = "generated code lowers a whole `event` record into flat arguments"
+)]
+#[expect(
+    missing_docs,
+    reason = "generated code documents what the WIT documents, not every item"
 )]
 pub mod bindings {
     wit_bindgen::generate!({
