@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::Result;
 use crate::bindings::wsflow::flow::connection as raw;
-use crate::{Error, Result};
 
 pub use crate::bindings::wsflow::flow::connection::{CloseError, ReceiveError, SendError};
 pub use crate::bindings::wsflow::flow::types::Message;
@@ -69,12 +69,19 @@ impl<'a> Connection<'a> {
         self.raw.receive(timeout_ms)
     }
 
-    /// Like [`Connection::receive`], but expects a text message.
-    pub fn receive_text(&self, timeout: Option<Duration>) -> Result<Option<String>> {
-        match self.receive(timeout)? {
-            None => Ok(None),
-            Some(Message::Text(text)) => Ok(Some(text)),
-            Some(Message::Binary(_)) => Err(Error::msg("expected a text message, got binary")),
+    /// Like [`Connection::receive`], but expects a text message. A binary
+    /// message is an error of its own ([`ReceiveTextError::Binary`], with
+    /// the bytes), so a flow can tell it from a timeout and carry on.
+    pub fn receive_text(
+        &self,
+        timeout: Option<Duration>,
+    ) -> Result<Option<String>, ReceiveTextError> {
+        match self.receive(timeout) {
+            Ok(None) => Ok(None),
+            Ok(Some(Message::Text(text))) => Ok(Some(text)),
+            Ok(Some(Message::Binary(bytes))) => Err(ReceiveTextError::Binary(bytes)),
+            Err(ReceiveError::Timeout) => Err(ReceiveTextError::Timeout),
+            Err(ReceiveError::NotConnectionMode) => Err(ReceiveTextError::NotConnectionMode),
         }
     }
 
@@ -84,3 +91,30 @@ impl<'a> Connection<'a> {
         self.raw.close(code, reason)
     }
 }
+
+/// Why [`Connection::receive_text`] returned no text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReceiveTextError {
+    /// No message arrived within the timeout.
+    Timeout,
+    /// The client sent a binary message where text was expected.
+    Binary(Vec<u8>),
+    /// Receiving is only possible in connection mode.
+    NotConnectionMode,
+}
+
+impl std::fmt::Display for ReceiveTextError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Timeout => f.write_str("no message arrived within the timeout"),
+            Self::Binary(bytes) => write!(
+                f,
+                "expected a text message, got a binary one of {} bytes",
+                bytes.len()
+            ),
+            Self::NotConnectionMode => f.write_str("receiving works in connection mode only"),
+        }
+    }
+}
+
+impl std::error::Error for ReceiveTextError {}

@@ -32,7 +32,7 @@ mod event;
 pub mod log;
 mod param;
 
-pub use connection::{CloseError, Connection, Message, ReceiveError, SendError};
+pub use connection::{CloseError, Connection, Message, ReceiveError, ReceiveTextError, SendError};
 pub use error::{Error, Result};
 pub use event::{Content, Event, Mode};
 pub use param::{FromParam, ParamValue};

@@ -1,7 +1,9 @@
 //! The example apps, served from their own manifests (with the component
 //! the harness built and a free port).
 
+use futures_util::SinkExt as _;
 use serde_json::json;
+use tokio_tungstenite::tungstenite::Message;
 use toml::Table;
 use wsflow_tests::{
     Manifest, Refused, TestServer, connect, next_close, next_json, next_text, programs, request,
@@ -112,6 +114,15 @@ async fn chat_session_example_holds_a_conversation() {
     );
     send_text(&mut client, r#"{"shout": "hi"}"#).await;
     assert_eq!(next_text(&mut client).await, "ann: HI");
+    // A binary message is not silence: the session asks for text and goes on.
+    client
+        .send(Message::binary(vec![1u8, 2, 3]))
+        .await
+        .expect("sending a binary message");
+    assert_eq!(
+        next_text(&mut client).await,
+        "please send text; binary messages are not read here"
+    );
     send_text(&mut client, "bye").await;
     assert_eq!(next_text(&mut client).await, "goodbye, ann: 1 message(s)");
     assert_eq!(u16::from(next_close(&mut client).await.code), 1000);

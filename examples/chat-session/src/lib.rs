@@ -10,15 +10,18 @@
 //! ```
 //!
 //! Then connect to `ws://127.0.0.1:9998/chat/{room}`, e.g. `/chat/lobby`.
-//! A message `{"shout": "hi"}` is answered in capitals; anything else is
-//! answered as it is.
+//! A message `{"shout": "hi"}` is answered in capitals; any other text is
+//! answered as it is; a binary message is answered with a request for text.
 
 use std::time::Duration;
 
-use wsflow_sdk::{Connection, Event, Flow};
+use wsflow_sdk::{Connection, Event, Flow, ReceiveTextError};
 
 /// A client silent for this long is said goodbye to.
 const IDLE: Duration = Duration::from_secs(60);
+
+/// The answer to a binary message: this chat speaks text.
+const PLEASE_TEXT: &str = "please send text; binary messages are not read here";
 
 #[derive(serde::Deserialize)]
 struct Shout {
@@ -33,10 +36,13 @@ impl Flow for ChatSession {
         let greeting = wsflow_sdk::property("GREETING").unwrap_or_else(|| "welcome".into());
         conn.send_text(&format!("{greeting} to #{room}! what is your name?"))?;
 
-        let name = match conn.receive_text(Some(IDLE)) {
-            Ok(Some(name)) => name.trim().to_owned(),
-            Ok(None) => return Ok(()),
-            Err(error) => return Err(error),
+        let name = loop {
+            match conn.receive_text(Some(IDLE)) {
+                Ok(Some(name)) => break name.trim().to_owned(),
+                Ok(None) => return Ok(()),
+                Err(ReceiveTextError::Binary(_)) => conn.send_text(PLEASE_TEXT)?,
+                Err(error) => return Err(error.into()),
+            }
         };
         wsflow_sdk::info!("{name} joined #{room} (connection {})", conn.id());
         conn.send_text(&format!("hello, {name}. say `bye` to leave."))?;
@@ -49,10 +55,15 @@ impl Flow for ChatSession {
                     wsflow_sdk::info!("{name} left #{room}");
                     return Ok(());
                 }
-                Err(_) => {
+                Err(ReceiveTextError::Binary(_)) => {
+                    conn.send_text(PLEASE_TEXT)?;
+                    continue;
+                }
+                Err(ReceiveTextError::Timeout) => {
                     conn.send_text("you were quiet for a while; goodbye")?;
                     return Ok(());
                 }
+                Err(error) => return Err(error.into()),
             };
             if text.trim() == "bye" {
                 conn.send_text(&format!("goodbye, {name}: {count} message(s)"))?;
