@@ -49,7 +49,7 @@ pub use param::{FromParam, ParamValue};
 )]
 pub mod bindings {
     wit_bindgen::generate!({
-        path: "../wit",
+        path: "wit",
         world: "flow",
         pub_export_macro: true,
         export_macro_name: "__export_flow_world",

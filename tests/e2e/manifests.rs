@@ -54,3 +54,26 @@ fn the_examples_are_valid() {
         }
     }
 }
+
+#[test]
+fn the_sdk_carries_the_same_wit_as_the_host() {
+    let host = Path::new("../wit");
+    let sdk = Path::new("../guest-sdk/wit");
+    let names = |dir: &Path| {
+        let mut names: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name())
+            .collect();
+        names.sort();
+        names
+    };
+    assert_eq!(names(host), names(sdk), "the same WIT files");
+    for name in names(host) {
+        assert_eq!(
+            std::fs::read_to_string(host.join(&name)).unwrap(),
+            std::fs::read_to_string(sdk.join(&name)).unwrap(),
+            "guest-sdk/wit/{} differs from wit/: copy wit/ into guest-sdk/wit/",
+            name.to_string_lossy()
+        );
+    }
+}
