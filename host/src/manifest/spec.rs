@@ -48,7 +48,8 @@ impl AppSpec {
 /// Limits applied to every execution and connection of an app.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct AppLimits {
-    /// Linear memory a single execution may grow to.
+    /// Linear memory a single execution may grow to, all its memories
+    /// together.
     pub(crate) max_memory: usize,
     /// Time an execution may spend running (not waiting in `receive` or in
     /// `send` for a slow client).

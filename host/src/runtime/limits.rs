@@ -1,6 +1,6 @@
-//! Per-execution limits: linear memory (a resource limiter), CPU time
-//! (epoch interruption, not charging time spent waiting in host calls) and,
-//! enforced by the caller, wall-clock time.
+//! Per-execution limits: linear memory, tables, instances (a resource
+//! limiter), CPU time (epoch interruption, not charging time spent waiting
+//! in host calls) and, enforced by the caller, wall-clock time.
 
 use std::time::{Duration, Instant};
 
@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub(crate) enum LimitExceeded {
     #[error(
-        "memory limit: tried to grow linear memory to {requested} bytes, {over} over the limit of {limit}"
+        "memory limit: tried to grow linear memory to {requested} bytes (all memories together), {over} over the limit of {limit}"
     , over = requested - limit)]
     Memory { requested: usize, limit: usize },
     #[error("CPU time limit: ran {used:?}, {over:?} over the limit of {limit:?}", over = used.saturating_sub(*limit))]
@@ -27,10 +27,14 @@ impl LimitExceeded {
     }
 }
 
-/// Caps linear memory and tables and remembers the first refusal.
+/// Caps what one execution's store may hold — linear memory (all its
+/// memories together), table elements, and how many instances, memories
+/// and tables it has — and remembers the first refusal.
 #[derive(Debug)]
 pub(crate) struct ExecutionLimiter {
     max_memory: usize,
+    /// Bytes of linear memory granted so far, over all the store's memories.
+    memory: usize,
     pub(super) exceeded: Option<LimitExceeded>,
 }
 
@@ -42,25 +46,34 @@ impl ExecutionLimiter {
     pub(crate) fn new(max_memory: usize) -> Self {
         Self {
             max_memory,
+            memory: 0,
             exceeded: None,
         }
     }
 }
 
 impl wasmtime::ResourceLimiter for ExecutionLimiter {
+    /// `current` and `desired` are the sizes of the one memory that grows (a
+    /// new memory grows from 0 to its minimum); the limit is on the sum.
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired > self.max_memory {
+        let total = self.memory.saturating_sub(current).saturating_add(desired);
+        if total > self.max_memory {
             self.exceeded.get_or_insert(LimitExceeded::Memory {
-                requested: desired,
+                requested: total,
                 limit: self.max_memory,
             });
             return Ok(false);
         }
+        // A growth granted here can still fail (beyond the memory's own
+        // maximum, or the host is out of memory). It stays counted: the
+        // limiter is not told which memory failed, and counting too much
+        // only ever holds back the guest that asked.
+        self.memory = total;
         Ok(true)
     }
 
@@ -71,6 +84,21 @@ impl wasmtime::ResourceLimiter for ExecutionLimiter {
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
         Ok(desired <= MAX_TABLE_ELEMENTS)
+    }
+
+    // wasmtime allows 10,000 of each per store by default. A flow is one
+    // component; the pool sizes its slots with the same bounds.
+
+    fn instances(&self) -> usize {
+        super::CORE_INSTANCES_PER_FLOW as usize
+    }
+
+    fn memories(&self) -> usize {
+        super::MEMORIES_PER_FLOW as usize
+    }
+
+    fn tables(&self) -> usize {
+        super::TABLES_PER_FLOW as usize
     }
 }
 
@@ -99,5 +127,168 @@ impl CpuMeter {
     /// Record time spent waiting (in `receive`, or in `send` for a client).
     pub(crate) fn waited(&mut self, duration: Duration) {
         self.waiting += duration;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use wasmtime::component::{Component, Instance, Linker};
+    use wasmtime::{Config, Engine, ResourceLimiter, Store};
+
+    use super::*;
+    use crate::runtime::{CORE_INSTANCES_PER_FLOW, MEMORIES_PER_FLOW, TABLES_PER_FLOW};
+
+    const MIB: usize = 1 << 20;
+    const PAGES_PER_MIB: u32 = 16;
+
+    fn engine() -> Engine {
+        let mut config = Config::new();
+        config.wasm_component_model(true);
+        Engine::new(&config).unwrap()
+    }
+
+    /// A store of its own engine with the execution limiter installed.
+    fn limited_store(max_memory: usize) -> Store<ExecutionLimiter> {
+        let mut store = Store::new(&engine(), ExecutionLimiter::new(max_memory));
+        store.limiter(|limiter| limiter as &mut dyn ResourceLimiter);
+        store
+    }
+
+    fn instantiate(store: &mut Store<ExecutionLimiter>, wat: &str) -> wasmtime::Result<Instance> {
+        let bytes = wat::parse_str(wat).unwrap();
+        let component = Component::new(store.engine(), bytes).unwrap();
+        Linker::new(store.engine()).instantiate(store, &component)
+    }
+
+    /// A component whose one core instance has `count` memories of `pages`
+    /// pages each, and exports `grow0`, `grow1`, ... to grow them.
+    fn memories(count: usize, pages: u32) -> String {
+        let mut module = String::new();
+        let mut lifted = String::new();
+        for i in 0..count {
+            module.push_str(&format!(
+                "(memory $m{i} {pages})
+                 (func (export \"grow{i}\") (param i32) (result i32)
+                   (memory.grow $m{i} (local.get 0)))\n"
+            ));
+            lifted.push_str(&format!(
+                "(func (export \"grow{i}\") (param \"pages\" u32) (result s32)
+                   (canon lift (core func $i \"grow{i}\")))\n"
+            ));
+        }
+        format!(
+            "(component (core module $m {module}) (core instance $i (instantiate $m)) {lifted})"
+        )
+    }
+
+    /// A component of `count` core instances of a module with `memories`
+    /// memories and `tables` tables.
+    fn instances(count: u32, memories: u32, tables: u32) -> String {
+        let module =
+            "(memory 1)".repeat(memories as usize) + &"(table 1 funcref)".repeat(tables as usize);
+        let instances = "(core instance (instantiate $m))".repeat(count as usize);
+        format!("(component (core module $m {module}) {instances})")
+    }
+
+    fn grow(
+        store: &mut Store<ExecutionLimiter>,
+        instance: &Instance,
+        memory: usize,
+        pages: u32,
+    ) -> i32 {
+        let grow = instance
+            .get_typed_func::<(u32,), (i32,)>(&mut *store, &format!("grow{memory}"))
+            .unwrap();
+        grow.call(&mut *store, (pages,)).unwrap().0
+    }
+
+    #[test]
+    fn the_memory_limit_is_for_all_memories_together() {
+        let mut store = limited_store(3 * MIB);
+        let instance = instantiate(&mut store, &memories(2, PAGES_PER_MIB)).unwrap();
+        assert_eq!(store.data().exceeded, None);
+        // 1 MiB + 1 MiB: growing the first to 2 MiB makes 3 MiB in all.
+        assert_eq!(
+            grow(&mut store, &instance, 0, PAGES_PER_MIB),
+            PAGES_PER_MIB as i32
+        );
+        // Each memory alone would still fit; together they would not.
+        assert_eq!(grow(&mut store, &instance, 1, PAGES_PER_MIB), -1);
+        assert_eq!(
+            store.data().exceeded,
+            Some(LimitExceeded::Memory {
+                requested: 4 * MIB,
+                limit: 3 * MIB
+            })
+        );
+    }
+
+    #[test]
+    fn initial_memories_count_against_the_limit() {
+        let mut store = limited_store(3 * MIB);
+        let refused = instantiate(&mut store, &memories(2, 2 * PAGES_PER_MIB));
+        assert!(refused.is_err());
+        assert_eq!(
+            store.data().exceeded,
+            Some(LimitExceeded::Memory {
+                requested: 4 * MIB,
+                limit: 3 * MIB
+            })
+        );
+    }
+
+    #[test]
+    fn the_limit_is_the_total_however_the_memories_grow() {
+        let mut store = limited_store(3 * MIB);
+        let instance = instantiate(&mut store, &memories(2, 0)).unwrap();
+        for _ in 0..3 {
+            assert_ne!(grow(&mut store, &instance, 0, PAGES_PER_MIB / 2), -1);
+            assert_ne!(grow(&mut store, &instance, 1, PAGES_PER_MIB / 2), -1);
+        }
+        assert_eq!(grow(&mut store, &instance, 0, 1), -1);
+        assert_eq!(grow(&mut store, &instance, 1, 1), -1);
+    }
+
+    #[test]
+    fn a_store_holds_at_most_the_memories_of_a_flow() {
+        let mut store = limited_store(64 * MIB);
+        instantiate(&mut store, &memories(MEMORIES_PER_FLOW as usize, 1)).unwrap();
+
+        let mut store = limited_store(64 * MIB);
+        let error = instantiate(&mut store, &memories(4, PAGES_PER_MIB)).unwrap_err();
+        assert!(
+            format!("{error:#}").contains("memory count too high"),
+            "{error:#}"
+        );
+
+        // Spreading them over instances does not help.
+        let mut store = limited_store(64 * MIB);
+        let error = instantiate(&mut store, &instances(MEMORIES_PER_FLOW + 1, 1, 0)).unwrap_err();
+        assert!(
+            format!("{error:#}").contains("memory count too high"),
+            "{error:#}"
+        );
+    }
+
+    #[test]
+    fn a_store_holds_at_most_the_instances_and_tables_of_a_flow() {
+        let mut store = limited_store(64 * MIB);
+        instantiate(&mut store, &instances(CORE_INSTANCES_PER_FLOW, 0, 0)).unwrap();
+        let mut store = limited_store(64 * MIB);
+        let error =
+            instantiate(&mut store, &instances(CORE_INSTANCES_PER_FLOW + 1, 0, 0)).unwrap_err();
+        assert!(
+            format!("{error:#}").contains("instance count too high"),
+            "{error:#}"
+        );
+
+        let mut store = limited_store(64 * MIB);
+        instantiate(&mut store, &instances(1, 0, TABLES_PER_FLOW)).unwrap();
+        let mut store = limited_store(64 * MIB);
+        let error = instantiate(&mut store, &instances(1, 0, TABLES_PER_FLOW + 1)).unwrap_err();
+        assert!(
+            format!("{error:#}").contains("table count too high"),
+            "{error:#}"
+        );
     }
 }

@@ -110,7 +110,8 @@ impl PoolSize {
 
 /// A Rust flow built for `wasm32-wasip2` is a component of a few core
 /// instances (the flow, WASI adapter shims), one or two memories and a few
-/// tables; these bounds leave room for larger flows.
+/// tables; these bounds leave room for larger flows. They size the pool's
+/// slots and cap every store (`limits::ExecutionLimiter`).
 const CORE_INSTANCES_PER_FLOW: u32 = 16;
 const DECOMMIT_BATCH: usize = 64;
 const KEEP_RESIDENT: usize = 16 << 10;
