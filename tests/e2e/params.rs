@@ -136,3 +136,45 @@ async fn bad_params_are_refused_with_400_naming_the_parameter() {
         );
     }
 }
+
+#[tokio::test]
+async fn more_query_params_or_header_values_than_the_limit_are_refused_with_400() {
+    let server = TestServer::start(&typed_manifest()).await;
+    let extra: String = (0..256).map(|i| format!("&x{i}=1")).collect();
+    let url = server.url(&format!("/items/1/true?user=a{extra}"));
+    let refused = try_connect(request(&url, &[("X-Client", "c")]))
+        .await
+        .expect_err("257 query parameters are refused");
+    assert_eq!(
+        refused,
+        Refused {
+            status: 400,
+            body: "the query has more than 256 parameters; send at most 256".into()
+        }
+    );
+
+    let features = vec!["f"; 300].join(",");
+    let url = server.url("/items/1/true?user=a");
+    let refused = try_connect(request(
+        &url,
+        &[("X-Client", "c"), ("X-Features", &features)],
+    ))
+    .await
+    .expect_err("300 header values are refused");
+    assert_eq!(
+        refused,
+        Refused {
+            status: 400,
+            body: "the request has more than 256 header values; send at most 256".into()
+        }
+    );
+
+    // At the limit, the upgrade goes through.
+    let extra: String = (0..255).map(|i| format!("&x{i}=1")).collect();
+    let url = server.url(&format!("/items/1/true?user=a{extra}"));
+    let mut client = try_connect(request(&url, &[("X-Client", "c")]))
+        .await
+        .unwrap();
+    send_text(&mut client, "hi").await;
+    assert_eq!(next_json(&mut client).await["query"]["x254"], "1");
+}

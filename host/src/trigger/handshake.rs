@@ -2,6 +2,7 @@
 //! parameters the flow will see. Everything that can be refused is refused
 //! here, before the upgrade, with an HTTP status and a plain-text body.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use http::StatusCode;
@@ -72,7 +73,7 @@ pub(super) fn route(handlers: &[Arc<Handler>], request: &Request) -> Result<Rout
     let headers = typed(
         &spec.headers,
         "header",
-        header_values(request, &spec.headers),
+        header_values(request, &spec.headers)?,
     )?;
 
     Ok(Routed {
@@ -119,10 +120,26 @@ fn typed(
     Ok(params)
 }
 
-/// Group `a=1&b=2&a=3` by name, keeping first-seen order.
+/// Query pairs a request may carry: far more than a handler declares or a
+/// client needs, few enough that a hostile query costs little to refuse.
+const MAX_QUERY_PARAMS: usize = 256;
+
+/// Header values a request may carry, each value of a declared repeating
+/// header counted (`a, b` is two): as many as query pairs, for the same
+/// reason.
+const MAX_HEADER_VALUES: usize = 256;
+
+/// Group `a=1&b=2&a=3` by name, keeping first-seen order. More than
+/// [`MAX_QUERY_PARAMS`] pairs are refused.
 fn parse_query(query: &str) -> Result<Vec<(String, Vec<String>)>, Refusal> {
     let mut grouped: Vec<(String, Vec<String>)> = Vec::new();
-    for pair in query.split('&').filter(|pair| !pair.is_empty()) {
+    let mut index = HashMap::new();
+    for (count, pair) in query.split('&').filter(|pair| !pair.is_empty()).enumerate() {
+        if count == MAX_QUERY_PARAMS {
+            return Err(bad_request(format!(
+                "the query has more than {MAX_QUERY_PARAMS} parameters; send at most {MAX_QUERY_PARAMS}"
+            )));
+        }
         let (raw_name, raw_value) = pair.split_once('=').unwrap_or((pair, ""));
         let decode = |raw: &str| {
             percent_decode(raw, true).ok_or_else(|| {
@@ -133,15 +150,31 @@ fn parse_query(query: &str) -> Result<Vec<(String, Vec<String>)>, Refusal> {
         };
         let name = decode(raw_name)?;
         let value = decode(raw_value)?;
-        push_grouped(&mut grouped, name, value);
+        push_grouped(&mut grouped, &mut index, name, value);
     }
     Ok(grouped)
 }
 
 /// Request headers grouped by (lower-case) name. A declared repeating
-/// header's comma-separated values count as separate values.
-fn header_values(request: &Request, declared: &[ParamSpec]) -> Vec<(String, Vec<String>)> {
+/// header's comma-separated values count as separate values. More than
+/// [`MAX_HEADER_VALUES`] values are refused.
+fn header_values(
+    request: &Request,
+    declared: &[ParamSpec],
+) -> Result<Vec<(String, Vec<String>)>, Refusal> {
     let mut grouped: Vec<(String, Vec<String>)> = Vec::new();
+    let mut index = HashMap::new();
+    let mut count = 0;
+    let mut push = |name: &str, value: String| {
+        count += 1;
+        if count > MAX_HEADER_VALUES {
+            return Err(bad_request(format!(
+                "the request has more than {MAX_HEADER_VALUES} header values; send at most {MAX_HEADER_VALUES}"
+            )));
+        }
+        push_grouped(&mut grouped, &mut index, name.to_owned(), value);
+        Ok(())
+    };
     for (name, value) in request.headers() {
         let value = String::from_utf8_lossy(value.as_bytes());
         let repeating = declared
@@ -153,19 +186,29 @@ fn header_values(request: &Request, declared: &[ParamSpec]) -> Vec<(String, Vec<
                 .map(str::trim)
                 .filter(|part| !part.is_empty())
             {
-                push_grouped(&mut grouped, name.as_str().to_owned(), part.to_owned());
+                push(name.as_str(), part.to_owned())?;
             }
         } else {
-            push_grouped(&mut grouped, name.as_str().to_owned(), value.into_owned());
+            push(name.as_str(), value.into_owned())?;
         }
     }
-    grouped
+    Ok(grouped)
 }
 
-fn push_grouped(grouped: &mut Vec<(String, Vec<String>)>, name: String, value: String) {
-    match grouped.iter_mut().find(|(existing, _)| *existing == name) {
-        Some((_, values)) => values.push(value),
-        None => grouped.push((name, vec![value])),
+/// Add `value` to `name`'s group, or start the group; `index` maps each
+/// name to its group, so grouping takes time linear in the values.
+fn push_grouped(
+    grouped: &mut Vec<(String, Vec<String>)>,
+    index: &mut HashMap<String, usize>,
+    name: String,
+    value: String,
+) {
+    match index.get(&name) {
+        Some(&at) => grouped[at].1.push(value),
+        None => {
+            index.insert(name.clone(), grouped.len());
+            grouped.push((name, vec![value]));
+        }
     }
 }
 
@@ -218,6 +261,76 @@ mod tests {
         assert_eq!(percent_decode("%zz", false), None);
         assert_eq!(percent_decode("%4", false), None);
         assert_eq!(percent_decode("%ff", false), None);
+    }
+
+    #[test]
+    fn a_query_of_more_pairs_than_the_limit_is_refused_naming_it() {
+        let query = |pairs: usize| {
+            (0..pairs)
+                .map(|i| format!("p{i}=v"))
+                .collect::<Vec<_>>()
+                .join("&")
+        };
+        assert_eq!(parse_query(&query(256)).unwrap().len(), 256);
+        let refused = parse_query(&query(257)).unwrap_err();
+        assert_eq!(refused.status, StatusCode::BAD_REQUEST);
+        assert_eq!(
+            refused.body,
+            "the query has more than 256 parameters; send at most 256"
+        );
+        // Repeating one name counts every pair.
+        let repeated = vec!["tag=x"; 257].join("&");
+        assert_eq!(parse_query(&repeated).unwrap_err(), refused);
+    }
+
+    #[test]
+    fn many_distinct_names_keep_first_seen_order_and_group_their_values() {
+        let mut pairs = Vec::new();
+        for round in 0..2 {
+            for i in (0..100).rev() {
+                pairs.push(format!("n{i}={round}"));
+            }
+        }
+        let grouped = parse_query(&pairs.join("&")).unwrap();
+        let expected: Vec<(String, Vec<String>)> = (0..100)
+            .rev()
+            .map(|i| (format!("n{i}"), vec!["0".to_owned(), "1".to_owned()]))
+            .collect();
+        assert_eq!(grouped, expected);
+    }
+
+    fn request_with(headers: &[(&str, &str)]) -> Request {
+        let mut request = Request::builder().uri("/x");
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        request.body(()).unwrap()
+    }
+
+    fn spec(name: &str, repeating: bool) -> ParamSpec {
+        ParamSpec {
+            name: name.to_owned(),
+            ty: crate::manifest::spec::ParamType::String,
+            repeating,
+            required: false,
+        }
+    }
+
+    #[test]
+    fn more_header_values_than_the_limit_are_refused_naming_it() {
+        let declared = [spec("x-list", true)];
+        let values = |n: usize| vec!["v"; n].join(",");
+        let within = request_with(&[("X-List", &values(255)), ("X-Other", "o")]);
+        let grouped = header_values(&within, &declared).unwrap();
+        assert_eq!(grouped[0].1.len(), 255);
+        assert_eq!(grouped[1], ("x-other".to_owned(), vec!["o".to_owned()]));
+        let over = request_with(&[("X-List", &values(256)), ("X-Other", "o")]);
+        let refused = header_values(&over, &declared).unwrap_err();
+        assert_eq!(refused.status, StatusCode::BAD_REQUEST);
+        assert_eq!(
+            refused.body,
+            "the request has more than 256 header values; send at most 256"
+        );
     }
 
     #[test]
