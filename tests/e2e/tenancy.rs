@@ -506,3 +506,90 @@ async fn apps_keep_their_own_properties() {
     }
     let _ = local_addr;
 }
+
+#[tokio::test]
+async fn guest_text_cannot_forge_log_lines() {
+    let app = "hostile-guest-text";
+    let server = TestServer::start(&app_manifest(
+        app,
+        programs::SPOOF,
+        "/spoof",
+        "data",
+        Table::new(),
+    ))
+    .await;
+    let mut client = connect(&server.url("/spoof")).await;
+    let tag = "spoofed-by-guest";
+    send_text(&mut client, tag).await;
+    let error = server.wait_for_app_log(app, "flow returned an error").await;
+    assert!(
+        error.contains(&format!(
+            "failed\\n WARN wsflow::flow: {tag}-error app=\"other\""
+        )),
+        "{error}"
+    );
+    // Each piece of guest text is one line of its own record, which carries
+    // its app: no line starts where the guest put a newline.
+    let logged: Vec<String> = server
+        .app_log_lines(app)
+        .into_iter()
+        .filter(|line| line.contains(tag))
+        .collect();
+    assert_eq!(logged.len(), 3, "{logged:#?}");
+    for line in &logged {
+        assert!(
+            ["hello\\n", "out\\r", "failed\\n"]
+                .iter()
+                .any(|start| line.contains(start)),
+            "{line}"
+        );
+    }
+    let log = server.wait_for_app_log(app, &format!("{tag}-log")).await;
+    assert!(
+        log.contains(&format!("hello\\n INFO wsflow::flow: {tag}-log")),
+        "{log}"
+    );
+    let stdout = server.wait_for_app_log(app, &format!("{tag}-stdout")).await;
+    assert!(
+        stdout.contains(&format!(
+            "out\\r INFO wsflow::flow: {tag}-stdout app=\"other\"\\u{{1b}}[2K"
+        )),
+        "{stdout}"
+    );
+}
+
+#[tokio::test]
+async fn a_flows_errors_count_against_its_log_budget() {
+    let app = "hostile-error-flood";
+    let server = TestServer::start(&app_manifest(
+        app,
+        programs::FLAKY,
+        "/flaky",
+        "data",
+        toml! { log_lines_per_second = 1 },
+    ))
+    .await;
+    let mut client = connect(&server.url("/flaky")).await;
+    let started = Instant::now();
+    let failures = 40;
+    for _ in 0..failures {
+        send_text(&mut client, "fail").await;
+    }
+    // Executions of a connection run in order: the echo comes after them.
+    send_text(&mut client, "done").await;
+    assert_eq!(next_text(&mut client).await, "done");
+    let seconds = started.elapsed().as_secs() + 1;
+    let logged = server
+        .app_log_lines(app)
+        .iter()
+        .filter(|line| line.contains("flow returned an error"))
+        .count();
+    // A burst of 10 lines plus 1 a second of refill, while it ran.
+    let allowed = 10 + seconds as usize;
+    assert!(
+        logged <= allowed,
+        "{logged} of {failures} errors reached the log in {seconds} s (allowed {allowed})"
+    );
+    let dropped = server.app_stats(app).log_lines_dropped;
+    assert!(dropped >= (failures - allowed) as u64, "{dropped} dropped");
+}

@@ -24,6 +24,7 @@ use wasmtime::{
 pub(crate) use connection::{ConnectionShared, HostConnection, Outbound};
 use ctx::FlowCtx;
 pub(crate) use limits::LimitExceeded;
+pub(crate) use stdio::guest_line;
 use tracing::Instrument as _;
 
 use crate::app::{AppInfo, AppStats};

@@ -30,7 +30,7 @@ use crate::app::{AppInfo, AppStats};
 use crate::close::Close;
 use crate::manifest::spec::{HandlerSpec, Instance, Mode, TriggerLimits, TriggerSpec};
 use crate::runtime::bindings::{Content, Event};
-use crate::runtime::{ConnectionShared, FlowPre, Outcome, bindings};
+use crate::runtime::{ConnectionShared, FlowPre, Outcome, bindings, guest_line};
 
 use handshake::Refusal;
 
@@ -41,27 +41,37 @@ pub(crate) struct Handler {
 }
 
 /// Log how an execution ended and decide whether the connection must close.
-/// Details of a failure go to the log only, never to the client.
+/// Details of a failure go to the log only, never to the client; what the
+/// guest wrote there (its error, the names in a backtrace) goes through
+/// [`guest_line`], within the app's log budget.
 fn report(handler: &Handler, connection: &ConnectionShared, outcome: Outcome) -> Option<Close> {
+    let app = handler.flow.app();
     match outcome {
         Outcome::Completed => None,
         // A flow that fails because its client has gone is no news.
         Outcome::Failed(message) if connection.is_closed() => {
-            tracing::debug!("flow returned an error after the close: {message}");
+            if let Some(message) = guest_line(app, &message) {
+                tracing::debug!("flow returned an error after the close: {message}");
+            }
             None
         }
         Outcome::Failed(message) => {
-            tracing::warn!("flow returned an error: {message}");
+            if let Some(message) = guest_line(app, &message) {
+                tracing::warn!("flow returned an error: {message}");
+            }
             match handler.spec.mode {
                 Mode::Data => None,
                 Mode::Connection => Some(Close::FLOW_FAILED),
             }
         }
         Outcome::Trapped(trap) => {
-            // The cause on one line; the wasm backtrace at debug level.
+            // The cause on one line; the wasm backtrace, which names the
+            // guest's functions, at debug level.
             let cause = trap.root_cause().to_string().replace('\n', " ");
             tracing::error!("flow trapped: {cause}");
-            tracing::debug!("trap details: {trap:?}");
+            if let Some(details) = guest_line(app, &format!("{trap:?}")) {
+                tracing::debug!("trap details: {details}");
+            }
             Some(Close::INTERNAL_ERROR)
         }
         Outcome::LimitExceeded(exceeded) => {
