@@ -183,6 +183,11 @@ pub(crate) const DEFAULT_MAX_MESSAGE_SIZE: usize = 1 << 20;
 /// idle sockets cannot pile up before the handshake.
 pub(crate) const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The longest duration a manifest may set: a year (8760h) is longer than
+/// any timeout or limit needs, and added to the current time it cannot
+/// overflow a clock.
+pub(crate) const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// The ping interval `FLOGO_WEBSOCKET_SERVERPING=TRUE` turns on, as in Flogo.
 pub(crate) const FLOGO_SERVER_PING_INTERVAL: Duration = Duration::from_secs(5);
 

@@ -28,7 +28,9 @@ use tokio_util::task::TaskTracker;
 
 use crate::app::{AppInfo, AppStats};
 use crate::close::Close;
-use crate::manifest::spec::{HandlerSpec, Instance, Mode, TriggerLimits, TriggerSpec};
+use crate::manifest::spec::{
+    HandlerSpec, Instance, MAX_DURATION, Mode, TriggerLimits, TriggerSpec,
+};
 use crate::runtime::bindings::{Content, Event};
 use crate::runtime::{ConnectionShared, FlowPre, Outcome, bindings, guest_line};
 
@@ -104,6 +106,15 @@ static NEXT_CONNECTION_ID: AtomicU64 = AtomicU64::new(1);
 /// (128 KiB each way) would cost every idle connection a quarter MiB.
 const READ_BUFFER: usize = 4 * 1024;
 const WRITE_BUFFER: usize = 4 * 1024;
+
+/// When a handshake that starts now must be done. The manifest caps
+/// durations at `MAX_DURATION`; a longer timeout, set some other way, is
+/// cut to that instead of overflowing the clock.
+fn handshake_deadline(timeout: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(timeout)
+        .unwrap_or_else(|| now + MAX_DURATION)
+}
 
 /// Counts an open connection, for its trigger and its app, until dropped;
 /// holds the app's reused-instance slot when its handler reuses instances.
@@ -217,7 +228,7 @@ impl WsTrigger {
 
     async fn connection(&self, stream: TcpStream, peer: SocketAddr, shutdown: CancellationToken) {
         let _ = stream.set_nodelay(true);
-        let deadline = Instant::now() + self.limits.handshake_timeout;
+        let deadline = handshake_deadline(self.limits.handshake_timeout);
         // Each branch's future is boxed at its own size: unboxed, every
         // connection's task would be as large as the largest branch (TLS).
         match &self.tls {
@@ -378,5 +389,19 @@ impl WsTrigger {
         ))
         .await;
         tracing::debug!("disconnected");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_huge_handshake_timeout_does_not_overflow_the_deadline() {
+        let before = Instant::now();
+        let far = handshake_deadline(Duration::MAX);
+        assert!(far >= before + MAX_DURATION);
+        let near = handshake_deadline(Duration::from_secs(10));
+        assert!(near <= Instant::now() + Duration::from_secs(10));
     }
 }

@@ -5,6 +5,8 @@
 
 use std::time::Duration;
 
+use crate::manifest::spec::MAX_DURATION;
+
 /// A type a scalar setting converts to. Each method returns the problem
 /// (without the key, which the resolver adds) when the value does not fit.
 pub(super) trait Scalar: Sized {
@@ -133,26 +135,37 @@ pub(crate) fn parse_size(text: &str) -> Result<usize, String> {
         .ok_or_else(|| format!("`{text}` is too large"))
 }
 
-/// Parse `500ms`, `10s`, `5m`, `1h`.
+/// Parse `500ms`, `10s`, `5m`, `1h`; at most [`MAX_DURATION`].
 pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let split = text
         .find(|c: char| !c.is_ascii_digit())
         .ok_or_else(|| format!("`{text}` has no unit; write e.g. \"500ms\", \"10s\", \"5m\""))?;
     let (number, unit) = text.split_at(split);
-    let number: u64 = number
-        .parse()
-        .map_err(|_| format!("`{text}` does not start with a whole number"))?;
-    let seconds = |n: u64| Duration::from_secs(n);
-    match unit.trim() {
-        "ms" => Ok(Duration::from_millis(number)),
-        "s" => Ok(seconds(number)),
-        "m" => Ok(seconds(number * 60)),
-        "h" => Ok(seconds(number * 3600)),
-        other => Err(format!(
-            "`{other}` is not a duration unit; use ms, s, m or h"
-        )),
-    }
+    let millis_per_unit: u64 = match unit.trim() {
+        "ms" => 1,
+        "s" => 1000,
+        "m" => 60 * 1000,
+        "h" => 3600 * 1000,
+        other => {
+            return Err(format!(
+                "`{other}` is not a duration unit; use ms, s, m or h"
+            ));
+        }
+    };
+    let too_long = || format!("`{text}` is longer than the maximum of 8760h (365 days)");
+    let number: u64 =
+        number
+            .parse()
+            .map_err(|error: std::num::ParseIntError| match error.kind() {
+                std::num::IntErrorKind::PosOverflow => too_long(),
+                _ => format!("`{text}` does not start with a whole number"),
+            })?;
+    number
+        .checked_mul(millis_per_unit)
+        .map(Duration::from_millis)
+        .filter(|duration| *duration <= MAX_DURATION)
+        .ok_or_else(too_long)
 }
 
 #[cfg(test)]
@@ -177,6 +190,29 @@ mod tests {
         assert!(parse_duration("10").is_err());
         assert!(parse_duration("ten s").is_err());
         assert!(parse_duration("5 days").is_err());
+    }
+
+    #[test]
+    fn durations_beyond_the_maximum_are_refused_without_overflow() {
+        assert_eq!(MAX_DURATION, Duration::from_secs(365 * 24 * 3600));
+        assert_eq!(parse_duration("8760h"), Ok(MAX_DURATION));
+        assert_eq!(parse_duration("525600m"), Ok(MAX_DURATION));
+        let too_long = "is longer than the maximum of 8760h (365 days)";
+        for text in [
+            "8761h",
+            "525601m",
+            "31536001s",
+            "31536000001ms",
+            "5124095576030432h",
+            "307445734561825861m",
+            "18446744073709551615s",
+            "18446744073709551615ms",
+            "18446744073709551616s",
+            "99999999999999999999999h",
+        ] {
+            let error = parse_duration(text).unwrap_err();
+            assert_eq!(error, format!("`{text}` {too_long}"), "{text}");
+        }
     }
 
     #[test]
