@@ -107,6 +107,10 @@ static NEXT_CONNECTION_ID: AtomicU64 = AtomicU64::new(1);
 const READ_BUFFER: usize = 4 * 1024;
 const WRITE_BUFFER: usize = 4 * 1024;
 
+/// Room in the write buffer beyond one message: its frame header and a
+/// control frame (pong, close) queued beside it.
+const WRITE_BUFFER_SLACK: usize = 1024;
+
 /// When a handshake that starts now must be done. The manifest caps
 /// durations at `MAX_DURATION`; a longer timeout, set some other way, is
 /// cut to that instead of overflowing the clock.
@@ -160,9 +164,18 @@ impl WsTrigger {
             })
             .collect();
         let limits = spec.limits.clone();
+        // tungstenite's write buffer is unbounded by default. The writer
+        // flushes it before it queues the next message, so it holds at most
+        // the buffer, one message (flows send at most max_message_size) and
+        // a control frame; bounded there, a stream that keeps failing cannot
+        // make it grow.
+        let max_write_buffer = WRITE_BUFFER
+            .saturating_add(limits.max_message_size)
+            .saturating_add(WRITE_BUFFER_SLACK);
         let ws_config = WebSocketConfig::default()
             .read_buffer_size(READ_BUFFER)
             .write_buffer_size(WRITE_BUFFER)
+            .max_write_buffer_size(max_write_buffer)
             .max_message_size(Some(limits.max_message_size))
             .max_frame_size(Some(limits.max_message_size));
         Ok(Self {
@@ -395,6 +408,45 @@ impl WsTrigger {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::manifest::spec::AppSpec;
+
+    fn limits(max_message_size: usize) -> TriggerLimits {
+        TriggerLimits {
+            max_connections: None,
+            max_message_size,
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: None,
+            ping_interval: None,
+        }
+    }
+
+    fn trigger(limits: TriggerLimits) -> WsTrigger {
+        let app = AppInfo::new(&AppSpec {
+            name: "t".into(),
+            manifest: Default::default(),
+            properties: Default::default(),
+            limits: Default::default(),
+            flows: Vec::new(),
+            triggers: Vec::new(),
+        });
+        let spec = TriggerSpec {
+            addr: "127.0.0.1:0".parse().unwrap(),
+            tls: None,
+            limits,
+            allowed_origins: None,
+            handlers: Vec::new(),
+        };
+        WsTrigger::new(Arc::new(app), &spec, &BTreeMap::new()).unwrap()
+    }
+
+    #[test]
+    fn the_write_buffer_is_bounded_yet_holds_a_largest_message() {
+        for max_message_size in [1024, 1 << 20, 64 << 20] {
+            let config = trigger(limits(max_message_size)).ws_config;
+            assert!(config.max_write_buffer_size > WRITE_BUFFER + max_message_size + 14);
+            assert!(config.max_write_buffer_size <= WRITE_BUFFER + max_message_size + (64 << 10));
+        }
+    }
 
     #[test]
     fn a_huge_handshake_timeout_does_not_overflow_the_deadline() {
