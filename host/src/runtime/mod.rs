@@ -9,7 +9,7 @@ mod stdio;
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::hash::{Hash as _, Hasher as _};
+use std::hash::{Hash as _, Hasher};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -144,11 +144,14 @@ pub(crate) struct Runtime {
     compiled: Arc<Mutex<HashMap<ContentKey, Component>>>,
 }
 
-/// Identifies component bytes: their length and a hash of them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// Identifies component bytes by the bytes themselves. The hash only picks
+/// the bucket: two keys are equal when their bytes are, so components that
+/// share a hash (by chance, or made to by an app's author) are never
+/// confused.
+#[derive(Debug, Clone)]
 struct ContentKey {
-    len: usize,
     hash: u64,
+    bytes: Arc<[u8]>,
 }
 
 impl ContentKey {
@@ -156,9 +159,23 @@ impl ContentKey {
         let mut hasher = std::hash::DefaultHasher::new();
         bytes.hash(&mut hasher);
         Self {
-            len: bytes.len(),
             hash: hasher.finish(),
+            bytes: bytes.into(),
         }
+    }
+}
+
+impl PartialEq for ContentKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.hash == other.hash && self.bytes == other.bytes
+    }
+}
+
+impl Eq for ContentKey {}
+
+impl std::hash::Hash for ContentKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.hash);
     }
 }
 
@@ -459,4 +476,26 @@ fn limit_behind(trap: &wasmtime::Error, ctx: Option<&FlowCtx>) -> Option<LimitEx
         return Some(exceeded.clone());
     }
     ctx.and_then(|ctx| ctx.limiter.exceeded.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn components_in_one_hash_bucket_are_told_apart_by_their_bytes() {
+        let a = ContentKey::of(b"component a");
+        let mut b = ContentKey::of(b"component b");
+        assert_ne!(a, b);
+        // As if the two had collided: same length, same hash.
+        b.hash = a.hash;
+        assert_ne!(a, b);
+        let mut compiled = HashMap::new();
+        compiled.insert(a.clone(), "a");
+        compiled.insert(b.clone(), "b");
+        assert_eq!(compiled.len(), 2);
+        assert_eq!(compiled[&a], "a");
+        assert_eq!(compiled[&b], "b");
+        assert_eq!(compiled[&ContentKey::of(b"component a")], "a");
+    }
 }
