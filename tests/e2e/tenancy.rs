@@ -413,16 +413,46 @@ fn probe_manifest(grants: Table) -> Manifest {
         .limits(Table::new())
 }
 
+/// A listener on loopback for the probe to try; it must accept nothing.
+struct Bait(std::net::TcpListener);
+
+impl Bait {
+    fn new() -> Self {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        Self(listener)
+    }
+
+    fn addr(&self) -> String {
+        self.0.local_addr().unwrap().to_string()
+    }
+
+    /// Called after the probe has replied: a connection it made would be
+    /// waiting in the backlog by then.
+    fn assert_untouched(&self) {
+        match self.0.accept() {
+            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(error) => panic!("accept failed: {error}"),
+            Ok((_, peer)) => panic!("the flow connected to the host from {peer}"),
+        }
+    }
+}
+
+/// What the guest's standard library reports for a socket WASI denies.
+const NETWORK_DENIED: &str = "permission denied";
+
 #[tokio::test]
 async fn flows_see_no_files_network_or_host_environment() {
     let server = TestServer::start(&probe_manifest(Table::new())).await;
+    let bait = Bait::new();
     let mut client = connect(&server.url("/probe")).await;
-    send_text(&mut client, "?").await;
+    send_text(&mut client, &bait.addr()).await;
     let seen = next_json(&mut client).await;
     assert_eq!(seen["env"], json!({}));
     assert!(seen["etc_hostname"]["error"].is_string(), "{seen}");
     assert!(seen["granted"]["error"].is_string(), "{seen}");
-    assert_ne!(seen["network"], "connected");
+    assert_eq!(seen["network"], NETWORK_DENIED, "{seen}");
+    bait.assert_untouched();
 }
 
 #[tokio::test]
@@ -434,14 +464,16 @@ async fn flows_see_exactly_what_the_manifest_grants() {
         table([("read_only_dir", dir.path().display().to_string().into())]),
     );
     let server = TestServer::start(&probe_manifest(grants)).await;
+    let bait = Bait::new();
     let mut client = connect(&server.url("/probe")).await;
-    send_text(&mut client, "?").await;
+    send_text(&mut client, &bait.addr()).await;
     let seen = next_json(&mut client).await;
     assert_eq!(seen["env"], json!({ "GREETING": "hi" }));
     assert_eq!(seen["granted"], json!({ "ok": "hello from the host" }));
     assert!(seen["escape"]["error"].is_string(), "{seen}");
     assert!(seen["etc_hostname"]["error"].is_string(), "{seen}");
-    assert_ne!(seen["network"], "connected");
+    assert_eq!(seen["network"], NETWORK_DENIED, "{seen}");
+    bait.assert_untouched();
 }
 
 #[tokio::test]

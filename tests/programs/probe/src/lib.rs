@@ -1,5 +1,6 @@
 //! On any message: replies with what the sandbox lets the flow see — its
-//! environment, a few files, the network — as JSON.
+//! environment, a few files, the network — as JSON. A message that is a
+//! socket address (`127.0.0.1:PORT`) names where to try to connect.
 
 use serde_json::json;
 use wsflow_sdk::{Connection, Event, Flow};
@@ -14,10 +15,14 @@ fn read(path: &str) -> serde_json::Value {
 }
 
 impl Flow for Probe {
-    fn handle(_event: Event, conn: &Connection) -> wsflow_sdk::Result {
+    fn handle(event: Event, conn: &Connection) -> wsflow_sdk::Result {
         let env: serde_json::Map<String, serde_json::Value> =
             std::env::vars().map(|(k, v)| (k, json!(v))).collect();
-        let network = match std::net::TcpStream::connect("127.0.0.1:9") {
+        let target = event
+            .text()
+            .and_then(|text| text.parse::<std::net::SocketAddr>().ok())
+            .unwrap_or_else(|| ([127, 0, 0, 1], 9).into());
+        let network = match std::net::TcpStream::connect(target) {
             Ok(_) => "connected".to_owned(),
             Err(error) => error.kind().to_string(),
         };
