@@ -142,6 +142,8 @@ impl fmt::Display for PathPattern {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     #[test]
@@ -169,6 +171,97 @@ mod tests {
         assert!(PathPattern::parse("/a/x{b}").is_err());
         assert!(PathPattern::parse("/{a}/{a}").is_err());
         assert!(PathPattern::parse("/{}").is_err());
+    }
+
+    /// A literal segment: no `/`, no braces, not empty.
+    fn literal() -> impl Strategy<Value = String> {
+        "[A-Za-z0-9._~%-]{1,8}"
+    }
+
+    /// Segments of a pattern: literals, and params with distinct names.
+    fn segments() -> impl Strategy<Value = Vec<Segment>> {
+        prop::collection::vec(
+            prop_oneof![
+                literal().prop_map(Segment::Literal),
+                Just(Segment::Param(String::new()))
+            ],
+            0..6,
+        )
+        .prop_map(|segments| {
+            segments
+                .into_iter()
+                .enumerate()
+                .map(|(i, segment)| match segment {
+                    Segment::Param(_) => Segment::Param(format!("p{i}")),
+                    literal => literal,
+                })
+                .collect()
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn parsing_and_matching_never_panic(pattern in "\\PC{0,24}", path in "\\PC{0,24}") {
+            if let Ok(pattern) = PathPattern::parse(&pattern) {
+                let _ = pattern.matches(&path);
+            }
+        }
+
+        #[test]
+        fn parsing_and_matching_path_like_text_never_panics(
+            pattern in "[/{}a_-]{0,16}",
+            path in "[/{}a_-]{0,16}",
+        ) {
+            if let Ok(pattern) = PathPattern::parse(&pattern)
+                && let Some(params) = pattern.matches(&path)
+            {
+                prop_assert_eq!(params.len(), pattern.param_names().count());
+            }
+        }
+
+        #[test]
+        fn a_path_built_from_a_pattern_matches_it_with_the_values_put_in(
+            segments in segments(),
+            values in prop::collection::vec("[^/]{1,8}", 6),
+        ) {
+            let text_of = |segment: &Segment, i: usize, for_request: bool| match segment {
+                Segment::Literal(literal) => literal.clone(),
+                Segment::Param(_) if for_request => values[i].clone(),
+                Segment::Param(name) => format!("{{{name}}}"),
+            };
+            let build = |for_request: bool| {
+                let pieces: Vec<String> = segments
+                    .iter()
+                    .enumerate()
+                    .map(|(i, segment)| text_of(segment, i, for_request))
+                    .collect();
+                format!("/{}", pieces.join("/"))
+            };
+            let text = build(false);
+            let pattern = PathPattern::parse(&text).unwrap();
+            prop_assert_eq!(pattern.to_string(), text);
+            prop_assert_eq!(&pattern.segments, &segments);
+            let request = build(true);
+            let expected: Vec<(String, &str)> = segments
+                .iter()
+                .enumerate()
+                .filter_map(|(i, segment)| match segment {
+                    Segment::Param(name) => Some((name.clone(), values[i].as_str())),
+                    Segment::Literal(_) => None,
+                })
+                .collect();
+            let matched: Vec<(String, &str)> = pattern
+                .matches(&request)
+                .expect("the request matches its own pattern")
+                .into_iter()
+                .map(|(name, value)| (name.to_owned(), value))
+                .collect();
+            prop_assert_eq!(matched, expected);
+            // One segment more or less does not match.
+            prop_assert!(pattern.matches(&(request.clone() + "/x")).is_none());
+        }
     }
 
     #[test]

@@ -250,6 +250,8 @@ pub(super) fn percent_decode(raw: &str, plus_is_space: bool) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     #[test]
@@ -331,6 +333,71 @@ mod tests {
             refused.body,
             "the request has more than 256 header values; send at most 256"
         );
+    }
+
+    /// Percent-encode every byte outside the unreserved set; a space as `+`
+    /// when `plus_is_space`.
+    fn percent_encode(text: &str, plus_is_space: bool) -> String {
+        let mut out = String::new();
+        for byte in text.bytes() {
+            match byte {
+                b' ' if plus_is_space => out.push('+'),
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                    out.push(char::from(byte))
+                }
+                _ => out.push_str(&format!("%{byte:02X}")),
+            }
+        }
+        out
+    }
+
+    /// Names and values grouped the simple, quadratic way, as a model.
+    fn grouped_by_search(pairs: &[(String, String)]) -> Vec<(String, Vec<String>)> {
+        let mut grouped: Vec<(String, Vec<String>)> = Vec::new();
+        for (name, value) in pairs {
+            match grouped.iter_mut().find(|(existing, _)| existing == name) {
+                Some((_, values)) => values.push(value.clone()),
+                None => grouped.push((name.clone(), vec![value.clone()])),
+            }
+        }
+        grouped
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn decoding_and_query_parsing_never_panic(text in "\\PC{0,64}", plus in any::<bool>()) {
+            let _ = percent_decode(&text, plus);
+            if let Ok(grouped) = parse_query(&text) {
+                let values: usize = grouped.iter().map(|(_, values)| values.len()).sum();
+                prop_assert!(values <= MAX_QUERY_PARAMS);
+            }
+        }
+
+        #[test]
+        fn decoding_escape_like_text_never_panics(text in "[%0-9a-fA-F+zé]{0,24}", plus in any::<bool>()) {
+            let _ = percent_decode(&text, plus);
+            let _ = parse_query(&text);
+        }
+
+        #[test]
+        fn percent_encoded_text_decodes_to_itself(text in "\\PC{0,32}", plus in any::<bool>()) {
+            let encoded = percent_encode(&text, plus);
+            prop_assert_eq!(percent_decode(&encoded, plus), Some(text));
+        }
+
+        #[test]
+        fn a_query_groups_like_the_simple_model(
+            pairs in prop::collection::vec(("[a-c]{1,2}", "\\PC{0,6}"), 0..40),
+        ) {
+            let query: Vec<String> = pairs
+                .iter()
+                .map(|(name, value)| format!("{}={}", percent_encode(name, true), percent_encode(value, true)))
+                .collect();
+            let grouped = parse_query(&query.join("&")).unwrap();
+            prop_assert_eq!(grouped, grouped_by_search(&pairs));
+        }
     }
 
     #[test]

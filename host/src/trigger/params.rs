@@ -109,6 +109,8 @@ impl Scalar {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     fn spec(ty: ParamType, repeating: bool, required: bool) -> ParamSpec {
@@ -122,6 +124,48 @@ mod tests {
 
     fn strings(values: &[&str]) -> Vec<String> {
         values.iter().map(|v| v.to_string()).collect()
+    }
+
+    fn any_type() -> impl Strategy<Value = ParamType> {
+        prop_oneof![
+            Just(ParamType::String),
+            Just(ParamType::Number),
+            Just(ParamType::Integer),
+            Just(ParamType::Boolean),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn conversion_never_panics(
+            ty in any_type(),
+            repeating in any::<bool>(),
+            required in any::<bool>(),
+            raw in prop::collection::vec("\\PC{0,12}", 0..4),
+        ) {
+            let _ = convert(&spec(ty, repeating, required), "q", raw);
+        }
+
+        #[test]
+        fn formatted_values_convert_back(
+            integer in any::<i64>(),
+            number in any::<f64>().prop_filter("finite", |n| n.is_finite()),
+            boolean in any::<bool>(),
+            integers in prop::collection::vec(any::<i64>(), 1..4),
+        ) {
+            let one = |ty, text: String| convert(&spec(ty, false, true), "q", vec![text]);
+            let converted = one(ParamType::Integer, integer.to_string());
+            prop_assert!(matches!(converted, Ok(Some(ParamValue::Integer(v))) if v == integer));
+            let converted = one(ParamType::Number, number.to_string());
+            prop_assert!(matches!(converted, Ok(Some(ParamValue::Number(v))) if v == number));
+            let converted = one(ParamType::Boolean, boolean.to_string());
+            prop_assert!(matches!(converted, Ok(Some(ParamValue::Boolean(v))) if v == boolean));
+            let texts = integers.iter().map(i64::to_string).collect();
+            let converted = convert(&spec(ParamType::Integer, true, true), "q", texts);
+            prop_assert!(matches!(converted, Ok(Some(ParamValue::IntegerList(v))) if v == integers));
+        }
     }
 
     #[test]

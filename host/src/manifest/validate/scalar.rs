@@ -170,6 +170,8 @@ pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     #[test]
@@ -190,6 +192,56 @@ mod tests {
         assert!(parse_duration("10").is_err());
         assert!(parse_duration("ten s").is_err());
         assert!(parse_duration("5 days").is_err());
+    }
+
+    const DURATION_UNITS: [(&str, u64); 4] =
+        [("ms", 1), ("s", 1000), ("m", 60_000), ("h", 3_600_000)];
+    const SIZE_UNITS: [(&str, usize); 5] = [
+        ("", 1),
+        ("B", 1),
+        ("KiB", 1 << 10),
+        ("MiB", 1 << 20),
+        ("GiB", 1 << 30),
+    ];
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn size_and_duration_parsing_never_panics(text in "\\PC{0,32}") {
+            let _ = parse_size(&text);
+            let _ = parse_duration(&text);
+        }
+
+        #[test]
+        fn number_like_text_never_panics(text in "[0-9]{0,26} ?[a-zA-Z]{0,4}") {
+            let _ = parse_size(&text);
+            let _ = parse_duration(&text);
+        }
+
+        #[test]
+        fn a_formatted_duration_parses_back(number in any::<u64>(), unit in 0..DURATION_UNITS.len(), small in any::<bool>()) {
+            let (suffix, millis) = DURATION_UNITS[unit];
+            // Half the cases within the maximum, half anywhere.
+            let max = MAX_DURATION.as_millis() as u64 / millis;
+            let number = if small { number % (max + 1) } else { number };
+            let parsed = parse_duration(&format!("{number}{suffix}"));
+            match number.checked_mul(millis).map(Duration::from_millis) {
+                Some(duration) if duration <= MAX_DURATION => prop_assert_eq!(parsed, Ok(duration)),
+                _ => prop_assert!(parsed.unwrap_err().contains("longer than the maximum")),
+            }
+        }
+
+        #[test]
+        fn a_formatted_size_parses_back(number in any::<usize>(), unit in 0..SIZE_UNITS.len(), small in any::<bool>()) {
+            let (suffix, scale) = SIZE_UNITS[unit];
+            let number = if small { number / scale } else { number };
+            let parsed = parse_size(&format!("{number}{suffix}"));
+            match number.checked_mul(scale) {
+                Some(size) => prop_assert_eq!(parsed, Ok(size)),
+                None => prop_assert!(parsed.unwrap_err().contains("too large")),
+            }
+        }
     }
 
     #[test]
