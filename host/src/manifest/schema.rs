@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::spec::{Format, Instance, Mode, OnInvalid, ParamType};
+use super::spec::{Format, Instance, Mode, OnInvalid, ParamType, SlowMember};
 
 /// A scalar setting as written: a number, a boolean or a string (which may
 /// hold `${NAME}` references), with its place in the file.
@@ -87,6 +87,9 @@ pub(crate) struct FlowSection {
 /// max_reused_instances = 256   # `instance = "reuse"` connections open at once
 /// slow_client_timeout = "30s"  # a send waiting this long on a client: close 1008
 /// log_lines_per_second = 100   # guest output; bursts of ten times that
+/// max_groups_per_connection = 32
+/// max_group_members = 10000
+/// max_attachment_size = "2KiB"
 /// ```
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -99,6 +102,9 @@ pub(crate) struct LimitsSection {
     pub(crate) max_reused_instances: Option<Scalar>,
     pub(crate) slow_client_timeout: Option<Scalar>,
     pub(crate) log_lines_per_second: Option<Scalar>,
+    pub(crate) max_groups_per_connection: Option<Scalar>,
+    pub(crate) max_group_members: Option<Scalar>,
+    pub(crate) max_attachment_size: Option<Scalar>,
 }
 
 /// Where a JSON schema comes from: exactly one of `inline` (JSON text),
@@ -194,6 +200,7 @@ pub(crate) struct TlsSection {
 /// format = "json"
 /// schema = { app = "order" }
 /// on_invalid = "close"
+/// slow_member = "close"
 /// flow = "orders"
 /// query_params = [
 ///   { name = "user", type = "string", required = true },
@@ -222,6 +229,10 @@ pub(crate) struct HandlerSection {
     /// Data mode: a fresh instance per message (default) or one instance
     /// reused for all messages of a connection.
     pub(crate) instance: Option<Spanned<Instance>>,
+    /// A group message for this handler's connection finds its outbound
+    /// queue full: `"close"` it with 1008 (default) or `"drop"` the message.
+    #[serde(default)]
+    pub(crate) slow_member: SlowMember,
     /// The name of a `[flows.NAME]` entry.
     pub(crate) flow: Spanned<String>,
     #[serde(default)]

@@ -73,6 +73,12 @@ pub(crate) struct AppLimits {
     /// second, with bursts up to ten times that; the rest is dropped and
     /// counted.
     pub(crate) log_lines_per_second: u32,
+    /// Groups one connection may be in at once.
+    pub(crate) max_groups_per_connection: usize,
+    /// Connections one group may hold.
+    pub(crate) max_group_members: usize,
+    /// Bytes a connection's attachment (`groups.set-attachment`) may have.
+    pub(crate) max_attachment_size: usize,
 }
 
 impl Default for AppLimits {
@@ -94,6 +100,16 @@ impl Default for AppLimits {
             max_reused_instances: 256,
             slow_client_timeout: Duration::from_secs(30),
             log_lines_per_second: 100,
+            // Rooms, topics and a per-user group or two; a connection in
+            // hundreds of groups is more likely a bug than a design.
+            max_groups_per_connection: 32,
+            // As many as the app may have connections: one group may hold
+            // the whole app (a broadcast channel).
+            max_group_members: 10_000,
+            // A user name or a small JSON record, as with Cloudflare's
+            // `serializeAttachment` (2,048 bytes); a listing of 1,000
+            // members then stays within 2 MiB of the flow's memory.
+            max_attachment_size: 2048,
         }
     }
 }
@@ -200,6 +216,9 @@ pub(crate) struct HandlerSpec {
     pub(crate) schema: Option<SchemaSpec>,
     pub(crate) on_invalid: OnInvalid,
     pub(crate) instance: Instance,
+    /// What a publish does when this handler's connection cannot take
+    /// another message.
+    pub(crate) slow_member: SlowMember,
     /// The name of one of the app's flows.
     pub(crate) flow: String,
     pub(crate) path_params: Vec<ParamSpec>,
@@ -267,6 +286,24 @@ pub(crate) enum Instance {
     /// One instance for all messages of a connection: faster, and state
     /// (globals, heap) survives from one message to the next.
     Reuse,
+}
+
+/// What a publish (or `send-to`) does for a member whose outbound queue is
+/// full. Either way the publisher does not wait and the other members get
+/// the message.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum SlowMember {
+    /// Close the member with 1008: it misses nothing silently, and a client
+    /// that reconnects can resynchronise. The default, because a gap the
+    /// client cannot see (a chat line, a state change) is worse than a
+    /// reconnect it can.
+    #[default]
+    Close,
+    /// Drop the message for that member and count it; the member stays
+    /// connected. For streams where the next message supersedes the last
+    /// (positions, prices, presence).
+    Drop,
 }
 
 /// What happens to a message that is not valid JSON or fails the schema.

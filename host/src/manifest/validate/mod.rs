@@ -250,6 +250,17 @@ fn resolve_limits(
         let lines = source.positive("limits.log_lines_per_second", value)?;
         limits.log_lines_per_second = u32::try_from(lines).unwrap_or(u32::MAX);
     }
+    if let Some(value) = &section.max_groups_per_connection {
+        limits.max_groups_per_connection =
+            source.positive("limits.max_groups_per_connection", value)?;
+    }
+    if let Some(value) = &section.max_group_members {
+        limits.max_group_members = source.positive("limits.max_group_members", value)?;
+    }
+    if let Some(value) = &section.max_attachment_size {
+        let Size(size) = source.scalar("limits.max_attachment_size", value)?;
+        limits.max_attachment_size = size;
+    }
     Ok(limits)
 }
 

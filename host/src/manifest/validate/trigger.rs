@@ -337,6 +337,7 @@ fn resolve_handler(
         format: handler.format,
         schema,
         on_invalid: handler.on_invalid,
+        slow_member: handler.slow_member,
         flow,
         path_params,
         query_params,
