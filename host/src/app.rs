@@ -11,7 +11,8 @@ use std::time::Instant;
 use serde::Serialize;
 use tokio::sync::Semaphore;
 
-use crate::manifest::spec::{AppLimits, AppSpec};
+use crate::hub::{HubLimits, LocalHub, Transport};
+use crate::manifest::spec::{AppLimits, AppSpec, DEFAULT_MAX_MESSAGE_SIZE};
 
 /// What the host knows about a running app.
 #[derive(Debug)]
@@ -26,17 +27,27 @@ pub(crate) struct AppInfo {
     /// (`limits.max_reused_instances`).
     pub(crate) reused_instances: Arc<Semaphore>,
     pub(crate) log_budget: LogBudget,
+    /// Where the app's group operations go; its connections attach here.
+    pub(crate) hub: Arc<dyn Transport>,
 }
 
 impl AppInfo {
     pub(crate) fn new(spec: &AppSpec) -> Self {
         let limits = spec.limits.clone();
+        let max_message_size = spec
+            .triggers
+            .iter()
+            .map(|trigger| trigger.limits.max_message_size)
+            .max()
+            .unwrap_or(DEFAULT_MAX_MESSAGE_SIZE);
+        let hub = LocalHub::new(HubLimits::new(&limits, max_message_size));
         Self {
             name: spec.name.as_str().into(),
             properties: spec.properties.clone(),
             executions: Arc::new(Semaphore::new(limits.max_executions)),
             reused_instances: Arc::new(Semaphore::new(limits.max_reused_instances)),
             log_budget: LogBudget::new(limits.log_lines_per_second),
+            hub: Arc::new(hub),
             limits,
             stats: AppStats::default(),
         }
@@ -58,6 +69,10 @@ pub(crate) struct AppStats {
     pub(crate) bytes_in: AtomicU64,
     pub(crate) bytes_out: AtomicU64,
     pub(crate) log_lines_dropped: AtomicU64,
+    pub(crate) group_messages_published: AtomicU64,
+    pub(crate) group_messages_delivered: AtomicU64,
+    pub(crate) group_messages_dropped: AtomicU64,
+    pub(crate) slow_members_closed: AtomicU64,
 }
 
 /// A point-in-time copy of [`AppStats`].
@@ -87,6 +102,15 @@ pub struct StatsSnapshot {
     pub bytes_out: u64,
     /// Guest output lines dropped over the log budget.
     pub log_lines_dropped: u64,
+    /// Group messages flows published or sent to a connection by id.
+    pub group_messages_published: u64,
+    /// Group messages queued for a member (one publish to N members: N).
+    pub group_messages_delivered: u64,
+    /// Group messages not queued because the member's queue was full.
+    pub group_messages_dropped: u64,
+    /// Members closed (1008) because their queue was full (`slow_member =
+    /// "close"`).
+    pub slow_members_closed: u64,
 }
 
 impl AppStats {
@@ -109,6 +133,10 @@ impl AppStats {
             bytes_in: get(&self.bytes_in),
             bytes_out: get(&self.bytes_out),
             log_lines_dropped: get(&self.log_lines_dropped),
+            group_messages_published: get(&self.group_messages_published),
+            group_messages_delivered: get(&self.group_messages_delivered),
+            group_messages_dropped: get(&self.group_messages_dropped),
+            slow_members_closed: get(&self.slow_members_closed),
         }
     }
 }

@@ -35,6 +35,8 @@ impl Close {
     pub(crate) const INTERNAL_ERROR: Close = Close::fixed(CloseCode::Error, "internal error");
     pub(crate) const FLOW_FAILED: Close = Close::fixed(CloseCode::Error, "flow failed");
     pub(crate) const SLOW_CLIENT: Close = Close::fixed(CloseCode::Policy, "client does not read");
+    pub(crate) const SLOW_MEMBER: Close =
+        Close::fixed(CloseCode::Policy, "client does not keep up with its groups");
     pub(crate) const PROTOCOL_ERROR: Close = Close::fixed(CloseCode::Protocol, "protocol error");
     pub(crate) const INVALID_UTF8: Close =
         Close::fixed(CloseCode::Invalid, "invalid UTF-8 in a text message");

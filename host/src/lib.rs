@@ -14,6 +14,7 @@ mod app;
 mod builder;
 pub mod cli;
 mod close;
+mod hub;
 pub mod loader;
 pub mod manifest;
 mod runtime;

@@ -22,6 +22,7 @@ use super::ctx::FlowCtx;
 use super::limits::LimitExceeded;
 use crate::app::{AppInfo, AppStats};
 use crate::close::{Close, InvalidClose};
+use crate::hub::Delivery;
 
 /// What a connection's writer sends to the client.
 #[derive(Debug)]
@@ -94,13 +95,44 @@ impl ConnectionShared {
         if self.closed.swap(true, Ordering::AcqRel) {
             return false;
         }
+        self.queue_close(close, CLOSE_QUEUE_WAIT).await
+    }
+
+    /// Like [`ConnectionShared::close`], for callers that must not wait (a
+    /// publish that finds this connection's queue full): the connection is
+    /// closing from now on, and the close frame waits in the background,
+    /// up to `patience`, for room behind what is queued.
+    pub(crate) fn close_later(self: &Arc<Self>, close: Close, patience: Duration) -> bool {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return false;
+        }
+        let this = Arc::clone(self);
+        tokio::spawn(async move { this.queue_close(close, patience).await });
+        true
+    }
+
+    /// Queue the close frame, or abort the connection if there is no room
+    /// for it within `patience` (the client does not read).
+    async fn queue_close(&self, close: Close, patience: Duration) -> bool {
         let queued = self.outbound.send(Outbound::Close(close));
-        match tokio::time::timeout(CLOSE_QUEUE_WAIT, queued).await {
+        match tokio::time::timeout(patience, queued).await {
             Ok(result) => result.is_ok(),
             Err(_elapsed) => {
                 self.abort.cancel();
                 false
             }
+        }
+    }
+
+    /// Queue a message if there is room now; never waits.
+    pub(crate) fn try_send(&self, message: tungstenite::Message) -> Delivery {
+        if self.is_closed() {
+            return Delivery::Closed;
+        }
+        match self.outbound.try_send(Outbound::Message(message)) {
+            Ok(()) => Delivery::Queued,
+            Err(mpsc::error::TrySendError::Full(_)) => Delivery::Full,
+            Err(mpsc::error::TrySendError::Closed(_)) => Delivery::Closed,
         }
     }
 
@@ -130,9 +162,13 @@ impl HostConnection {
     ) -> Self {
         Self { shared, inbound }
     }
+
+    pub(super) fn shared(&self) -> &Arc<ConnectionShared> {
+        &self.shared
+    }
 }
 
-fn into_ws_message(message: Message) -> tungstenite::Message {
+pub(super) fn into_ws_message(message: Message) -> tungstenite::Message {
     match message {
         Message::Text(text) => tungstenite::Message::text(text),
         Message::Binary(bytes) => tungstenite::Message::binary(bytes),

@@ -4,6 +4,7 @@
 pub(crate) mod bindings;
 pub(crate) mod connection;
 mod ctx;
+mod groups;
 mod limits;
 mod stdio;
 

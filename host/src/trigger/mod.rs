@@ -28,6 +28,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::app::{AppInfo, AppStats};
 use crate::close::Close;
+use crate::hub::Membership;
 use crate::manifest::spec::{
     HandlerSpec, Instance, MAX_DURATION, Mode, TriggerLimits, TriggerSpec,
 };
@@ -384,6 +385,13 @@ impl WsTrigger {
             inputs: Vec::new(),
         };
         let flow_side = |shared: Arc<ConnectionShared>, inbound| async move {
+            // Addressable and able to join groups until the flow side ends,
+            // however it ends.
+            let _membership = Membership::attach(
+                &shared.app.hub,
+                Box::new(Arc::clone(&shared)),
+                handler.spec.slow_member,
+            );
             match handler.spec.mode {
                 Mode::Data => data::run(&handler, &shared, inbound, event, &shutdown).await,
                 Mode::Connection => {

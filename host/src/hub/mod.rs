@@ -1,0 +1,214 @@
+//! Groups and addressing: how the connections of one app reach each other
+//! (the host side of the WIT `groups` interface).
+//!
+//! ```text
+//! flow ──groups.publish──> runtime/groups.rs ──Transport──> LocalHub (this host's registry)
+//!                                                   └─ later: a cluster transport that wraps
+//!                                                      a LocalHub and forwards to a broker
+//! ```
+//!
+//! Every app has a hub of its own ([`crate::app::AppInfo::hub`]); nothing
+//! in it names another app, so an app cannot reach another app's groups or
+//! connections by any name or id. The trigger attaches every upgraded
+//! connection ([`Membership::attach`]) and the attachment ends with the
+//! connection, on every path, which ends its groups too: membership is
+//! connection state, not instance state.
+//!
+//! The seam is [`Transport`]. The [`LocalHub`] implements it for one host.
+//! A cluster transport (NATS) implements the same trait around a
+//! `LocalHub`: it delivers locally through it, forwards publishes to a
+//! subject scoped by app (`wsflow.APP.group.NAME`), subscribes where the
+//! local hub has members, answers counts and listings across hosts, and
+//! names each host in the high bits of its connection ids. The operations
+//! that may need a round trip to other hosts therefore return a future
+//! ([`Pending`]); `publish` never waits, on any transport.
+
+mod local;
+mod name;
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use tokio_tungstenite::tungstenite::{Bytes, Message};
+
+use crate::manifest::spec::{AppLimits, SlowMember};
+
+pub(crate) use local::LocalHub;
+pub(crate) use name::GroupName;
+
+/// A connection's id: unique in the host (and, with a cluster transport,
+/// in the cluster).
+pub(crate) type ConnectionId = u64;
+
+/// At most this many members are listed by `members`: a listing is copied
+/// into the flow's memory, and with 2 KiB attachments this is 2 MiB.
+pub(crate) const MAX_LISTED_MEMBERS: usize = 1000;
+
+/// Why a group operation did nothing. The variants are the WIT
+/// `group-error` cases.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum HubError {
+    #[error("{}", name::NAME_RULE)]
+    InvalidName,
+    #[error("no open connection of this app has that id")]
+    NotFound,
+    #[error("the message or attachment is larger than the app allows")]
+    TooLarge,
+    #[error("the connection is in as many groups as the app allows")]
+    TooManyGroups,
+    #[error("the group has as many members as the app allows")]
+    GroupFull,
+    #[error("the group has more than {MAX_LISTED_MEMBERS} members to list")]
+    TooManyToList,
+    #[error("the connection is closed")]
+    Closed,
+    #[error("the other hosts could not be reached")]
+    #[expect(
+        dead_code,
+        reason = "part of the WIT contract for cluster transports; one host never returns it"
+    )]
+    Unavailable,
+}
+
+pub(crate) type HubResult<T> = Result<T, HubError>;
+
+/// The answer of an operation that a cluster transport may have to ask
+/// other hosts for. A local hub answers at once.
+pub(crate) type Pending<'a, T> = Pin<Box<dyn Future<Output = HubResult<T>> + Send + 'a>>;
+
+/// What a message did on its way to the members it was for.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Fanout {
+    /// Queued for a member.
+    pub(crate) delivered: u64,
+    /// Not queued: the member's queue was full.
+    pub(crate) dropped: u64,
+    /// Members closed (1008) because their queue was full.
+    pub(crate) closed: u64,
+}
+
+/// A member of a group, as a listing shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct MemberInfo {
+    pub(crate) id: ConnectionId,
+    pub(crate) attachment: Bytes,
+}
+
+/// Whether an [`Outlet`] took a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Delivery {
+    Queued,
+    /// The outbound queue has no room now.
+    Full,
+    /// The connection is closed or closing.
+    Closed,
+}
+
+/// The outbound side of a local connection, as the hub uses it: it can
+/// only be offered a message, never waited on.
+pub(crate) trait Outlet: Send + Sync + fmt::Debug {
+    fn id(&self) -> ConnectionId;
+    /// Queue `message` if there is room now. The message is a cheap clone
+    /// (its payload is shared by reference count), never a copy.
+    fn try_send(&self, message: Message) -> Delivery;
+    fn is_closed(&self) -> bool;
+    /// Start closing with 1008 without waiting; returns whether this call
+    /// started the close.
+    fn close_slow(&self) -> bool;
+}
+
+/// The caps the hub enforces for one app.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct HubLimits {
+    pub(crate) max_groups_per_connection: usize,
+    pub(crate) max_group_members: usize,
+    pub(crate) max_attachment_size: usize,
+    /// The largest `max_message_size` of the app's triggers.
+    pub(crate) max_message_size: usize,
+}
+
+impl HubLimits {
+    pub(crate) fn new(limits: &AppLimits, max_message_size: usize) -> Self {
+        Self {
+            max_groups_per_connection: limits.max_groups_per_connection,
+            max_group_members: limits.max_group_members,
+            max_attachment_size: limits.max_attachment_size,
+            max_message_size,
+        }
+    }
+}
+
+/// Where an app's group operations go: the local hub, or a transport that
+/// also reaches other hosts. Every method is scoped to the one app the
+/// transport was made for.
+pub(crate) trait Transport: Send + Sync + fmt::Debug {
+    /// A connection was upgraded: from now on it can be addressed by id and
+    /// join groups. A full queue is handled by `policy`.
+    fn attach(&self, outlet: Box<dyn Outlet>, policy: SlowMember);
+
+    /// The connection ended: it leaves every group and can no longer be
+    /// addressed. Returns how many messages were dropped for it.
+    fn detach(&self, id: ConnectionId) -> u64;
+
+    fn join(&self, id: ConnectionId, group: GroupName) -> Pending<'_, ()>;
+
+    fn leave(&self, id: ConnectionId, group: &GroupName) -> Pending<'_, ()>;
+
+    /// The groups connection `id` is in, in name order.
+    fn joined(&self, id: ConnectionId) -> Vec<GroupName>;
+
+    fn set_attachment(&self, id: ConnectionId, attachment: Bytes) -> HubResult<()>;
+
+    fn attachment(&self, id: ConnectionId) -> HubResult<Bytes>;
+
+    /// Offer `message` to every member of `group` but `except`. Never
+    /// waits: a cluster transport hands the message to its broker
+    /// connection's own queue.
+    fn publish(
+        &self,
+        group: &GroupName,
+        message: Message,
+        except: Option<ConnectionId>,
+    ) -> HubResult<Fanout>;
+
+    fn send_to(&self, id: ConnectionId, message: Message) -> Pending<'_, Fanout>;
+
+    fn member_count(&self, group: &GroupName) -> Pending<'_, u32>;
+
+    /// The members of `group` in id order; `TooManyToList` beyond `limit`.
+    fn members(&self, group: &GroupName, limit: usize) -> Pending<'_, Vec<MemberInfo>>;
+}
+
+/// A connection's place in its app's hub, from the upgrade until the
+/// connection ends: dropping it (however the connection ends) detaches the
+/// connection, which leaves all its groups.
+pub(crate) struct Membership {
+    hub: Arc<dyn Transport>,
+    id: ConnectionId,
+}
+
+impl Membership {
+    pub(crate) fn attach(
+        hub: &Arc<dyn Transport>,
+        outlet: Box<dyn Outlet>,
+        policy: SlowMember,
+    ) -> Self {
+        let id = outlet.id();
+        hub.attach(outlet, policy);
+        Self {
+            hub: Arc::clone(hub),
+            id,
+        }
+    }
+}
+
+impl Drop for Membership {
+    fn drop(&mut self) {
+        let dropped = self.hub.detach(self.id);
+        if dropped > 0 {
+            tracing::info!("{dropped} group message(s) were dropped for this slow connection");
+        }
+    }
+}
