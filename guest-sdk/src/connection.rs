@@ -31,6 +31,10 @@ impl<'a> Connection<'a> {
         Self { raw }
     }
 
+    pub(crate) fn raw(&self) -> &'a raw::Connection {
+        self.raw
+    }
+
     /// A host-wide unique id of this connection.
     pub fn id(&self) -> u64 {
         self.raw.id()

@@ -21,6 +21,9 @@
 //! wsflow_sdk::export!(Echo);
 //! ```
 //!
+//! Connections of one app reach each other through [`groups`]: join named
+//! groups, publish to them, send to a connection by id.
+//!
 //! Build it with `cargo build --release --target wasm32-wasip2`; the
 //! resulting `.wasm` file is a component that a `wsflow.toml` manifest names
 //! as a flow's `component`.
@@ -29,6 +32,7 @@
 mod connection;
 mod error;
 mod event;
+pub mod groups;
 pub mod log;
 mod param;
 
