@@ -6,6 +6,7 @@ mod content;
 mod data_mode;
 mod examples;
 mod failures;
+mod groups;
 mod limits;
 mod manifests;
 mod params;
