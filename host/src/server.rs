@@ -160,6 +160,10 @@ impl Server {
                 bytes_in = totals.bytes_in,
                 bytes_out = totals.bytes_out,
                 log_lines_dropped = totals.log_lines_dropped,
+                group_published = totals.group_messages_published,
+                group_delivered = totals.group_messages_delivered,
+                group_dropped = totals.group_messages_dropped,
+                slow_members_closed = totals.slow_members_closed,
                 "app totals"
             );
         }

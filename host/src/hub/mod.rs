@@ -108,7 +108,7 @@ pub(crate) enum Delivery {
 
 /// The outbound side of a local connection, as the hub uses it: it can
 /// only be offered a message, never waited on.
-pub(crate) trait Outlet: Send + Sync + fmt::Debug {
+pub(crate) trait Outlet: Send + Sync {
     fn id(&self) -> ConnectionId;
     /// Queue `message` if there is room now. The message is a cheap clone
     /// (its payload is shared by reference count), never a copy.
