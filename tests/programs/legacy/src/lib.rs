@@ -8,16 +8,23 @@
     reason = "wit-bindgen's generated glue, invoked here directly instead of through the SDK"
 )]
 
-wit_bindgen::generate!({
-    path: "../../fixtures/wit-0.1.0-base",
-    world: "flow",
-});
+#[expect(
+    clippy::too_many_arguments,
+    reason = "generated code lowers a whole `event` record into flat arguments"
+)]
+mod bindings {
+    wit_bindgen::generate!({
+        path: "../../fixtures/wit-0.1.0-base",
+        world: "flow",
+    });
+}
 
-use wsflow::flow::types::{Content, Message};
+use bindings::wsflow::flow::connection::Connection;
+use bindings::wsflow::flow::types::{Content, Event, Message};
 
 struct Legacy;
 
-impl Guest for Legacy {
+impl bindings::Guest for Legacy {
     fn handle(event: Event, conn: &Connection) -> Result<(), String> {
         let echo = match event.content {
             Content::Text(text) | Content::Json(text) => Message::Text(text),
@@ -31,4 +38,4 @@ impl Guest for Legacy {
     }
 }
 
-export!(Legacy);
+bindings::export!(Legacy with_types_in bindings);
