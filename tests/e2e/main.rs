@@ -11,5 +11,6 @@ mod limits;
 mod manifests;
 mod params;
 mod shutdown;
+mod static_files;
 mod tenancy;
 mod tls;

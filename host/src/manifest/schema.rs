@@ -139,6 +139,7 @@ pub(crate) struct SchemaSource {
 /// idle_timeout = "5m"
 /// ping_interval = "30s"
 /// allowed_origins = ["https://example.com"]
+/// static_dir = "public"
 /// ```
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -167,6 +168,10 @@ pub(crate) struct TriggerSection {
     /// When set, only upgrade requests whose `Origin` header is in the list
     /// are accepted (others get HTTP 403).
     pub(crate) allowed_origins: Option<Vec<Spanned<String>>>,
+    /// A directory (relative to the manifest) whose files answer plain HTTP
+    /// `GET` requests on this listener: `index.html` for `/`; 404 for
+    /// anything else.
+    pub(crate) static_dir: Option<Spanned<String>>,
     #[serde(default)]
     pub(crate) handlers: Vec<HandlerSection>,
 }

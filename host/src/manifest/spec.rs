@@ -152,6 +152,9 @@ pub(crate) struct TriggerSpec {
     pub(crate) limits: TriggerLimits,
     /// `None`: any origin (or none) is accepted.
     pub(crate) allowed_origins: Option<Vec<String>>,
+    /// Plain HTTP `GET` requests (not upgrades) are answered with files
+    /// from this directory (canonical, checked at load).
+    pub(crate) static_dir: Option<PathBuf>,
     pub(crate) handlers: Vec<HandlerSpec>,
 }
 

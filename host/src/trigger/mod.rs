@@ -2,6 +2,7 @@
 //! and the two ways a handler drives its flow (data and connection mode).
 
 mod data;
+mod files;
 mod handshake;
 mod inputs;
 mod params;
@@ -95,6 +96,8 @@ pub(crate) struct WsTrigger {
     tls: Option<tokio_rustls::TlsAcceptor>,
     limits: TriggerLimits,
     allowed_origins: Option<Vec<String>>,
+    /// Files for plain HTTP requests (`static_dir`).
+    static_files: Option<files::StaticFiles>,
     ws_config: WebSocketConfig,
     /// Upgraded connections currently open.
     open: Arc<AtomicUsize>,
@@ -185,6 +188,7 @@ impl WsTrigger {
             tls,
             limits,
             allowed_origins: spec.allowed_origins.clone(),
+            static_files: spec.static_dir.clone().map(files::StaticFiles::new),
             ws_config,
             open: Arc::new(AtomicUsize::new(0)),
         })
@@ -246,14 +250,33 @@ impl WsTrigger {
         // Each branch's future is boxed at its own size: unboxed, every
         // connection's task would be as large as the largest branch (TLS).
         match &self.tls {
-            None => Box::pin(self.serve_stream(stream, peer, deadline, shutdown)).await,
+            None => Box::pin(self.serve_http(stream, peer, deadline, shutdown)).await,
             Some(acceptor) => {
                 match tokio::time::timeout_at(deadline, Box::pin(acceptor.accept(stream))).await {
-                    Ok(Ok(tls)) => Box::pin(self.serve_stream(tls, peer, deadline, shutdown)).await,
+                    Ok(Ok(tls)) => Box::pin(self.serve_http(tls, peer, deadline, shutdown)).await,
                     Ok(Err(error)) => tracing::debug!("TLS handshake failed: {error}"),
                     Err(_elapsed) => tracing::debug!("TLS handshake timed out"),
                 }
             }
+        }
+    }
+
+    /// With a `static_dir`, answer plain HTTP requests with its files and
+    /// pass upgrades on; without one, every request is an upgrade request.
+    async fn serve_http<S>(
+        &self,
+        stream: S,
+        peer: SocketAddr,
+        deadline: Instant,
+        shutdown: CancellationToken,
+    ) where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let Some(files) = &self.static_files else {
+            return Box::pin(self.serve_stream(stream, peer, deadline, shutdown)).await;
+        };
+        if let Some(upgrade) = files.intercept(stream, deadline).await {
+            Box::pin(self.serve_stream(upgrade, peer, deadline, shutdown)).await;
         }
     }
 
@@ -442,6 +465,7 @@ mod tests {
             tls: None,
             limits,
             allowed_origins: None,
+            static_dir: None,
             handlers: Vec::new(),
         };
         WsTrigger::new(Arc::new(app), &spec, &BTreeMap::new()).unwrap()

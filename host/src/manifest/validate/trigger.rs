@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -92,6 +93,10 @@ fn resolve(
                 .collect::<Result<Vec<_>, _>>()?,
         ),
     };
+    let static_dir = match &trigger.static_dir {
+        None => None,
+        Some(dir) => Some(static_dir(source, &format!("{key}.static_dir"), dir)?),
+    };
 
     if trigger.handlers.is_empty() {
         return Err(source
@@ -125,6 +130,7 @@ fn resolve(
         tls,
         limits,
         allowed_origins,
+        static_dir,
         handlers,
     })
 }
@@ -165,6 +171,24 @@ fn resolve_limits(
         ping_interval: optional_duration("ping_interval", &trigger.ping_interval)?
             .or_else(flogo_ping),
     })
+}
+
+/// The directory files are served from: it must exist and be a directory.
+/// Kept canonical, so a served file is checked to lie inside it.
+fn static_dir(
+    source: &Source<'_>,
+    key: &str,
+    value: &Spanned<String>,
+) -> Result<PathBuf, ManifestError> {
+    let path = source.join(&source.text(key, value)?);
+    let problem = match std::fs::canonicalize(&path) {
+        Ok(dir) if dir.is_dir() => return Ok(dir),
+        Ok(_) => "is not a directory".to_owned(),
+        Err(error) => format!("cannot be read: {error}"),
+    };
+    Err(source
+        .error_at(value.span(), format!("{key}: {} {problem}", path.display()))
+        .help("give a directory relative to the manifest, e.g. static_dir = \"public\""))
 }
 
 fn resolve_tls(

@@ -1,0 +1,130 @@
+//! `static_dir` on a trigger: plain HTTP requests get files, upgrade
+//! requests on the same port still reach their handlers.
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use toml::toml;
+use wsflow_tests::{
+    Manifest, TIMEOUT, TestServer, Trigger, connect, next_text, programs, send_text, table,
+};
+
+/// A response: status, lower-case headers, body.
+struct Response {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Response {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(header, _)| header == name)
+            .map(|(_, value)| value.as_str())
+    }
+}
+
+/// Send `request` (an HTTP/1.1 request head) and read until the server
+/// closes.
+async fn http(server: &TestServer, request: &str) -> Response {
+    let mut tcp = tokio::net::TcpStream::connect(server.endpoints()[0].addr)
+        .await
+        .unwrap();
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(TIMEOUT, tcp.read_to_end(&mut raw))
+        .await
+        .expect("the server closes after the response")
+        .unwrap();
+    let raw = String::from_utf8(raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").expect("a complete response");
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers = lines
+        .map(|line| {
+            let (name, value) = line.split_once(':').unwrap();
+            (name.to_ascii_lowercase(), value.trim().to_owned())
+        })
+        .collect();
+    Response {
+        status,
+        headers,
+        body: body.to_owned(),
+    }
+}
+
+async fn get(server: &TestServer, path: &str) -> Response {
+    http(
+        server,
+        &format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n"),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn plain_requests_get_files_and_upgrades_reach_their_handler() {
+    let dir = tempfile::tempdir().unwrap();
+    let site = dir.path().join("site");
+    std::fs::create_dir_all(site.join("js")).unwrap();
+    std::fs::write(site.join("index.html"), "<h1>chat</h1>").unwrap();
+    std::fs::write(site.join("js/app.js"), "connect()").unwrap();
+    std::fs::write(site.join(".secret"), "hidden").unwrap();
+    std::fs::write(dir.path().join("outside.txt"), "outside").unwrap();
+    let manifest = Manifest::app("site")
+        .flow("echo", programs::EXAMPLE_ECHO)
+        .trigger(
+            Trigger::on_port(0)
+                .with(table([("static_dir", site.display().to_string().into())]))
+                .handler(toml! { path = "/echo" flow = "echo" }),
+        );
+    let server = TestServer::start(&manifest).await;
+
+    let index = get(&server, "/").await;
+    assert_eq!((index.status, index.body.as_str()), (200, "<h1>chat</h1>"));
+    assert_eq!(
+        index.header("content-type"),
+        Some("text/html; charset=utf-8")
+    );
+    let script = get(&server, "/js/app.js").await;
+    assert_eq!((script.status, script.body.as_str()), (200, "connect()"));
+    assert_eq!(
+        script.header("content-type"),
+        Some("text/javascript; charset=utf-8")
+    );
+    let head = http(&server, "HEAD /js/app.js HTTP/1.1\r\nHost: test\r\n\r\n").await;
+    assert_eq!(head.status, 200);
+    assert_eq!(head.header("content-length"), Some("9"));
+    assert_eq!(head.body, "");
+
+    for outside in [
+        "/missing.html",
+        "/../outside.txt",
+        "/js/../../outside.txt",
+        "/%2e%2e/outside.txt",
+        "/js%2f..%2f..%2foutside.txt",
+        "/.secret",
+        "/echo",
+    ] {
+        let response = get(&server, outside).await;
+        assert_eq!(response.status, 404, "{outside}");
+        assert!(!response.body.contains("outside") && !response.body.contains("hidden"));
+    }
+    let post = http(
+        &server,
+        "POST / HTTP/1.1\r\nHost: test\r\ncontent-length: 0\r\n\r\n",
+    )
+    .await;
+    assert_eq!(post.status, 405);
+    assert_eq!(post.header("allow"), Some("GET, HEAD"));
+
+    // The WebSocket side of the same port is untouched.
+    let mut client = connect(&server.url("/echo")).await;
+    send_text(&mut client, "still a WebSocket server").await;
+    assert_eq!(next_text(&mut client).await, "still a WebSocket server");
+}
