@@ -7,19 +7,31 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::server::StatsHandle;
+use crate::sockets::AcceptBackoff;
 
 /// Requests larger than this are not HTTP requests for `/stats`.
 const MAX_REQUEST: usize = 8 * 1024;
 
 /// Serve `GET /stats` on `listener` until `shutdown`.
 pub(crate) async fn serve(listener: TcpListener, stats: StatsHandle, shutdown: CancellationToken) {
+    let mut backoff = AcceptBackoff::default();
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
             () = shutdown.cancelled() => return,
         };
-        let Ok((mut stream, _)) = accepted else {
-            continue;
+        let mut stream = match accepted {
+            Ok((stream, _)) => {
+                backoff.succeeded();
+                stream
+            }
+            Err(error) => {
+                let pause = backoff.failed(&error);
+                tokio::select! {
+                    () = tokio::time::sleep(pause) => continue,
+                    () = shutdown.cancelled() => return,
+                }
+            }
         };
         let stats = stats.clone();
         tokio::spawn(async move {

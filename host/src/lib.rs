@@ -19,6 +19,7 @@ pub mod loader;
 pub mod manifest;
 mod runtime;
 pub mod server;
+mod sockets;
 mod trigger;
 
 pub use app::StatsSnapshot;

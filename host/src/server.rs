@@ -6,12 +6,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::app::{AppInfo, StatsSnapshot};
 use crate::loader::LoadedApps;
+use crate::sockets::HostSockets;
 use crate::trigger::WsTrigger;
 
 /// How long shutdown waits for connections to finish their closing
@@ -71,6 +72,27 @@ impl StatsHandle {
     }
 }
 
+/// Clients a listener's backlog holds while the host accepts none (a
+/// listener stops accepting while its handshake slots are taken): room for
+/// a burst, where the usual 128 would have the kernel drop connection
+/// attempts (clients then retry after a second or more). The kernel may
+/// cap it (`net.core.somaxconn`).
+const LISTEN_BACKLOG: u32 = 1024;
+
+/// A listener on `addr` with [`LISTEN_BACKLOG`].
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    // As `TcpListener::bind` does: a restarted host can bind at once.
+    #[cfg(unix)]
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 impl Server {
     /// Bind a listener for every trigger. Nothing is served until
     /// [`Server::run`]; if any bind fails, none is kept.
@@ -81,7 +103,7 @@ impl Server {
         for app in loaded.apps {
             infos.push(Arc::clone(&app.info));
             for (wanted, trigger) in app.triggers {
-                let listener = TcpListener::bind(wanted).await.with_context(|| {
+                let listener = listen(wanted).with_context(|| {
                     format!("app `{}`: cannot listen on {wanted}", app.info.name)
                 })?;
                 let addr = listener.local_addr()?;
@@ -120,10 +142,13 @@ impl Server {
     pub async fn run(self, shutdown: CancellationToken) {
         let stats = self.stats();
         let tracker = TaskTracker::new();
+        let sockets = Arc::new(HostSockets::for_this_process());
+        tracing::info!("{}", sockets.describe());
         let mut accept_loops = Vec::new();
         for (trigger, listener) in self.listeners {
             accept_loops.push(tokio::spawn(trigger.serve(
                 listener,
+                Arc::clone(&sockets),
                 shutdown.clone(),
                 tracker.clone(),
             )));

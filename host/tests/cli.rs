@@ -33,14 +33,30 @@ impl Up {
     }
 
     fn start_with_env(args: &[&str], dir: &Path, env: &[(&str, &str)]) -> Self {
-        let mut child = Command::new(WSFLOW)
-            .args(args)
+        let mut command = Command::new(WSFLOW);
+        command.args(args).envs(env.iter().copied());
+        Self::spawn(command, dir)
+    }
+
+    /// `wsflow ARGS` in a process that may have at most `descriptors` open
+    /// file descriptors (`ulimit -n`).
+    fn start_with_descriptor_limit(args: &[&str], dir: &Path, descriptors: u32) -> Self {
+        let mut command = Command::new("sh");
+        command
+            .arg("-c")
+            .arg(format!("ulimit -n {descriptors} && exec \"$0\" \"$@\""))
+            .arg(WSFLOW)
+            .args(args);
+        Self::spawn(command, dir)
+    }
+
+    fn spawn(mut command: Command, dir: &Path) -> Self {
+        let mut child = command
             .current_dir(dir)
             // Flows are built the way a user builds them, into the
             // workspace's `target/` where the manifests look for them, even
             // when these tests run with a target dir of their own.
             .env_remove("CARGO_TARGET_DIR")
-            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -487,4 +503,65 @@ fn check_of_several_manifests_finds_apps_that_cannot_share_a_host() {
          which app `echo` (examples/echo/wsflow.toml) triggers[0] already uses\n  \
          help: give each app its own ports\n"
     );
+}
+
+/// Like [`connect`], but gives up on the upgrade after `timeout` instead of
+/// waiting for it without end.
+fn connect_within(url: &str, timeout: Duration) -> WebSocket<MaybeTlsStream<TcpStream>> {
+    let tcp = TcpStream::connect(host_port(url)).unwrap();
+    tcp.set_read_timeout(Some(timeout)).unwrap();
+    let (socket, _) = tungstenite::client(url, MaybeTlsStream::Plain(tcp))
+        .unwrap_or_else(|error| panic!("no upgrade from {url} within {timeout:?}: {error}"));
+    socket
+}
+
+/// `HOST:PORT` of a `ws://` or `http://` URL.
+fn host_port(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    rest.split('/').next().unwrap()
+}
+
+#[test]
+fn idle_sockets_on_one_app_leave_the_other_apps_and_the_admin_endpoint_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    for (app, mut trigger) in [
+        ("crowded", toml! { handshake_timeout = "60s" }),
+        ("calm", Table::new()),
+    ] {
+        trigger.insert("port".into(), 0.into());
+        let handler = table([("path", format!("/{app}").into()), ("flow", "echo".into())]);
+        trigger.insert("handlers".into(), vec![Value::from(handler)].into());
+        let mut manifest = table([("app", table([("name", app.into())]).into())]);
+        manifest.insert("flows".into(), table([("echo", echo_flow().into())]).into());
+        manifest.insert("triggers".into(), vec![Value::from(trigger)].into());
+        let path = dir.path().join(format!("{app}.toml"));
+        std::fs::write(path, toml::to_string(&manifest).unwrap()).unwrap();
+    }
+    // 300 idle sockets are more than this host has descriptors for.
+    let args = ["up", "--admin", "127.0.0.1:0", "."];
+    let mut up = Up::start_with_descriptor_limit(&args, dir.path(), 256);
+    let urls = [up.listening_url(), up.listening_url()];
+    let stats_line = up.lines.recv_timeout(Duration::from_secs(60)).unwrap();
+    let stats_url = stats_line.strip_prefix("stats on ").expect(&stats_line);
+    let crowded = urls.iter().find(|url| url.ends_with("/crowded")).unwrap();
+    let calm = urls.iter().find(|url| url.ends_with("/calm")).unwrap();
+
+    let idle: Vec<TcpStream> = (0..300)
+        .map(|_| TcpStream::connect(host_port(crowded)).unwrap())
+        .collect();
+    // The other app still upgrades and echoes.
+    let mut socket = connect_within(calm, Duration::from_secs(15));
+    assert_echo(&mut socket);
+    drop(socket);
+    // The admin endpoint still answers.
+    let mut http = TcpStream::connect(host_port(stats_url)).unwrap();
+    http.set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    std::io::Write::write_all(&mut http, b"GET /stats HTTP/1.1\r\nhost: x\r\n\r\n").unwrap();
+    let mut response = String::new();
+    std::io::Read::read_to_string(&mut http, &mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
+    // Pending handshakes end with the shutdown instead of holding it up.
+    assert!(up.terminate().success());
+    drop(idle);
 }

@@ -214,3 +214,30 @@ async fn a_client_that_does_not_read_holds_up_the_sender_instead_of_host_memory(
     assert_eq!(received, COUNT);
     assert_eq!(u16::from(next_close(&mut client).await.code), 1000);
 }
+
+#[tokio::test]
+async fn handshakes_beyond_the_listener_cap_wait_for_a_free_slot() {
+    let server = TestServer::start(&echo_with(
+        toml! { max_pending_handshakes = 2 handshake_timeout = "60s" },
+    ))
+    .await;
+    let addr = server.endpoints()[0].addr;
+    // Two sockets that never send a request hold both handshake slots.
+    let first_idle = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let _second_idle = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let url = server.url("/echo");
+    let mut third = tokio::spawn(async move { connect(&url).await });
+    // The third waits in the listen backlog, neither refused nor served.
+    let waited = tokio::time::timeout(Duration::from_secs(1), &mut third).await;
+    assert!(
+        waited.is_err(),
+        "a third handshake was served while two were pending"
+    );
+    drop(first_idle);
+    let mut third = tokio::time::timeout(TIMEOUT, third)
+        .await
+        .expect("the third handshake is served once a slot frees")
+        .unwrap();
+    send_text(&mut third, "in").await;
+    assert_eq!(next_text(&mut third).await, "in");
+}

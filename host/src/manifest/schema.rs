@@ -134,6 +134,7 @@ pub(crate) struct SchemaSource {
 /// port = 9998                  # or "${PORT}"
 /// host = "127.0.0.1"
 /// max_connections = 10000
+/// max_pending_handshakes = 256
 /// max_message_size = 1048576
 /// handshake_timeout = "10s"
 /// idle_timeout = "5m"
@@ -154,6 +155,10 @@ pub(crate) struct TriggerSection {
     pub(crate) tls: Option<TlsSection>,
     /// Connections beyond this are refused with HTTP 503 before the upgrade.
     pub(crate) max_connections: Option<Scalar>,
+    /// Accepted sockets that may be in TLS or the upgrade at once (default
+    /// 256, and at most half of what the host allows); while this many are,
+    /// the listener accepts nothing and new clients wait in its backlog.
+    pub(crate) max_pending_handshakes: Option<Scalar>,
     /// Largest message or frame a client may send, in bytes (default 1 MiB;
     /// larger: close 1009).
     pub(crate) max_message_size: Option<Scalar>,

@@ -189,6 +189,9 @@ pub(crate) struct TlsSpec {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct TriggerLimits {
     pub(crate) max_connections: Option<usize>,
+    /// Accepted sockets in TLS or the upgrade at once; beyond it the
+    /// listener stops accepting until one finishes.
+    pub(crate) max_pending_handshakes: usize,
     pub(crate) max_message_size: usize,
     pub(crate) handshake_timeout: Duration,
     pub(crate) idle_timeout: Option<Duration>,
@@ -206,6 +209,11 @@ pub(crate) const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// any timeout or limit needs, and added to the current time it cannot
 /// overflow a clock.
 pub(crate) const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// Handshakes a listener serves at once unless configured: a burst of
+/// clients queues in the listen backlog beyond it, and sockets that never
+/// finish a handshake cannot take every descriptor of the host.
+pub(crate) const DEFAULT_MAX_PENDING_HANDSHAKES: usize = 256;
 
 /// The ping interval `FLOGO_WEBSOCKET_SERVERPING=TRUE` turns on, as in Flogo.
 pub(crate) const FLOGO_SERVER_PING_INTERVAL: Duration = Duration::from_secs(5);

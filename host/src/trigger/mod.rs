@@ -35,6 +35,7 @@ use crate::manifest::spec::{
 };
 use crate::runtime::bindings::{Content, Event};
 use crate::runtime::{ConnectionShared, FlowPre, Outcome, bindings, guest_line};
+use crate::sockets::{AcceptBackoff, HandshakeSlot, HostSockets};
 
 use handshake::Refusal;
 
@@ -124,6 +125,20 @@ fn handshake_deadline(timeout: Duration) -> Instant {
         .unwrap_or_else(|| now + MAX_DURATION)
 }
 
+/// How often at most an accept loop logs that it is paused.
+const PAUSE_LOG_INTERVAL: Duration = Duration::from_secs(60);
+
+/// A client socket on its way through TLS, the HTTP request and the
+/// upgrade.
+struct Client {
+    peer: SocketAddr,
+    /// When TLS and the upgrade must be done.
+    deadline: Instant,
+    /// Its handshake slot, then its place among the host's open sockets.
+    slot: HandshakeSlot,
+    shutdown: CancellationToken,
+}
+
 /// Counts an open connection, for its trigger and its app, until dropped;
 /// holds the app's reused-instance slot when its handler reuses instances.
 struct OpenGuard {
@@ -208,21 +223,54 @@ impl WsTrigger {
 
     /// Accept connections on an already-bound listener until `shutdown`.
     /// Each connection runs on `tracker`, so the caller can wait for them.
+    ///
+    /// A socket is accepted only when it has a handshake slot (of this
+    /// listener and of the host) and a place among the host's open sockets;
+    /// until then new clients wait in the listen backlog.
     pub(crate) async fn serve(
         self: Arc<Self>,
         listener: TcpListener,
+        sockets: Arc<HostSockets>,
         shutdown: CancellationToken,
         tracker: TaskTracker,
     ) {
+        let handshakes = sockets.listener_handshakes(self.limits.max_pending_handshakes);
+        let mut backoff = AcceptBackoff::default();
+        let mut last_pause: Option<Instant> = None;
         loop {
+            let slot = match sockets.try_reserve(&handshakes) {
+                Some(slot) => slot,
+                None => {
+                    // Once a minute at most: under a crowd it would be
+                    // every accept.
+                    if last_pause.is_none_or(|at| at.elapsed() >= PAUSE_LOG_INTERVAL) {
+                        tracing::warn!(
+                            app = &*self.app.name,
+                            "accepting paused: {}",
+                            sockets.usage(&handshakes)
+                        );
+                        last_pause = Some(Instant::now());
+                    }
+                    tokio::select! {
+                        slot = sockets.reserve(&handshakes) => slot,
+                        () = shutdown.cancelled() => return,
+                    }
+                }
+            };
             let accepted = tokio::select! {
                 accepted = listener.accept() => accepted,
                 () = shutdown.cancelled() => return,
             };
             match accepted {
                 Ok((stream, peer)) => {
+                    backoff.succeeded();
                     let trigger = Arc::clone(&self);
-                    let shutdown = shutdown.clone();
+                    let client = Client {
+                        peer,
+                        deadline: handshake_deadline(self.limits.handshake_timeout),
+                        slot,
+                        shutdown: shutdown.clone(),
+                    };
                     let span = tracing::info_span!(
                         "conn",
                         app = &*self.app.name,
@@ -231,29 +279,39 @@ impl WsTrigger {
                         path = tracing::field::Empty,
                     );
                     tracker.spawn(
-                        async move { trigger.connection(stream, peer, shutdown).await }
-                            .instrument(span),
+                        async move { trigger.connection(stream, client).await }.instrument(span),
                     );
                 }
                 Err(error) => {
-                    // Typically EMFILE: back off instead of spinning.
-                    tracing::warn!(app = &*self.app.name, "accept failed: {error}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    drop(slot);
+                    let pause = {
+                        let _app = tracing::info_span!("accept", app = &*self.app.name).entered();
+                        backoff.failed(&error)
+                    };
+                    tokio::select! {
+                        () = tokio::time::sleep(pause) => {}
+                        () = shutdown.cancelled() => return,
+                    }
                 }
             }
         }
     }
 
-    async fn connection(&self, stream: TcpStream, peer: SocketAddr, shutdown: CancellationToken) {
+    async fn connection(&self, stream: TcpStream, client: Client) {
         let _ = stream.set_nodelay(true);
-        let deadline = handshake_deadline(self.limits.handshake_timeout);
         // Each branch's future is boxed at its own size: unboxed, every
         // connection's task would be as large as the largest branch (TLS).
         match &self.tls {
-            None => Box::pin(self.serve_http(stream, peer, deadline, shutdown)).await,
+            None => Box::pin(self.serve_http(stream, client)).await,
             Some(acceptor) => {
-                match tokio::time::timeout_at(deadline, Box::pin(acceptor.accept(stream))).await {
-                    Ok(Ok(tls)) => Box::pin(self.serve_http(tls, peer, deadline, shutdown)).await,
+                let handshake =
+                    tokio::time::timeout_at(client.deadline, Box::pin(acceptor.accept(stream)));
+                let handshake = tokio::select! {
+                    handshake = handshake => handshake,
+                    () = client.shutdown.cancelled() => return,
+                };
+                match handshake {
+                    Ok(Ok(tls)) => Box::pin(self.serve_http(tls, client)).await,
                     Ok(Err(error)) => tracing::debug!("TLS handshake failed: {error}"),
                     Err(_elapsed) => tracing::debug!("TLS handshake timed out"),
                 }
@@ -263,20 +321,19 @@ impl WsTrigger {
 
     /// With a `static_dir`, answer plain HTTP requests with its files and
     /// pass upgrades on; without one, every request is an upgrade request.
-    async fn serve_http<S>(
-        &self,
-        stream: S,
-        peer: SocketAddr,
-        deadline: Instant,
-        shutdown: CancellationToken,
-    ) where
+    async fn serve_http<S>(&self, stream: S, client: Client)
+    where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let Some(files) = &self.static_files else {
-            return Box::pin(self.serve_stream(stream, peer, deadline, shutdown)).await;
+            return Box::pin(self.serve_stream(stream, client)).await;
         };
-        if let Some(upgrade) = files.intercept(stream, deadline).await {
-            Box::pin(self.serve_stream(upgrade, peer, deadline, shutdown)).await;
+        let intercepted = tokio::select! {
+            intercepted = files.intercept(stream, client.deadline) => intercepted,
+            () = client.shutdown.cancelled() => return,
+        };
+        if let Some(upgrade) = intercepted {
+            Box::pin(self.serve_stream(upgrade, client)).await;
         }
     }
 
@@ -350,15 +407,16 @@ impl WsTrigger {
         clippy::result_large_err,
         reason = "tungstenite's handshake callback returns its ErrorResponse by value"
     )]
-    async fn serve_stream<S>(
-        &self,
-        stream: S,
-        peer: SocketAddr,
-        deadline: Instant,
-        shutdown: CancellationToken,
-    ) where
+    async fn serve_stream<S>(&self, stream: S, client: Client)
+    where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
+        let Client {
+            peer,
+            deadline,
+            slot,
+            shutdown,
+        } = client;
         let mut admitted = None;
         let callback = |request: &Request, response: Response| -> Result<Response, ErrorResponse> {
             let accepted = self.admit(request).map_err(|refusal| {
@@ -375,7 +433,13 @@ impl WsTrigger {
             callback,
             Some(self.ws_config),
         ));
-        let ws = match tokio::time::timeout_at(deadline, upgrade).await {
+        let upgraded = tokio::select! {
+            upgraded = tokio::time::timeout_at(deadline, upgrade) => upgraded,
+            () = shutdown.cancelled() => return,
+        };
+        // The handshake is over, whichever way: its slots are free again.
+        let _socket = slot.upgraded();
+        let ws = match upgraded {
             Ok(Ok(ws)) => ws,
             Ok(Err(error)) => {
                 tracing::debug!("handshake refused or failed: {error}");
@@ -444,6 +508,7 @@ mod tests {
     fn limits(max_message_size: usize) -> TriggerLimits {
         TriggerLimits {
             max_connections: None,
+            max_pending_handshakes: 256,
             max_message_size,
             handshake_timeout: Duration::from_secs(10),
             idle_timeout: None,

@@ -13,9 +13,9 @@ use super::scalar::Port;
 use super::{Source, load_schema};
 use crate::manifest::schema::{HandlerSection, Manifest, ParamSection, TlsSection, TriggerSection};
 use crate::manifest::spec::{
-    DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_MESSAGE_SIZE, FLOGO_SERVER_PING_INTERVAL, Format,
-    HandlerSpec, InputSource, Instance, Mode, ParamSpec, PemSource, SchemaSpec, TlsSpec,
-    TriggerLimits, TriggerSpec,
+    DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_MAX_PENDING_HANDSHAKES,
+    FLOGO_SERVER_PING_INTERVAL, Format, HandlerSpec, InputSource, Instance, Mode, ParamSpec,
+    PemSource, SchemaSpec, TlsSpec, TriggerLimits, TriggerSpec,
 };
 use crate::manifest::{DEFAULT_PORT, ManifestError, PathPattern};
 
@@ -159,6 +159,10 @@ fn resolve_limits(
             .as_ref()
             .map(|n| source.positive(&format!("{key}.max_connections"), n))
             .transpose()?,
+        max_pending_handshakes: match &trigger.max_pending_handshakes {
+            None => DEFAULT_MAX_PENDING_HANDSHAKES,
+            Some(n) => source.positive(&format!("{key}.max_pending_handshakes"), n)?,
+        },
         max_message_size: match &trigger.max_message_size {
             None => DEFAULT_MAX_MESSAGE_SIZE,
             Some(n) => source.positive(&format!("{key}.max_message_size"), n)?,
