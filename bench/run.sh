@@ -4,6 +4,7 @@
 #   bench/run.sh            # compare: native baseline, wsflow, peers; one table
 #   bench/run.sh scale      # memory per idle connection / blocked flow, start time, overhead
 #   bench/run.sh all        # both
+#   bench/run.sh fairness   # one app's spinning executions next to another app's echo
 #
 # Settings (environment):
 #   BENCH_DURATION=10 BENCH_WARMUP=2   seconds measured / warm-up per server
@@ -14,6 +15,11 @@
 #   BENCH_IDLE_CONNECTIONS=10000       scale: idle Data-mode connections
 #   BENCH_FLOWS=5000                   scale: Connection-mode flows blocked in receive
 #   BENCH_STARTUP_RUNS=7               scale: measured starts of `wsflow up`
+#   BENCH_SPINNERS=0,64,256            fairness: spinning executions of the other app, a row each
+#   BENCH_BUSY_RUNS=5 BENCH_BUSY_MS=55 fairness: runs of the victim's CPU-bound flow, its CPU need
+#   BENCH_BUSY_WORK=                   fairness: its work in millions of rounds (default: calibrated
+#                                      to BENCH_BUSY_MS; fix it to compare runs)
+#   BENCH_WSFLOW=path                  fairness: the wsflow binary to measure (default: the one built)
 #   BENCH_BUILD=1                      0: use the binaries already built
 #   BENCH_PIN=1                        0: do not pin server and load to CPUs
 #   BENCH_NODE_DIR=target/bench-node   where `npm install ws` goes
@@ -25,9 +31,9 @@ cd "$ROOT"
 
 WHAT=${1:-compare}
 case $WHAT in
-compare | scale | all) ;;
+compare | scale | all | fairness) ;;
 *)
-    echo "usage: bench/run.sh [compare|scale|all]" >&2
+    echo "usage: bench/run.sh [compare|scale|all|fairness]" >&2
     exit 2
     ;;
 esac
@@ -45,6 +51,9 @@ BINARY=${BENCH_BINARY:-0}
 IDLE_CONNECTIONS=${BENCH_IDLE_CONNECTIONS:-10000}
 FLOWS=${BENCH_FLOWS:-5000}
 STARTUP_RUNS=${BENCH_STARTUP_RUNS:-7}
+SPINNERS=${BENCH_SPINNERS:-0,64,256}
+BUSY_RUNS=${BENCH_BUSY_RUNS:-5}
+BUSY_MS=${BENCH_BUSY_MS:-55}
 NODE_DIR=${BENCH_NODE_DIR:-$ROOT/target/bench-node}
 WS_VERSION=8.23.0
 
@@ -53,10 +62,12 @@ WS_VERSION=8.23.0
 if [[ ${BENCH_BUILD:-1} == 1 ]]; then
     echo "building (release) into $TARGET ..."
     cargo build --release -p wsflow -p wsflow-bench
-    cargo build --release --target wasm32-wasip2 -p wsflow-example-echo -p wsflow-example-chat-session
+    cargo build --release --target wasm32-wasip2 -p wsflow-example-echo -p wsflow-example-chat-session \
+        -p test-spin -p test-busy
 fi
 for file in "$BIN/wsflow" "$BIN/wsflow-load" "$BIN/native-echo" "$BIN/wsflow-startup" \
-    "$WASM/wsflow_example_echo.wasm" "$WASM/wsflow_example_chat_session.wasm"; do
+    "$BIN/wsflow-fairness" "$WASM/wsflow_example_echo.wasm" "$WASM/wsflow_example_chat_session.wasm" \
+    "$WASM/test_spin.wasm" "$WASM/test_busy.wasm"; do
     [[ -e $file ]] || {
         echo "missing $file (run without BENCH_BUILD=0)" >&2
         exit 1
@@ -421,9 +432,29 @@ scale() {
     target "ms from start to listening, median" "$(field "$WORK/startup.txt" median_ms)" "x < 50"
 }
 
+# --- fairness ------------------------------------------------------------------
+
+# Not pinned: the host runs with one worker per CPU, as it would in
+# production, and the hostile app's executions compete for all of them.
+fairness() {
+    local wsflow=${BENCH_WSFLOW:-$BIN/wsflow}
+    machine | grep -v '^server pinned'
+    echo "not pinned; host: $wsflow"
+    echo "victim app: echo (ping-pong, 1 connection, ${DURATION}s per row) and a flow needing ~${BUSY_MS} ms"
+    echo "of CPU (run $BUSY_RUNS times per row, default cpu_time 1s); other app: N executions spinning"
+    echo
+    local work=()
+    [[ -n ${BENCH_BUSY_WORK:-} ]] && work=(--busy-work "$BENCH_BUSY_WORK")
+    "$BIN/wsflow-fairness" --wsflow "$wsflow" --echo "$WASM/wsflow_example_echo.wasm" \
+        --busy "$WASM/test_busy.wasm" --spin "$WASM/test_spin.wasm" --spinners "$SPINNERS" \
+        --duration "$DURATION" --busy-runs "$BUSY_RUNS" --busy-ms "$BUSY_MS" "${work[@]}"
+    echo "load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"
+}
+
 case $WHAT in
 compare) compare ;;
 scale) scale ;;
+fairness) fairness ;;
 all)
     compare
     echo
