@@ -67,7 +67,9 @@ impl<'a> Connection<'a> {
     }
 
     /// Wait for the client's next message (connection mode only). `Ok(None)`
-    /// means the client has closed. A `timeout` of `None` waits without limit.
+    /// means the client has closed. A `timeout` of `None` waits without limit;
+    /// `Some(Duration::ZERO)` takes a message already received, or returns
+    /// [`ReceiveError::Timeout`] at once.
     pub fn receive(&self, timeout: Option<Duration>) -> Result<Option<Message>, ReceiveError> {
         let timeout_ms = timeout.map(|t| u32::try_from(t.as_millis()).unwrap_or(u32::MAX));
         self.raw.receive(timeout_ms)

@@ -81,11 +81,18 @@ pub fn load(paths: &[PathBuf], options: &LoadOptions) -> anyhow::Result<LoadedAp
 /// Compile an app's flows and set up its triggers.
 fn load_app(runtime: &Runtime, spec: &AppSpec) -> anyhow::Result<LoadedApp> {
     let info = Arc::new(AppInfo::new(spec));
+    let lane = runtime.lane();
     let context = || format!("{} (app `{}`)", spec.manifest.display(), spec.name);
     let mut flows = BTreeMap::new();
     for flow in &spec.flows {
         let pre = runtime
-            .load_flow(&info, &flow.name, &flow.component, flow.grants.clone())
+            .load_flow(
+                &info,
+                &lane,
+                &flow.name,
+                &flow.component,
+                flow.grants.clone(),
+            )
             .with_context(|| format!("{}: flow `{}`", context(), flow.name))?;
         flows.insert(flow.name.clone(), pre);
     }

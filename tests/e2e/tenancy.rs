@@ -303,6 +303,109 @@ async fn a_connection_flow_that_never_returns_is_stopped_once_it_spins() {
     assert_victim_answers(&mut victim, "after").await;
 }
 
+/// Start a connection-mode `poll` flow of app `app` doing `what`
+/// (`receive` or `send`) next to the echo app, and expect the CPU limit to
+/// stop it although it never waits for its client.
+async fn assert_polling_is_charged(app: &str, what: &str) {
+    let hostile = app_manifest(
+        app,
+        programs::POLL,
+        "/poll",
+        "connection",
+        toml! { cpu_time = "300ms" },
+    );
+    let (server, mut victim) = with_victim(hostile).await;
+    let mut poller = connect(&server.app_url(app, "/poll")).await;
+    assert_eq!(next_text(&mut poller).await, "ready");
+    send_text(&mut poller, what).await;
+    // Reads every `tick` a sending flow sends, until the close. Work the
+    // host does in a host call is the flow's CPU time: it must stop.
+    let stopped = tokio::time::timeout(TIMEOUT, next_close(&mut poller));
+    let close = victim_answers_while(&mut victim, stopped)
+        .await
+        .expect("the flow was not stopped by its CPU limit");
+    assert_eq!(u16::from(close.code), 1011);
+    server
+        .wait_for_app_log(app, "execution stopped: CPU time limit")
+        .await;
+    assert_eq!(server.app_stats(app).executions_limit_exceeded, 1);
+    assert_victim_answers(&mut victim, "after").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flow_polling_receive_without_waiting_is_stopped_by_the_cpu_limit() {
+    assert_polling_is_charged("hostile-polling-receive", "receive").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flow_sending_without_end_to_a_reading_client_is_stopped_by_the_cpu_limit() {
+    assert_polling_is_charged("hostile-sending-without-end", "send").await;
+}
+
+/// Wait until app `app` has logged `count` lines containing `needle`.
+async fn wait_for_app_log_count(server: &TestServer, app: &str, needle: &str, count: usize) {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let seen = server
+            .app_log_lines(app)
+            .iter()
+            .filter(|line| line.contains(needle))
+            .count();
+        if seen >= count {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{seen} of {count} lines containing {needle:?} from app {app}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn time_spent_behind_another_apps_executions_is_not_charged_as_cpu_time() {
+    // The busy flow needs a few tens of milliseconds of CPU, far below its
+    // limit on any machine; next to 96 spinning executions of another app,
+    // it waits far longer than its limit for its turns. Only the time it
+    // runs counts.
+    const SPINNERS: usize = 96;
+    let hostile = app_manifest(
+        "hostile-spinning-executions",
+        programs::SPIN,
+        "/spin",
+        "data",
+        toml! {
+            cpu_time = "1h"
+            wall_time = "1h"
+        },
+    );
+    let honest = app_manifest(
+        "honest-busy",
+        programs::BUSY,
+        "/busy",
+        "data",
+        toml! { cpu_time = "1s" },
+    );
+    let server = TestServer::start_apps(&[honest, hostile]).await;
+    let spin_url = server.app_url("hostile-spinning-executions", "/spin");
+    let mut spinners = Vec::new();
+    for _ in 0..SPINNERS {
+        let mut spinner = connect(&spin_url).await;
+        send_text(&mut spinner, "go").await;
+        spinners.push(spinner);
+    }
+    wait_for_app_log_count(&server, "hostile-spinning-executions", "spinning", SPINNERS).await;
+    let mut busy = connect(&server.app_url("honest-busy", "/busy")).await;
+    let started = Instant::now();
+    send_text(&mut busy, "10").await;
+    assert_eq!(next_text(&mut busy).await, "done 10");
+    eprintln!(
+        "busy flow answered {:?} after its message, next to {SPINNERS} spinning executions",
+        started.elapsed()
+    );
+    assert_eq!(server.app_stats("honest-busy").executions_limit_exceeded, 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trap_in_the_middle_of_sending_closes_after_what_was_sent() {
     let hostile = app_manifest(

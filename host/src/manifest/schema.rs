@@ -80,7 +80,7 @@ pub(crate) struct FlowSection {
 /// ```toml
 /// [limits]
 /// max_memory = "64MiB"         # linear memory per execution
-/// cpu_time = "1s"              # per execution, not counting waits
+/// cpu_time = "1s"              # per execution: time it runs, not time it waits
 /// wall_time = "10s"            # per data-mode execution
 /// max_executions = 256         # running at once
 /// max_connections = 10000      # open at once, all triggers together

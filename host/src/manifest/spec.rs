@@ -51,8 +51,8 @@ pub(crate) struct AppLimits {
     /// Linear memory a single execution may grow to, all its memories
     /// together.
     pub(crate) max_memory: usize,
-    /// Time an execution may spend running (not waiting in `receive` or in
-    /// `send` for a slow client).
+    /// CPU time an execution may use: guest code and the work of its host
+    /// calls, not time it waits (for its client, a timer or its turn).
     pub(crate) cpu_time: Duration,
     /// Time a data-mode execution may take from start to finish.
     pub(crate) wall_time: Duration,

@@ -9,9 +9,10 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TryRecvError;
 use tokio_tungstenite::tungstenite;
 use tokio_util::sync::CancellationToken;
 use wasmtime::component::Resource;
@@ -203,10 +204,9 @@ impl wit::HostConnection for FlowCtx {
         }
         let shared = Arc::clone(&conn.shared);
         let patience = self.app.limits.slow_client_timeout;
-        let started = Instant::now();
+        // Waiting for room in the queue is not charged (the execution is
+        // not polled meanwhile); the work of sending is.
         let sent = tokio::time::timeout(patience, shared.send(into_ws_message(msg))).await;
-        // Waiting for the client is not the flow's CPU time.
-        self.cpu.waited(started.elapsed());
         let Ok(result) = sent else {
             // The client has not read for `patience`: its fault, not the
             // flow's. Drop it and end the execution.
@@ -231,15 +231,19 @@ impl wit::HostConnection for FlowCtx {
         let Some(inbound) = conn.inbound.as_mut() else {
             return Ok(Err(ReceiveError::NotConnectionMode));
         };
-        let started = Instant::now();
+        // Waiting for the client is not charged (the execution is not polled
+        // meanwhile). A zero timeout only takes a message already read.
         let next = match timeout_ms {
             None => Ok(inbound.recv().await),
+            Some(0) => match inbound.try_recv() {
+                Ok(message) => Ok(Some(message)),
+                Err(TryRecvError::Disconnected) => Ok(None),
+                Err(TryRecvError::Empty) => return Ok(Err(ReceiveError::Timeout)),
+            },
             Some(ms) => {
                 tokio::time::timeout(Duration::from_millis(ms.into()), inbound.recv()).await
             }
         };
-        // Waiting for the client is not the flow's CPU time.
-        self.cpu.waited(started.elapsed());
         match next {
             Ok(next) => Ok(Ok(next.and_then(from_ws_message))),
             Err(_elapsed) => Ok(Err(ReceiveError::Timeout)),

@@ -8,7 +8,8 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::Level;
 use super::bindings::wsflow::flow::{log, properties};
-use super::limits::{CpuMeter, ExecutionLimiter};
+use super::cpu::CpuMeter;
+use super::limits::ExecutionLimiter;
 use super::stdio::{self, LogOutput};
 use crate::app::AppInfo;
 use crate::manifest::spec::FlowGrants;
@@ -24,14 +25,15 @@ pub(crate) struct FlowCtx {
     pub(super) wasi: WasiCtx,
     pub(super) table: ResourceTable,
     pub(super) limiter: ExecutionLimiter,
-    pub(super) cpu: CpuMeter,
+    pub(super) cpu: Arc<CpuMeter>,
     pub(super) app: Arc<AppInfo>,
 }
 
 impl FlowCtx {
     pub(super) fn new(app: Arc<AppInfo>, grants: &FlowGrants) -> wasmtime::Result<Self> {
-        let stdout = LogOutput::new(&app, "stdout");
-        let stderr = LogOutput::new(&app, "stderr");
+        let cpu = Arc::new(CpuMeter::new(app.limits.cpu_time));
+        let stdout = LogOutput::new(&app, "stdout", &cpu);
+        let stderr = LogOutput::new(&app, "stderr", &cpu);
         // No ambient authority: no host environment, no files, no network;
         // stdin is empty and stdout/stderr go to the host log. Only what the
         // manifest grants is added.
@@ -49,7 +51,7 @@ impl FlowCtx {
             wasi: wasi.build(),
             table: ResourceTable::new(),
             limiter: ExecutionLimiter::new(app.limits.max_memory),
-            cpu: CpuMeter::new(app.limits.cpu_time),
+            cpu,
             app,
         })
     }

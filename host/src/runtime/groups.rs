@@ -7,7 +7,6 @@
 //! group or id is looked up in its own app's hub only.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use tokio_tungstenite::tungstenite;
 use wasmtime::component::Resource;
@@ -66,12 +65,10 @@ impl FlowCtx {
     }
 
     /// Wait for the hub's answer. Time spent waiting on other hosts is not
-    /// the flow's CPU time; work the local hub does is.
+    /// the flow's CPU time (the execution is not polled meanwhile); work the
+    /// local hub does is.
     async fn hub_answer<T>(&mut self, pending: Pending<'_, T>) -> Result<T, HubError> {
-        let started = Instant::now();
-        let answer = pending.await;
-        self.cpu.waited(started.elapsed());
-        answer
+        pending.await
     }
 
     fn count(&self, fanout: Fanout) {
@@ -173,10 +170,9 @@ impl wit::Host for FlowCtx {
         if fanout.delivered > 0 {
             // Let the members just woken write before this flow publishes
             // again, so a burst of publishes does not outrun them on a busy
-            // host. Their time is not this flow's.
-            let started = Instant::now();
+            // host. Their time is not this flow's (it is not polled
+            // meanwhile).
             tokio::task::yield_now().await;
-            self.cpu.waited(started.elapsed());
         }
         Ok(Ok(()))
     }

@@ -1,8 +1,8 @@
 //! Per-execution limits: linear memory, tables, instances (a resource
-//! limiter), CPU time (epoch interruption, not charging time spent waiting
-//! in host calls) and, enforced by the caller, wall-clock time.
+//! limiter) and the error every limit ends an execution with. CPU time is
+//! measured in `cpu.rs`; wall-clock time is enforced by the caller.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// A limit an execution ran into. The execution ends; its connection is
 /// closed.
@@ -99,34 +99,6 @@ impl wasmtime::ResourceLimiter for ExecutionLimiter {
 
     fn tables(&self) -> usize {
         super::TABLES_PER_FLOW as usize
-    }
-}
-
-/// Measures the time an execution spends running: wall-clock time since it
-/// started minus the time it spent waiting in host calls.
-#[derive(Debug)]
-pub(crate) struct CpuMeter {
-    started: Instant,
-    waiting: Duration,
-    pub(crate) limit: Duration,
-}
-
-impl CpuMeter {
-    pub(crate) fn new(limit: Duration) -> Self {
-        Self {
-            started: Instant::now(),
-            waiting: Duration::ZERO,
-            limit,
-        }
-    }
-
-    pub(crate) fn used(&self) -> Duration {
-        self.started.elapsed().saturating_sub(self.waiting)
-    }
-
-    /// Record time spent waiting (in `receive`, or in `send` for a client).
-    pub(crate) fn waited(&mut self, duration: Duration) {
-        self.waiting += duration;
     }
 }
 

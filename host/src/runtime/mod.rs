@@ -3,14 +3,17 @@
 
 pub(crate) mod bindings;
 pub(crate) mod connection;
+mod cpu;
 mod ctx;
 mod groups;
 mod limits;
+mod scheduler;
 mod stdio;
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::hash::{Hash as _, Hasher};
+use std::num::NonZero;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -25,6 +28,8 @@ use wasmtime::{
 pub(crate) use connection::{ConnectionShared, HostConnection, Outbound};
 use ctx::FlowCtx;
 pub(crate) use limits::LimitExceeded;
+pub(crate) use scheduler::Lane;
+use scheduler::Scheduler;
 pub(crate) use stdio::guest_line;
 use tracing::Instrument as _;
 
@@ -33,9 +38,9 @@ use crate::manifest::AppSpec;
 use crate::manifest::spec::{FlowGrants, Instance};
 
 /// How often the engine's epoch advances. An execution's CPU time is checked
-/// (and the execution yields to other tasks) once per tick, so a runaway
-/// loop is stopped within one tick of its limit and cannot hold a worker
-/// thread for longer than a tick.
+/// (and the execution yields its turn, see [`scheduler`]) once per tick, so
+/// a runaway loop is stopped within one tick of its limit and cannot hold a
+/// worker thread for longer than a tick.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
 
 /// How the host's engine is set up.
@@ -143,6 +148,8 @@ pub(crate) struct Runtime {
     /// Components compiled so far, by content: flows (or apps) that use the
     /// same component file share one compilation.
     compiled: Arc<Mutex<HashMap<ContentKey, Component>>>,
+    /// Turns to run guest work, shared fairly between the apps.
+    scheduler: Scheduler,
 }
 
 /// Identifies component bytes by the bytes themselves. The hash only picks
@@ -210,7 +217,14 @@ impl Runtime {
             engine,
             linker: Arc::new(linker),
             compiled: Arc::default(),
+            scheduler: Scheduler::new(worker_threads()),
         })
+    }
+
+    /// A lane on the host's scheduler, for one app: every flow of the app
+    /// runs in it.
+    pub(crate) fn lane(&self) -> Lane {
+        self.scheduler.lane()
     }
 
     /// Compile a component file and check that it is a flow this host can
@@ -218,6 +232,7 @@ impl Runtime {
     pub(crate) fn load_flow(
         &self,
         app: &Arc<AppInfo>,
+        lane: &Lane,
         name: &str,
         component: &Path,
         grants: FlowGrants,
@@ -234,9 +249,20 @@ impl Runtime {
         Ok(FlowPre {
             name: name.into(),
             app: Arc::clone(app),
+            lane: lane.clone(),
             grants: Arc::new(grants),
             pre,
         })
+    }
+}
+
+/// The async runtime's worker threads: as many polls of guest work may run
+/// at once. Called from inside the runtime (the loader runs on its blocking
+/// pool); outside one, the CPUs this process may use.
+fn worker_threads() -> usize {
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => runtime.metrics().num_workers(),
+        Err(_) => std::thread::available_parallelism().map_or(1, NonZero::get),
     }
 }
 
@@ -293,6 +319,8 @@ pub(crate) enum Outcome {
 pub(crate) struct FlowPre {
     name: Arc<str>,
     app: Arc<AppInfo>,
+    /// The app's lane on the host's scheduler.
+    lane: Lane,
     grants: Arc<FlowGrants>,
     pre: bindings::FlowPre<FlowCtx>,
 }
@@ -317,11 +345,13 @@ impl FlowPre {
                 Ok(store) => store,
                 Err(error) => return self.finish(Err(error), None),
             };
+            let cpu = Arc::clone(&store.data().cpu);
             let call = async {
                 let flow = self.pre.instantiate_async(&mut store).await?;
                 let handle = store.data_mut().table.push(connection)?;
                 flow.call_handle(&mut store, event, handle).await
             };
+            let call = self.lane.run(cpu.run(call));
             let result = with_wall_time(call, wall_time).await;
             self.finish(result, Some(store.data()))
         }
@@ -341,13 +371,13 @@ impl FlowPre {
         let mut store = span
             .in_scope(|| self.new_store())
             .map_err(|error| self.finish(Err(error), None))?;
+        let cpu = Arc::clone(&store.data().cpu);
         let prepared = async {
             let flow = self.pre.instantiate_async(&mut store).await?;
             let handle = store.data_mut().table.push(connection)?;
             wasmtime::Result::Ok((flow, handle.rep()))
-        }
-        .instrument(span)
-        .await;
+        };
+        let prepared = self.lane.run(cpu.run(prepared)).instrument(span).await;
         match prepared {
             Ok((flow, handle)) => Ok(FlowInstance {
                 pre: self.clone(),
@@ -372,17 +402,15 @@ impl FlowPre {
         let mut store = Store::new(self.pre.engine(), ctx);
         store.limiter(|ctx| &mut ctx.limiter);
         store.set_epoch_deadline(1);
+        // Runs inside a poll: the meter counts that poll up to now. At
+        // every tick the execution gives its turn to the next in line (see
+        // `scheduler`).
         store.epoch_deadline_callback(|ctx| {
-            let cpu = &ctx.data().cpu;
-            let used = cpu.used();
-            if used > cpu.limit {
-                let exceeded = LimitExceeded::CpuTime {
-                    used,
-                    limit: cpu.limit,
-                };
-                return Err(wasmtime::Error::new(exceeded));
-            }
-            Ok(UpdateDeadline::Yield(1))
+            ctx.data().cpu.check().map_err(wasmtime::Error::new)?;
+            Ok(UpdateDeadline::YieldCustom(
+                1,
+                Box::pin(scheduler::yield_turn()),
+            ))
         });
         Ok(store)
     }
@@ -430,17 +458,19 @@ impl FlowInstance {
     pub(crate) async fn call(
         mut self,
         event: &bindings::Event,
-        wall_time: Option<Duration>,
+        wall_time: Duration,
     ) -> (Outcome, Option<Self>) {
         let span = tracing::info_span!("exec", flow = &*self.pre.name, instance = "reuse");
         let outcome = async {
             let _permit = self.pre.execution_slot().await;
             let ctx = self.store.data_mut();
-            ctx.cpu = limits::CpuMeter::new(ctx.app.limits.cpu_time);
+            ctx.cpu.reset();
             ctx.limiter.exceeded = None;
+            let cpu = Arc::clone(&ctx.cpu);
             let connection = wasmtime::component::Resource::new_borrow(self.handle);
             let call = self.flow.call_handle(&mut self.store, event, connection);
-            let result = with_wall_time(call, wall_time).await;
+            let call = self.pre.lane.run(cpu.run(call));
+            let result = with_wall_time(call, Some(wall_time)).await;
             self.pre.finish(result, Some(self.store.data()))
         }
         .instrument(span)

@@ -12,6 +12,7 @@ use std::task::{Context, Poll};
 use tokio::io::AsyncWrite;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 
+use super::cpu::{CpuMeter, thread_cpu_nanos};
 use crate::app::{AppInfo, AppStats, LogPermit};
 
 /// A line longer than this is cut, so a guest cannot make the host buffer
@@ -104,16 +105,21 @@ struct Tags {
     /// The execution's span: WASI writes the stream from a task of its own,
     /// outside the execution, so the span is carried here.
     span: tracing::Span,
+    /// The execution's CPU meter, for the same reason: logging its output
+    /// is work done for it.
+    cpu: Arc<CpuMeter>,
 }
 
 impl LogOutput {
-    /// A stream whose lines are logged in the current span.
-    pub(super) fn new(app: &Arc<AppInfo>, stream: &'static str) -> Self {
+    /// A stream whose lines are logged in the current span and whose
+    /// handling is charged to `cpu`.
+    pub(super) fn new(app: &Arc<AppInfo>, stream: &'static str, cpu: &Arc<CpuMeter>) -> Self {
         Self {
             tags: Arc::new(Tags {
                 app: Arc::clone(app),
                 stream,
                 span: tracing::Span::current(),
+                cpu: Arc::clone(cpu),
             }),
         }
     }
@@ -140,6 +146,15 @@ struct LineWriter {
 }
 
 impl LineWriter {
+    /// Do `work`, charging it to the execution.
+    fn charged<R>(&mut self, work: impl FnOnce(&mut Self) -> R) -> R {
+        let started = thread_cpu_nanos();
+        let result = work(self);
+        let cpu = &self.tags.cpu;
+        cpu.charge(thread_cpu_nanos().saturating_sub(started));
+        result
+    }
+
     fn flush_line(&mut self) {
         if self.line.is_empty() {
             return;
@@ -174,7 +189,7 @@ impl AsyncWrite for LineWriter {
         _cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        self.push(buf);
+        self.charged(|writer| writer.push(buf));
         Poll::Ready(Ok(buf.len()))
     }
 
@@ -183,14 +198,14 @@ impl AsyncWrite for LineWriter {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.flush_line();
+        self.charged(LineWriter::flush_line);
         Poll::Ready(Ok(()))
     }
 }
 
 impl Drop for LineWriter {
     fn drop(&mut self) {
-        self.flush_line();
+        self.charged(LineWriter::flush_line);
     }
 }
 

@@ -61,7 +61,7 @@ pub(super) async fn run(
                 Box::pin(handler.flow.execute(&event, connection, Some(wall_time))).await
             }
             Some(instance) => {
-                let (outcome, instance) = Box::pin(instance.call(&event, Some(wall_time))).await;
+                let (outcome, instance) = Box::pin(instance.call(&event, wall_time)).await;
                 reused = instance;
                 outcome
             }
