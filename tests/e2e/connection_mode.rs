@@ -5,7 +5,8 @@ use tokio_tungstenite::MaybeTlsStream;
 use tokio_tungstenite::tungstenite::Message;
 use toml::toml;
 use wsflow_tests::{
-    Manifest, TestServer, connect, next_close, next_message, next_text, programs, send_text,
+    Manifest, TestServer, Trigger, connect, next_close, next_message, next_text, programs,
+    send_text,
 };
 
 fn session_manifest() -> Manifest {
@@ -56,4 +57,44 @@ async fn a_client_close_is_seen_by_receive() {
         .wait_for_log(&format!("after 4 message(s) from {local}"))
         .await;
     assert!(line.contains("client closed connection"), "{line}");
+}
+
+/// An app with `max_executions = 2`: the session flow in connection mode at
+/// `/session` and the echo example in data mode at `/echo`. Few enough
+/// connections that the host pools its instances: the pool must hold one
+/// per session as well as the execution slots.
+fn sessions_and_echo_manifest() -> Manifest {
+    Manifest::app("sessions-and-echo")
+        .flow("session", programs::SESSION)
+        .flow("echo", programs::EXAMPLE_ECHO)
+        .trigger(
+            Trigger::on_port(0)
+                .handler(toml! { path = "/session" mode = "connection" flow = "session" })
+                .handler(toml! { path = "/echo" mode = "data" flow = "echo" }),
+        )
+        .limits(toml! {
+            max_executions = 2
+            max_connections = 8
+        })
+}
+
+#[tokio::test]
+async fn idle_sessions_do_not_hold_the_execution_slots_of_their_app() {
+    let server = TestServer::start(&sessions_and_echo_manifest()).await;
+    // More sessions than the app has execution slots, all waiting in
+    // `receive`: each still starts.
+    let mut sessions = Vec::new();
+    for _ in 0..4 {
+        let mut session = connect(&server.url("/session")).await;
+        assert_eq!(next_text(&mut session).await, "ready");
+        sessions.push(session);
+    }
+    // The app's data-mode handler still answers.
+    let mut echo = connect(&server.url("/echo")).await;
+    send_text(&mut echo, "still served").await;
+    assert_eq!(next_text(&mut echo).await, "still served");
+    for session in &mut sessions {
+        send_text(session, "x").await;
+        assert_eq!(next_text(session).await, "1:x");
+    }
 }

@@ -56,7 +56,9 @@ pub(crate) struct AppLimits {
     pub(crate) cpu_time: Duration,
     /// Time a data-mode execution may take from start to finish.
     pub(crate) wall_time: Duration,
-    /// Executions of the app running at once; more wait for a slot.
+    /// Data-mode executions of the app running at once; more wait for a
+    /// slot. Connection-mode executions (one per connection) are capped by
+    /// `max_connections` instead.
     pub(crate) max_executions: usize,
     /// Connections of the app (all its triggers) open at once; more are
     /// refused with HTTP 503 before the upgrade.

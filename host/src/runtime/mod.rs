@@ -35,7 +35,7 @@ use tracing::Instrument as _;
 
 use crate::app::{AppInfo, AppStats};
 use crate::manifest::AppSpec;
-use crate::manifest::spec::{FlowGrants, Instance};
+use crate::manifest::spec::{FlowGrants, Instance, Mode};
 
 /// How often the engine's epoch advances. An execution's CPU time is checked
 /// (and the execution yields its turn, see [`scheduler`]) once per tick, so
@@ -67,21 +67,22 @@ impl PoolSize {
     const MAX_INSTANCES: u32 = 4096;
 
     /// The pool `apps` need: each app's execution slots, plus its reused
-    /// instances where a handler reuses them; `None` when that is more
-    /// than the pool should hold.
+    /// instances where a handler reuses them, plus an instance per
+    /// connection where a handler runs in connection mode (a session keeps
+    /// one for the connection's life); `None` when that is more than the
+    /// pool should hold.
     pub(crate) fn for_apps(apps: &[AppSpec]) -> Option<Self> {
         let mut instances: u64 = 0;
         let mut max_memory = 0;
         for app in apps {
             let limits = &app.limits;
             instances += limits.max_executions as u64;
-            let reuses = app
-                .triggers
-                .iter()
-                .flat_map(|trigger| &trigger.handlers)
-                .any(|handler| handler.instance == Instance::Reuse);
-            if reuses {
+            let handlers = || app.triggers.iter().flat_map(|trigger| &trigger.handlers);
+            if handlers().any(|handler| handler.instance == Instance::Reuse) {
                 instances += limits.max_reused_instances as u64;
+            }
+            if handlers().any(|handler| handler.mode == Mode::Connection) {
+                instances += limits.max_connections as u64;
             }
             max_memory = max_memory.max(limits.max_memory);
         }
@@ -314,6 +315,20 @@ pub(crate) enum Outcome {
     LimitExceeded(LimitExceeded),
 }
 
+/// How long an execution's instance lives, which decides the limits it
+/// counts against.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Lifetime {
+    /// Data mode: one message. Takes one of the app's `max_executions`
+    /// slots while it runs, and is stopped after `wall_time`.
+    Message { wall_time: Duration },
+    /// Connection mode: the connection's life. The connection limits cap
+    /// these (one per connection); they take no execution slot, so
+    /// sessions waiting for their clients do not hold up the app's other
+    /// handlers.
+    Connection,
+}
+
 /// A flow compiled and linked, ready to be instantiated once per execution.
 #[derive(Clone)]
 pub(crate) struct FlowPre {
@@ -330,17 +345,21 @@ impl FlowPre {
         &self.app
     }
 
-    /// Run the flow once in a fresh store, within the app's limits; with
-    /// `wall_time`, stop it when that much time has passed.
+    /// Run the flow once in a fresh store, within the app's limits.
     pub(crate) async fn execute(
         &self,
         event: &bindings::Event,
         connection: HostConnection,
-        wall_time: Option<Duration>,
+        lifetime: Lifetime,
     ) -> Outcome {
         let span = tracing::info_span!("exec", flow = &*self.name, instance = "fresh");
         async {
-            let _permit = self.execution_slot().await;
+            let (_slot, wall_time) = match lifetime {
+                Lifetime::Message { wall_time } => {
+                    (Some(self.execution_slot().await), Some(wall_time))
+                }
+                Lifetime::Connection => (None, None),
+            };
             let mut store = match self.new_store() {
                 Ok(store) => store,
                 Err(error) => return self.finish(Err(error), None),

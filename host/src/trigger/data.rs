@@ -12,7 +12,7 @@ use super::{Handler, inputs, report};
 use crate::close::Close;
 use crate::manifest::spec::{Format, Instance, OnInvalid};
 use crate::runtime::bindings::{Content, Event};
-use crate::runtime::{ConnectionShared, HostConnection};
+use crate::runtime::{ConnectionShared, HostConnection, Lifetime};
 
 /// Serve messages until the client closes, a flow traps, or the server shuts
 /// down. Returns the close the host should send, if any.
@@ -58,7 +58,8 @@ pub(super) async fn run(
         let outcome = match reused.take() {
             None => {
                 let connection = HostConnection::new(Arc::clone(shared), None);
-                Box::pin(handler.flow.execute(&event, connection, Some(wall_time))).await
+                let lifetime = Lifetime::Message { wall_time };
+                Box::pin(handler.flow.execute(&event, connection, lifetime)).await
             }
             Some(instance) => {
                 let (outcome, instance) = Box::pin(instance.call(&event, wall_time)).await;

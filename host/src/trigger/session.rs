@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use super::{Handler, report};
 use crate::close::Close;
 use crate::runtime::bindings::Event;
-use crate::runtime::{ConnectionShared, HostConnection};
+use crate::runtime::{ConnectionShared, HostConnection, Lifetime};
 
 /// Run the connection's flow to its end. Returns the close to send.
 pub(super) async fn run(
@@ -21,7 +21,9 @@ pub(super) async fn run(
     shutdown: &CancellationToken,
 ) -> Option<Close> {
     let connection = HostConnection::new(Arc::clone(shared), Some(inbound));
-    let execution = handler.flow.execute(&event, connection, None);
+    let execution = handler
+        .flow
+        .execute(&event, connection, Lifetime::Connection);
     tokio::pin!(execution);
     let outcome = tokio::select! {
         finished = &mut execution => finished,
