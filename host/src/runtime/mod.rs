@@ -15,6 +15,7 @@ use std::future::Future;
 use std::hash::{Hash as _, Hasher};
 use std::num::NonZero;
 use std::path::Path;
+use std::pin::{Pin, pin};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -26,6 +27,7 @@ use wasmtime::{
 };
 
 pub(crate) use connection::{ConnectionShared, HostConnection, Outbound};
+use cpu::CpuMeter;
 use ctx::FlowCtx;
 pub(crate) use limits::LimitExceeded;
 pub(crate) use scheduler::Lane;
@@ -38,10 +40,14 @@ use crate::manifest::AppSpec;
 use crate::manifest::spec::{FlowGrants, Instance, Mode};
 
 /// How often the engine's epoch advances. An execution's CPU time is checked
-/// (and the execution yields its turn, see [`scheduler`]) once per tick, so
-/// a runaway loop is stopped within one tick of its limit and cannot hold a
-/// worker thread for longer than a tick.
-const EPOCH_TICK: Duration = Duration::from_millis(10);
+/// and the execution yields its turn (see [`scheduler`]) once per tick, so a
+/// runaway loop is stopped within a tick of its limit, and an app with work
+/// to run waits about a tick per busy app for a turn. A tick is a guest's
+/// time slice: short enough that an echo next to hundreds of spinning
+/// executions answers in milliseconds (`bench/run.sh fairness`: 10 ms ticks
+/// gave a victim p99 three to four times that of 2 ms ones), long enough
+/// that the few microseconds of a yield are well under 1% of a slice.
+const EPOCH_TICK: Duration = Duration::from_millis(2);
 
 /// How the host's engine is set up.
 #[derive(Debug, Clone, Default)]
@@ -365,13 +371,14 @@ impl FlowPre {
                 Err(error) => return self.finish(Err(error), None),
             };
             let cpu = Arc::clone(&store.data().cpu);
-            let call = async {
-                let flow = self.pre.instantiate_async(&mut store).await?;
-                let handle = store.data_mut().table.push(connection)?;
-                flow.call_handle(&mut store, event, handle).await
+            let result = {
+                let call = pin!(async {
+                    let flow = self.pre.instantiate_async(&mut store).await?;
+                    let handle = store.data_mut().table.push(connection)?;
+                    flow.call_handle(&mut store, event, handle).await
+                });
+                with_wall_time(self.run_guest(&cpu, call), wall_time).await
             };
-            let call = self.lane.run(cpu.run(call));
-            let result = with_wall_time(call, wall_time).await;
             self.finish(result, Some(store.data()))
         }
         .instrument(span)
@@ -391,12 +398,14 @@ impl FlowPre {
             .in_scope(|| self.new_store())
             .map_err(|error| self.finish(Err(error), None))?;
         let cpu = Arc::clone(&store.data().cpu);
-        let prepared = async {
-            let flow = self.pre.instantiate_async(&mut store).await?;
-            let handle = store.data_mut().table.push(connection)?;
-            wasmtime::Result::Ok((flow, handle.rep()))
+        let prepared = {
+            let prepared = pin!(async {
+                let flow = self.pre.instantiate_async(&mut store).await?;
+                let handle = store.data_mut().table.push(connection)?;
+                wasmtime::Result::Ok((flow, handle.rep()))
+            });
+            self.run_guest(&cpu, prepared).instrument(span).await
         };
-        let prepared = self.lane.run(cpu.run(prepared)).instrument(span).await;
         match prepared {
             Ok((flow, handle)) => Ok(FlowInstance {
                 pre: self.clone(),
@@ -406,6 +415,17 @@ impl FlowPre {
             }),
             Err(error) => Err(self.finish(Err(error), Some(store.data()))),
         }
+    }
+
+    /// Run guest work on the app's lane, charging every poll to `cpu`. The
+    /// work stays where its caller pinned it: the wrappers around it hold a
+    /// pointer, not a copy of a large future.
+    async fn run_guest<T>(
+        &self,
+        cpu: &CpuMeter,
+        work: Pin<&mut impl Future<Output = wasmtime::Result<T>>>,
+    ) -> wasmtime::Result<T> {
+        self.lane.run(cpu.run(work)).await
     }
 
     async fn execution_slot(&self) -> tokio::sync::OwnedSemaphorePermit {
@@ -487,9 +507,10 @@ impl FlowInstance {
             ctx.limiter.exceeded = None;
             let cpu = Arc::clone(&ctx.cpu);
             let connection = wasmtime::component::Resource::new_borrow(self.handle);
-            let call = self.flow.call_handle(&mut self.store, event, connection);
-            let call = self.pre.lane.run(cpu.run(call));
-            let result = with_wall_time(call, Some(wall_time)).await;
+            let result = {
+                let call = pin!(self.flow.call_handle(&mut self.store, event, connection));
+                with_wall_time(self.pre.run_guest(&cpu, call), Some(wall_time)).await
+            };
             self.pre.finish(result, Some(self.store.data()))
         }
         .instrument(span)

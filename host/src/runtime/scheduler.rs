@@ -20,10 +20,13 @@
 //!
 //! A worker must also look at the network between two guest slices: tokio
 //! polls its I/O driver only when a worker runs out of ready tasks (or every
-//! few dozen polls), and a worker that went from one 10 ms slice straight to
-//! the next would leave sockets unread for hundreds of milliseconds. So a
-//! turn passes on the way `tokio::task::yield_now` wakes its caller: once
-//! the worker has run the network work that is ready and polled the driver.
+//! few dozen polls), and a worker that went from one slice straight to the
+//! next would leave sockets unread for hundreds of milliseconds. So a turn
+//! given to a *long runner* (an execution that ran through whole ticks) is
+//! handed over the way `tokio::task::yield_now` wakes its caller: once the
+//! worker has run the network work that is ready and polled the driver.
+//! Other executions — a handler just started, or one a tick interrupted
+//! once — are woken at once, so short work never waits for that.
 //!
 //! Why turns on the shared workers rather than guest work on threads of its
 //! own: an execution is polled by its connection's task, so a message and
@@ -76,8 +79,9 @@ enum Status {
     /// Neither holding nor waiting for a turn.
     #[default]
     Idle,
-    /// In its lane's queue; woken through this when given a turn.
-    Waiting(Waker),
+    /// In its lane's queue; woken through `waker` when given a turn.
+    /// `long`: a long runner (see [`Lane::run`]).
+    Waiting { waker: Waker, long: bool },
     /// Given a turn, not yet polled.
     Granted,
     /// Being polled, holding a turn.
@@ -130,8 +134,8 @@ impl State {
     }
 
     /// Give a turn that was just released to the next waiting execution,
-    /// or keep it free. Returns the waker of the execution to wake.
-    fn pass_on(&mut self) -> Option<Waker> {
+    /// or keep it free. Returns the grant to deliver (after unlocking).
+    fn pass_on(&mut self) -> Option<Grant> {
         while let Some(lane) = self.ready.pop_front() {
             let queue = &mut self.lanes[lane];
             let waiter = queue.pop_front().expect("a ready lane has waiters");
@@ -140,7 +144,7 @@ impl State {
             }
             let mut status = waiter.status();
             match std::mem::replace(&mut *status, Status::Granted) {
-                Status::Waiting(waker) => return Some(waker),
+                Status::Waiting { waker, long } => return Some(Grant { waker, long }),
                 other => *status = other,
             }
         }
@@ -149,23 +153,49 @@ impl State {
     }
 }
 
+/// A turn given to a waiting execution.
+struct Grant {
+    waker: Waker,
+    long: bool,
+}
+
+impl Grant {
+    /// Wake the execution. A long runner is woken only once the worker has
+    /// served the network, as a task calling `tokio::task::yield_now` is;
+    /// others (short work, likely) at once.
+    fn deliver(self) {
+        if self.long {
+            wake_after_io(&self.waker);
+        } else {
+            self.waker.wake();
+        }
+    }
+}
+
 impl Lane {
     /// Run `work`, polling it only while holding a turn. Guest code in
     /// `work` yields at ticks with [`yield_turn`].
+    ///
+    /// An execution whose polls end at a tick twice in a row is a *long
+    /// runner*: it ran through a whole tick. A message handler interrupted
+    /// by a tick once is not.
     pub(crate) async fn run<F: Future>(&self, work: F) -> F::Output {
         let mut work = pin!(work);
         let turn = Turn {
             lane: self,
             waiter: Arc::default(),
         };
+        let mut ticks_in_a_row = 0u32;
         std::future::poll_fn(|cx| {
             if !turn.take(cx) {
                 return Poll::Pending;
             }
             let (polled, yielded) = polling(|| work.as_mut().poll(cx));
             if polled.is_pending() && yielded {
-                turn.wait_again(cx);
+                ticks_in_a_row = ticks_in_a_row.saturating_add(1);
+                turn.wait_again(cx, ticks_in_a_row >= 2);
             } else {
+                ticks_in_a_row = 0;
                 turn.release();
             }
             polled
@@ -224,7 +254,7 @@ impl Turn<'_> {
                 *status = Status::Running;
                 true
             }
-            Status::Waiting(waker) => {
+            Status::Waiting { waker, .. } => {
                 waker.clone_from(cx.waker());
                 false
             }
@@ -234,7 +264,10 @@ impl Turn<'_> {
                 true
             }
             Status::Idle => {
-                *status = Status::Waiting(cx.waker().clone());
+                *status = Status::Waiting {
+                    waker: cx.waker().clone(),
+                    long: false,
+                };
                 drop(status);
                 state.enqueue(self.lane.index, Arc::clone(&self.waiter));
                 false
@@ -247,24 +280,27 @@ impl Turn<'_> {
     fn release(&self) {
         let mut state = self.lane.scheduler.lock();
         *self.waiter.status() = Status::Idle;
-        let wake = state.pass_on();
+        let grant = state.pass_on();
         drop(state);
-        if let Some(waker) = wake {
-            wake_after_io(&waker);
+        if let Some(grant) = grant {
+            grant.deliver();
         }
     }
 
     /// Give the turn back after a poll in which the guest yielded: wait at
     /// the back of the lane, and be woken through `cx` when the next turn
-    /// comes (at once, if nothing else waits).
-    fn wait_again(&self, cx: &Context<'_>) {
+    /// comes (at once if nothing else waits). `long`: a long runner.
+    fn wait_again(&self, cx: &Context<'_>, long: bool) {
         let mut state = self.lane.scheduler.lock();
-        *self.waiter.status() = Status::Waiting(cx.waker().clone());
+        *self.waiter.status() = Status::Waiting {
+            waker: cx.waker().clone(),
+            long,
+        };
         state.enqueue(self.lane.index, Arc::clone(&self.waiter));
-        let wake = state.pass_on();
+        let grant = state.pass_on();
         drop(state);
-        if let Some(waker) = wake {
-            wake_after_io(&waker);
+        if let Some(grant) = grant {
+            grant.deliver();
         }
     }
 }
@@ -273,10 +309,10 @@ impl Drop for Turn<'_> {
     fn drop(&mut self) {
         let mut state = self.lane.scheduler.lock();
         let mut status = self.waiter.status();
-        let wake = match std::mem::replace(&mut *status, Status::Gone) {
+        let grant = match std::mem::replace(&mut *status, Status::Gone) {
             Status::Idle | Status::Gone => None,
             // Skipped when its turn comes.
-            Status::Waiting(_) => None,
+            Status::Waiting { .. } => None,
             // Given a turn it will not use, or holding one (a poll that
             // panicked): pass it on.
             Status::Granted | Status::Running => {
@@ -285,8 +321,8 @@ impl Drop for Turn<'_> {
             }
         };
         drop(state);
-        if let Some(waker) = wake {
-            wake_after_io(&waker);
+        if let Some(grant) = grant {
+            grant.deliver();
         }
     }
 }
