@@ -222,16 +222,20 @@ async fn a_send_flood_to_a_client_that_never_reads_is_cut_off() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_output_flood_is_rate_limited() {
-    // Pushing 60,000 lines through the host's log budget takes a debug
-    // build of the host about the default second of CPU time: allow ten,
-    // so the flow runs to its end on any machine and only the budget is
-    // under test.
+    // Pushing 60,000 lines through the host's log budget, all of it
+    // charged to the flow, takes a debug build of the host about the
+    // default second of CPU time: lift CPU and wall-clock time, so the flow
+    // runs to its end on any machine and only the budget is under test.
     let hostile = app_manifest(
         "hostile-an-output-flood",
         programs::CHATTER,
         "/chatter",
         "data",
-        toml! { log_lines_per_second = 50 cpu_time = "10s" },
+        toml! {
+            log_lines_per_second = 50
+            cpu_time = "1h"
+            wall_time = "1h"
+        },
     );
     let (server, mut victim) = with_victim(hostile).await;
     let mut chatter = connect(&server.app_url("hostile-an-output-flood", "/chatter")).await;
