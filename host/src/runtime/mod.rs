@@ -39,15 +39,20 @@ use crate::app::{AppInfo, AppStats};
 use crate::manifest::AppSpec;
 use crate::manifest::spec::{FlowGrants, Instance, Mode};
 
-/// How often the engine's epoch advances. An execution's CPU time is checked
-/// and the execution yields its turn (see [`scheduler`]) once per tick, so a
-/// runaway loop is stopped within a tick of its limit, and an app with work
-/// to run waits about a tick per busy app for a turn. A tick is a guest's
-/// time slice: short enough that an echo next to hundreds of spinning
-/// executions answers in milliseconds (`bench/run.sh fairness`: 10 ms ticks
-/// gave a victim p99 three to four times that of 2 ms ones), long enough
+/// How often the engine's epoch advances while no execution waits for a
+/// turn. At every tick an execution's CPU time is checked and the execution
+/// yields its turn (see [`scheduler`]), so a runaway loop is stopped within
+/// a tick of its limit and a worker serves the network at least this often.
+/// Kept long so that an idle or lightly loaded host wakes rarely.
+const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// How often the epoch advances while executions wait for a turn: a tick is
+/// a guest's time slice, and an app with work to run waits about a tick per
+/// busy app. Short enough that an echo next to hundreds of spinning
+/// executions answers in milliseconds (`bench/run.sh fairness`: 10 ms
+/// slices gave a p99 three to four times that of 2 ms ones), long enough
 /// that the few microseconds of a yield are well under 1% of a slice.
-const EPOCH_TICK: Duration = Duration::from_millis(2);
+const CONTENDED_TICK: Duration = Duration::from_millis(2);
 
 /// How the host's engine is set up.
 #[derive(Debug, Clone, Default)]
@@ -214,7 +219,8 @@ impl Runtime {
             config.allocation_strategy(pool.allocation_strategy());
         }
         let engine = Engine::new(&config).context("creating the WebAssembly engine")?;
-        start_epoch_ticker(&engine);
+        let scheduler = Scheduler::new(worker_threads());
+        start_epoch_ticker(&engine, &scheduler);
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
             .context("linking WASI into the flow linker")?;
@@ -224,7 +230,7 @@ impl Runtime {
             engine,
             linker: Arc::new(linker),
             compiled: Arc::default(),
-            scheduler: Scheduler::new(worker_threads()),
+            scheduler,
         })
     }
 
@@ -273,20 +279,28 @@ fn worker_threads() -> usize {
     }
 }
 
-/// Advance the engine's epoch every [`EPOCH_TICK`] for as long as the
-/// engine lives.
-fn start_epoch_ticker(engine: &Engine) {
+/// Advance the engine's epoch for as long as the engine lives: every
+/// [`EPOCH_TICK`], every [`CONTENDED_TICK`] while executions wait for a
+/// turn, and at once when they start waiting.
+fn start_epoch_ticker(engine: &Engine, scheduler: &Scheduler) {
     let weak = engine.weak();
-    std::thread::Builder::new()
+    let contention = scheduler.clone();
+    let ticker = std::thread::Builder::new()
         .name("wsflow-epoch".into())
         .spawn(move || {
             while let Some(engine) = weak.upgrade() {
                 engine.increment_epoch();
                 drop(engine);
-                std::thread::sleep(EPOCH_TICK);
+                let tick = if contention.contended() {
+                    CONTENDED_TICK
+                } else {
+                    EPOCH_TICK
+                };
+                std::thread::park_timeout(tick);
             }
         })
         .expect("spawning the epoch thread");
+    scheduler.unpark_on_contention(ticker.thread().clone());
 }
 
 impl Runtime {

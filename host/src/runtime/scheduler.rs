@@ -28,6 +28,10 @@
 //! Other executions — a handler just started, or one a tick interrupted
 //! once — are woken at once, so short work never waits for that.
 //!
+//! The epoch ticks faster while executions wait for a turn, and once at
+//! the moment they start waiting (the ticker is unparked), so the slices
+//! running then end at once: a lone waiter does not wait out a whole slice.
+//!
 //! Why turns on the shared workers rather than guest work on threads of its
 //! own: an execution is polled by its connection's task, so a message and
 //! its answer cross no thread (the hot path of data mode); and a turn is
@@ -40,13 +44,16 @@ use std::cell::Cell;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::pin;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::task::{Context, Poll, Waker};
+use std::thread::Thread;
 
 /// The turns of one host, shared by every app's lane.
 #[derive(Debug, Clone)]
 pub(crate) struct Scheduler {
     state: Arc<Mutex<State>>,
+    /// Woken when executions start waiting for a turn (the epoch ticker).
+    on_contention: Arc<OnceLock<Thread>>,
 }
 
 /// One app's place in the [`Scheduler`].
@@ -65,6 +72,8 @@ struct State {
     lanes: Vec<VecDeque<Arc<Waiter>>>,
     /// The lanes with waiting executions, in the order they are served.
     ready: VecDeque<usize>,
+    /// Whether executions waited for a turn when last looked at.
+    contended: bool,
 }
 
 /// An execution's standing with the scheduler. Its lock is only taken
@@ -104,7 +113,34 @@ impl Scheduler {
                 free: turns.max(1),
                 lanes: Vec::new(),
                 ready: VecDeque::new(),
+                contended: false,
             })),
+            on_contention: Arc::default(),
+        }
+    }
+
+    /// Whether executions are waiting for a turn.
+    pub(crate) fn contended(&self) -> bool {
+        !self.lock().ready.is_empty()
+    }
+
+    /// Unpark `thread` whenever executions start waiting for a turn.
+    pub(crate) fn unpark_on_contention(&self, thread: Thread) {
+        let _ = self.on_contention.set(thread);
+    }
+
+    /// Unlock `state` after a change, then hand over `grant` and, if
+    /// executions have just started waiting, tell the ticker.
+    fn after(&self, mut state: MutexGuard<'_, State>, grant: Option<Grant>) {
+        let contended = !state.ready.is_empty();
+        let began = contended && !state.contended;
+        state.contended = contended;
+        drop(state);
+        if let Some(grant) = grant {
+            grant.deliver();
+        }
+        if began && let Some(ticker) = self.on_contention.get() {
+            ticker.unpark();
         }
     }
 
@@ -270,6 +306,7 @@ impl Turn<'_> {
                 };
                 drop(status);
                 state.enqueue(self.lane.index, Arc::clone(&self.waiter));
+                self.lane.scheduler.after(state, None);
                 false
             }
             Status::Running | Status::Gone => unreachable!("taking a turn twice"),
@@ -281,10 +318,7 @@ impl Turn<'_> {
         let mut state = self.lane.scheduler.lock();
         *self.waiter.status() = Status::Idle;
         let grant = state.pass_on();
-        drop(state);
-        if let Some(grant) = grant {
-            grant.deliver();
-        }
+        self.lane.scheduler.after(state, grant);
     }
 
     /// Give the turn back after a poll in which the guest yielded: wait at
@@ -298,10 +332,7 @@ impl Turn<'_> {
         };
         state.enqueue(self.lane.index, Arc::clone(&self.waiter));
         let grant = state.pass_on();
-        drop(state);
-        if let Some(grant) = grant {
-            grant.deliver();
-        }
+        self.lane.scheduler.after(state, grant);
     }
 }
 
@@ -320,10 +351,7 @@ impl Drop for Turn<'_> {
                 state.pass_on()
             }
         };
-        drop(state);
-        if let Some(grant) = grant {
-            grant.deliver();
-        }
+        self.lane.scheduler.after(state, grant);
     }
 }
 
