@@ -154,10 +154,11 @@ free_port() {
 # manifest FILE COMPONENT PATH MODE HANDLER_LINES LIMITS: an app serving one
 # flow at PATH in MODE on a free port, with the app `[limits]` lines LIMITS
 # where this wsflow has them. The scale tests need more than the defaults
-# allow (10,000 connections; 256 running executions, hence Connection-mode
-# flows). Only what a row needs is lifted: wsflow sizes its instance pool
-# from `max_executions` (and, where instances are reused, from
-# `max_connections`) and does without a pool when that would be too large.
+# allow (10,000 connections; 256 connections keeping an instance, hence
+# Connection-mode flows). Only what a row needs is lifted: wsflow sizes its
+# instance pool from `max_executions` (and, where connections keep an
+# instance, from `max_reused_instances`) and does without a pool when that
+# would be too large.
 manifest() {
     write_manifest "$@"
     if ! "$BIN/wsflow" check "$1" >/dev/null 2>&1; then
@@ -191,7 +192,7 @@ manifest "$WORK/echo.toml" "$WASM/wsflow_example_echo.wasm" /echo data "" \
     "$(printf '[limits]\nmax_connections = 100000')"
 manifest "$WORK/reuse.toml" "$WASM/wsflow_example_echo.wasm" /echo data 'instance = "reuse"' ""
 manifest "$WORK/session.toml" "$WASM/wsflow_example_chat_session.wasm" '/chat/{room}' connection "" \
-    "$(printf '[limits]\nmax_connections = 100000\nmax_executions = 100000')"
+    "$(printf '[limits]\nmax_connections = 100000\nmax_executions = 100000\nmax_reused_instances = 100000')"
 
 machine() {
     echo "machine: $(nproc) CPU(s), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), Linux $(uname -r)"

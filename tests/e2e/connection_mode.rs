@@ -5,8 +5,8 @@ use tokio_tungstenite::MaybeTlsStream;
 use tokio_tungstenite::tungstenite::Message;
 use toml::toml;
 use wsflow_tests::{
-    Manifest, TestServer, Trigger, connect, next_close, next_message, next_text, programs,
-    send_text,
+    Manifest, Refused, TestServer, Trigger, connect, next_close, next_message, next_text, programs,
+    request, send_text, try_connect,
 };
 
 fn session_manifest() -> Manifest {
@@ -59,10 +59,10 @@ async fn a_client_close_is_seen_by_receive() {
     assert!(line.contains("client closed connection"), "{line}");
 }
 
-/// An app with `max_executions = 2`: the session flow in connection mode at
-/// `/session` and the echo example in data mode at `/echo`. Few enough
-/// connections that the host pools its instances: the pool must hold one
-/// per session as well as the execution slots.
+/// An app with `max_executions = 2` and `max_reused_instances = 4`: the
+/// session flow in connection mode at `/session` and the echo example in
+/// data mode at `/echo`. Small enough that the host pools its instances:
+/// the pool must hold one per session as well as the execution slots.
 fn sessions_and_echo_manifest() -> Manifest {
     Manifest::app("sessions-and-echo")
         .flow("session", programs::SESSION)
@@ -74,7 +74,7 @@ fn sessions_and_echo_manifest() -> Manifest {
         )
         .limits(toml! {
             max_executions = 2
-            max_connections = 8
+            max_reused_instances = 4
         })
 }
 
@@ -83,12 +83,26 @@ async fn idle_sessions_do_not_hold_the_execution_slots_of_their_app() {
     let server = TestServer::start(&sessions_and_echo_manifest()).await;
     // More sessions than the app has execution slots, all waiting in
     // `receive`: each still starts.
+    let url = server.url("/session");
     let mut sessions = Vec::new();
     for _ in 0..4 {
-        let mut session = connect(&server.url("/session")).await;
+        let mut session = connect(&url).await;
         assert_eq!(next_text(&mut session).await, "ready");
         sessions.push(session);
     }
+    // Each keeps its instance: one more is over the app's cap, refused
+    // before the upgrade.
+    let refused = try_connect(request(&url, &[]))
+        .await
+        .expect_err("a fifth session is over the cap");
+    assert_eq!(
+        refused,
+        Refused {
+            status: 503,
+            body: "the app is at its limit of 4 connections in connection mode; try again later"
+                .into()
+        }
+    );
     // The app's data-mode handler still answers.
     let mut echo = connect(&server.url("/echo")).await;
     send_text(&mut echo, "still served").await;

@@ -83,9 +83,9 @@ pub(crate) struct FlowSection {
 /// cpu_time = "1s"              # per execution: time it runs, not time it waits
 /// wall_time = "10s"            # per data-mode execution
 /// max_executions = 256         # data-mode executions running at once
-/// max_connections = 10000      # open at once, all triggers together; also
-///                              # caps connection-mode executions (one each)
-/// max_reused_instances = 256   # `instance = "reuse"` connections open at once
+/// max_connections = 10000      # open at once, all triggers together
+/// max_reused_instances = 256   # connections keeping an instance open at once:
+///                              # `instance = "reuse"` and connection mode
 /// slow_client_timeout = "30s"  # a send waiting this long on a client: close 1008
 /// log_lines_per_second = 100   # guest output; bursts of ten times that
 /// max_groups_per_connection = 32

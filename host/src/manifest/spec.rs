@@ -58,15 +58,15 @@ pub(crate) struct AppLimits {
     pub(crate) wall_time: Duration,
     /// Data-mode executions of the app running at once; more wait for a
     /// slot. Connection-mode executions (one per connection) are capped by
-    /// `max_connections` instead.
+    /// `max_reused_instances` instead.
     pub(crate) max_executions: usize,
     /// Connections of the app (all its triggers) open at once; more are
     /// refused with HTTP 503 before the upgrade.
     pub(crate) max_connections: usize,
-    /// Instances kept alive for a connection (`instance = "reuse"`) at
-    /// once; each holds up to `max_memory` for the connection's life, so
-    /// connections beyond this to a reusing handler are refused with HTTP
-    /// 503 before the upgrade.
+    /// Instances kept alive for a connection at once: connections to an
+    /// `instance = "reuse"` handler and connection-mode sessions. Each holds
+    /// up to `max_memory` for the connection's life, so connections beyond
+    /// this to such handlers are refused with HTTP 503 before the upgrade.
     pub(crate) max_reused_instances: usize,
     /// How long `send` may wait for a client that does not read before the
     /// host closes that connection with 1008.
@@ -239,6 +239,15 @@ pub(crate) struct HandlerSpec {
     /// Names are lower case.
     pub(crate) headers: Vec<ParamSpec>,
     pub(crate) inputs: Vec<(String, InputSource)>,
+}
+
+impl HandlerSpec {
+    /// Whether a connection to this handler keeps an instance for its whole
+    /// life — a reused instance, or a connection-mode session — and so takes
+    /// one of the app's `max_reused_instances` slots.
+    pub(crate) fn keeps_an_instance(&self) -> bool {
+        self.instance == Instance::Reuse || self.mode == Mode::Connection
+    }
 }
 
 /// A JSON schema, compiled once when the manifest is validated.

@@ -37,7 +37,7 @@ use tracing::Instrument as _;
 
 use crate::app::{AppInfo, AppStats};
 use crate::manifest::AppSpec;
-use crate::manifest::spec::{FlowGrants, Instance, Mode};
+use crate::manifest::spec::{FlowGrants, HandlerSpec};
 
 /// How often the engine's epoch advances while no execution waits for a
 /// turn. At every tick an execution's CPU time is checked and the execution
@@ -77,23 +77,23 @@ impl PoolSize {
     /// paying for itself; such hosts allocate on demand.
     const MAX_INSTANCES: u32 = 4096;
 
-    /// The pool `apps` need: each app's execution slots, plus its reused
-    /// instances where a handler reuses them, plus an instance per
-    /// connection where a handler runs in connection mode (a session keeps
-    /// one for the connection's life); `None` when that is more than the
-    /// pool should hold.
+    /// The pool `apps` need: each app's execution slots, plus its slots for
+    /// instances kept for a connection where a handler keeps them (reused
+    /// instances, connection-mode sessions); `None` when that is more than
+    /// the pool should hold.
     pub(crate) fn for_apps(apps: &[AppSpec]) -> Option<Self> {
         let mut instances: u64 = 0;
         let mut max_memory = 0;
         for app in apps {
             let limits = &app.limits;
             instances += limits.max_executions as u64;
-            let handlers = || app.triggers.iter().flat_map(|trigger| &trigger.handlers);
-            if handlers().any(|handler| handler.instance == Instance::Reuse) {
+            let keeps_instances = app
+                .triggers
+                .iter()
+                .flat_map(|trigger| &trigger.handlers)
+                .any(HandlerSpec::keeps_an_instance);
+            if keeps_instances {
                 instances += limits.max_reused_instances as u64;
-            }
-            if handlers().any(|handler| handler.mode == Mode::Connection) {
-                instances += limits.max_connections as u64;
             }
             max_memory = max_memory.max(limits.max_memory);
         }
@@ -342,10 +342,10 @@ pub(crate) enum Lifetime {
     /// Data mode: one message. Takes one of the app's `max_executions`
     /// slots while it runs, and is stopped after `wall_time`.
     Message { wall_time: Duration },
-    /// Connection mode: the connection's life. The connection limits cap
-    /// these (one per connection); they take no execution slot, so
-    /// sessions waiting for their clients do not hold up the app's other
-    /// handlers.
+    /// Connection mode: the connection's life. Capped by the app's
+    /// `max_reused_instances` (the connection took a slot at admission);
+    /// they take no execution slot, so sessions waiting for their clients
+    /// do not hold up the app's other handlers.
     Connection,
 }
 

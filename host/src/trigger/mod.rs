@@ -30,9 +30,7 @@ use tokio_util::task::TaskTracker;
 use crate::app::{AppInfo, AppStats};
 use crate::close::Close;
 use crate::hub::Membership;
-use crate::manifest::spec::{
-    HandlerSpec, Instance, MAX_DURATION, Mode, TriggerLimits, TriggerSpec,
-};
+use crate::manifest::spec::{HandlerSpec, MAX_DURATION, Mode, TriggerLimits, TriggerSpec};
 use crate::runtime::bindings::{Content, Event};
 use crate::runtime::{ConnectionShared, FlowPre, Outcome, bindings, guest_line};
 use crate::sockets::{AcceptBackoff, HandshakeSlot, HostSockets};
@@ -140,7 +138,8 @@ struct Client {
 }
 
 /// Counts an open connection, for its trigger and its app, until dropped;
-/// holds the app's reused-instance slot when its handler reuses instances.
+/// holds the app's reused-instance slot when its handler keeps an instance
+/// for the connection's life (`HandlerSpec::keeps_an_instance`).
 struct OpenGuard {
     trigger: Arc<AtomicUsize>,
     app: Arc<AppInfo>,
@@ -377,15 +376,19 @@ impl WsTrigger {
             None if app_open >= app_max as u64 => {
                 Some(format!("the app is at its limit of {app_max} connections"))
             }
-            None if routed.handler.spec.instance == Instance::Reuse => {
+            None if routed.handler.spec.keeps_an_instance() => {
                 match Arc::clone(&self.app.reused_instances).try_acquire_owned() {
                     Ok(permit) => {
                         guard._reused_instance = Some(permit);
                         None
                     }
                     Err(_) => Some(format!(
-                        "the app is at its limit of {} connections with a reused instance",
-                        self.app.limits.max_reused_instances
+                        "the app is at its limit of {} connections {}",
+                        self.app.limits.max_reused_instances,
+                        match routed.handler.spec.mode {
+                            Mode::Connection => "in connection mode",
+                            Mode::Data => "with a reused instance",
+                        }
                     )),
                 }
             }
