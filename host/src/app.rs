@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use serde::Serialize;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::hub::{HubLimits, LocalHub, Transport};
 use crate::manifest::spec::{AppLimits, AppSpec, DEFAULT_MAX_MESSAGE_SIZE};
@@ -29,6 +29,12 @@ pub(crate) struct AppInfo {
     pub(crate) log_budget: LogBudget,
     /// Where the app's group operations go; its connections attach here.
     pub(crate) hub: Arc<dyn Transport>,
+    /// Bytes of messages flows have sent that wait for the app's clients
+    /// (`limits.queue_per_app`).
+    pub(crate) outbound_budget: ByteBudget,
+    /// Bytes of messages read from the app's clients that wait for its
+    /// flows (`limits.queue_per_app`).
+    pub(crate) inbound_budget: ByteBudget,
 }
 
 impl AppInfo {
@@ -48,8 +54,19 @@ impl AppInfo {
             reused_instances: Arc::new(Semaphore::new(limits.max_reused_instances)),
             log_budget: LogBudget::new(limits.log_lines_per_second),
             hub: Arc::new(hub),
+            outbound_budget: ByteBudget::new(limits.queue_per_app),
+            inbound_budget: ByteBudget::new(limits.queue_per_app),
             limits,
             stats: AppStats::default(),
+        }
+    }
+
+    /// The app's counters, and the bytes its queues hold now.
+    pub(crate) fn snapshot(&self) -> StatsSnapshot {
+        StatsSnapshot {
+            queued_bytes_out: self.outbound_budget.queued() as u64,
+            queued_bytes_in: self.inbound_budget.queued() as u64,
+            ..self.stats.snapshot()
         }
     }
 }
@@ -111,6 +128,12 @@ pub struct StatsSnapshot {
     /// Members closed (1008) because their queue was full (`slow_member =
     /// "close"`).
     pub slow_members_closed: u64,
+    /// Bytes of messages flows sent that wait for the app's clients, now
+    /// (group messages not included).
+    pub queued_bytes_out: u64,
+    /// Bytes of messages read from the app's clients that wait for its
+    /// flows, now.
+    pub queued_bytes_in: u64,
 }
 
 impl AppStats {
@@ -118,6 +141,7 @@ impl AppStats {
         counter.fetch_add(n, Ordering::Relaxed);
     }
 
+    /// The counters; the queue gauges are filled by [`AppInfo::snapshot`].
     pub(crate) fn snapshot(&self) -> StatsSnapshot {
         let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
         StatsSnapshot {
@@ -137,6 +161,72 @@ impl AppStats {
             group_messages_delivered: get(&self.group_messages_delivered),
             group_messages_dropped: get(&self.group_messages_dropped),
             slow_members_closed: get(&self.slow_members_closed),
+            queued_bytes_out: 0,
+            queued_bytes_in: 0,
+        }
+    }
+}
+
+/// Bytes of queued messages that one connection, or all connections of an
+/// app, may hold in one direction. A message takes its length from the
+/// budget while it waits and gives it back once it has been passed on; a
+/// message larger than the whole budget takes all of it, so it waits until
+/// nothing else is queued. Waiters are served in order.
+#[derive(Debug, Clone)]
+pub(crate) struct ByteBudget {
+    bytes: Arc<Semaphore>,
+    capacity: usize,
+}
+
+impl ByteBudget {
+    pub(crate) fn new(capacity: usize) -> Self {
+        let capacity = capacity.clamp(1, Semaphore::MAX_PERMITS);
+        Self {
+            bytes: Arc::new(Semaphore::new(capacity)),
+            capacity,
+        }
+    }
+
+    /// Bytes taken now.
+    pub(crate) fn queued(&self) -> usize {
+        self.capacity - self.bytes.available_permits()
+    }
+
+    /// How many permits a message of `len` bytes takes.
+    fn permits(&self, len: usize) -> u32 {
+        u32::try_from(len.min(self.capacity)).unwrap_or(u32::MAX)
+    }
+
+    /// Wait until `len` bytes (at most the whole budget) are free and take
+    /// them until the permit is dropped.
+    pub(crate) async fn take(&self, len: usize) -> OwnedSemaphorePermit {
+        Arc::clone(&self.bytes)
+            .acquire_many_owned(self.permits(len))
+            .await
+            .expect("the semaphore is never closed")
+    }
+
+    /// Take `len` bytes if they are free now (and nobody waits before).
+    pub(crate) fn try_take(&self, len: usize) -> Option<OwnedSemaphorePermit> {
+        Arc::clone(&self.bytes)
+            .try_acquire_many_owned(self.permits(len))
+            .ok()
+    }
+}
+
+/// What one queued message holds of its connection's budget and, unless
+/// it is a group message, of its app's; dropping it gives the bytes back.
+#[derive(Debug)]
+pub(crate) struct Charge {
+    _connection: OwnedSemaphorePermit,
+    _app: Option<OwnedSemaphorePermit>,
+}
+
+impl Charge {
+    pub(crate) fn new(connection: OwnedSemaphorePermit, app: Option<OwnedSemaphorePermit>) -> Self {
+        Self {
+            _connection: connection,
+            _app: app,
         }
     }
 }
@@ -200,7 +290,27 @@ impl LogBudget {
 
 #[cfg(test)]
 mod tests {
+    use futures_util::FutureExt as _;
+
     use super::*;
+
+    #[tokio::test]
+    async fn a_byte_budget_waits_for_room_and_lets_an_oversized_message_through_alone() {
+        let budget = ByteBudget::new(100);
+        let first = budget.take(60).await;
+        assert_eq!(budget.queued(), 60);
+        assert!(budget.try_take(60).is_none());
+        let mut second = Box::pin(budget.take(60));
+        assert!((&mut second).now_or_never().is_none());
+        drop(first);
+        let second = second.await;
+        assert_eq!(budget.queued(), 60);
+        let mut oversized = Box::pin(budget.take(1000));
+        assert!((&mut oversized).now_or_never().is_none());
+        drop(second);
+        let _oversized = oversized.await;
+        assert_eq!(budget.queued(), 100);
+    }
 
     #[test]
     fn log_budget_allows_a_burst_then_drops_and_counts() {

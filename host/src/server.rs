@@ -57,7 +57,7 @@ impl StatsHandle {
     pub fn snapshot(&self) -> Vec<(String, StatsSnapshot)> {
         self.apps
             .iter()
-            .map(|app| (app.name.to_string(), app.stats.snapshot()))
+            .map(|app| (app.name.to_string(), app.snapshot()))
             .collect()
     }
 

@@ -1,6 +1,8 @@
 //! Integration tests: the real server on port 0, a real WebSocket client,
 //! guest programs compiled to components by the harness.
 
+mod backpressure;
+mod closing;
 mod connection_mode;
 mod content;
 mod data_mode;

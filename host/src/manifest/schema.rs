@@ -81,12 +81,14 @@ pub(crate) struct FlowSection {
 /// [limits]
 /// max_memory = "64MiB"         # linear memory per execution
 /// cpu_time = "1s"              # per execution: time it runs, not time it waits
-/// wall_time = "10s"            # per data-mode execution
+/// wall_time = "10s"            # per data-mode execution, and after a client has gone
 /// max_executions = 256         # data-mode executions running at once
 /// max_connections = 10000      # open at once, all triggers together
 /// max_reused_instances = 256   # connections keeping an instance open at once:
 ///                              # `instance = "reuse"` and connection mode
-/// slow_client_timeout = "30s"  # a send waiting this long on a client: close 1008
+/// slow_client_timeout = "30s"  # a client taking nothing this long while bytes wait: close 1008
+/// queue_per_connection = "1MiB" # message bytes waiting per connection, each way
+/// queue_per_app = "64MiB"      # message bytes waiting for all the app's connections, each way
 /// log_lines_per_second = 100   # guest output; bursts of ten times that
 /// max_groups_per_connection = 32
 /// max_group_members = 10000
@@ -102,6 +104,8 @@ pub(crate) struct LimitsSection {
     pub(crate) max_connections: Option<Scalar>,
     pub(crate) max_reused_instances: Option<Scalar>,
     pub(crate) slow_client_timeout: Option<Scalar>,
+    pub(crate) queue_per_connection: Option<Scalar>,
+    pub(crate) queue_per_app: Option<Scalar>,
     pub(crate) log_lines_per_second: Option<Scalar>,
     pub(crate) max_groups_per_connection: Option<Scalar>,
     pub(crate) max_group_members: Option<Scalar>,

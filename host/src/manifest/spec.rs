@@ -54,7 +54,8 @@ pub(crate) struct AppLimits {
     /// CPU time an execution may use: guest code and the work of its host
     /// calls, not time it waits (for its client, a timer or its turn).
     pub(crate) cpu_time: Duration,
-    /// Time a data-mode execution may take from start to finish.
+    /// Time a data-mode execution may take from start to finish, and a
+    /// connection's flow side may still run once its client has gone.
     pub(crate) wall_time: Duration,
     /// Data-mode executions of the app running at once; more wait for a
     /// slot. Connection-mode executions (one per connection) are capped by
@@ -68,9 +69,19 @@ pub(crate) struct AppLimits {
     /// up to `max_memory` for the connection's life, so connections beyond
     /// this to such handlers are refused with HTTP 503 before the upgrade.
     pub(crate) max_reused_instances: usize,
-    /// How long `send` may wait for a client that does not read before the
-    /// host closes that connection with 1008.
+    /// How long a client may take no bytes while some wait for it (a
+    /// flow's `send` included), and how long a closing connection may take
+    /// to deliver what was queued before its close; then the host closes it
+    /// with 1008.
     pub(crate) slow_client_timeout: Duration,
+    /// Bytes of messages that may wait per connection, in each direction:
+    /// sent to it and not yet written to the client, or read from the
+    /// client and not yet taken by the flow.
+    pub(crate) queue_per_connection: usize,
+    /// Bytes of messages that may wait for all connections of the app
+    /// together, in each direction (group messages count against their
+    /// members' connections only).
+    pub(crate) queue_per_app: usize,
     /// Guest output lines (stdout, stderr, `log`) the app may write per
     /// second, with bursts up to ten times that; the rest is dropped and
     /// counted.
@@ -101,6 +112,13 @@ impl Default for AppLimits {
             // (max_executions + max_reused_instances) x max_memory.
             max_reused_instances: 256,
             slow_client_timeout: Duration::from_secs(30),
+            // One message of the default maximum size, or many small ones:
+            // enough to batch writes, and what a client that stops reading
+            // can pin at most.
+            queue_per_connection: 1 << 20,
+            // What all of an app's clients can pin together, far below
+            // `max_connections` times the per-connection budget.
+            queue_per_app: 64 << 20,
             log_lines_per_second: 100,
             // Rooms, topics and a per-user group or two; a connection in
             // hundreds of groups is more likely a bug than a design.

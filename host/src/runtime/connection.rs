@@ -7,9 +7,9 @@
 //! the connection's bounded outbound queue.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TryRecvError;
@@ -21,33 +21,80 @@ use super::bindings::wsflow::flow::connection as wit;
 use super::bindings::{CloseError, Message, ReceiveError, SendError};
 use super::ctx::FlowCtx;
 use super::limits::LimitExceeded;
-use crate::app::{AppInfo, AppStats};
+use crate::app::{AppInfo, AppStats, ByteBudget, Charge};
 use crate::close::{Close, InvalidClose};
 use crate::hub::Delivery;
 
-/// What a connection's writer sends to the client.
+/// A message waiting for the connection's writer, with the bytes it holds
+/// of the connection's (and the app's) outbound budget.
 #[derive(Debug)]
-pub(crate) enum Outbound {
-    Message(tungstenite::Message),
-    Close(Close),
+pub(crate) struct Outbound {
+    pub(crate) message: tungstenite::Message,
+    pub(crate) charge: Charge,
 }
 
-/// State of one client connection shared by its reader, its writer and the
-/// executions serving it.
+/// Where the reader puts messages for the flow side.
+pub(crate) type InboundSender = mpsc::Sender<(tungstenite::Message, Charge)>;
+
+/// Messages read from the client that wait for the flow side; each holds
+/// its bytes of the connection's and the app's inbound budgets until taken.
+#[derive(Debug)]
+pub(crate) struct Inbound(mpsc::Receiver<(tungstenite::Message, Charge)>);
+
+impl Inbound {
+    /// A queue of at most `messages` messages (the byte budgets bound it
+    /// further).
+    pub(crate) fn channel(messages: usize) -> (InboundSender, Self) {
+        let (tx, rx) = mpsc::channel(messages);
+        (tx, Self(rx))
+    }
+
+    /// The next message; `None` once the reader has stopped and every
+    /// message it read has been taken.
+    pub(crate) async fn recv(&mut self) -> Option<tungstenite::Message> {
+        self.0.recv().await.map(|(message, _charge)| message)
+    }
+
+    /// The next message if one has been read already.
+    pub(crate) fn try_recv(&mut self) -> Result<tungstenite::Message, TryRecvError> {
+        self.0.try_recv().map(|(message, _charge)| message)
+    }
+}
+
+/// Why a message was not queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SendFailure {
+    /// The connection is closing or closed.
+    Closed,
+    /// The send waited this long for a client that does not read, and the
+    /// host is closing the connection with 1008.
+    SlowClient(Duration),
+}
+
+/// State of one client connection shared by its reader, its writer, the
+/// executions serving it and its app's hub.
 #[derive(Debug)]
 pub(crate) struct ConnectionShared {
     pub(crate) id: u64,
     pub(crate) app: Arc<AppInfo>,
     pub(crate) peer: SocketAddr,
     pub(crate) max_message_size: usize,
-    closed: AtomicBool,
     outbound: mpsc::Sender<Outbound>,
+    /// This connection's outbound bytes; the app's are in `app`.
+    outbound_budget: ByteBudget,
+    /// Cancelled once a close has been sent or received: sends fail.
+    closing: CancellationToken,
+    /// The close the host is to send after what is queued, once. Its lock
+    /// also orders every push onto `outbound` against the start of the
+    /// close, so the writer, which drains the queue once it sees the close,
+    /// sees every message a sender was told was queued.
+    requested: Mutex<Option<Close>>,
+    /// The client is being closed (1008) for not reading.
+    slow: AtomicBool,
     abort: CancellationToken,
+    /// Cancelled once the socket is closed.
+    gone: CancellationToken,
 }
-
-/// How long a close frame may wait for room in the outbound queue before
-/// the host gives up on the closing handshake and drops the connection.
-const CLOSE_QUEUE_WAIT: Duration = Duration::from_secs(1);
 
 impl ConnectionShared {
     pub(crate) fn new(
@@ -57,89 +104,153 @@ impl ConnectionShared {
         max_message_size: usize,
         outbound: mpsc::Sender<Outbound>,
     ) -> Self {
+        let outbound_budget = ByteBudget::new(app.limits.queue_per_connection);
         Self {
             id,
             app,
             peer,
             max_message_size,
-            closed: AtomicBool::new(false),
             outbound,
+            outbound_budget,
+            closing: CancellationToken::new(),
+            requested: Mutex::new(None),
+            slow: AtomicBool::new(false),
             abort: CancellationToken::new(),
+            gone: CancellationToken::new(),
         }
     }
 
     /// Whether a close has been sent or received.
     pub(crate) fn is_closed(&self) -> bool {
-        self.closed.load(Ordering::Acquire)
+        self.closing.is_cancelled()
     }
 
-    /// Record that the connection is closing; later sends fail with `closed`.
+    /// Cancelled once a close has been sent or received.
+    pub(crate) fn closing(&self) -> &CancellationToken {
+        &self.closing
+    }
+
+    /// Record that the client has closed (or the connection has failed):
+    /// later sends fail with `closed`, and what is still queued is dropped.
     pub(crate) fn mark_closed(&self) {
-        self.closed.store(true, Ordering::Release);
+        let _requested = self.requested.lock().expect("not poisoned");
+        self.closing.cancel();
     }
 
-    /// Queue a message, waiting while the outbound queue is full.
-    pub(crate) async fn send(&self, message: tungstenite::Message) -> Result<(), SendError> {
-        if self.is_closed() {
-            return Err(SendError::Closed);
-        }
-        self.outbound
-            .send(Outbound::Message(message))
-            .await
-            .map_err(|_| SendError::Closed)
-    }
-
-    /// Start the closing handshake, once. Returns whether this call closed
-    /// it. If the close frame cannot even be queued (the client does not
-    /// read), the connection is aborted instead.
-    pub(crate) async fn close(&self, close: Close) -> bool {
-        if self.closed.swap(true, Ordering::AcqRel) {
+    /// Start the closing handshake, once, without waiting: the writer sends
+    /// what is queued, then `close`. Returns whether this call closed the
+    /// connection.
+    pub(crate) fn close(&self, close: Close) -> bool {
+        let mut requested = self.requested.lock().expect("not poisoned");
+        if self.closing.is_cancelled() {
             return false;
         }
-        self.queue_close(close, CLOSE_QUEUE_WAIT).await
-    }
-
-    /// Like [`ConnectionShared::close`], for callers that must not wait (a
-    /// publish that finds this connection's queue full): the connection is
-    /// closing from now on, and the close frame waits in the background,
-    /// up to `patience`, for room behind what is queued.
-    pub(crate) fn close_later(self: &Arc<Self>, close: Close, patience: Duration) -> bool {
-        if self.closed.swap(true, Ordering::AcqRel) {
-            return false;
-        }
-        let this = Arc::clone(self);
-        tokio::spawn(async move { this.queue_close(close, patience).await });
+        *requested = Some(close);
+        self.closing.cancel();
         true
     }
 
-    /// Queue the close frame, or abort the connection if there is no room
-    /// for it within `patience` (the client does not read).
-    async fn queue_close(&self, close: Close, patience: Duration) -> bool {
-        let queued = self.outbound.send(Outbound::Close(close));
-        match tokio::time::timeout(patience, queued).await {
-            Ok(result) => result.is_ok(),
+    /// The close the host asked for and the writer has not sent yet.
+    pub(crate) fn take_requested_close(&self) -> Option<Close> {
+        self.requested.lock().expect("not poisoned").take()
+    }
+
+    /// Close the client (1008) because it does not read: what is queued is
+    /// dropped, and a send waiting for room ends its execution. `why` goes
+    /// to the log.
+    pub(crate) fn close_slow_client(&self, why: &str) {
+        if !self.slow.swap(true, Ordering::AcqRel) {
+            tracing::info!("client does not read: {why}; closing with 1008");
+        }
+        self.close(Close::SLOW_CLIENT);
+    }
+
+    /// Whether the client is being closed for not reading.
+    pub(crate) fn is_slow(&self) -> bool {
+        self.slow.load(Ordering::Acquire)
+    }
+
+    /// What a send that found the connection closing is told.
+    fn closed_failure(&self, started: Instant) -> SendFailure {
+        if self.is_slow() {
+            SendFailure::SlowClient(started.elapsed())
+        } else {
+            SendFailure::Closed
+        }
+    }
+
+    /// Queue a message, waiting while the budgets or the queue are full.
+    ///
+    /// A client that does not read fills its connection's budget: a send
+    /// that waits `slow_client_timeout` for room closes it with 1008. The
+    /// app's budget is shared; clients that read release it, and clients
+    /// that do not are closed within `slow_client_timeout`, so waiting for
+    /// it is not this client's fault.
+    pub(crate) async fn send(&self, message: tungstenite::Message) -> Result<(), SendFailure> {
+        if self.is_closed() {
+            return Err(SendFailure::Closed);
+        }
+        let patience = self.app.limits.slow_client_timeout;
+        let started = Instant::now();
+        let len = message.len();
+        let room = async {
+            let own = tokio::time::timeout(patience, self.outbound_budget.take(len)).await?;
+            let app = self.app.outbound_budget.take(len).await;
+            let slot = tokio::time::timeout(patience, self.outbound.reserve()).await?;
+            let room = slot.map(|slot| (slot, Charge::new(own, Some(app))));
+            Ok::<_, tokio::time::error::Elapsed>(room)
+        };
+        let room = tokio::select! {
+            // A send still waiting when the connection closes is told so.
+            biased;
+            () = self.closing.cancelled() => return Err(self.closed_failure(started)),
+            room = room => room,
+        };
+        match room {
+            Ok(Ok((slot, charge))) => {
+                let _requested = self.requested.lock().expect("not poisoned");
+                if self.is_closed() {
+                    return Err(self.closed_failure(started));
+                }
+                slot.send(Outbound { message, charge });
+                Ok(())
+            }
+            Ok(Err(_writer_gone)) => Err(SendFailure::Closed),
             Err(_elapsed) => {
-                self.abort.cancel();
-                false
+                self.close_slow_client(&format!("a send waited {patience:?} for room"));
+                Err(SendFailure::SlowClient(started.elapsed()))
             }
         }
     }
 
-    /// Queue a message if there is room now; never waits.
+    /// Queue a message if there is room now (in the queue and in this
+    /// connection's budget); never waits. A group message: it is charged to
+    /// this connection only, its payload being shared by every member.
     pub(crate) fn try_send(&self, message: tungstenite::Message) -> Delivery {
         if self.is_closed() {
             return Delivery::Closed;
         }
-        match self.outbound.try_send(Outbound::Message(message)) {
-            Ok(()) => Delivery::Queued,
-            Err(mpsc::error::TrySendError::Full(_)) => Delivery::Full,
-            Err(mpsc::error::TrySendError::Closed(_)) => Delivery::Closed,
+        let Some(own) = self.outbound_budget.try_take(message.len()) else {
+            return Delivery::Full;
+        };
+        let _requested = self.requested.lock().expect("not poisoned");
+        if self.is_closed() {
+            return Delivery::Closed;
+        }
+        match self.outbound.try_reserve() {
+            Ok(slot) => {
+                let charge = Charge::new(own, None);
+                slot.send(Outbound { message, charge });
+                Delivery::Queued
+            }
+            Err(mpsc::error::TrySendError::Full(())) => Delivery::Full,
+            Err(mpsc::error::TrySendError::Closed(())) => Delivery::Closed,
         }
     }
 
     /// Drop the connection without a closing handshake.
     pub(crate) fn abort(&self) {
-        self.closed.store(true, Ordering::Release);
+        self.mark_closed();
         self.abort.cancel();
     }
 
@@ -147,20 +258,28 @@ impl ConnectionShared {
     pub(crate) fn aborted(&self) -> &CancellationToken {
         &self.abort
     }
+
+    /// Record that the socket is closed.
+    pub(crate) fn mark_gone(&self) {
+        self.mark_closed();
+        self.gone.cancel();
+    }
+
+    /// Cancelled once the socket is closed: the client has gone.
+    pub(crate) fn gone(&self) -> &CancellationToken {
+        &self.gone
+    }
 }
 
 /// The resource behind a flow's `connection` handle.
 pub struct HostConnection {
     shared: Arc<ConnectionShared>,
     /// Messages from the client; present in connection mode only.
-    inbound: Option<mpsc::Receiver<tungstenite::Message>>,
+    inbound: Option<Inbound>,
 }
 
 impl HostConnection {
-    pub(crate) fn new(
-        shared: Arc<ConnectionShared>,
-        inbound: Option<mpsc::Receiver<tungstenite::Message>>,
-    ) -> Self {
+    pub(crate) fn new(shared: Arc<ConnectionShared>, inbound: Option<Inbound>) -> Self {
         Self { shared, inbound }
     }
 
@@ -203,23 +322,21 @@ impl wit::HostConnection for FlowCtx {
             return Ok(Err(SendError::TooLarge));
         }
         let shared = Arc::clone(&conn.shared);
-        let patience = self.app.limits.slow_client_timeout;
-        // Waiting for room in the queue is not charged (the execution is
-        // not polled meanwhile); the work of sending is.
-        let sent = tokio::time::timeout(patience, shared.send(into_ws_message(msg))).await;
-        let Ok(result) = sent else {
-            // The client has not read for `patience`: its fault, not the
-            // flow's. Drop it and end the execution.
-            shared.abort();
-            return Err(wasmtime::Error::new(LimitExceeded::SlowClient {
-                waited: patience,
-            }));
-        };
-        if result.is_ok() {
-            AppStats::add(&self.app.stats.messages_out, 1);
-            AppStats::add(&self.app.stats.bytes_out, len as u64);
+        // Waiting for room is not charged (the execution is not polled
+        // meanwhile); the work of sending is.
+        match shared.send(into_ws_message(msg)).await {
+            Ok(()) => {
+                AppStats::add(&self.app.stats.messages_out, 1);
+                AppStats::add(&self.app.stats.bytes_out, len as u64);
+                Ok(Ok(()))
+            }
+            Err(SendFailure::Closed) => Ok(Err(SendError::Closed)),
+            // The client does not read: its fault, not the flow's. The
+            // connection is closing; end the execution.
+            Err(SendFailure::SlowClient(waited)) => {
+                Err(wasmtime::Error::new(LimitExceeded::SlowClient { waited }))
+            }
         }
-        Ok(result)
     }
 
     async fn receive(
@@ -261,8 +378,7 @@ impl wit::HostConnection for FlowCtx {
             Err(InvalidClose::Code) => return Ok(Err(CloseError::InvalidCode)),
             Err(InvalidClose::ReasonTooLong) => return Ok(Err(CloseError::ReasonTooLong)),
         };
-        let shared = Arc::clone(&self.table.get(&this)?.shared);
-        shared.close(close).await;
+        self.table.get(&this)?.shared.close(close);
         Ok(Ok(()))
     }
 

@@ -51,10 +51,9 @@ impl Outlet for Arc<ConnectionShared> {
     }
 
     fn close_slow(&self) -> bool {
-        // A client that reads again within the app's patience for slow
-        // clients gets the close frame after what was queued before it.
-        let patience = self.app.limits.slow_client_timeout;
-        self.close_later(Close::SLOW_MEMBER, patience)
+        // Never waits: the writer delivers what was queued before the
+        // close, within `slow_client_timeout`, then the close frame.
+        self.close(Close::SLOW_MEMBER)
     }
 }
 

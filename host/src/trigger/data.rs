@@ -4,7 +4,6 @@
 use std::sync::Arc;
 
 use serde_json::Value;
-use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
@@ -12,6 +11,7 @@ use super::{Handler, inputs, report};
 use crate::close::Close;
 use crate::manifest::spec::{Format, Instance, OnInvalid};
 use crate::runtime::bindings::{Content, Event};
+use crate::runtime::connection::{Inbound, SendFailure};
 use crate::runtime::{ConnectionShared, HostConnection, Lifetime};
 
 /// Serve messages until the client closes, a flow traps, or the server shuts
@@ -19,7 +19,7 @@ use crate::runtime::{ConnectionShared, HostConnection, Lifetime};
 pub(super) async fn run(
     handler: &Handler,
     shared: &Arc<ConnectionShared>,
-    mut inbound: mpsc::Receiver<Message>,
+    mut inbound: Inbound,
     mut event: Event,
     shutdown: &CancellationToken,
 ) -> Option<Close> {
@@ -44,8 +44,13 @@ pub(super) async fn run(
             Err(rejection) => match handler.spec.on_invalid {
                 OnInvalid::Close => return Some(Close::invalid_data(rejection.reason())),
                 OnInvalid::Reply => {
-                    // The error reply takes the place of the flow's answer.
-                    let _ = shared.send(Message::text(rejection.reply())).await;
+                    // The error reply takes the place of the flow's answer,
+                    // and waits for a client that does not read no longer
+                    // than a flow's `send` would.
+                    let reply = Message::text(rejection.reply());
+                    if let Err(SendFailure::SlowClient(_)) = shared.send(reply).await {
+                        return None;
+                    }
                     continue;
                 }
             },

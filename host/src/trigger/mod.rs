@@ -6,6 +6,7 @@ mod files;
 mod handshake;
 mod inputs;
 mod params;
+mod progress;
 mod pump;
 mod session;
 mod tls;
@@ -36,6 +37,7 @@ use crate::runtime::{ConnectionShared, FlowPre, Outcome, bindings, guest_line};
 use crate::sockets::{AcceptBackoff, HandshakeSlot, HostSockets};
 
 use handshake::Refusal;
+use progress::{Watched, WriteProgress};
 
 /// A path served by a flow.
 pub(crate) struct Handler {
@@ -134,6 +136,8 @@ struct Client {
     deadline: Instant,
     /// Its handshake slot, then its place among the host's open sockets.
     slot: HandshakeSlot,
+    /// Fed by the socket, read by the connection's writer.
+    progress: Arc<WriteProgress>,
     shutdown: CancellationToken,
 }
 
@@ -268,6 +272,7 @@ impl WsTrigger {
                         peer,
                         deadline: handshake_deadline(self.limits.handshake_timeout),
                         slot,
+                        progress: Arc::new(WriteProgress::new()),
                         shutdown: shutdown.clone(),
                     };
                     let span = tracing::info_span!(
@@ -298,6 +303,8 @@ impl WsTrigger {
 
     async fn connection(&self, stream: TcpStream, client: Client) {
         let _ = stream.set_nodelay(true);
+        // Under TLS, so the writer sees bytes reach the socket.
+        let stream = Watched::new(stream, Arc::clone(&client.progress));
         // Each branch's future is boxed at its own size: unboxed, every
         // connection's task would be as large as the largest branch (TLS).
         match &self.tls {
@@ -418,6 +425,7 @@ impl WsTrigger {
             peer,
             deadline,
             slot,
+            progress,
             shutdown,
         } = client;
         let mut admitted = None;
@@ -496,6 +504,7 @@ impl WsTrigger {
             Arc::clone(&self.app),
             peer,
             &self.limits,
+            progress,
             flow_side,
         ))
         .await;

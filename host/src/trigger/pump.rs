@@ -1,9 +1,14 @@
-//! The frame pump of one connection: a reader task that turns frames into
-//! messages for the flow side, and a writer task that drains the bounded
-//! outbound queue into the socket.
+//! The frame pump of one connection: a reader that turns frames into
+//! messages for the flow side, a writer that drains the outbound queue into
+//! the socket, and the flow side itself, all polled by the connection's
+//! one task.
 //!
-//! It is written against any `AsyncRead + AsyncWrite` stream, so plain TCP
-//! and TLS share one path.
+//! The socket side (reader and writer) and the flow side end on their own:
+//! a client's close is answered and the socket closed whatever the flow is
+//! doing, and what a flow queued is delivered after it has returned.
+//!
+//! The pump is written against any `AsyncRead + AsyncWrite` stream, so
+//! plain TCP and TLS share one path.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -14,26 +19,30 @@ use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_util::sync::CancellationToken;
 
-use crate::app::{AppInfo, AppStats};
+use super::progress::WriteProgress;
+use crate::app::{AppInfo, AppStats, ByteBudget, Charge};
 use crate::close::Close;
 use crate::manifest::spec::TriggerLimits;
+use crate::runtime::connection::{Inbound, InboundSender};
 use crate::runtime::{ConnectionShared, Outbound};
 
-/// Messages a connection may have queued towards the client before a
-/// sending flow waits: enough to batch writes, small enough that a client
-/// that never reads costs the host little.
+/// Messages a connection may have queued towards the client, whatever
+/// their size (the byte budgets bound them further): enough to batch
+/// writes.
 const OUTBOUND_QUEUE: usize = 64;
 
-/// Messages read ahead of the flow side. Reading stops (and TCP pushes back
-/// on the client) while this many wait.
+/// Messages read ahead of the flow side, whatever their size (the byte
+/// budgets bound them further). Reading stops (and TCP pushes back on the
+/// client) while the queue is full.
 const INBOUND_QUEUE: usize = 16;
 
-/// How long the host waits for the client to answer a close frame before it
-/// drops the connection.
+/// How long the host waits for the client to answer a close frame, or for
+/// a close frame to be written, before it drops the connection.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// After the closing handshake (or a read error), the host stops writing and
@@ -43,27 +52,29 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 const LINGER: Duration = Duration::from_secs(2);
 
 /// Serve one connection in the current task: a reader that turns frames
-/// into messages for the flow side, a writer that drains the bounded
-/// outbound queue into the socket, and `flow_side` (data or connection
-/// mode), which gets the connection's shared state and the messages read
-/// (`None` once the client has closed or the connection has failed) and
-/// returns the close to send. All three are polled by this one task, so a
-/// message crosses no thread and an idle connection costs one task.
+/// into messages for the flow side, a writer that drains the outbound
+/// queue into the socket, and `flow_side` (data or connection mode), which
+/// gets the connection's shared state and the messages read (`None` once
+/// the client has closed or the connection has failed) and returns the
+/// close to send. `progress` is fed by the stream under `ws`.
+///
+/// Once the socket is closed, the flow side has the app's `wall_time` to
+/// finish; then it is stopped.
 pub(super) async fn run<S, F, Fut>(
     ws: WebSocketStream<S>,
     id: u64,
     app: Arc<AppInfo>,
     peer: SocketAddr,
     limits: &TriggerLimits,
+    progress: Arc<WriteProgress>,
     flow_side: F,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
-    F: FnOnce(Arc<ConnectionShared>, mpsc::Receiver<Message>) -> Fut,
+    F: FnOnce(Arc<ConnectionShared>, Inbound) -> Fut,
     Fut: Future<Output = Option<Close>>,
 {
-    let (sink, stream) = ws.split();
     let (out_tx, out_rx) = mpsc::channel(OUTBOUND_QUEUE);
-    let (in_tx, in_rx) = mpsc::channel(INBOUND_QUEUE);
+    let (in_tx, in_rx) = Inbound::channel(INBOUND_QUEUE);
     let shared = Arc::new(ConnectionShared::new(
         id,
         app,
@@ -71,41 +82,67 @@ pub(super) async fn run<S, F, Fut>(
         limits.max_message_size,
         out_tx,
     ));
+    let socket = serve_socket(ws, &shared, limits, progress, out_rx, in_tx);
+    let flow = drive_flow(&shared, flow_side(Arc::clone(&shared), in_rx));
+    tokio::join!(socket, flow);
+}
+
+/// Run the flow side to its end, then close the connection with the close
+/// it returns (1000 if none). Once the client has gone, the flow side has
+/// `wall_time` left: a flow that sleeps or computes instead of noticing
+/// would otherwise hold its execution slot for nobody.
+async fn drive_flow(shared: &ConnectionShared, flow: impl Future<Output = Option<Close>>) {
+    tokio::pin!(flow);
+    let close = tokio::select! {
+        close = &mut flow => close,
+        () = shared.gone().cancelled() => {
+            let grace = shared.app.limits.wall_time;
+            match tokio::time::timeout(grace, &mut flow).await {
+                Ok(close) => close,
+                Err(_elapsed) => {
+                    tracing::error!(
+                        "execution stopped: still running {grace:?} after its client closed"
+                    );
+                    AppStats::add(&shared.app.stats.executions_limit_exceeded, 1);
+                    return;
+                }
+            }
+        }
+    };
+    shared.close(close.unwrap_or(Close::NORMAL));
+}
+
+/// Read and write until the connection is closed, then close the socket.
+async fn serve_socket<S>(
+    ws: WebSocketStream<S>,
+    shared: &ConnectionShared,
+    limits: &TriggerLimits,
+    progress: Arc<WriteProgress>,
+    outbound: mpsc::Receiver<Outbound>,
+    inbound: InboundSender,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let (sink, stream) = ws.split();
     let reader_done = CancellationToken::new();
     let stop_reader = CancellationToken::new();
-    let writer_done = CancellationToken::new();
-    let stop_writer = CancellationToken::new();
-
     let reader = async {
-        let stream = read_loop(
-            stream,
-            in_tx,
-            Arc::clone(&shared),
-            limits.idle_timeout,
-            stop_reader.clone(),
-        )
-        .await;
+        let stream = read_loop(stream, inbound, shared, limits.idle_timeout, &stop_reader).await;
         reader_done.cancel();
         stream
     };
     let writer = async {
-        let sink = write_loop(
+        let writer = Writer {
             sink,
-            out_rx,
-            limits.ping_interval,
-            stop_writer.clone(),
-            shared.aborted().clone(),
-        )
-        .await;
-        writer_done.cancel();
-        sink
-    };
-    let control = async {
-        let close = flow_side(Arc::clone(&shared), in_rx).await;
-        if let Some(close) = close {
-            shared.close(close).await;
-        }
-        // The reader ends once the closing handshake is complete.
+            outbound,
+            shared,
+            progress,
+            patience: shared.app.limits.slow_client_timeout,
+        };
+        let sink = writer.run(limits.ping_interval).await;
+        // The writer has sent a close frame, or passed on the reply to the
+        // client's: the client has `CLOSE_TIMEOUT` to complete the closing
+        // handshake, which ends the reader.
         if tokio::time::timeout(CLOSE_TIMEOUT, reader_done.cancelled())
             .await
             .is_err()
@@ -113,17 +150,10 @@ pub(super) async fn run<S, F, Fut>(
             tracing::debug!("client did not complete the closing handshake");
             stop_reader.cancel();
         }
-        // The writer sends what is still queued up to a close frame, then
-        // stops; a client that does not read cannot hold it.
-        stop_writer.cancel();
-        if tokio::time::timeout(CLOSE_TIMEOUT, writer_done.cancelled())
-            .await
-            .is_err()
-        {
-            shared.abort();
-        }
+        sink
     };
-    let (stream, sink, ()) = tokio::join!(reader, writer, control);
+    let (stream, sink) = tokio::join!(reader, writer);
+    shared.mark_gone();
     if !shared.aborted().is_cancelled()
         && let Ok(ws) = sink.reunite(stream)
     {
@@ -149,80 +179,196 @@ async fn linger<S: AsyncRead + AsyncWrite + Unpin>(mut socket: S) {
 type Sink<S> = SplitSink<WebSocketStream<S>, Message>;
 type Stream<S> = SplitStream<WebSocketStream<S>>;
 
-async fn write_loop<S>(
-    mut sink: Sink<S>,
-    mut outbound: mpsc::Receiver<Outbound>,
-    ping_interval: Option<Duration>,
-    stop: CancellationToken,
-    abort: CancellationToken,
-) -> Sink<S>
+/// How a write to the client ended.
+enum Written {
+    Done(Result<(), tungstenite::Error>),
+    /// The client took no bytes for too long, or missed the deadline.
+    Stalled,
+    Aborted,
+}
+
+/// When the writer gives up on a write.
+#[derive(Clone, Copy)]
+enum Patience {
+    /// While open: when the client has taken no bytes for this long.
+    Progress(Duration),
+    /// While closing: at this instant.
+    Deadline(Instant),
+}
+
+/// The writing half of a connection.
+struct Writer<'a, S> {
+    sink: Sink<S>,
+    outbound: mpsc::Receiver<Outbound>,
+    shared: &'a ConnectionShared,
+    progress: Arc<WriteProgress>,
+    /// `slow_client_timeout`.
+    patience: Duration,
+}
+
+impl<S> Writer<'_, S>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut pings = ping_interval.map(|period| {
-        let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        interval
-    });
-    loop {
-        let next = tokio::select! {
-            biased;
-            next = outbound.recv() => next,
-            _ = tick(&mut pings) => {
-                if let Err(error) = sink.send(Message::Ping(Default::default())).await {
-                    log_error("ping", &error);
-                    return sink;
-                }
-                continue;
-            }
-            () = abort.cancelled() => return sink,
-            () = stop.cancelled() => {
-                // Only a queued close frame still matters.
-                while let Ok(next) = outbound.try_recv() {
-                    if let Outbound::Close(close) = next {
-                        tokio::select! {
-                            () = send_close(&mut sink, close) => {}
-                            () = abort.cancelled() => {}
+    /// Write until the connection closes. Returns the sink once a close
+    /// frame has been written (or the connection cannot carry one).
+    async fn run(mut self, ping_interval: Option<Duration>) -> Sink<S> {
+        if self.write_while_open(ping_interval).await {
+            self.write_close().await;
+        }
+        self.sink
+    }
+
+    /// Write messages and pings until the connection starts closing.
+    /// Returns whether a close frame may still be written.
+    async fn write_while_open(&mut self, ping_interval: Option<Duration>) -> bool {
+        let mut pings = ping_interval.map(|period| {
+            let mut interval = tokio::time::interval_at(Instant::now() + period, period);
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            interval
+        });
+        let closing = self.shared.closing().clone();
+        let abort = self.shared.aborted().clone();
+        // The charge of the message written last, held for its drop: its
+        // bytes may still sit in the WebSocket's buffer until the next
+        // write or flush.
+        let mut _in_flight: Option<Charge> = None;
+        loop {
+            let (written, charge) = tokio::select! {
+                biased;
+                () = abort.cancelled() => return false,
+                // What is still queued is written (or dropped) by
+                // `write_close`, within its deadline.
+                () = closing.cancelled() => return true,
+                next = self.outbound.recv() => {
+                    let Some(Outbound { message, charge }) = next else { return true };
+                    // Batch: flush only once nothing else is waiting.
+                    let flush = self.outbound.is_empty();
+                    let write = async {
+                        if flush {
+                            self.sink.send(message).await
+                        } else {
+                            self.sink.feed(message).await
                         }
-                        break;
-                    }
+                    };
+                    let patience = Patience::Progress(self.patience);
+                    let written = watch(&self.progress, &abort, patience, write).await;
+                    // Fed but not flushed, the message may still sit in the
+                    // WebSocket's buffer: it holds its bytes until the next
+                    // write.
+                    (written, (!flush).then_some(charge))
                 }
-                return sink;
+                _ = tick(&mut pings) => {
+                    let ping = self.sink.send(Message::Ping(Default::default()));
+                    let patience = Patience::Progress(self.patience);
+                    (watch(&self.progress, &abort, patience, ping).await, None)
+                }
+            };
+            _in_flight = charge;
+            match written {
+                Written::Done(Ok(())) => {}
+                Written::Done(Err(error)) => {
+                    log_error("write", &error);
+                    return false;
+                }
+                Written::Stalled => {
+                    self.shared.close_slow_client(&format!(
+                        "it took no bytes for {:?} while messages waited for it",
+                        self.patience
+                    ));
+                    return true;
+                }
+                Written::Aborted => return false,
             }
+        }
+    }
+
+    /// The connection is closing. If the client closed, push out the reply
+    /// to its close frame. If the host closed, write what is queued, then
+    /// the close frame, within `slow_client_timeout`; a client that has not
+    /// taken it all by then is closed with 1008 instead, and the rest is
+    /// dropped.
+    async fn write_close(&mut self) {
+        let abort = self.shared.aborted().clone();
+        let Some(mut close) = self.shared.take_requested_close() else {
+            // The client closed: tungstenite answers it; what is still
+            // queued is not wanted.
+            let flush = Patience::Deadline(Instant::now() + CLOSE_TIMEOUT);
+            let _ = watch(&self.progress, &abort, flush, self.sink.flush()).await;
+            return;
         };
-        let Some(next) = next else { return sink };
-        let result = match next {
-            Outbound::Message(message) => {
-                // Batch: flush only once nothing else is waiting. A client
-                // that does not read is dropped by `abort`, even mid-write.
-                let flush = outbound.is_empty();
-                tokio::select! {
-                    result = async {
-                        if flush { sink.send(message).await } else { sink.feed(message).await }
-                    } => result,
-                    () = abort.cancelled() => return sink,
+        let deadline = Patience::Deadline(Instant::now() + self.patience);
+        while !self.shared.is_slow() {
+            let Ok(Outbound { message, charge }) = self.outbound.try_recv() else {
+                break;
+            };
+            let write = self.sink.feed(message);
+            match watch(&self.progress, &abort, deadline, write).await {
+                Written::Done(Ok(())) => drop(charge),
+                Written::Done(Err(error)) => {
+                    log_error("write", &error);
+                    return;
                 }
+                Written::Stalled => self.shared.close_slow_client(&format!(
+                    "it did not take what was queued before the close within {:?}",
+                    self.patience
+                )),
+                Written::Aborted => return,
             }
-            Outbound::Close(close) => {
-                tokio::select! {
-                    () = send_close(&mut sink, close) => {}
-                    () = abort.cancelled() => {}
-                }
-                return sink;
+        }
+        if self.shared.is_slow() {
+            // Give the budgets back; the client is told by the 1008.
+            self.outbound.close();
+            while self.outbound.try_recv().is_ok() {}
+            close = Close::SLOW_CLIENT;
+        }
+        let last = Patience::Deadline(Instant::now() + CLOSE_TIMEOUT);
+        let frame = self.sink.send(Message::Close(Some(close.into_frame())));
+        match watch(&self.progress, &abort, last, frame).await {
+            Written::Done(_) | Written::Aborted => {}
+            Written::Stalled => {
+                tracing::debug!("the close frame could not be written; dropping the connection");
+                self.shared.abort();
             }
-        };
-        if let Err(error) = result {
-            log_error("write", &error);
-            return sink;
         }
     }
 }
 
-async fn send_close<S>(sink: &mut Sink<S>, close: Close)
+/// Run `write` unless the connection is aborted or the client runs out of
+/// `patience`.
+async fn watch<F>(
+    progress: &WriteProgress,
+    abort: &CancellationToken,
+    patience: Patience,
+    write: F,
+) -> Written
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    F: Future<Output = Result<(), tungstenite::Error>>,
 {
-    let _ = sink.send(Message::Close(Some(close.into_frame()))).await;
+    let started = Instant::now();
+    tokio::pin!(write);
+    loop {
+        // Measured from the client's last progress, but never from before
+        // this write began: an idle connection has not stalled.
+        let give_up_at = match patience {
+            Patience::Progress(patience) => progress.last().max(started) + patience,
+            Patience::Deadline(deadline) => deadline,
+        };
+        tokio::select! {
+            biased;
+            () = abort.cancelled() => return Written::Aborted,
+            result = &mut write => return Written::Done(result),
+            () = tokio::time::sleep_until(give_up_at) => {
+                let still = match patience {
+                    Patience::Progress(patience) => progress.last().max(started) + patience,
+                    Patience::Deadline(deadline) => deadline,
+                };
+                if still <= Instant::now() {
+                    return Written::Stalled;
+                }
+            }
+        }
+    }
 }
 
 /// Sleep for `duration`, or forever without one.
@@ -245,10 +391,10 @@ async fn tick(interval: &mut Option<tokio::time::Interval>) {
 
 async fn read_loop<S>(
     mut stream: Stream<S>,
-    inbound: mpsc::Sender<Message>,
-    shared: Arc<ConnectionShared>,
+    inbound: InboundSender,
+    shared: &ConnectionShared,
     idle_timeout: Option<Duration>,
-    stop: CancellationToken,
+    stop: &CancellationToken,
 ) -> Stream<S>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -256,15 +402,16 @@ where
     // Keep reading after a close frame: tungstenite sends its reply on the
     // next read, and the stream ends once the handshake is complete.
     let abort = shared.aborted().clone();
+    let budget = ByteBudget::new(shared.app.limits.queue_per_connection);
     loop {
         // Any frame, a pong included, counts as activity. Once closing,
-        // the close timeout of `Pump::finish` takes over.
+        // the close timeout takes over.
         let idle = idle_timeout.filter(|_| !shared.is_closed());
         let next = tokio::select! {
             next = stream.next() => next,
             () = sleep_or_never(idle) => {
                 tracing::debug!("idle timeout");
-                shared.close(Close::IDLE).await;
+                shared.close(Close::IDLE);
                 continue;
             }
             () = abort.cancelled() => break,
@@ -275,10 +422,20 @@ where
             Ok(message @ (Message::Text(_) | Message::Binary(_))) => {
                 AppStats::add(&shared.app.stats.messages_in, 1);
                 AppStats::add(&shared.app.stats.bytes_in, message.len() as u64);
-                // After the flow side has stopped (a trap, a shutdown), data
-                // that still arrives is read and dropped.
+                // Once the host is closing, what still arrives is read and
+                // dropped, so the client's close reply can be read.
+                if shared.is_closed() {
+                    continue;
+                }
+                let len = message.len();
+                let deliver = async {
+                    let own = budget.take(len).await;
+                    let app = shared.app.inbound_budget.take(len).await;
+                    inbound.send((message, Charge::new(own, Some(app)))).await
+                };
                 tokio::select! {
-                    _ = inbound.send(message) => {}
+                    _ = deliver => {}
+                    () = shared.closing().cancelled() => {}
                     () = abort.cancelled() => break,
                     () = stop.cancelled() => break,
                 }
@@ -286,8 +443,12 @@ where
             Ok(Message::Close(_)) => shared.mark_closed(),
             Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => {}
             Err(error) => {
-                if let Some(close) = close_for(&error) {
-                    shared.close(close).await;
+                match close_for(&error) {
+                    Some(close) => {
+                        shared.close(close);
+                    }
+                    // Nothing more can be sent or received.
+                    None => shared.abort(),
                 }
                 log_error("read", &error);
                 break;

@@ -3,20 +3,19 @@
 
 use std::sync::Arc;
 
-use tokio::sync::mpsc;
-use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
 use super::{Handler, report};
 use crate::close::Close;
 use crate::runtime::bindings::Event;
+use crate::runtime::connection::Inbound;
 use crate::runtime::{ConnectionShared, HostConnection, Lifetime};
 
 /// Run the connection's flow to its end. Returns the close to send.
 pub(super) async fn run(
     handler: &Handler,
     shared: &Arc<ConnectionShared>,
-    inbound: mpsc::Receiver<Message>,
+    inbound: Inbound,
     event: Event,
     shutdown: &CancellationToken,
 ) -> Option<Close> {
@@ -29,7 +28,7 @@ pub(super) async fn run(
         finished = &mut execution => finished,
         () = shutdown.cancelled() => {
             // Tell the client; its close reply ends the flow's `receive`.
-            shared.close(Close::GOING_AWAY).await;
+            shared.close(Close::GOING_AWAY);
             execution.await
         }
     };

@@ -98,6 +98,17 @@ impl Source<'_> {
         }
     }
 
+    /// A size in bytes that must be larger than zero.
+    fn bytes(&self, key: &str, value: &schema::Scalar) -> Result<usize, ManifestError> {
+        let Size(size) = self.scalar(key, value)?;
+        if size == 0 {
+            return Err(self
+                .error_at(value.span(), format!("{key}: must be larger than zero"))
+                .help("remove the setting to use the default"));
+        }
+        Ok(size)
+    }
+
     /// A duration that must be longer than zero.
     fn duration(&self, key: &str, value: &schema::Scalar) -> Result<Duration, ManifestError> {
         let duration: Duration = self.scalar(key, value)?;
@@ -245,6 +256,12 @@ fn resolve_limits(
     }
     if let Some(value) = &section.slow_client_timeout {
         limits.slow_client_timeout = source.duration("limits.slow_client_timeout", value)?;
+    }
+    if let Some(value) = &section.queue_per_connection {
+        limits.queue_per_connection = source.bytes("limits.queue_per_connection", value)?;
+    }
+    if let Some(value) = &section.queue_per_app {
+        limits.queue_per_app = source.bytes("limits.queue_per_app", value)?;
     }
     if let Some(value) = &section.log_lines_per_second {
         let lines = source.positive("limits.log_lines_per_second", value)?;

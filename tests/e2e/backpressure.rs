@@ -1,0 +1,188 @@
+//! Queues are budgeted in bytes, per connection and per app: a flow cannot
+//! park more than its budget in the host for a client that does not read,
+//! and a client that holds its budget without reading is closed.
+
+use futures_util::SinkExt as _;
+use tokio::net::TcpSocket;
+use tokio_tungstenite::MaybeTlsStream;
+use tokio_tungstenite::tungstenite::Message;
+use toml::{Table, toml};
+use wsflow_tests::{
+    Client, Manifest, TIMEOUT, TestServer, local_addr, next_text, programs, send_text,
+};
+
+/// Connect with a receive buffer of a few KiB, so what the host writes
+/// stays in the host rather than in this client's socket while the test
+/// does not read.
+pub(crate) async fn connect_with_small_window(url: &str) -> Client {
+    let addr = url
+        .strip_prefix("ws://")
+        .and_then(|rest| rest.split('/').next())
+        .expect("a ws:// URL")
+        .parse()
+        .expect("an IP address and port");
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let connect = async {
+        let stream = socket.connect(addr).await.unwrap();
+        tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(stream))
+            .await
+            .unwrap()
+            .0
+    };
+    tokio::time::timeout(TIMEOUT, connect)
+        .await
+        .expect("connect timed out")
+}
+
+/// App `name` serving the puppet program in connection mode at `/puppet`.
+pub(crate) fn puppet(name: &str, limits: Table) -> Manifest {
+    let handler = toml! { path = "/puppet" mode = "connection" };
+    Manifest::one_flow(name, programs::PUPPET, handler).limits(limits)
+}
+
+/// The highest `puppet: sent I of N` app `app` logged for `peer`.
+fn sent_so_far(server: &TestServer, app: &str, peer: &str) -> u64 {
+    server
+        .app_log_lines(app)
+        .iter()
+        .filter(|line| line.contains(&format!("on {peer}")))
+        .filter_map(|line| {
+            let rest = &line[line.find("puppet: sent ")? + "puppet: sent ".len()..];
+            rest.split_whitespace().next()?.parse().ok()
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn a_flow_cannot_park_more_than_the_connection_budget_in_the_host() {
+    // 14 bytes asking for 64 MiB: counted in messages, 64 of 1 MiB would
+    // wait in the host for a client that reads nothing.
+    let app = "budget-per-connection";
+    let server = TestServer::start(&puppet(
+        app,
+        toml! { slow_client_timeout = "1s" cpu_time = "60s" },
+    ))
+    .await;
+    let mut client = connect_with_small_window(&server.url("/puppet")).await;
+    let peer = local_addr(&client).to_string();
+    assert_eq!(next_text(&mut client).await, "ready");
+    send_text(&mut client, "burst 64 1048576").await;
+    // Not reading: the flow queues up to the budget, waits in `send`, and
+    // is stopped once it has waited `slow_client_timeout`.
+    server
+        .wait_for_app_log(app, "execution stopped: slow client")
+        .await;
+    // One MiB of budget, one message in the writer, and what the kernel
+    // buffers (a few MiB at most).
+    let sent = sent_so_far(&server, app, &peer);
+    assert!(
+        sent < 16,
+        "{sent} messages of 1 MiB were accepted for a client that read nothing"
+    );
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_closed_even_when_no_send_waits() {
+    let app = "budget-no-send-waits";
+    let server = TestServer::start(&puppet(
+        app,
+        toml! {
+            slow_client_timeout = "1s"
+            cpu_time = "60s"
+            queue_per_connection = "32MiB"
+        },
+    ))
+    .await;
+    let mut client = connect_with_small_window(&server.url("/puppet")).await;
+    let peer = local_addr(&client).to_string();
+    assert_eq!(next_text(&mut client).await, "ready");
+    // 16 MiB fit the budget: every send returns at once and the flow goes
+    // back to `receive`, while the bytes wait in the host.
+    send_text(&mut client, "burst 16 1048576").await;
+    server
+        .wait_for_log(&format!("puppet: sent 16 of 16 on {peer}"))
+        .await;
+    let line = server.wait_for_app_log(app, "client does not read").await;
+    assert!(line.contains(&format!("peer={peer}")), "{line}");
+    // The flow is told: its `receive` returns "closed".
+    server
+        .wait_for_log(&format!("puppet: client closed on {peer}"))
+        .await;
+}
+
+#[tokio::test]
+async fn an_apps_connections_share_its_queue_budget() {
+    let app = "budget-per-app";
+    let server = TestServer::start(&puppet(
+        app,
+        toml! {
+            slow_client_timeout = "1s"
+            cpu_time = "60s"
+            queue_per_connection = "32MiB"
+            queue_per_app = "16MiB"
+        },
+    ))
+    .await;
+    let url = server.url("/puppet");
+    let mut first = connect_with_small_window(&url).await;
+    let mut second = connect_with_small_window(&url).await;
+    let first_peer = local_addr(&first).to_string();
+    let second_peer = local_addr(&second).to_string();
+    assert_eq!(next_text(&mut first).await, "ready");
+    assert_eq!(next_text(&mut second).await, "ready");
+    send_text(&mut first, "burst 16 1048576").await;
+    server
+        .wait_for_log(&format!("puppet: sent 16 of 16 on {first_peer}"))
+        .await;
+    // The first connection holds most of the app's 16 MiB: the second's
+    // burst waits until the first client is closed for not reading.
+    send_text(&mut second, "burst 16 1048576").await;
+    let second_done = server
+        .wait_for_log(&format!("puppet: sent 16 of 16 on {second_peer}"))
+        .await;
+    let lines = server.app_log_lines(app);
+    let first_closed = lines
+        .iter()
+        .position(|line| {
+            line.contains("client does not read") && line.contains(&format!("peer={first_peer}"))
+        })
+        .expect("the first client was closed for not reading");
+    let second_done = lines.iter().position(|line| *line == second_done).unwrap();
+    assert!(
+        first_closed < second_done,
+        "the second burst completed before the first client's bytes were released"
+    );
+}
+
+#[tokio::test]
+async fn an_error_reply_to_a_client_that_does_not_read_cannot_wedge_the_connection() {
+    // Each invalid message is answered with an error that quotes it: 64 KiB
+    // of reply per message.
+    let app = "reply-wedge";
+    let handler = toml! {
+        path = "/strict"
+        format = "json"
+        on_invalid = "reply"
+        schema = { inline = "{\"type\": \"number\"}" }
+    };
+    let manifest = Manifest::one_flow(app, programs::EXAMPLE_ECHO, handler)
+        .limits(toml! { slow_client_timeout = "1s" });
+    let server = TestServer::start(&manifest).await;
+    let mut client = connect_with_small_window(&server.url("/strict")).await;
+    let peer = local_addr(&client).to_string();
+    let invalid = format!("\"{}\"", "k".repeat(64 * 1024));
+    // Sends go on in the background: once the host stops reading, they wait.
+    let sender = tokio::spawn(async move {
+        for _ in 0..256 {
+            if client.send(Message::text(invalid.clone())).await.is_err() {
+                break;
+            }
+        }
+        client
+    });
+    let line = server.wait_for_app_log(app, "client does not read").await;
+    assert!(line.contains(&format!("peer={peer}")), "{line}");
+    sender.abort();
+}
