@@ -158,7 +158,7 @@ impl Event {
     }
 }
 
-fn lookup<T: FromParam>(params: &[types::Param], kind: &str, name: &str) -> Result<T> {
+pub(crate) fn lookup<T: FromParam>(params: &[types::Param], kind: &str, name: &str) -> Result<T> {
     let value = params.iter().find(|p| p.name == name).map(|p| &p.value);
     T::from_param(value).map_err(|problem| Error::msg(format!("{kind} `{name}`: {problem}")))
 }

@@ -33,6 +33,7 @@ mod connection;
 mod error;
 mod event;
 pub mod groups;
+pub mod lifecycle;
 pub mod log;
 mod param;
 
@@ -54,7 +55,7 @@ pub use param::{FromParam, ParamValue};
 pub mod bindings {
     wit_bindgen::generate!({
         path: "wit",
-        world: "flow",
+        world: "flow-with-hooks",
         pub_export_macro: true,
         export_macro_name: "__export_flow_world",
         default_bindings_module: "wsflow_sdk::bindings",
@@ -91,6 +92,21 @@ pub mod bindings {
 pub trait Flow {
     /// Handle one event. `conn` is valid only during this call.
     fn handle(event: Event, conn: &Connection) -> Result;
+
+    /// Decide whether a client may connect: runs before the upgrade when a
+    /// handler names this flow in `on_connect`. The default accepts
+    /// everyone. See [`lifecycle`].
+    fn on_connect(request: lifecycle::ConnectRequest) -> lifecycle::Decision {
+        let _ = request;
+        lifecycle::Decision::accept()
+    }
+
+    /// Runs once after a connection ended when a handler names this flow in
+    /// `on_close`. The default does nothing. See [`lifecycle`].
+    fn on_close(closed: lifecycle::Closed) -> Result {
+        let _ = closed;
+        Ok(())
+    }
 }
 
 /// Read an app property (`[properties]` in the manifest).
@@ -105,7 +121,18 @@ pub fn properties() -> Vec<(String, String)> {
 
 #[doc(hidden)]
 pub mod __private {
+    use crate::bindings::exports::wsflow::flow::lifecycle;
     use crate::bindings::wsflow::flow::{connection, types};
+
+    /// Adapts [`crate::Flow::on_connect`] to the generated trait.
+    pub fn on_connect<F: crate::Flow>(request: lifecycle::ConnectRequest) -> lifecycle::Decision {
+        F::on_connect(crate::lifecycle::ConnectRequest::from_raw(request)).into_raw()
+    }
+
+    /// Adapts [`crate::Flow::on_close`] to the generated trait.
+    pub fn on_close<F: crate::Flow>(closed: lifecycle::ClosedConnection) -> Result<(), String> {
+        F::on_close(crate::lifecycle::Closed::from_raw(closed)).map_err(|error| error.to_string())
+    }
 
     /// Adapts a [`crate::Flow`] to the generated `Guest` trait.
     pub fn handle<F: crate::Flow>(
@@ -117,7 +144,8 @@ pub mod __private {
     }
 }
 
-/// Export a type that implements [`Flow`] as the component's flow.
+/// Export a type that implements [`Flow`] as the component's flow and
+/// its lifecycle hooks ([`Flow::on_connect`], [`Flow::on_close`]).
 ///
 /// Put it once at the top level of the flow crate:
 ///
@@ -133,6 +161,18 @@ macro_rules! export {
                 conn: &$crate::bindings::wsflow::flow::connection::Connection,
             ) -> ::core::result::Result<(), ::std::string::String> {
                 $crate::__private::handle::<$flow>(event, conn)
+            }
+        }
+        impl $crate::bindings::exports::wsflow::flow::lifecycle::Guest for $flow {
+            fn on_connect(
+                request: $crate::bindings::exports::wsflow::flow::lifecycle::ConnectRequest,
+            ) -> $crate::bindings::exports::wsflow::flow::lifecycle::Decision {
+                $crate::__private::on_connect::<$flow>(request)
+            }
+            fn on_close(
+                closed: $crate::bindings::exports::wsflow::flow::lifecycle::ClosedConnection,
+            ) -> ::core::result::Result<(), ::std::string::String> {
+                $crate::__private::on_close::<$flow>(closed)
             }
         }
         $crate::bindings::__export_flow_world!($flow with_types_in $crate::bindings);

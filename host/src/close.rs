@@ -41,6 +41,7 @@ impl Close {
     pub(crate) const INVALID_UTF8: Close =
         Close::fixed(CloseCode::Invalid, "invalid UTF-8 in a text message");
     pub(crate) const TOO_BIG: Close = Close::fixed(CloseCode::Size, "message too big");
+    pub(crate) const TRY_AGAIN_LATER: Close = Close::fixed(CloseCode::Again, "a group is full");
 
     const fn fixed(code: CloseCode, reason: &'static str) -> Self {
         Self {

@@ -565,3 +565,67 @@ fn idle_sockets_on_one_app_leave_the_other_apps_and_the_admin_endpoint_serving()
     assert!(up.terminate().success());
     drop(idle);
 }
+
+/// The chat example in two real browser pages: headless Chromium, driven
+/// by `tests/browser/chat.mjs` (playwright-core), opens the page `wsflow
+/// up` serves, and two users talk in one room; screenshots go to
+/// `target/browser/`. Without Node, Chromium or the script's packages the
+/// test says how to get them and passes; with `WSFLOW_REQUIRE_BROWSER=1`
+/// (set by `.ci/run`) it fails instead.
+#[test]
+fn the_chat_example_works_in_two_browser_pages() {
+    let workspace = workspace();
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".to_owned());
+    let node = Command::new("node")
+        .arg("--version")
+        .output()
+        .is_ok_and(|output| output.status.success());
+    let mut missing = Vec::new();
+    if !node {
+        missing.push("Node.js (apt-get install nodejs npm)".to_owned());
+    }
+    if !Path::new(&chromium).exists() {
+        missing.push(format!(
+            "Chromium at {chromium} (apt-get install chromium, or set CHROMIUM)"
+        ));
+    }
+    if !workspace
+        .join("tests/browser/node_modules/playwright-core")
+        .exists()
+    {
+        missing.push(
+            "playwright-core (PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --prefix tests/browser)"
+                .to_owned(),
+        );
+    }
+    if !missing.is_empty() {
+        let missing = missing.join("; ");
+        assert!(
+            std::env::var_os("WSFLOW_REQUIRE_BROWSER").is_none(),
+            "WSFLOW_REQUIRE_BROWSER is set but the browser test cannot run: missing {missing}"
+        );
+        eprintln!("skipping the browser test: missing {missing}");
+        return;
+    }
+
+    let mut up = Up::start_with_env(
+        &["up", "examples/chat/wsflow.toml"],
+        &workspace,
+        &[("WSFLOW_PROP_PORT", "0")],
+    );
+    let url = up.listening_url();
+    let page = format!("http://{}/", host_port(&url));
+    let status = Command::new("node")
+        .arg("tests/browser/chat.mjs")
+        .arg(&page)
+        .current_dir(&workspace)
+        .env("CHROMIUM", &chromium)
+        .env("SCREENSHOT_DIR", workspace.join("target/browser"))
+        .status()
+        .expect("running node");
+    assert!(
+        status.success(),
+        "the chat did not work in Chromium (see the script's output above and target/browser/*.png)"
+    );
+    assert!(up.terminate().success());
+}

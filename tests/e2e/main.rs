@@ -9,6 +9,7 @@ mod data_mode;
 mod examples;
 mod failures;
 mod groups;
+mod hooks;
 mod limits;
 mod manifests;
 mod params;

@@ -29,7 +29,7 @@ mod name;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use tokio_tungstenite::tungstenite::{Bytes, Message};
 
@@ -181,12 +181,22 @@ pub(crate) trait Transport: Send + Sync + fmt::Debug {
     fn members(&self, group: &GroupName, limit: usize) -> Pending<'_, Vec<MemberInfo>>;
 }
 
+/// What a connection held in its hub when it ended, for its `on_close`.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Farewell {
+    /// In name order.
+    pub(crate) groups: Vec<GroupName>,
+    pub(crate) attachment: Bytes,
+}
+
 /// A connection's place in its app's hub, from the upgrade until the
 /// connection ends: dropping it (however the connection ends) detaches the
 /// connection, which leaves all its groups.
 pub(crate) struct Membership {
     hub: Arc<dyn Transport>,
     id: ConnectionId,
+    /// Filled with the connection's groups and attachment as it detaches.
+    farewell: Option<Arc<OnceLock<Farewell>>>,
 }
 
 impl Membership {
@@ -200,12 +210,38 @@ impl Membership {
         Self {
             hub: Arc::clone(hub),
             id,
+            farewell: None,
         }
+    }
+
+    /// Keep what the connection holds in the hub when it detaches in
+    /// `farewell`, however the connection ends.
+    pub(crate) fn keep_farewell(&mut self, farewell: Arc<OnceLock<Farewell>>) {
+        self.farewell = Some(farewell);
+    }
+
+    /// Start the connection the way its `on_connect` hook chose: with an
+    /// attachment, in some groups. Checked by the hook already, except
+    /// whether a group has room.
+    pub(crate) async fn open_with(&self, attachment: Bytes, groups: &[GroupName]) -> HubResult<()> {
+        if !attachment.is_empty() {
+            self.hub.set_attachment(self.id, attachment)?;
+        }
+        for group in groups {
+            self.hub.join(self.id, group.clone()).await?;
+        }
+        Ok(())
     }
 }
 
 impl Drop for Membership {
     fn drop(&mut self) {
+        if let Some(farewell) = &self.farewell {
+            let _ = farewell.set(Farewell {
+                groups: self.hub.joined(self.id),
+                attachment: self.hub.attachment(self.id).unwrap_or_default(),
+            });
+        }
         let dropped = self.hub.detach(self.id);
         if dropped > 0 {
             tracing::info!("{dropped} group message(s) were dropped for this slow connection");

@@ -217,6 +217,8 @@ pub(crate) struct TlsSection {
 /// on_invalid = "close"
 /// slow_member = "close"
 /// flow = "orders"
+/// on_connect = "gate"
+/// on_close = "gate"
 /// query_params = [
 ///   { name = "user", type = "string", required = true },
 ///   { name = "tag", repeating = true },
@@ -250,6 +252,11 @@ pub(crate) struct HandlerSection {
     pub(crate) slow_member: SlowMember,
     /// The name of a `[flows.NAME]` entry.
     pub(crate) flow: Spanned<String>,
+    /// A flow whose `on-connect` hook decides, before the upgrade, whether
+    /// a client may connect.
+    pub(crate) on_connect: Option<Spanned<String>>,
+    /// A flow whose `on-close` hook runs once after each connection ends.
+    pub(crate) on_close: Option<Spanned<String>>,
     #[serde(default)]
     pub(crate) path_params: Vec<ParamSection>,
     #[serde(default)]

@@ -252,6 +252,10 @@ pub(crate) struct HandlerSpec {
     pub(crate) slow_member: SlowMember,
     /// The name of one of the app's flows.
     pub(crate) flow: String,
+    /// The flow whose `on-connect` hook admits clients, if any.
+    pub(crate) on_connect: Option<String>,
+    /// The flow whose `on-close` hook runs after each connection, if any.
+    pub(crate) on_close: Option<String>,
     pub(crate) path_params: Vec<ParamSpec>,
     pub(crate) query_params: Vec<ParamSpec>,
     /// Names are lower case.

@@ -1,5 +1,9 @@
-//! The one `bindgen!` of the host: Rust types and traits generated from the
-//! WIT contract in `wit/`. Everything else uses the re-exports below.
+//! The host's `bindgen!`s: Rust types and traits generated from the WIT
+//! contract in `wit/`. Everything else uses the re-exports below.
+//!
+//! A flow's `handle` comes from the world `flow`; the lifecycle hooks come
+//! from the world `hooks`, whose imports are the same interfaces and reuse
+//! the types generated for `flow`. A component may export either or both.
 
 wasmtime::component::bindgen!({
     path: "../wit",
@@ -10,6 +14,21 @@ wasmtime::component::bindgen!({
         "wsflow:flow/connection.connection": crate::runtime::connection::HostConnection,
     },
 });
+
+/// The lifecycle hooks (`on-connect`, `on-close`).
+pub mod hooks {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "hooks",
+        imports: { default: async | trappable },
+        exports: { default: async },
+        with: {
+            "wsflow:flow": super::wsflow::flow,
+        },
+    });
+
+    pub use self::exports::wsflow::flow::lifecycle::{ClosedConnection, ConnectRequest, Decision};
+}
 
 pub use self::wsflow::flow::connection::{CloseError, ReceiveError, SendError};
 pub use self::wsflow::flow::log::Level;

@@ -8,7 +8,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
@@ -94,6 +94,8 @@ pub(crate) struct ConnectionShared {
     abort: CancellationToken,
     /// Cancelled once the socket is closed.
     gone: CancellationToken,
+    /// The first close frame sent or received: code and reason.
+    ended_with: OnceLock<(u16, String)>,
 }
 
 impl ConnectionShared {
@@ -117,7 +119,22 @@ impl ConnectionShared {
             slow: AtomicBool::new(false),
             abort: CancellationToken::new(),
             gone: CancellationToken::new(),
+            ended_with: OnceLock::new(),
         }
+    }
+
+    /// Remember a close frame sent or received; only the first counts.
+    pub(crate) fn record_close(&self, code: u16, reason: &str) {
+        let _ = self.ended_with.set((code, reason.to_owned()));
+    }
+
+    /// The close that ended the connection: the first close frame sent or
+    /// received, or 1006 (no close frame) if there was none.
+    pub(crate) fn ended_with(&self) -> (u16, String) {
+        self.ended_with
+            .get()
+            .cloned()
+            .unwrap_or_else(|| (1006, String::new()))
     }
 
     /// Whether a close has been sent or received.

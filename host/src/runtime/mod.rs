@@ -19,7 +19,7 @@ use std::pin::{Pin, pin};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::component::{Component, HasSelf, InstancePre, Linker};
 use wasmtime::error::Context as _;
 use wasmtime::{
     Cache, CacheConfig, Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store,
@@ -240,8 +240,10 @@ impl Runtime {
         self.scheduler.lane()
     }
 
-    /// Compile a component file and check that it is a flow this host can
-    /// run: every import satisfied, `handle` exported with the right type.
+    /// Compile a component file and check that this host can run it: every
+    /// import satisfied, and `handle` or the lifecycle hooks (or both)
+    /// exported with the right types. Which of them a handler may use is
+    /// checked where the handler names the flow ([`FlowPre::role`]).
     pub(crate) fn load_flow(
         &self,
         app: &Arc<AppInfo>,
@@ -257,14 +259,22 @@ impl Runtime {
             .linker
             .instantiate_pre(&component)
             .context("the component's imports do not match what wsflow provides")?;
-        let pre = bindings::FlowPre::new(pre)
-            .context("the component does not export the wsflow `handle` function")?;
+        let handle = bindings::FlowIndices::new(&pre).ok().map(Arc::new);
+        let hooks = bindings::hooks::HooksIndices::new(&pre).ok().map(Arc::new);
+        if handle.is_none() && hooks.is_none() {
+            anyhow::bail!(
+                "the component exports neither the wsflow `handle` function nor the \
+                 `wsflow:flow/lifecycle` hooks; build it with wsflow-sdk and `wsflow_sdk::export!`"
+            );
+        }
         Ok(FlowPre {
             name: name.into(),
             app: Arc::clone(app),
             lane: lane.clone(),
             grants: Arc::new(grants),
             pre,
+            handle,
+            hooks,
         })
     }
 }
@@ -357,12 +367,45 @@ pub(crate) struct FlowPre {
     /// The app's lane on the host's scheduler.
     lane: Lane,
     grants: Arc<FlowGrants>,
-    pre: bindings::FlowPre<FlowCtx>,
+    pre: InstancePre<FlowCtx>,
+    /// Where `handle` is, if the component exports it.
+    handle: Option<Arc<bindings::FlowIndices>>,
+    /// Where the lifecycle hooks are, if the component exports them.
+    hooks: Option<Arc<bindings::hooks::HooksIndices>>,
+}
+
+/// What a handler uses a flow for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Role {
+    /// Its `flow`: `handle`.
+    Handle,
+    /// Its `on_connect` or `on_close`: the lifecycle hooks.
+    Hooks,
 }
 
 impl FlowPre {
     pub(crate) fn app(&self) -> &Arc<AppInfo> {
         &self.app
+    }
+
+    /// Check that the component exports what `role` calls; the error says
+    /// what is missing and how to add it.
+    pub(crate) fn role(&self, role: Role) -> anyhow::Result<()> {
+        match role {
+            Role::Handle if self.handle.is_none() => anyhow::bail!(
+                "flow `{}` does not export the wsflow `handle` function, so it cannot be a \
+                 handler's `flow`; implement `wsflow_sdk::Flow::handle`, or name it in \
+                 `on_connect`/`on_close` only",
+                self.name
+            ),
+            Role::Hooks if self.hooks.is_none() => anyhow::bail!(
+                "flow `{}` does not export the `wsflow:flow/lifecycle` hooks, so it cannot be \
+                 a handler's `on_connect` or `on_close`; rebuild it with this wsflow-sdk, whose \
+                 `export!` exports them (implement `Flow::on_connect` / `Flow::on_close`)",
+                self.name
+            ),
+            Role::Handle | Role::Hooks => Ok(()),
+        }
     }
 
     /// Run the flow once in a fresh store, within the app's limits.
@@ -387,7 +430,7 @@ impl FlowPre {
             let cpu = Arc::clone(&store.data().cpu);
             let result = {
                 let call = pin!(async {
-                    let flow = self.pre.instantiate_async(&mut store).await?;
+                    let flow = self.instantiate_handle(&mut store).await?;
                     let handle = store.data_mut().table.push(connection)?;
                     flow.call_handle(&mut store, event, handle).await
                 });
@@ -414,7 +457,7 @@ impl FlowPre {
         let cpu = Arc::clone(&store.data().cpu);
         let prepared = {
             let prepared = pin!(async {
-                let flow = self.pre.instantiate_async(&mut store).await?;
+                let flow = self.instantiate_handle(&mut store).await?;
                 let handle = store.data_mut().table.push(connection)?;
                 wasmtime::Result::Ok((flow, handle.rep()))
             });
@@ -429,6 +472,78 @@ impl FlowPre {
             }),
             Err(error) => Err(self.finish(Err(error), Some(store.data()))),
         }
+    }
+
+    /// Run `on-connect` in a fresh instance, as one execution of the app
+    /// (an execution slot, `wall_time`, the CPU limit). `Err` is how the
+    /// execution failed, already counted.
+    pub(crate) async fn on_connect(
+        &self,
+        request: &bindings::hooks::ConnectRequest,
+    ) -> Result<bindings::hooks::Decision, Outcome> {
+        let mut decision = None;
+        let outcome = self
+            .run_hook("on_connect", async |hooks, store| {
+                let lifecycle = hooks.wsflow_flow_lifecycle();
+                decision = Some(lifecycle.call_on_connect(store, request).await?);
+                Ok(Ok(()))
+            })
+            .await;
+        match (outcome, decision) {
+            (Outcome::Completed, Some(decision)) => Ok(decision),
+            (outcome, _) => Err(outcome),
+        }
+    }
+
+    /// Run `on-close` in a fresh instance, as one execution of the app.
+    pub(crate) async fn on_close(&self, closed: &bindings::hooks::ClosedConnection) -> Outcome {
+        self.run_hook("on_close", async |hooks, store| {
+            let lifecycle = hooks.wsflow_flow_lifecycle();
+            lifecycle.call_on_close(store, closed).await
+        })
+        .await
+    }
+
+    async fn run_hook(
+        &self,
+        hook: &'static str,
+        call: impl AsyncFnOnce(
+            bindings::hooks::Hooks,
+            &mut Store<FlowCtx>,
+        ) -> wasmtime::Result<Result<(), String>>,
+    ) -> Outcome {
+        let span = tracing::info_span!("exec", flow = &*self.name, hook);
+        async {
+            let _slot = self.execution_slot().await;
+            let mut store = match self.new_store() {
+                Ok(store) => store,
+                Err(error) => return self.finish(Err(error), None),
+            };
+            let cpu = Arc::clone(&store.data().cpu);
+            let result = {
+                let run = pin!(async {
+                    let hooks = self.hooks.as_ref().expect("checked by `role`");
+                    let instance = self.pre.instantiate_async(&mut store).await?;
+                    let hooks = hooks.load(&mut store, &instance)?;
+                    call(hooks, &mut store).await
+                });
+                let wall_time = Some(self.app.limits.wall_time);
+                with_wall_time(self.run_guest(&cpu, run), wall_time).await
+            };
+            self.finish(result, Some(store.data()))
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// A fresh instance of the component, with `handle` looked up.
+    async fn instantiate_handle(
+        &self,
+        store: &mut Store<FlowCtx>,
+    ) -> wasmtime::Result<bindings::Flow> {
+        let handle = self.handle.as_ref().expect("checked by `role`");
+        let instance = self.pre.instantiate_async(&mut *store).await?;
+        handle.load(store, &instance)
     }
 
     /// Run guest work on the app's lane, charging every poll to `cpu`. The

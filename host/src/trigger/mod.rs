@@ -4,6 +4,8 @@
 mod data;
 mod files;
 mod handshake;
+mod hooks;
+mod http1;
 mod inputs;
 mod params;
 mod progress;
@@ -13,8 +15,8 @@ mod tls;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use tracing::Instrument as _;
@@ -30,19 +32,25 @@ use tokio_util::task::TaskTracker;
 
 use crate::app::{AppInfo, AppStats};
 use crate::close::Close;
-use crate::hub::Membership;
+use crate::hub::{self, HubError, Membership};
 use crate::manifest::spec::{HandlerSpec, MAX_DURATION, Mode, TriggerLimits, TriggerSpec};
 use crate::runtime::bindings::{Content, Event};
-use crate::runtime::{ConnectionShared, FlowPre, Outcome, bindings, guest_line};
+use crate::runtime::{ConnectionShared, FlowPre, Outcome, Role, bindings, guest_line};
 use crate::sockets::{AcceptBackoff, HandshakeSlot, HostSockets};
 
-use handshake::Refusal;
+use handshake::{Refusal, Routed};
+use hooks::{Ended, Opening};
+use http1::{Head, Replay};
 use progress::{Watched, WriteProgress};
 
 /// A path served by a flow.
 pub(crate) struct Handler {
     spec: HandlerSpec,
     flow: FlowPre,
+    /// The flow whose `on-connect` admits clients.
+    on_connect: Option<FlowPre>,
+    /// The flow whose `on-close` runs after each connection.
+    on_close: Option<FlowPre>,
 }
 
 /// Log how an execution ended and decide whether the connection must close.
@@ -99,6 +107,9 @@ pub(crate) struct WsTrigger {
     allowed_origins: Option<Vec<String>>,
     /// Files for plain HTTP requests (`static_dir`).
     static_files: Option<files::StaticFiles>,
+    /// Whether the trigger reads request heads itself (for `static_dir` or
+    /// an `on_connect` hook) instead of leaving them to the handshake.
+    reads_requests: bool,
     ws_config: WebSocketConfig,
     /// Upgraded connections currently open.
     open: Arc<AtomicUsize>,
@@ -172,19 +183,36 @@ impl WsTrigger {
             Some(tls) => Some(tokio_rustls::TlsAcceptor::from(tls::server_config(tls)?)),
             None => None,
         };
-        let handlers = spec
+        let handlers: Vec<Arc<Handler>> = spec
             .handlers
             .iter()
             .map(|handler| {
-                let flow = flows
-                    .get(&handler.flow)
-                    .expect("validation checked that every handler names a flow of its app");
-                Arc::new(Handler {
+                let pick = |name: &str, role: Role| {
+                    let flow = flows
+                        .get(name)
+                        .expect("validation checked that every handler names flows of its app");
+                    flow.role(role)
+                        .map_err(|error| anyhow::anyhow!("handler `{}`: {error}", handler.path))?;
+                    anyhow::Ok(flow.clone())
+                };
+                Ok(Arc::new(Handler {
                     spec: handler.clone(),
-                    flow: flow.clone(),
-                })
+                    flow: pick(&handler.flow, Role::Handle)?,
+                    on_connect: handler
+                        .on_connect
+                        .as_deref()
+                        .map(|name| pick(name, Role::Hooks))
+                        .transpose()?,
+                    on_close: handler
+                        .on_close
+                        .as_deref()
+                        .map(|name| pick(name, Role::Hooks))
+                        .transpose()?,
+                }))
             })
-            .collect();
+            .collect::<anyhow::Result<_>>()?;
+        let reads_requests = spec.static_dir.is_some()
+            || handlers.iter().any(|handler| handler.on_connect.is_some());
         let limits = spec.limits.clone();
         // tungstenite's write buffer is unbounded by default. The writer
         // flushes it before it queues the next message, so it holds at most
@@ -207,6 +235,7 @@ impl WsTrigger {
             limits,
             allowed_origins: spec.allowed_origins.clone(),
             static_files: spec.static_dir.clone().map(files::StaticFiles::new),
+            reads_requests,
             ws_config,
             open: Arc::new(AtomicUsize::new(0)),
         })
@@ -325,26 +354,90 @@ impl WsTrigger {
         }
     }
 
-    /// With a `static_dir`, answer plain HTTP requests with its files and
-    /// pass upgrades on; without one, every request is an upgrade request.
-    async fn serve_http<S>(&self, stream: S, client: Client)
+    /// Serve one client. A trigger that reads request heads itself answers
+    /// plain requests (with its `static_dir`, or 426), and admits upgrade
+    /// requests before the handshake, asking the handler's `on_connect`
+    /// when it has one; otherwise the handshake admits them.
+    async fn serve_http<S>(&self, mut stream: S, client: Client)
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let Some(files) = &self.static_files else {
-            return Box::pin(self.serve_stream(stream, client)).await;
-        };
-        let intercepted = tokio::select! {
-            intercepted = files.intercept(stream, client.deadline) => intercepted,
+        if !self.reads_requests {
+            return Box::pin(self.serve_stream(stream, client, None)).await;
+        }
+        let read = tokio::select! {
+            read = http1::read_head(&mut stream, client.deadline) => read,
             () = client.shutdown.cancelled() => return,
         };
-        if let Some(upgrade) = intercepted {
-            Box::pin(self.serve_stream(upgrade, client)).await;
+        let Some((head, read)) = read else {
+            return;
+        };
+        let response = match head {
+            Head::Upgrade(request) => match Box::pin(self.admit_early(&request, &client)).await {
+                Ok(admitted) => {
+                    let stream = Replay::new(read, stream);
+                    return Box::pin(self.serve_stream(stream, client, Some(admitted))).await;
+                }
+                Err(Some(refusal)) => http1::Response::text(refusal.status.as_u16(), refusal.body),
+                Err(None) => return,
+            },
+            Head::Plain(request) => match &self.static_files {
+                Some(files) => files.respond(&request).await,
+                None => http1::Response::text(
+                    426,
+                    "this address serves WebSocket connections only; send an upgrade request\n"
+                        .to_owned(),
+                ),
+            },
+            Head::Bad(status) => http1::Response::status(status),
+        };
+        response.send(&mut stream).await;
+    }
+
+    /// Admit an upgrade request read before the handshake, and ask its
+    /// handler's `on_connect`, within the handshake's deadline. `Err(None)`:
+    /// nobody to answer (shutdown, or the deadline passed).
+    async fn admit_early(
+        &self,
+        request: &Request,
+        client: &Client,
+    ) -> Result<Admitted, Option<Refusal>> {
+        let (routed, open) = self.admit(request).map_err(|refusal| {
+            refusal.log(request);
+            Some(refusal)
+        })?;
+        let id = next_connection_id();
+        tracing::Span::current().record("conn", id);
+        let Some(hook) = &routed.handler.on_connect else {
+            return Ok(Admitted {
+                routed,
+                open,
+                id,
+                opening: Opening::default(),
+            });
+        };
+        let decide = hooks::on_connect(hook, id, client.peer, request, &routed);
+        let decided = tokio::select! {
+            decided = tokio::time::timeout_at(client.deadline, decide) => decided,
+            () = client.shutdown.cancelled() => return Err(None),
+        };
+        match decided {
+            Ok(Ok(opening)) => Ok(Admitted {
+                routed,
+                open,
+                id,
+                opening,
+            }),
+            Ok(Err(refusal)) => Err(Some(refusal)),
+            Err(_elapsed) => {
+                tracing::warn!("on_connect did not decide within the handshake timeout");
+                Err(None)
+            }
         }
     }
 
     /// Decide whether to upgrade: route, origin, parameters, capacity.
-    fn admit(&self, request: &Request) -> Result<(handshake::Routed, OpenGuard), Refusal> {
+    fn admit(&self, request: &Request) -> Result<(Routed, OpenGuard), Refusal> {
         let routed = handshake::route(&self.handlers, request)?;
         if let Some(allowed) = &self.allowed_origins {
             let origin = request
@@ -412,12 +505,13 @@ impl WsTrigger {
         Ok((routed, guard))
     }
 
-    /// Upgrade and serve one client over any byte stream (TCP or TLS).
+    /// Upgrade and serve one client over any byte stream (TCP or TLS):
+    /// admitted already (`early`), or admitted by the handshake.
     #[expect(
         clippy::result_large_err,
         reason = "tungstenite's handshake callback returns its ErrorResponse by value"
     )]
-    async fn serve_stream<S>(&self, stream: S, client: Client)
+    async fn serve_stream<S>(&self, stream: S, client: Client, early: Option<Admitted>)
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -428,15 +522,35 @@ impl WsTrigger {
             progress,
             shutdown,
         } = client;
-        let mut admitted = None;
-        let callback = |request: &Request, response: Response| -> Result<Response, ErrorResponse> {
-            let accepted = self.admit(request).map_err(|refusal| {
-                tracing::debug!(path = request.uri().path(), status = %refusal.status, "upgrade refused: {}", refusal.body);
-                refusal.into_response()
-            })?;
-            admitted = Some(accepted);
-            Ok(response)
-        };
+        let subprotocol = early
+            .as_ref()
+            .and_then(|admitted| admitted.opening.subprotocol.clone());
+        let admit_here = early.is_none();
+        let mut admitted = early;
+        let callback =
+            |request: &Request, mut response: Response| -> Result<Response, ErrorResponse> {
+                if let Some(protocol) = subprotocol {
+                    // Offered by the client, so a valid header value.
+                    if let Ok(value) = http::HeaderValue::from_str(&protocol) {
+                        response
+                            .headers_mut()
+                            .insert(http::header::SEC_WEBSOCKET_PROTOCOL, value);
+                    }
+                }
+                if admit_here {
+                    let (routed, open) = self.admit(request).map_err(|refusal| {
+                        refusal.log(request);
+                        refusal.into_response()
+                    })?;
+                    admitted = Some(Admitted {
+                        routed,
+                        open,
+                        id: next_connection_id(),
+                        opening: Opening::default(),
+                    });
+                }
+                Ok(response)
+            };
         // Boxed, like every future that lives only for a while: the
         // connection's task then keeps only what an idle connection needs.
         let upgrade = Box::pin(tokio_tungstenite::accept_hdr_async_with_config(
@@ -445,32 +559,99 @@ impl WsTrigger {
             Some(self.ws_config),
         ));
         let upgraded = tokio::select! {
-            upgraded = tokio::time::timeout_at(deadline, upgrade) => upgraded,
-            () = shutdown.cancelled() => return,
+            upgraded = tokio::time::timeout_at(deadline, upgrade) => Some(upgraded),
+            () = shutdown.cancelled() => None,
         };
         // The handshake is over, whichever way: its slots are free again.
         let _socket = slot.upgraded();
         let ws = match upgraded {
-            Ok(Ok(ws)) => ws,
-            Ok(Err(error)) => {
+            Some(Ok(Ok(ws))) => Some(ws),
+            Some(Ok(Err(error))) => {
                 tracing::debug!("handshake refused or failed: {error}");
-                return;
+                None
             }
-            Err(_elapsed) => {
+            Some(Err(_elapsed)) => {
                 tracing::debug!("handshake timed out");
-                return;
+                None
             }
+            None => None,
         };
-        let Some((routed, _open)) = admitted else {
+        let Some(Admitted {
+            routed,
+            open: _open,
+            id,
+            opening,
+        }) = admitted
+        else {
             return;
         };
-        let handler = routed.handler;
-        let id = NEXT_CONNECTION_ID.fetch_add(1, Ordering::Relaxed);
-        let span = tracing::Span::current();
-        span.record("conn", id);
-        span.record("path", tracing::field::display(&handler.spec.path));
-        tracing::debug!("connected");
+        let handler = Arc::clone(&routed.handler);
+        let ended = handler.on_close.as_ref().map(|_| Ended {
+            id,
+            peer,
+            path_params: routed.path_params.clone(),
+            query_params: routed.query_params.clone(),
+        });
+        let (how, farewell) = match ws {
+            // Accepted by `on_connect`, but never upgraded: it still gets
+            // its `on_close`.
+            None => {
+                let farewell = hub::Farewell {
+                    groups: Vec::new(),
+                    attachment: opening.attachment,
+                };
+                ((1006, String::new()), farewell)
+            }
+            Some(ws) => {
+                let span = tracing::Span::current();
+                if admit_here {
+                    span.record("conn", id);
+                }
+                span.record("path", tracing::field::display(&handler.spec.path));
+                tracing::debug!("connected");
+                let farewell = Arc::new(OnceLock::new());
+                let how = Box::pin(self.serve_upgraded(
+                    ws,
+                    Upgraded {
+                        routed,
+                        id,
+                        opening,
+                        farewell: ended.as_ref().map(|_| Arc::clone(&farewell)),
+                    },
+                    peer,
+                    progress,
+                    shutdown,
+                ))
+                .await;
+                tracing::debug!("disconnected");
+                (how, farewell.get().cloned().unwrap_or_default())
+            }
+        };
+        if let (Some(hook), Some(ended)) = (&handler.on_close, ended) {
+            Box::pin(hooks::on_close(hook, ended, how, farewell)).await;
+        }
+    }
 
+    /// Serve an upgraded connection until it ends; returns the close code
+    /// and reason it ended with.
+    async fn serve_upgraded<S>(
+        &self,
+        ws: tokio_tungstenite::WebSocketStream<S>,
+        upgraded: Upgraded,
+        peer: SocketAddr,
+        progress: Arc<WriteProgress>,
+        shutdown: CancellationToken,
+    ) -> (u16, String)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let Upgraded {
+            routed,
+            id,
+            opening,
+            farewell,
+        } = upgraded;
+        let handler = routed.handler;
         let mut event = Event {
             mode: match handler.spec.mode {
                 Mode::Data => bindings::Mode::Data,
@@ -485,11 +666,24 @@ impl WsTrigger {
         let flow_side = |shared: Arc<ConnectionShared>, inbound| async move {
             // Addressable and able to join groups until the flow side ends,
             // however it ends.
-            let _membership = Membership::attach(
+            let mut membership = Membership::attach(
                 &shared.app.hub,
                 Box::new(Arc::clone(&shared)),
                 handler.spec.slow_member,
             );
+            if let Some(farewell) = farewell {
+                membership.keep_farewell(farewell);
+            }
+            if let Err(error) = membership
+                .open_with(opening.attachment, &opening.groups)
+                .await
+            {
+                tracing::warn!("the groups on_connect chose cannot be joined: {error}");
+                return Some(match error {
+                    HubError::GroupFull => Close::TRY_AGAIN_LATER,
+                    _ => Close::INTERNAL_ERROR,
+                });
+            }
             match handler.spec.mode {
                 Mode::Data => data::run(&handler, &shared, inbound, event, &shutdown).await,
                 Mode::Connection => {
@@ -507,8 +701,41 @@ impl WsTrigger {
             progress,
             flow_side,
         ))
-        .await;
-        tracing::debug!("disconnected");
+        .await
+    }
+}
+
+/// A client admitted to upgrade: routed, counted as open, given its id,
+/// and started the way its `on_connect` chose (if its handler has one).
+struct Admitted {
+    routed: Routed,
+    open: OpenGuard,
+    id: u64,
+    opening: Opening,
+}
+
+/// What an upgraded connection is served with.
+struct Upgraded {
+    routed: Routed,
+    id: u64,
+    opening: Opening,
+    /// Where its groups and attachment are kept as it ends, for `on_close`.
+    farewell: Option<Arc<OnceLock<hub::Farewell>>>,
+}
+
+/// A fresh connection id, unique across the host.
+fn next_connection_id() -> u64 {
+    NEXT_CONNECTION_ID.fetch_add(1, Ordering::Relaxed)
+}
+
+impl Refusal {
+    fn log(&self, request: &Request) {
+        tracing::debug!(
+            path = request.uri().path(),
+            status = %self.status,
+            "upgrade refused: {}",
+            self.body
+        );
     }
 }
 

@@ -59,7 +59,8 @@ const LINGER: Duration = Duration::from_secs(2);
 /// close to send. `progress` is fed by the stream under `ws`.
 ///
 /// Once the socket is closed, the flow side has the app's `wall_time` to
-/// finish; then it is stopped.
+/// finish; then it is stopped. Returns the code and reason the connection
+/// ended with (see [`ConnectionShared::ended_with`]).
 pub(super) async fn run<S, F, Fut>(
     ws: WebSocketStream<S>,
     id: u64,
@@ -68,7 +69,8 @@ pub(super) async fn run<S, F, Fut>(
     limits: &TriggerLimits,
     progress: Arc<WriteProgress>,
     flow_side: F,
-) where
+) -> (u16, String)
+where
     S: AsyncRead + AsyncWrite + Unpin,
     F: FnOnce(Arc<ConnectionShared>, Inbound) -> Fut,
     Fut: Future<Output = Option<Close>>,
@@ -85,6 +87,7 @@ pub(super) async fn run<S, F, Fut>(
     let socket = serve_socket(ws, &shared, limits, progress, out_rx, in_tx);
     let flow = drive_flow(&shared, flow_side(Arc::clone(&shared), in_rx));
     tokio::join!(socket, flow);
+    shared.ended_with()
 }
 
 /// Run the flow side to its end, then close the connection with the close
@@ -323,7 +326,10 @@ where
             close = Close::SLOW_CLIENT;
         }
         let last = Patience::Deadline(Instant::now() + CLOSE_TIMEOUT);
-        let frame = self.sink.send(Message::Close(Some(close.into_frame())));
+        let frame = close.into_frame();
+        self.shared
+            .record_close(u16::from(frame.code), &frame.reason);
+        let frame = self.sink.send(Message::Close(Some(frame)));
         match watch(&self.progress, &abort, last, frame).await {
             Written::Done(_) | Written::Aborted => {}
             Written::Stalled => {
@@ -440,7 +446,14 @@ where
                     () = stop.cancelled() => break,
                 }
             }
-            Ok(Message::Close(_)) => shared.mark_closed(),
+            Ok(Message::Close(frame)) => {
+                match &frame {
+                    Some(frame) => shared.record_close(u16::from(frame.code), &frame.reason),
+                    // RFC 6455 7.1.5: a close frame without a code is 1005.
+                    None => shared.record_close(1005, ""),
+                }
+                shared.mark_closed();
+            }
             Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => {}
             Err(error) => {
                 match close_for(&error) {
@@ -463,6 +476,10 @@ where
 /// still carry one.
 fn close_for(error: &tungstenite::Error) -> Option<Close> {
     match error {
+        // The client went away without a close frame: nobody to tell.
+        tungstenite::Error::Protocol(
+            tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
+        ) => None,
         tungstenite::Error::Protocol(_) => Some(Close::PROTOCOL_ERROR),
         tungstenite::Error::Utf8(_) => Some(Close::INVALID_UTF8),
         tungstenite::Error::Capacity(_) => Some(Close::TOO_BIG),

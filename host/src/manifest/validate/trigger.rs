@@ -275,24 +275,17 @@ fn resolve_handler(
         source.error_at(handler.path.span(), format!("{key}.path: {problem}"))
     })?;
 
-    let flow = source.text(&format!("{key}.flow"), &handler.flow)?;
-    if !manifest.flows.contains_key(&flow) {
-        let known: Vec<&str> = manifest.flows.keys().map(String::as_str).collect();
-        let help = if known.is_empty() {
-            format!("define the flow in a [flows.{flow}] table")
-        } else {
-            format!(
-                "define [flows.{flow}] or use one of the defined flows: {}",
-                known.join(", ")
-            )
-        };
-        return Err(source
-            .error_at(
-                handler.flow.span(),
-                format!("{key}.flow: there is no flow named `{flow}`"),
-            )
-            .help(help));
-    }
+    let flow = flow_name(source, manifest, &format!("{key}.flow"), &handler.flow)?;
+    let on_connect = handler
+        .on_connect
+        .as_ref()
+        .map(|name| flow_name(source, manifest, &format!("{key}.on_connect"), name))
+        .transpose()?;
+    let on_close = handler
+        .on_close
+        .as_ref()
+        .map(|name| flow_name(source, manifest, &format!("{key}.on_close"), name))
+        .transpose()?;
 
     let schema = match &handler.schema {
         None => None,
@@ -367,11 +360,41 @@ fn resolve_handler(
         on_invalid: handler.on_invalid,
         slow_member: handler.slow_member,
         flow,
+        on_connect,
+        on_close,
         path_params,
         query_params,
         headers,
         inputs,
     })
+}
+
+/// The flow `name` names at `key`, which must be one of the manifest's.
+fn flow_name(
+    source: &Source<'_>,
+    manifest: &Manifest,
+    key: &str,
+    name: &Spanned<String>,
+) -> Result<String, ManifestError> {
+    let flow = source.text(key, name)?;
+    if manifest.flows.contains_key(&flow) {
+        return Ok(flow);
+    }
+    let known: Vec<&str> = manifest.flows.keys().map(String::as_str).collect();
+    let help = if known.is_empty() {
+        format!("define the flow in a [flows.{flow}] table")
+    } else {
+        format!(
+            "define [flows.{flow}] or use one of the defined flows: {}",
+            known.join(", ")
+        )
+    };
+    Err(source
+        .error_at(
+            name.span(),
+            format!("{key}: there is no flow named `{flow}`"),
+        )
+        .help(help))
 }
 
 fn resolve_inputs(
