@@ -80,12 +80,12 @@ impl Flow for Chat {
                 .map(|member| name_of(&member.attachment))
                 .collect();
             names.sort();
-            return Ok(conn.send_json(&json!({ "type": "who", "names": names }))?);
+            return conn.send_json(&json!({ "type": "who", "names": names }));
         }
         if text.starts_with('/') {
             let reply =
                 json!({ "type": "error", "text": format!("unknown command {text}; try /who") });
-            return Ok(conn.send_json(&reply)?);
+            return conn.send_json(&reply);
         }
         let from = name_of(&conn.attachment());
         let message = json!({ "type": "message", "from": from, "text": text }).to_string();

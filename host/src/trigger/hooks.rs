@@ -48,7 +48,6 @@ pub(super) fn offered_subprotocols(request: &Request) -> Vec<String> {
         .iter()
         .flat_map(|value| {
             String::from_utf8_lossy(value.as_bytes())
-                .into_owned()
                 .split(',')
                 .map(|protocol| protocol.trim().to_owned())
                 .collect::<Vec<_>>()

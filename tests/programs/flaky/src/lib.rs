@@ -1,6 +1,6 @@
 //! `fail` makes the flow return an error, `panic` makes it trap,
-//! `send-then-panic` sends two messages and then traps; anything else is
-//! echoed.
+//! `send-then-panic` sends two messages and then traps, `sleep` sleeps for
+//! an hour; anything else is echoed.
 
 use wsflow_sdk::{Connection, Error, Event, Flow};
 
@@ -11,6 +11,10 @@ impl Flow for Flaky {
         match event.text() {
             Some("fail") => Err(Error::msg("asked to fail")),
             Some("panic") => panic!("asked to panic"),
+            Some("sleep") => {
+                std::thread::sleep(std::time::Duration::from_secs(3600));
+                Ok(())
+            }
             Some("send-then-panic") => {
                 conn.send_text("partial 1")?;
                 conn.send_text("partial 2")?;
