@@ -50,6 +50,25 @@ fn newest(path: &Path) -> Option<(PathBuf, SystemTime)> {
     found
 }
 
+/// The files and directories whose change means `app` should be loaded
+/// again: each flow's component and its build sources.
+pub(crate) fn watched(app: &AppSpec) -> Vec<PathBuf> {
+    let mut paths = Vec::new();
+    for flow in &app.flows {
+        paths.push(flow.component.clone());
+        if let Some(build) = &flow.build {
+            paths.extend(build.sources.iter().cloned());
+        }
+    }
+    paths
+}
+
+/// When the file, or the newest file under the directory, `path` last
+/// changed; `None` if there is none.
+pub(crate) fn last_change(path: &Path) -> Option<SystemTime> {
+    newest(path).map(|(_, modified)| modified)
+}
+
 /// Build every flow of `app` whose component is missing or stale.
 pub(crate) fn build_stale(app: &AppSpec) -> anyhow::Result<()> {
     for flow in &app.flows {

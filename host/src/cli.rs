@@ -2,6 +2,7 @@
 
 use std::io::Write as _;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
@@ -9,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::loader::{self, LoadOptions};
 use crate::manifest::{self, Environment};
+use crate::reload::Reloader;
 use crate::server::Server;
 
 /// Serve WebSocket apps whose logic runs as sandboxed WebAssembly flows.
@@ -38,6 +40,11 @@ enum Command {
         /// Compile every component at startup; read and write no cache.
         #[arg(long)]
         no_cache: bool,
+        /// Reload when a manifest, a component or a flow's build sources
+        /// change (SIGHUP always reloads): open connections stay open, new
+        /// executions run the new version.
+        #[arg(long)]
+        watch: bool,
     },
     /// Validate manifests without serving them: each on its own, and
     /// together as `wsflow up` would run them (distinct names and ports).
@@ -57,6 +64,7 @@ impl Cli {
                 admin,
                 cache_dir,
                 no_cache,
+                watch,
             } => {
                 let cache_dir = if no_cache {
                     None
@@ -68,7 +76,7 @@ impl Cli {
                     cache_dir,
                     env: Environment::from_process(),
                 };
-                up(manifests, admin, options).await
+                up(manifests, admin, options, watch).await
             }
             Command::Check { manifests } => check(&manifests, &Environment::from_process()),
         }
@@ -79,6 +87,7 @@ async fn up(
     manifests: Vec<PathBuf>,
     admin: Option<std::net::SocketAddr>,
     options: LoadOptions,
+    watch: bool,
 ) -> anyhow::Result<()> {
     let apps = tokio::task::spawn_blocking(move || loader::load(&manifests, &options))
         .await
@@ -114,7 +123,11 @@ async fn up(
     stdout.flush()?;
     drop(stdout);
 
-    tokio::spawn(signals.cancel_on_signal(shutdown.clone()));
+    let reloader = server.reloader();
+    tokio::spawn(signals.handle(reloader.clone(), shutdown.clone()));
+    if watch {
+        tokio::spawn(watch_files(reloader, shutdown.clone()));
+    }
     server.run(shutdown).await;
     tracing::info!("stopped");
     Ok(())
@@ -132,10 +145,12 @@ fn check(manifests: &[PathBuf], env: &Environment) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// SIGINT (Ctrl-C) and SIGTERM, with their handlers installed.
+/// SIGINT (Ctrl-C) and SIGTERM, which shut down, and SIGHUP, which
+/// reloads, with their handlers installed.
 struct ShutdownSignals {
     interrupt: tokio::signal::unix::Signal,
     terminate: tokio::signal::unix::Signal,
+    hangup: tokio::signal::unix::Signal,
 }
 
 impl ShutdownSignals {
@@ -144,16 +159,72 @@ impl ShutdownSignals {
         Ok(Self {
             interrupt: signal(SignalKind::interrupt())?,
             terminate: signal(SignalKind::terminate())?,
+            hangup: signal(SignalKind::hangup())?,
         })
     }
 
-    /// Cancel `shutdown` on the first of the signals.
-    async fn cancel_on_signal(mut self, shutdown: CancellationToken) {
-        tokio::select! {
-            _ = self.interrupt.recv() => {}
-            _ = self.terminate.recv() => {}
+    /// Reload on every SIGHUP; cancel `shutdown` on the first SIGINT or
+    /// SIGTERM.
+    async fn handle(mut self, reloader: Reloader, shutdown: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = self.interrupt.recv() => break,
+                _ = self.terminate.recv() => break,
+                _ = self.hangup.recv() => {
+                    tracing::info!("SIGHUP: reloading");
+                    reloader.reload_and_log().await;
+                }
+            }
         }
         tracing::info!("shutting down");
         shutdown.cancel();
+    }
+}
+
+/// How often `--watch` looks at the files.
+const WATCH_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Reload whenever the files of the apps change (`--watch`). A change is
+/// acted on once the files have stopped changing for one interval, so an
+/// editor's or a build's several writes make one reload.
+async fn watch_files(reloader: Reloader, shutdown: CancellationToken) {
+    let fingerprint = |reloader: &Reloader| {
+        let reloader = reloader.clone();
+        tokio::task::spawn_blocking(move || reloader.fingerprint())
+    };
+    let Ok(mut seen) = fingerprint(&reloader).await else {
+        return;
+    };
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(WATCH_INTERVAL) => {}
+            () = shutdown.cancelled() => return,
+        }
+        let Ok(mut now) = fingerprint(&reloader).await else {
+            return;
+        };
+        if now == seen {
+            continue;
+        }
+        // Settle: wait until two looks agree.
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(WATCH_INTERVAL) => {}
+                () = shutdown.cancelled() => return,
+            }
+            let Ok(again) = fingerprint(&reloader).await else {
+                return;
+            };
+            if again == now {
+                break;
+            }
+            now = again;
+        }
+        tracing::info!("files changed: reloading");
+        reloader.reload_and_log().await;
+        let Ok(after) = fingerprint(&reloader).await else {
+            return;
+        };
+        seen = after;
     }
 }

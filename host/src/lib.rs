@@ -17,6 +17,7 @@ mod close;
 mod hub;
 pub mod loader;
 pub mod manifest;
+pub mod reload;
 mod runtime;
 pub mod server;
 mod sockets;

@@ -19,8 +19,8 @@ use anyhow::Context as _;
 use crate::app::AppInfo;
 use crate::builder;
 use crate::manifest::{self, AppSpec, Environment};
-use crate::runtime::{PoolSize, Runtime, RuntimeOptions};
-use crate::trigger::WsTrigger;
+use crate::runtime::{FlowPre, Lane, PoolSize, Runtime, RuntimeOptions};
+use crate::trigger::{AppFlows, WsTrigger};
 
 /// How to load apps.
 #[derive(Debug, Clone, Default)]
@@ -43,15 +43,22 @@ impl LoadOptions {
     }
 }
 
-/// Apps compiled and ready to bind, with the runtime they run in.
+/// Apps compiled and ready to bind, with the runtime they run in and
+/// where they came from (for a reload).
 pub struct LoadedApps {
+    pub(crate) paths: Vec<PathBuf>,
+    pub(crate) options: LoadOptions,
+    pub(crate) runtime: Runtime,
     pub(crate) apps: Vec<LoadedApp>,
 }
 
-/// One app ready to bind: its running state and one trigger per listen
-/// address.
+/// One app ready to bind: its spec, its running state, its flows (in the
+/// slots its handlers read) and one trigger per listen address.
 pub(crate) struct LoadedApp {
+    pub(crate) spec: AppSpec,
     pub(crate) info: Arc<AppInfo>,
+    pub(crate) lane: Lane,
+    pub(crate) flows: Arc<AppFlows>,
     pub(crate) triggers: Vec<(SocketAddr, WsTrigger)>,
 }
 
@@ -72,39 +79,63 @@ pub fn load(paths: &[PathBuf], options: &LoadOptions) -> anyhow::Result<LoadedAp
         pool: PoolSize::for_apps(&specs),
     })?;
     let apps = specs
-        .iter()
+        .into_iter()
         .map(|spec| load_app(&runtime, spec))
         .collect::<anyhow::Result<_>>()?;
-    Ok(LoadedApps { apps })
+    Ok(LoadedApps {
+        paths: paths.to_vec(),
+        options: options.clone(),
+        runtime,
+        apps,
+    })
 }
 
 /// Compile an app's flows and set up its triggers.
-fn load_app(runtime: &Runtime, spec: &AppSpec) -> anyhow::Result<LoadedApp> {
-    let info = Arc::new(AppInfo::new(spec));
+fn load_app(runtime: &Runtime, spec: AppSpec) -> anyhow::Result<LoadedApp> {
+    let info = Arc::new(AppInfo::new(&spec));
     let lane = runtime.lane();
-    let context = || format!("{} (app `{}`)", spec.manifest.display(), spec.name);
-    let mut flows = BTreeMap::new();
-    for flow in &spec.flows {
-        let pre = runtime
-            .load_flow(
-                &info,
-                &lane,
-                &flow.name,
-                &flow.component,
-                flow.grants.clone(),
-            )
-            .with_context(|| format!("{}: flow `{}`", context(), flow.name))?;
-        flows.insert(flow.name.clone(), pre);
-    }
+    let flows = compile_flows(runtime, &info, &lane, &spec)?;
+    let slots = Arc::new(AppFlows::default());
     let triggers = spec
         .triggers
         .iter()
         .enumerate()
         .map(|(t, trigger)| {
-            let built = WsTrigger::new(Arc::clone(&info), trigger, &flows)
-                .with_context(|| format!("{}: triggers[{t}].tls", context()))?;
+            let key = format!("triggers[{t}]");
+            let built = WsTrigger::new(Arc::clone(&info), &key, trigger, &flows, &slots, None)
+                .with_context(|| app_context(&spec))?;
             Ok((trigger.addr, built))
         })
         .collect::<anyhow::Result<_>>()?;
-    Ok(LoadedApp { info, triggers })
+    Ok(LoadedApp {
+        spec,
+        info,
+        lane,
+        flows: slots,
+        triggers,
+    })
+}
+
+/// `MANIFEST (app `NAME`)`, for messages.
+pub(crate) fn app_context(spec: &AppSpec) -> String {
+    format!("{} (app `{}`)", spec.manifest.display(), spec.name)
+}
+
+/// Compile the flows of `spec` for the app `info`, whose guest work runs
+/// in `lane`.
+pub(crate) fn compile_flows(
+    runtime: &Runtime,
+    info: &Arc<AppInfo>,
+    lane: &Lane,
+    spec: &AppSpec,
+) -> anyhow::Result<BTreeMap<String, FlowPre>> {
+    let context = || app_context(spec);
+    let mut flows = BTreeMap::new();
+    for flow in &spec.flows {
+        let pre = runtime
+            .load_flow(info, lane, &flow.name, &flow.component, flow.grants.clone())
+            .with_context(|| format!("{}: flow `{}`", context(), flow.name))?;
+        flows.insert(flow.name.clone(), pre);
+    }
+    Ok(flows)
 }

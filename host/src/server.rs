@@ -12,8 +12,9 @@ use tokio_util::task::TaskTracker;
 
 use crate::app::{AppInfo, StatsSnapshot};
 use crate::loader::LoadedApps;
+use crate::reload::{LiveApp, Reloader};
 use crate::sockets::HostSockets;
-use crate::trigger::WsTrigger;
+use crate::trigger::Listening;
 
 /// How long shutdown waits for connections to finish their closing
 /// handshake and for running flows to return.
@@ -42,8 +43,9 @@ impl Endpoint {
 /// Apps with their listeners bound, ready to serve.
 pub struct Server {
     apps: Vec<Arc<AppInfo>>,
-    listeners: Vec<(Arc<WsTrigger>, TcpListener)>,
+    listeners: Vec<(Arc<Listening>, TcpListener)>,
     endpoints: Vec<Endpoint>,
+    reloader: Reloader,
 }
 
 /// A handle to read the counters of a server's apps while it runs.
@@ -100,9 +102,11 @@ impl Server {
         let mut listeners = Vec::new();
         let mut endpoints = Vec::new();
         let mut infos = Vec::new();
-        for app in loaded.apps {
+        let mut live = Vec::new();
+        for mut app in loaded.apps {
             infos.push(Arc::clone(&app.info));
-            for (wanted, trigger) in app.triggers {
+            let mut app_listeners = Vec::new();
+            for (wanted, trigger) in std::mem::take(&mut app.triggers) {
                 let listener = listen(wanted).with_context(|| {
                     format!("app `{}`: cannot listen on {wanted}", app.info.name)
                 })?;
@@ -115,14 +119,25 @@ impl Server {
                         path,
                     });
                 }
-                listeners.push((Arc::new(trigger), listener));
+                let listening = Arc::new(Listening::new(trigger));
+                app_listeners.push((wanted, Arc::clone(&listening)));
+                listeners.push((listening, listener));
             }
+            live.push(LiveApp::new(&app, app_listeners));
         }
+        let reloader = Reloader::new(loaded.paths, loaded.options, loaded.runtime, live);
         Ok(Self {
             apps: infos,
             listeners,
             endpoints,
+            reloader,
         })
+    }
+
+    /// A handle that reloads the apps from their manifests while the server
+    /// runs.
+    pub fn reloader(&self) -> Reloader {
+        self.reloader.clone()
     }
 
     /// A handle to the apps' counters.

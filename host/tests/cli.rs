@@ -629,3 +629,56 @@ fn the_chat_example_works_in_two_browser_pages() {
     );
     assert!(up.terminate().success());
 }
+
+/// `wsflow up` reloads on SIGHUP, and with `--watch` when a manifest
+/// changes: the open connection stays open and the new version's handler
+/// appears.
+#[test]
+fn sighup_and_watch_reload_without_dropping_connections() {
+    for watch in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        echo_manifest(dir.path(), 0.into());
+        let args: &[&str] = if watch { &["up", "--watch"] } else { &["up"] };
+        let mut up = Up::start(args, dir.path());
+        let url = up.listening_url();
+        let mut open = connect(&url);
+        assert_echo(&mut open);
+
+        // The new version serves the echo at `/more` too.
+        let path = dir.path().join("wsflow.toml");
+        let mut manifest: Table = toml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        manifest["triggers"][0]["handlers"]
+            .as_array_mut()
+            .unwrap()
+            .push(toml! { path = "/more" flow = "echo" }.into());
+        std::fs::write(&path, toml::to_string(&manifest).unwrap()).unwrap();
+        if !watch {
+            let pid = up.child.id().to_string();
+            assert!(
+                Command::new("kill")
+                    .args(["-HUP", &pid])
+                    .status()
+                    .unwrap()
+                    .success()
+            );
+        }
+        // Refused (404) until the reload, then upgraded.
+        let more = url.replace("/echo", "/more");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut reloaded = loop {
+            match tungstenite::connect(&more) {
+                Ok((socket, _)) => break socket,
+                Err(error) => {
+                    assert!(
+                        Instant::now() < deadline,
+                        "no reload within 60 s (watch: {watch}): {error}"
+                    );
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        };
+        assert_echo(&mut reloaded);
+        assert_echo(&mut open);
+        assert!(up.terminate().success());
+    }
+}

@@ -13,6 +13,7 @@ mod hooks;
 mod limits;
 mod manifests;
 mod params;
+mod reload;
 mod shutdown;
 mod static_files;
 mod tenancy;

@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use wsflow::StatsSnapshot;
 use wsflow::loader::{self, LoadOptions};
 use wsflow::manifest::Environment;
+use wsflow::reload::{ReloadReport, Reloader};
 use wsflow::server::{Endpoint, Server, StatsHandle};
 
 use logs::LogView;
@@ -48,7 +49,9 @@ pub struct TestServer {
     logs: LogView,
     shutdown: CancellationToken,
     task: Option<tokio::task::JoinHandle<()>>,
-    _dir: tempfile::TempDir,
+    reloader: Reloader,
+    /// Where the manifests are, `app0.toml`, `app1.toml`, ...
+    dir: tempfile::TempDir,
 }
 
 impl Drop for TestServer {
@@ -94,6 +97,7 @@ impl TestServer {
         };
         let apps = tokio::task::spawn_blocking(move || loader::load(&paths, &options)).await??;
         let server = Server::bind(apps).await?;
+        let reloader = server.reloader();
         let stats = server.stats();
         let endpoints = server.endpoints().to_vec();
         let shutdown = CancellationToken::new();
@@ -108,8 +112,23 @@ impl TestServer {
             logs,
             shutdown,
             task: Some(task),
-            _dir: dir,
+            reloader,
+            dir,
         })
+    }
+
+    /// Replace the manifest of the `index`th app (its real name kept) and
+    /// reload the server, as SIGHUP does.
+    pub async fn reload_with(
+        &self,
+        index: usize,
+        manifest: &Manifest,
+    ) -> anyhow::Result<ReloadReport> {
+        let real = &self.apps[index].1;
+        let manifest = manifest.clone().with_real_name(real);
+        let path = self.dir.path().join(format!("app{index}.toml"));
+        std::fs::write(&path, manifest.to_toml())?;
+        self.reloader.reload().await
     }
 
     /// The real name of the app the test calls `app`.

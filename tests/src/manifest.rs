@@ -89,6 +89,13 @@ impl Manifest {
         self
     }
 
+    /// This manifest for the app whose real name is `real`: a new version
+    /// of a running app.
+    pub(crate) fn with_real_name(mut self, real: &str) -> Self {
+        self.table["app"]["name"] = real.into();
+        self
+    }
+
     /// Add `[flows.NAME]` running `component`.
     pub fn flow(self, name: &str, component: &str) -> Self {
         self.flow_with(name, component, Table::new())

@@ -388,6 +388,14 @@ impl FlowPre {
         &self.app
     }
 
+    /// Whether the component exports what `role` calls.
+    pub(crate) fn has(&self, role: Role) -> bool {
+        match role {
+            Role::Handle => self.handle.is_some(),
+            Role::Hooks => self.hooks.is_some(),
+        }
+    }
+
     /// Check that the component exports what `role` calls; the error says
     /// what is missing and how to add it.
     pub(crate) fn role(&self, role: Role) -> anyhow::Result<()> {

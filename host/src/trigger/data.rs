@@ -23,12 +23,12 @@ pub(super) async fn run(
     mut event: Event,
     shutdown: &CancellationToken,
 ) -> Option<Close> {
-    let wall_time = handler.flow.app().limits.wall_time;
+    let wall_time = handler.app.limits.wall_time;
     let mut reused = match handler.spec.instance {
         Instance::Fresh => None,
         Instance::Reuse => {
             let connection = HostConnection::new(Arc::clone(shared), None);
-            match Box::pin(handler.flow.instantiate(connection)).await {
+            match Box::pin(handler.flow().instantiate(connection)).await {
                 Ok(instance) => Some(instance),
                 Err(outcome) => return report(handler, shared, outcome),
             }
@@ -64,7 +64,7 @@ pub(super) async fn run(
             None => {
                 let connection = HostConnection::new(Arc::clone(shared), None);
                 let lifetime = Lifetime::Message { wall_time };
-                Box::pin(handler.flow.execute(&event, connection, lifetime)).await
+                Box::pin(handler.flow().execute(&event, connection, lifetime)).await
             }
             Some(instance) => {
                 let (outcome, instance) = Box::pin(instance.call(&event, wall_time)).await;

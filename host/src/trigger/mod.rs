@@ -16,9 +16,10 @@ mod tls;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
+use anyhow::Context as _;
 use tracing::Instrument as _;
 
 use http::StatusCode;
@@ -46,11 +47,63 @@ use progress::{Watched, WriteProgress};
 /// A path served by a flow.
 pub(crate) struct Handler {
     spec: HandlerSpec,
-    flow: FlowPre,
+    app: Arc<AppInfo>,
+    flow: Arc<FlowSlot>,
     /// The flow whose `on-connect` admits clients.
-    on_connect: Option<FlowPre>,
+    on_connect: Option<Arc<FlowSlot>>,
     /// The flow whose `on-close` runs after each connection.
-    on_close: Option<FlowPre>,
+    on_close: Option<Arc<FlowSlot>>,
+}
+
+impl Handler {
+    /// The current version of the handler's flow: a reload swaps it for
+    /// every handler that names it, so the next execution runs the new one.
+    fn flow(&self) -> Arc<FlowPre> {
+        self.flow.current()
+    }
+}
+
+/// The current version of one flow of an app, shared by every handler
+/// (of every trigger version) that names it.
+pub(crate) struct FlowSlot(RwLock<Arc<FlowPre>>);
+
+impl FlowSlot {
+    fn current(&self) -> Arc<FlowPre> {
+        Arc::clone(&self.0.read().expect("not poisoned"))
+    }
+}
+
+/// An app's flows by name, each in the slot its handlers read.
+#[derive(Default)]
+pub(crate) struct AppFlows {
+    slots: Mutex<BTreeMap<String, Arc<FlowSlot>>>,
+}
+
+impl AppFlows {
+    /// The slot of flow `name`, made with `flow` in it if there is none yet.
+    fn slot(&self, name: &str, flow: &FlowPre) -> Arc<FlowSlot> {
+        let mut slots = self.slots.lock().expect("not poisoned");
+        Arc::clone(
+            slots
+                .entry(name.to_owned())
+                .or_insert_with(|| Arc::new(FlowSlot(RwLock::new(Arc::new(flow.clone()))))),
+        )
+    }
+
+    /// Put these versions of the flows in their slots: executions that
+    /// start from now on run them.
+    pub(crate) fn install(&self, flows: &BTreeMap<String, FlowPre>) {
+        for (name, flow) in flows {
+            let slot = self.slot(name, flow);
+            *slot.0.write().expect("not poisoned") = Arc::new(flow.clone());
+        }
+    }
+
+    /// The version of flow `name` in use, if the app has one.
+    pub(crate) fn current(&self, name: &str) -> Option<Arc<FlowPre>> {
+        let slots = self.slots.lock().expect("not poisoned");
+        slots.get(name).map(|slot| slot.current())
+    }
 }
 
 /// Log how an execution ended and decide whether the connection must close.
@@ -58,7 +111,7 @@ pub(crate) struct Handler {
 /// guest wrote there (its error, the names in a backtrace) goes through
 /// [`guest_line`], within the app's log budget.
 fn report(handler: &Handler, connection: &ConnectionShared, outcome: Outcome) -> Option<Close> {
-    let app = handler.flow.app();
+    let app = &handler.app;
     match outcome {
         Outcome::Completed => None,
         // A flow that fails because its client has gone is no news.
@@ -171,32 +224,151 @@ impl Drop for OpenGuard {
     }
 }
 
+/// The trigger a listener serves with. A reload puts a new version in:
+/// connections accepted from then on are served by it, open ones keep the
+/// version they were accepted by.
+pub(crate) struct Listening {
+    current: RwLock<Arc<WsTrigger>>,
+}
+
+impl Listening {
+    pub(crate) fn new(trigger: WsTrigger) -> Self {
+        Self {
+            current: RwLock::new(Arc::new(trigger)),
+        }
+    }
+
+    /// The version new connections get.
+    pub(crate) fn current(&self) -> Arc<WsTrigger> {
+        Arc::clone(&self.current.read().expect("not poisoned"))
+    }
+
+    /// Serve new connections with `trigger` from now on.
+    pub(crate) fn replace(&self, trigger: WsTrigger) {
+        *self.current.write().expect("not poisoned") = Arc::new(trigger);
+    }
+
+    /// Accept connections on an already-bound listener until `shutdown`.
+    /// Each connection runs on `tracker`, so the caller can wait for them.
+    ///
+    /// A socket is accepted only when it has a handshake slot (of this
+    /// listener and of the host) and a place among the host's open sockets;
+    /// until then new clients wait in the listen backlog.
+    /// Each connection is served by the version of the trigger current
+    /// when it was accepted.
+    pub(crate) async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        sockets: Arc<HostSockets>,
+        shutdown: CancellationToken,
+        tracker: TaskTracker,
+    ) {
+        let first = self.current();
+        let app = Arc::clone(&first.app);
+        let handshakes = sockets.listener_handshakes(first.limits.max_pending_handshakes);
+        drop(first);
+        let mut backoff = AcceptBackoff::default();
+        let mut last_pause: Option<Instant> = None;
+        loop {
+            let slot = match sockets.try_reserve(&handshakes) {
+                Some(slot) => slot,
+                None => {
+                    // Once a minute at most: under a crowd it would be
+                    // every accept.
+                    if last_pause.is_none_or(|at| at.elapsed() >= PAUSE_LOG_INTERVAL) {
+                        tracing::warn!(
+                            app = &*app.name,
+                            "accepting paused: {}",
+                            sockets.usage(&handshakes)
+                        );
+                        last_pause = Some(Instant::now());
+                    }
+                    tokio::select! {
+                        slot = sockets.reserve(&handshakes) => slot,
+                        () = shutdown.cancelled() => return,
+                    }
+                }
+            };
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                () = shutdown.cancelled() => return,
+            };
+            match accepted {
+                Ok((stream, peer)) => {
+                    backoff.succeeded();
+                    let trigger = self.current();
+                    let client = Client {
+                        peer,
+                        deadline: handshake_deadline(trigger.limits.handshake_timeout),
+                        slot,
+                        progress: Arc::new(WriteProgress::new()),
+                        shutdown: shutdown.clone(),
+                    };
+                    let span = tracing::info_span!(
+                        "conn",
+                        app = &*app.name,
+                        %peer,
+                        conn = tracing::field::Empty,
+                        path = tracing::field::Empty,
+                    );
+                    tracker.spawn(
+                        async move { trigger.connection(stream, client).await }.instrument(span),
+                    );
+                }
+                Err(error) => {
+                    drop(slot);
+                    let pause = {
+                        let _app = tracing::info_span!("accept", app = &*app.name).entered();
+                        backoff.failed(&error)
+                    };
+                    tokio::select! {
+                        () = tokio::time::sleep(pause) => {}
+                        () = shutdown.cancelled() => return,
+                    }
+                }
+            }
+        }
+    }
+}
+
 impl WsTrigger {
-    /// The trigger `spec` describes, for `app`, whose flows are `flows`.
-    /// Sets up TLS; fails (only) if the certificate or key cannot be used.
+    /// The trigger `spec` describes, for `app`, whose flows are `flows`;
+    /// its handlers read them from the slots in `slots`. A new version of a
+    /// running trigger shares its count of open connections (`open`).
+    /// Sets up TLS; fails if the certificate or key cannot be used, or a
+    /// handler names a flow for something its component does not export.
+    /// Errors name the trigger as `key` (e.g. `triggers[0]`).
     pub(crate) fn new(
         app: Arc<AppInfo>,
+        key: &str,
         spec: &TriggerSpec,
         flows: &BTreeMap<String, FlowPre>,
+        slots: &AppFlows,
+        open: Option<Arc<AtomicUsize>>,
     ) -> anyhow::Result<Self> {
         let tls = match &spec.tls {
-            Some(tls) => Some(tokio_rustls::TlsAcceptor::from(tls::server_config(tls)?)),
+            Some(tls) => Some(tokio_rustls::TlsAcceptor::from(
+                tls::server_config(tls).with_context(|| format!("{key}.tls"))?,
+            )),
             None => None,
         };
         let handlers: Vec<Arc<Handler>> = spec
             .handlers
             .iter()
-            .map(|handler| {
+            .enumerate()
+            .map(|(h, handler)| {
                 let pick = |name: &str, role: Role| {
                     let flow = flows
                         .get(name)
                         .expect("validation checked that every handler names flows of its app");
-                    flow.role(role)
-                        .map_err(|error| anyhow::anyhow!("handler `{}`: {error}", handler.path))?;
-                    anyhow::Ok(flow.clone())
+                    flow.role(role).with_context(|| {
+                        format!("{key}.handlers[{h}] (path `{}`)", handler.path)
+                    })?;
+                    anyhow::Ok(slots.slot(name, flow))
                 };
                 Ok(Arc::new(Handler {
                     spec: handler.clone(),
+                    app: Arc::clone(&app),
                     flow: pick(&handler.flow, Role::Handle)?,
                     on_connect: handler
                         .on_connect
@@ -237,7 +409,7 @@ impl WsTrigger {
             static_files: spec.static_dir.clone().map(files::StaticFiles::new),
             reads_requests,
             ws_config,
-            open: Arc::new(AtomicUsize::new(0)),
+            open: open.unwrap_or_default(),
         })
     }
 
@@ -248,86 +420,14 @@ impl WsTrigger {
             .map(|handler| handler.spec.path.to_string())
     }
 
+    /// The count of its open connections, for a new version to share.
+    pub(crate) fn open_connections(&self) -> Arc<AtomicUsize> {
+        Arc::clone(&self.open)
+    }
+
     /// `ws` or `wss`.
     pub(crate) fn scheme(&self) -> &'static str {
         if self.tls.is_some() { "wss" } else { "ws" }
-    }
-
-    /// Accept connections on an already-bound listener until `shutdown`.
-    /// Each connection runs on `tracker`, so the caller can wait for them.
-    ///
-    /// A socket is accepted only when it has a handshake slot (of this
-    /// listener and of the host) and a place among the host's open sockets;
-    /// until then new clients wait in the listen backlog.
-    pub(crate) async fn serve(
-        self: Arc<Self>,
-        listener: TcpListener,
-        sockets: Arc<HostSockets>,
-        shutdown: CancellationToken,
-        tracker: TaskTracker,
-    ) {
-        let handshakes = sockets.listener_handshakes(self.limits.max_pending_handshakes);
-        let mut backoff = AcceptBackoff::default();
-        let mut last_pause: Option<Instant> = None;
-        loop {
-            let slot = match sockets.try_reserve(&handshakes) {
-                Some(slot) => slot,
-                None => {
-                    // Once a minute at most: under a crowd it would be
-                    // every accept.
-                    if last_pause.is_none_or(|at| at.elapsed() >= PAUSE_LOG_INTERVAL) {
-                        tracing::warn!(
-                            app = &*self.app.name,
-                            "accepting paused: {}",
-                            sockets.usage(&handshakes)
-                        );
-                        last_pause = Some(Instant::now());
-                    }
-                    tokio::select! {
-                        slot = sockets.reserve(&handshakes) => slot,
-                        () = shutdown.cancelled() => return,
-                    }
-                }
-            };
-            let accepted = tokio::select! {
-                accepted = listener.accept() => accepted,
-                () = shutdown.cancelled() => return,
-            };
-            match accepted {
-                Ok((stream, peer)) => {
-                    backoff.succeeded();
-                    let trigger = Arc::clone(&self);
-                    let client = Client {
-                        peer,
-                        deadline: handshake_deadline(self.limits.handshake_timeout),
-                        slot,
-                        progress: Arc::new(WriteProgress::new()),
-                        shutdown: shutdown.clone(),
-                    };
-                    let span = tracing::info_span!(
-                        "conn",
-                        app = &*self.app.name,
-                        %peer,
-                        conn = tracing::field::Empty,
-                        path = tracing::field::Empty,
-                    );
-                    tracker.spawn(
-                        async move { trigger.connection(stream, client).await }.instrument(span),
-                    );
-                }
-                Err(error) => {
-                    drop(slot);
-                    let pause = {
-                        let _app = tracing::info_span!("accept", app = &*self.app.name).entered();
-                        backoff.failed(&error)
-                    };
-                    tokio::select! {
-                        () = tokio::time::sleep(pause) => {}
-                        () = shutdown.cancelled() => return,
-                    }
-                }
-            }
-        }
     }
 
     async fn connection(&self, stream: TcpStream, client: Client) {
@@ -408,7 +508,12 @@ impl WsTrigger {
         })?;
         let id = next_connection_id();
         tracing::Span::current().record("conn", id);
-        let Some(hook) = &routed.handler.on_connect else {
+        let Some(hook) = routed
+            .handler
+            .on_connect
+            .as_ref()
+            .map(|slot| slot.current())
+        else {
             return Ok(Admitted {
                 routed,
                 open,
@@ -416,7 +521,7 @@ impl WsTrigger {
                 opening: Opening::default(),
             });
         };
-        let decide = hooks::on_connect(hook, id, client.peer, request, &routed);
+        let decide = hooks::on_connect(&hook, id, client.peer, request, &routed);
         let decided = tokio::select! {
             decided = tokio::time::timeout_at(client.deadline, decide) => decided,
             () = client.shutdown.cancelled() => return Err(None),
@@ -628,7 +733,7 @@ impl WsTrigger {
             }
         };
         if let (Some(hook), Some(ended)) = (&handler.on_close, ended) {
-            Box::pin(hooks::on_close(hook, ended, how, farewell)).await;
+            Box::pin(hooks::on_close(&hook.current(), ended, how, farewell)).await;
         }
     }
 
@@ -772,7 +877,15 @@ mod tests {
             static_dir: None,
             handlers: Vec::new(),
         };
-        WsTrigger::new(Arc::new(app), &spec, &BTreeMap::new()).unwrap()
+        WsTrigger::new(
+            Arc::new(app),
+            "triggers[0]",
+            &spec,
+            &BTreeMap::new(),
+            &AppFlows::default(),
+            None,
+        )
+        .unwrap()
     }
 
     #[test]

@@ -20,9 +20,9 @@ pub(super) async fn run(
     shutdown: &CancellationToken,
 ) -> Option<Close> {
     let connection = HostConnection::new(Arc::clone(shared), Some(inbound));
-    let execution = handler
-        .flow
-        .execute(&event, connection, Lifetime::Connection);
+    // The version current now serves the whole connection, across reloads.
+    let flow = handler.flow();
+    let execution = flow.execute(&event, connection, Lifetime::Connection);
     tokio::pin!(execution);
     let outcome = tokio::select! {
         finished = &mut execution => finished,
