@@ -12,6 +12,7 @@ use serde::Serialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::hub::{HubLimits, LocalHub, Transport};
+use crate::metrics::AppMetrics;
 use crate::manifest::spec::{AppLimits, AppSpec, DEFAULT_MAX_MESSAGE_SIZE};
 
 /// What the host knows about a running app.
@@ -90,6 +91,8 @@ pub(crate) struct AppStats {
     pub(crate) group_messages_delivered: AtomicU64,
     pub(crate) group_messages_dropped: AtomicU64,
     pub(crate) slow_members_closed: AtomicU64,
+    /// Histograms and limit hits, for `GET /metrics`.
+    pub(crate) metrics: AppMetrics,
 }
 
 /// A point-in-time copy of [`AppStats`].

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context as _, bail};
 
@@ -69,6 +69,17 @@ pub(crate) fn last_change(path: &Path) -> Option<SystemTime> {
     newest(path).map(|(_, modified)| modified)
 }
 
+/// What [`ensure_built`] did for a flow.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Built {
+    /// The flow has no build command and its component exists.
+    NoBuildCommand,
+    /// The component is newer than its sources.
+    UpToDate,
+    /// The build command ran, because of `reason`, for `took`.
+    Rebuilt { reason: String, took: Duration },
+}
+
 /// Build every flow of `app` whose component is missing or stale.
 pub(crate) fn build_stale(app: &AppSpec) -> anyhow::Result<()> {
     for flow in &app.flows {
@@ -79,7 +90,7 @@ pub(crate) fn build_stale(app: &AppSpec) -> anyhow::Result<()> {
 
 /// Run `flow`'s build command if its component is stale. The command's
 /// output goes to stderr so stdout stays reserved for `listening on` lines.
-fn ensure_built(app: &AppSpec, flow: &FlowSpec) -> anyhow::Result<()> {
+pub(crate) fn ensure_built(app: &AppSpec, flow: &FlowSpec) -> anyhow::Result<Built> {
     let name = &flow.name;
     let component = &flow.component;
     let Some(BuildSpec {
@@ -89,7 +100,7 @@ fn ensure_built(app: &AppSpec, flow: &FlowSpec) -> anyhow::Result<()> {
     }) = &flow.build
     else {
         if std::fs::metadata(component).is_ok() {
-            return Ok(());
+            return Ok(Built::NoBuildCommand);
         }
         bail!(
             "{}: flow `{name}`: component {} does not exist\n  help: build it, or add a `build` command to [flows.{name}]",
@@ -98,11 +109,12 @@ fn ensure_built(app: &AppSpec, flow: &FlowSpec) -> anyhow::Result<()> {
         );
     };
     let reason = match staleness(component, sources) {
-        Staleness::Fresh => return Ok(()),
+        Staleness::Fresh => return Ok(Built::UpToDate),
         Staleness::Missing => format!("{} does not exist", component.display()),
         Staleness::OlderThan(source) => format!("{} changed", source.display()),
     };
     tracing::info!(flow = %name, "building flow: {reason}; running `{command}`");
+    let started = Instant::now();
     let status = Command::new("sh")
         .arg("-c")
         .arg(command)
@@ -124,5 +136,8 @@ fn ensure_built(app: &AppSpec, flow: &FlowSpec) -> anyhow::Result<()> {
             component.display()
         );
     }
-    Ok(())
+    Ok(Built::Rebuilt {
+        reason,
+        took: started.elapsed(),
+    })
 }

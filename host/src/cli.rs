@@ -1,16 +1,22 @@
-//! Command-line interface: `wsflow up` and `wsflow check`.
+//! Command-line interface: `wsflow up`, `check`, `build` and `new`.
+
+mod build;
+mod new;
 
 use std::io::Write as _;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
+use crate::admin::{self, AdminState};
 use crate::loader::{self, LoadOptions};
 use crate::manifest::{self, Environment};
 use crate::reload::Reloader;
+use crate::scaffold;
 use crate::server::Server;
 
 /// Serve WebSocket apps whose logic runs as sandboxed WebAssembly flows.
@@ -53,6 +59,37 @@ enum Command {
         #[arg(required = true)]
         manifests: Vec<PathBuf>,
     },
+    /// Build the flows whose component is missing or stale, and compile
+    /// every component into the cache `wsflow up` reads, with a line per
+    /// flow.
+    Build {
+        /// App manifests, or directories of them.
+        #[arg(default_value = "wsflow.toml")]
+        manifests: Vec<PathBuf>,
+        /// Where compiled components are cached [default: as for `wsflow up`].
+        #[arg(long, value_name = "DIR")]
+        cache_dir: Option<PathBuf>,
+    },
+    /// Create a flow crate and its manifest in a new directory, ready for
+    /// `cd NAME && wsflow up`.
+    New {
+        /// The directory to create; its last component names the crate,
+        /// the app and the flow (e.g. `my-flow`).
+        name: PathBuf,
+        /// How the host runs the flow.
+        #[arg(long, value_enum, default_value_t = scaffold::Mode::Data)]
+        mode: scaffold::Mode,
+        /// What the flow's messages are.
+        #[arg(long, value_enum, default_value_t = scaffold::Format::String)]
+        format: scaffold::Format,
+        /// Depend on the wsflow-sdk crate in this directory [default: the
+        /// SDK this wsflow was built from].
+        #[arg(long, value_name = "PATH", conflicts_with = "sdk_git")]
+        sdk: Option<PathBuf>,
+        /// Depend on wsflow-sdk from this git repository instead.
+        #[arg(long, value_name = "URL")]
+        sdk_git: Option<String>,
+    },
 }
 
 impl Cli {
@@ -79,6 +116,35 @@ impl Cli {
                 up(manifests, admin, options, watch).await
             }
             Command::Check { manifests } => check(&manifests, &Environment::from_process()),
+            Command::Build {
+                manifests,
+                cache_dir,
+            } => {
+                let cache_dir = cache_dir.or_else(LoadOptions::default_cache_dir);
+                let env = Environment::from_process();
+                tokio::task::spawn_blocking(move || build::run(&manifests, cache_dir, &env))
+                    .await
+                    .context("building flows")?
+            }
+            Command::New {
+                name,
+                mode,
+                format,
+                sdk,
+                sdk_git,
+            } => {
+                let sdk = match (sdk, sdk_git) {
+                    (_, Some(url)) => scaffold::Sdk::Git(url),
+                    (Some(path), None) => scaffold::Sdk::Path(path),
+                    (None, None) => scaffold::Sdk::built_with(),
+                };
+                new::run(&scaffold::NewFlow {
+                    dir: name,
+                    mode,
+                    format,
+                    sdk,
+                })
+            }
         }
     }
 }
@@ -89,27 +155,31 @@ async fn up(
     options: LoadOptions,
     watch: bool,
 ) -> anyhow::Result<()> {
-    let apps = tokio::task::spawn_blocking(move || loader::load(&manifests, &options))
-        .await
-        .context("loading apps")??;
-
-    let server = Server::bind(apps).await?;
     let shutdown = CancellationToken::new();
+    // Up before the apps load, so health checks answer during a build.
+    let admin_state = Arc::new(AdminState::new(shutdown.clone()));
+    let admin_stop = CancellationToken::new();
     let admin = match admin {
         Some(addr) => {
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("--admin: cannot listen on {addr}"))?;
             let url = format!("http://{}/stats", listener.local_addr()?);
-            tokio::spawn(crate::admin::serve(
-                listener,
-                server.stats(),
-                shutdown.clone(),
-            ));
+            let serve = admin::serve(listener, Arc::clone(&admin_state), admin_stop.clone());
+            tokio::spawn(serve);
             Some(url)
         }
         None => None,
     };
+    // Stops the admin endpoint however `up` ends.
+    let _admin_stop = admin_stop.drop_guard();
+
+    let apps = tokio::task::spawn_blocking(move || loader::load(&manifests, &options))
+        .await
+        .context("loading apps")??;
+
+    let server = Server::bind(apps).await?;
+    admin_state.serving(server.stats());
     // Handlers are installed before the ready line, so a SIGTERM sent as
     // soon as it appears shuts down gracefully instead of killing us.
     let signals = ShutdownSignals::install().context("installing signal handlers")?;

@@ -49,12 +49,17 @@ pub struct Server {
 }
 
 /// A handle to read the counters of a server's apps while it runs.
-#[derive(Clone)]
+#[derive(Clone, Default)]
 pub struct StatsHandle {
     apps: Vec<Arc<AppInfo>>,
 }
 
 impl StatsHandle {
+    /// The apps, for the admin endpoint's metrics.
+    pub(crate) fn apps(&self) -> &[Arc<AppInfo>] {
+        &self.apps
+    }
+
     /// Each app's name and counters.
     pub fn snapshot(&self) -> Vec<(String, StatsSnapshot)> {
         self.apps

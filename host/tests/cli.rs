@@ -682,3 +682,407 @@ fn sighup_and_watch_reload_without_dropping_connections() {
         assert!(up.terminate().success());
     }
 }
+
+/// The target dir cargo builds this workspace into.
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("target"))
+}
+
+/// `wsflow new ARGS` in `dir`; panics with its output unless it succeeds.
+fn wsflow_new(dir: &Path, args: &[&str]) -> String {
+    let output = Command::new(WSFLOW)
+        .arg("new")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "wsflow new {args:?}: {output:?}");
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// `wsflow new NAME --mode MODE --format FORMAT` in a temporary directory,
+/// then `wsflow up` in the new crate, which builds it and serves it on a
+/// free port: the URL it listens on.
+///
+/// The new crates of these tests share one cargo target dir (their
+/// `target` is a link to it), so the SDK and its dependencies are compiled
+/// once for all of them, and once for every later run.
+fn new_then_up(temp: &Path, name: &str, mode: &str, format: &str) -> (Up, String) {
+    let stdout = wsflow_new(temp, &[name, "--mode", mode, "--format", format]);
+    assert!(stdout.contains(&format!("cd {name} && wsflow up")), "{stdout}");
+    let crate_dir = temp.join(name);
+    let shared = target_dir().join("wsflow-new-tests");
+    std::fs::create_dir_all(&shared).unwrap();
+    std::os::unix::fs::symlink(&shared, crate_dir.join("target")).unwrap();
+
+    let up = Up::start_with_env(&["up"], &crate_dir, &[("WSFLOW_PROP_PORT", "0")]);
+    let url = up.listening_url();
+    assert!(url.ends_with(&format!("/{name}")), "{url}");
+    (up, url)
+}
+
+#[test]
+fn a_new_data_mode_flow_builds_and_answers_json() {
+    let temp = tempfile::tempdir().unwrap();
+    let (mut up, url) = new_then_up(temp.path(), "greeter", "data", "json");
+    let mut socket = connect(&url);
+    socket.send(Message::text(r#"{"name": "ann"}"#)).unwrap();
+    let reply: serde_json::Value =
+        serde_json::from_str(socket.read().unwrap().to_text().unwrap()).unwrap();
+    assert_eq!(reply, serde_json::json!({ "greeting": "hello, ann" }));
+    // Not JSON: the host answers for the flow and the connection stays.
+    socket.send(Message::text("not json")).unwrap();
+    let error = socket.read().unwrap();
+    assert!(error.to_text().unwrap().contains("\"error\""), "{error:?}");
+    socket.send(Message::text(r#"{"name": "bo"}"#)).unwrap();
+    assert_eq!(
+        socket.read().unwrap(),
+        Message::text(r#"{"greeting":"hello, bo"}"#)
+    );
+    assert!(up.terminate().success());
+}
+
+#[test]
+fn a_new_connection_mode_flow_builds_and_holds_a_session() {
+    let temp = tempfile::tempdir().unwrap();
+    let (mut up, url) = new_then_up(temp.path(), "session", "connection", "string");
+    let mut socket = connect(&url);
+    let greeting = socket.read().unwrap();
+    assert!(greeting.to_text().unwrap().starts_with("hello!"), "{greeting:?}");
+    for (sent, answer) in [("one", "1: one"), ("two", "2: two")] {
+        socket.send(Message::text(sent)).unwrap();
+        assert_eq!(socket.read().unwrap(), Message::text(answer));
+    }
+    socket.send(Message::text("bye")).unwrap();
+    assert_eq!(
+        socket.read().unwrap(),
+        Message::text("goodbye after 2 message(s)")
+    );
+    assert_eq!(read_close_code(&mut socket), 1000);
+    assert!(up.terminate().success());
+}
+
+#[test]
+fn new_refuses_a_bad_name_and_a_directory_with_files() {
+    let temp = tempfile::tempdir().unwrap();
+    let output = Command::new(WSFLOW)
+        .args(["new", "9lives"])
+        .current_dir(temp.path())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&output.stderr),
+        "error: 9lives: `9lives` cannot name a flow crate: it does not start with a letter\n  \
+         help: a flow crate's name starts with an ASCII letter, followed by letters, digits, \
+         `-` or `_`; e.g. `my-flow`\n"
+    );
+    assert!(!temp.path().join("9lives").exists());
+
+    std::fs::create_dir(temp.path().join("mine")).unwrap();
+    std::fs::write(temp.path().join("mine/notes.txt"), "keep me").unwrap();
+    let output = Command::new(WSFLOW)
+        .args(["new", "mine"])
+        .current_dir(temp.path())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.starts_with("error: mine: the directory exists and is not empty\n  help: "),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(temp.path().join("mine/notes.txt")).unwrap(),
+        "keep me"
+    );
+}
+
+/// `wsflow build ARGS` in `dir`: its exit status, stdout and stderr.
+fn wsflow_build(dir: &Path, args: &[&str]) -> (std::process::ExitStatus, String, String) {
+    let output = Command::new(WSFLOW)
+        .arg("build")
+        .args(args)
+        .current_dir(dir)
+        .env_remove("CARGO_TARGET_DIR")
+        .output()
+        .unwrap();
+    let text = |bytes: Vec<u8>| String::from_utf8(bytes).unwrap();
+    (output.status, text(output.stdout), text(output.stderr))
+}
+
+#[test]
+fn build_builds_stale_flows_once_and_fills_the_cache_up_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let workspace = workspace();
+    let build = format!(
+        "cd '{ws}' && cargo build --release --target wasm32-wasip2 -p wsflow-example-echo \
+         && cp '{ws}/target/wasm32-wasip2/release/wsflow_example_echo.wasm' \"$OLDPWD/echo.wasm\"",
+        ws = workspace.display()
+    );
+    let flow = table([
+        ("component", "echo.wasm".into()),
+        ("build", build.into()),
+        ("sources", Vec::<Value>::new().into()),
+    ]);
+    write_app(&dir.path().join("wsflow.toml"), "built", flow, 0.into());
+    let cache = dir.path().join("cache");
+    let cache_arg = cache.display().to_string();
+
+    let (status, stdout, stderr) = wsflow_build(dir.path(), &["--cache-dir", &cache_arg]);
+    assert!(status.success(), "{stdout}{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{stdout}");
+    assert!(lines[0].starts_with("built/echo: built in "), "{stdout}");
+    assert!(lines[0].ends_with("echo.wasm does not exist)"), "{stdout}");
+    assert!(lines[1].starts_with("built/echo: compiled in "), "{stdout}");
+    assert!(lines[1].ends_with(&format!("cached in {cache_arg}")), "{stdout}");
+    let compiled = compiled_entries(&files_under(&cache));
+    assert_eq!(compiled.len(), 1, "one compiled component: {compiled:?}");
+
+    let (status, stdout, stderr) = wsflow_build(dir.path(), &["--cache-dir", &cache_arg]);
+    assert!(status.success(), "{stdout}{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines[0], "built/echo: up to date", "{stdout}");
+    assert!(
+        lines[1].starts_with("built/echo: compiled already (cached), loaded in "),
+        "{stdout}"
+    );
+
+    // `up` finds the component in the cache: it adds no entry of its own.
+    let mut up = Up::start(&["up", "--cache-dir", &cache_arg], dir.path());
+    assert_echo(&mut connect(&up.listening_url()));
+    assert!(up.terminate().success());
+    assert_eq!(compiled_entries(&files_under(&cache)), compiled);
+}
+
+#[test]
+fn build_stops_at_a_failing_build_command_with_its_name() {
+    let dir = tempfile::tempdir().unwrap();
+    write_app(
+        &dir.path().join("wsflow.toml"),
+        "broken",
+        toml! { component = "echo.wasm" build = "exit 3" },
+        0.into(),
+    );
+    let (status, stdout, stderr) = wsflow_build(dir.path(), &["--cache-dir", "cache"]);
+    assert_eq!(status.code(), Some(1), "{stdout}{stderr}");
+    assert!(stdout.is_empty(), "{stdout}");
+    assert!(
+        stderr.contains("error: wsflow.toml: flow `echo`: the build command `exit 3` failed"),
+        "{stderr}"
+    );
+}
+
+/// `GET path` from the admin endpoint at `addr`: status code and body.
+fn http_get(addr: &str, path: &str) -> (u16, String) {
+    let mut http = TcpStream::connect(addr).unwrap();
+    http.set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nhost: admin\r\n\r\n");
+    std::io::Write::write_all(&mut http, request.as_bytes()).unwrap();
+    let mut response = String::new();
+    std::io::Read::read_to_string(&mut http, &mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").expect(&response);
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .expect(head);
+    (status, body.to_owned())
+}
+
+/// One sample of a Prometheus text exposition.
+#[derive(Debug, Clone, PartialEq)]
+struct Sample {
+    name: String,
+    labels: std::collections::BTreeMap<String, String>,
+    value: f64,
+}
+
+/// Parse a text exposition (format 0.0.4), failing on any line that is not
+/// valid: `# HELP`/`# TYPE` lines, and samples whose family was typed
+/// before them (histograms as `_bucket`, `_sum` and `_count`).
+fn parse_exposition(text: &str) -> Vec<Sample> {
+    fn is_name(name: &str) -> bool {
+        let mut chars = name.chars();
+        chars
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':')
+            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+    }
+    assert!(text.ends_with('\n'), "the exposition ends with a newline");
+    let mut types = std::collections::BTreeMap::new();
+    let mut samples = Vec::new();
+    for line in text.lines() {
+        if let Some(comment) = line.strip_prefix("# ") {
+            let mut parts = comment.splitn(3, ' ');
+            let (keyword, name) = (parts.next().unwrap(), parts.next().expect(line));
+            assert!(is_name(name), "bad metric name: {line}");
+            match keyword {
+                "HELP" => assert!(parts.next().is_some_and(|h| !h.is_empty()), "{line}"),
+                "TYPE" => {
+                    let kind = parts.next().expect(line);
+                    assert!(
+                        ["counter", "gauge", "histogram", "summary", "untyped"].contains(&kind),
+                        "{line}"
+                    );
+                    assert!(types.insert(name.to_owned(), kind).is_none(), "typed twice: {line}");
+                }
+                _ => panic!("unknown comment: {line}"),
+            }
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').expect(line);
+        let value: f64 = match value {
+            "+Inf" => f64::INFINITY,
+            "-Inf" => f64::NEG_INFINITY,
+            value => value.parse().unwrap_or_else(|_| panic!("bad value: {line}")),
+        };
+        let (name, labels) = match series.split_once('{') {
+            None => (series, std::collections::BTreeMap::new()),
+            Some((name, rest)) => {
+                let rest = rest.strip_suffix('}').expect(line);
+                (name, parse_labels(rest, line))
+            }
+        };
+        assert!(is_name(name), "bad metric name: {line}");
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|suffix| {
+                let base = name.strip_suffix(suffix)?;
+                (types.get(base) == Some(&"histogram")).then_some(base)
+            })
+            .unwrap_or(name);
+        assert!(types.contains_key(family), "sample before its # TYPE: {line}");
+        samples.push(Sample {
+            name: name.to_owned(),
+            labels,
+            value,
+        });
+    }
+    samples
+}
+
+/// `a="x",b="y\"z"` as a map; panics on bad syntax.
+fn parse_labels(mut text: &str, line: &str) -> std::collections::BTreeMap<String, String> {
+    let mut labels = std::collections::BTreeMap::new();
+    while !text.is_empty() {
+        let (key, rest) = text.split_once("=\"").expect(line);
+        let mut value = String::new();
+        let mut chars = rest.char_indices();
+        let end = loop {
+            match chars.next().expect(line) {
+                (i, '"') => break i,
+                (_, '\\') => match chars.next().expect(line).1 {
+                    'n' => value.push('\n'),
+                    c @ ('\\' | '"') => value.push(c),
+                    other => panic!("bad escape \\{other}: {line}"),
+                },
+                (_, c) => value.push(c),
+            }
+        };
+        assert!(labels.insert(key.to_owned(), value).is_none(), "{line}");
+        text = &rest[end + 1..];
+        text = text.strip_prefix(',').unwrap_or(text);
+    }
+    labels
+}
+
+/// The value of the one sample named `name` with (at least) `labels`.
+fn value_of(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
+    let found: Vec<_> = samples
+        .iter()
+        .filter(|s| s.name == name)
+        .filter(|s| labels.iter().all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(v)))
+        .filter(|s| s.name.ends_with("_bucket") || !s.labels.contains_key("le"))
+        .collect();
+    assert_eq!(found.len(), 1, "{name} {labels:?}: {found:?}");
+    found[0].value
+}
+
+/// Check every histogram series of `samples`: buckets ascend by `le`, their
+/// counts are cumulative, the last is `+Inf` and equals `_count`.
+fn assert_histograms_are_consistent(samples: &[Sample]) {
+    let mut series: std::collections::BTreeMap<_, Vec<(f64, f64)>> = Default::default();
+    for sample in samples.iter().filter(|s| s.name.ends_with("_bucket")) {
+        let mut labels = sample.labels.clone();
+        let le = labels.remove("le").expect("a bucket has `le`");
+        let le = if le == "+Inf" {
+            f64::INFINITY
+        } else {
+            le.parse().unwrap()
+        };
+        let base = sample.name.strip_suffix("_bucket").unwrap().to_owned();
+        series.entry((base, labels)).or_default().push((le, sample.value));
+    }
+    assert!(!series.is_empty(), "no histograms");
+    for ((base, labels), buckets) in series {
+        assert!(
+            buckets.windows(2).all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1),
+            "{base} {labels:?}: buckets not ascending and cumulative: {buckets:?}"
+        );
+        assert_eq!(buckets.last().unwrap().0, f64::INFINITY, "{base} {labels:?}");
+        let pairs: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let count = value_of(samples, &format!("{base}_count"), &pairs);
+        assert_eq!(buckets.last().unwrap().1, count, "{base} {labels:?}");
+        value_of(samples, &format!("{base}_sum"), &pairs);
+    }
+}
+
+#[test]
+fn the_admin_endpoint_serves_metrics_that_move_with_traffic_and_health() {
+    let dir = tempfile::tempdir().unwrap();
+    echo_manifest(dir.path(), 0.into());
+    let mut up = Up::start(&["up", "--admin", "127.0.0.1:0"], dir.path());
+    let url = up.listening_url();
+    let stats_line = up.lines.recv_timeout(Duration::from_secs(60)).unwrap();
+    let stats_url = stats_line.strip_prefix("stats on ").expect(&stats_line);
+    let admin = host_port(stats_url).to_owned();
+
+    assert_eq!(http_get(&admin, "/healthz"), (200, "ok\n".to_owned()));
+    assert_eq!(http_get(&admin, "/readyz"), (200, "ready\n".to_owned()));
+    let (status, before) = http_get(&admin, "/metrics");
+    assert_eq!(status, 200);
+    let before = parse_exposition(&before);
+    assert_histograms_are_consistent(&before);
+    assert_eq!(value_of(&before, "wsflow_ready", &[]), 1.0);
+
+    let mut socket = connect(&url);
+    assert_echo(&mut socket);
+    let (_, after) = http_get(&admin, "/metrics");
+    let after = parse_exposition(&after);
+    assert_histograms_are_consistent(&after);
+    let app = ("app", "echo");
+    let moved = |name: &str, labels: &[(&str, &str)]| {
+        value_of(&after, name, labels) - value_of(&before, name, labels)
+    };
+    assert_eq!(moved("wsflow_connections_total", &[app]), 1.0);
+    assert_eq!(value_of(&after, "wsflow_connections_open", &[app]), 1.0);
+    for direction in ["in", "out"] {
+        let labels = [app, ("direction", direction)];
+        assert_eq!(moved("wsflow_messages_total", &labels), 2.0, "{direction}");
+        // "hello" and three bytes.
+        assert_eq!(moved("wsflow_message_bytes_total", &labels), 8.0, "{direction}");
+        assert_eq!(moved("wsflow_message_size_bytes_count", &labels), 2.0);
+        assert_eq!(moved("wsflow_message_size_bytes_sum", &labels), 8.0);
+        let small = [app, ("direction", direction), ("le", "16")];
+        assert_eq!(moved("wsflow_message_size_bytes_bucket", &small), 2.0);
+    }
+    let ok = [app, ("outcome", "ok")];
+    assert_eq!(moved("wsflow_executions_total", &ok), 2.0);
+    let messages = [app, ("kind", "message")];
+    assert_eq!(moved("wsflow_execution_duration_seconds_count", &messages), 2.0);
+    assert!(moved("wsflow_execution_duration_seconds_sum", &messages) > 0.0);
+    let memory = [app, ("limit", "memory")];
+    assert_eq!(value_of(&after, "wsflow_limit_hits_total", &memory), 0.0);
+
+    // `/stats` is still there, with the same counters.
+    let (status, body) = http_get(&admin, "/stats");
+    assert_eq!(status, 200);
+    let stats: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(stats["apps"]["echo"]["messages_in"], 2);
+    assert!(up.terminate().success());
+}

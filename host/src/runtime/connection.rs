@@ -345,6 +345,7 @@ impl wit::HostConnection for FlowCtx {
             Ok(()) => {
                 AppStats::add(&self.app.stats.messages_out, 1);
                 AppStats::add(&self.app.stats.bytes_out, len as u64);
+                self.app.stats.metrics.message_size_out.record(len as u64);
                 Ok(Ok(()))
             }
             Err(SendFailure::Closed) => Ok(Err(SendError::Closed)),

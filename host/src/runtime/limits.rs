@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+use crate::metrics::Limit;
+
 /// A limit an execution ran into. The execution ends; its connection is
 /// closed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -21,6 +23,16 @@ pub(crate) enum LimitExceeded {
 }
 
 impl LimitExceeded {
+    /// Which limit it is, for the metrics.
+    pub(crate) fn limit(&self) -> Limit {
+        match self {
+            LimitExceeded::Memory { .. } => Limit::Memory,
+            LimitExceeded::CpuTime { .. } => Limit::CpuTime,
+            LimitExceeded::WallTime { .. } => Limit::WallTime,
+            LimitExceeded::SlowClient { .. } => Limit::SlowClient,
+        }
+    }
+
     /// Whether the client caused it (close 1008) rather than the flow (1011).
     pub(crate) fn is_client_fault(&self) -> bool {
         matches!(self, LimitExceeded::SlowClient { .. })

@@ -17,7 +17,7 @@ use std::num::NonZero;
 use std::path::Path;
 use std::pin::{Pin, pin};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use wasmtime::component::{Component, HasSelf, InstancePre, Linker};
 use wasmtime::error::Context as _;
@@ -36,6 +36,7 @@ pub(crate) use stdio::guest_line;
 use tracing::Instrument as _;
 
 use crate::app::{AppInfo, AppStats};
+use crate::metrics::ExecutionKind;
 use crate::manifest::AppSpec;
 use crate::manifest::spec::{FlowGrants, HandlerSpec};
 
@@ -162,6 +163,8 @@ pub(crate) struct Runtime {
     compiled: Arc<Mutex<HashMap<ContentKey, Component>>>,
     /// Turns to run guest work, shared fairly between the apps.
     scheduler: Scheduler,
+    /// The on-disk cache of compiled components, if there is one.
+    cache: Option<Cache>,
 }
 
 /// Identifies component bytes by the bytes themselves. The hash only picks
@@ -204,16 +207,18 @@ impl Runtime {
         let mut config = Config::new();
         config.wasm_component_model(true);
         config.epoch_interruption(true);
+        let mut cache = None;
         if let Some(dir) = &options.cache_dir {
             // wasmtime keys each entry by the component's bytes and the
             // engine's settings and version, and recompiles an entry that
             // does not load (stale, foreign or damaged).
-            let mut cache = CacheConfig::new();
-            cache.with_directory(dir);
-            let cache = Cache::new(cache).with_context(|| {
+            let mut settings = CacheConfig::new();
+            settings.with_directory(dir);
+            let opened = Cache::new(settings).with_context(|| {
                 format!("setting up the compilation cache in {}", dir.display())
             })?;
-            config.cache(Some(cache));
+            config.cache(Some(opened.clone()));
+            cache = Some(opened);
         }
         if let Some(pool) = options.pool {
             config.allocation_strategy(pool.allocation_strategy());
@@ -231,6 +236,7 @@ impl Runtime {
             linker: Arc::new(linker),
             compiled: Arc::default(),
             scheduler,
+            cache,
         })
     }
 
@@ -314,6 +320,20 @@ fn start_epoch_ticker(engine: &Engine, scheduler: &Scheduler) {
 }
 
 impl Runtime {
+    /// Compile a component file ahead of serving it (`wsflow build`), into
+    /// the on-disk cache if there is one, and say whether the cache held it.
+    pub(crate) fn precompile(&self, component: &Path) -> anyhow::Result<Precompiled> {
+        let bytes = std::fs::read(component)
+            .with_context(|| format!("reading component {}", component.display()))?;
+        let hits = self.cache.as_ref().map(Cache::cache_hits);
+        self.compile(&bytes, component)?;
+        Ok(match (&self.cache, hits) {
+            (Some(cache), Some(before)) if cache.cache_hits() > before => Precompiled::FromCache,
+            (Some(cache), _) => Precompiled::Cached(cache.directory().clone()),
+            (None, _) => Precompiled::NotCached,
+        })
+    }
+
     /// Compile component bytes, or reuse an earlier compilation of the same
     /// bytes.
     fn compile(&self, bytes: &[u8], path: &Path) -> anyhow::Result<Component> {
@@ -329,6 +349,18 @@ impl Runtime {
             .insert(key, component.clone());
         Ok(component)
     }
+}
+
+/// Where [`Runtime::precompile`] got a compiled component.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Precompiled {
+    /// The on-disk cache held it.
+    FromCache,
+    /// Compiled, and stored in the cache in this directory (or already
+    /// compiled by this runtime).
+    Cached(std::path::PathBuf),
+    /// Compiled; there is no cache to keep it in.
+    NotCached,
 }
 
 /// How one execution ended.
@@ -431,9 +463,13 @@ impl FlowPre {
                 }
                 Lifetime::Connection => (None, None),
             };
+            let clock = ExecutionClock::start(match lifetime {
+                Lifetime::Message { .. } => ExecutionKind::Message,
+                Lifetime::Connection => ExecutionKind::Session,
+            });
             let mut store = match self.new_store() {
                 Ok(store) => store,
-                Err(error) => return self.finish(Err(error), None),
+                Err(error) => return self.finish(Err(error), None, clock),
             };
             let cpu = Arc::clone(&store.data().cpu);
             let result = {
@@ -444,7 +480,7 @@ impl FlowPre {
                 });
                 with_wall_time(self.run_guest(&cpu, call), wall_time).await
             };
-            self.finish(result, Some(store.data()))
+            self.finish(result, Some(store.data()), clock)
         }
         .instrument(span)
         .await
@@ -458,10 +494,11 @@ impl FlowPre {
         connection: HostConnection,
     ) -> Result<FlowInstance, Outcome> {
         let span = tracing::info_span!("exec", flow = &*self.name, instance = "reuse");
+        let clock = ExecutionClock::start(ExecutionKind::Message);
         // Guest output streams log in the span current when the store is made.
         let mut store = span
             .in_scope(|| self.new_store())
-            .map_err(|error| self.finish(Err(error), None))?;
+            .map_err(|error| self.finish(Err(error), None, clock))?;
         let cpu = Arc::clone(&store.data().cpu);
         let prepared = {
             let prepared = pin!(async {
@@ -478,7 +515,7 @@ impl FlowPre {
                 flow,
                 handle,
             }),
-            Err(error) => Err(self.finish(Err(error), Some(store.data()))),
+            Err(error) => Err(self.finish(Err(error), Some(store.data()), clock)),
         }
     }
 
@@ -523,9 +560,10 @@ impl FlowPre {
         let span = tracing::info_span!("exec", flow = &*self.name, hook);
         async {
             let _slot = self.execution_slot().await;
+            let clock = ExecutionClock::start(ExecutionKind::Hook);
             let mut store = match self.new_store() {
                 Ok(store) => store,
-                Err(error) => return self.finish(Err(error), None),
+                Err(error) => return self.finish(Err(error), None, clock),
             };
             let cpu = Arc::clone(&store.data().cpu);
             let result = {
@@ -538,7 +576,7 @@ impl FlowPre {
                 let wall_time = Some(self.app.limits.wall_time);
                 with_wall_time(self.run_guest(&cpu, run), wall_time).await
             };
-            self.finish(result, Some(store.data()))
+            self.finish(result, Some(store.data()), clock)
         }
         .instrument(span)
         .await
@@ -591,11 +629,12 @@ impl FlowPre {
         Ok(store)
     }
 
-    /// Classify how a call ended and count it.
+    /// Classify how a call ended and count it, with its time.
     fn finish(
         &self,
         result: wasmtime::Result<Result<(), String>>,
         ctx: Option<&FlowCtx>,
+        clock: ExecutionClock,
     ) -> Outcome {
         let outcome = match result {
             Ok(Ok(())) => Outcome::Completed,
@@ -613,6 +652,11 @@ impl FlowPre {
             Outcome::LimitExceeded(_) => &stats.executions_limit_exceeded,
         };
         AppStats::add(counter, 1);
+        let metrics = &stats.metrics;
+        metrics.record_execution(clock.kind, clock.started.elapsed());
+        if let Outcome::LimitExceeded(exceeded) = &outcome {
+            metrics.record_limit(exceeded.limit());
+        }
         outcome
     }
 }
@@ -639,6 +683,7 @@ impl FlowInstance {
         let span = tracing::info_span!("exec", flow = &*self.pre.name, instance = "reuse");
         let outcome = async {
             let _permit = self.pre.execution_slot().await;
+            let clock = ExecutionClock::start(ExecutionKind::Message);
             let ctx = self.store.data_mut();
             ctx.cpu.reset();
             ctx.limiter.exceeded = None;
@@ -648,13 +693,29 @@ impl FlowInstance {
                 let call = pin!(self.flow.call_handle(&mut self.store, event, connection));
                 with_wall_time(self.pre.run_guest(&cpu, call), Some(wall_time)).await
             };
-            self.pre.finish(result, Some(self.store.data()))
+            self.pre.finish(result, Some(self.store.data()), clock)
         }
         .instrument(span)
         .await;
         match outcome {
             Outcome::Completed | Outcome::Failed(_) => (outcome, Some(self)),
             Outcome::Trapped(_) | Outcome::LimitExceeded(_) => (outcome, None),
+        }
+    }
+}
+
+/// When an execution started and what it runs as, for its time.
+#[derive(Debug, Clone, Copy)]
+struct ExecutionClock {
+    kind: ExecutionKind,
+    started: Instant,
+}
+
+impl ExecutionClock {
+    fn start(kind: ExecutionKind) -> Self {
+        Self {
+            kind,
+            started: Instant::now(),
         }
     }
 }

@@ -28,6 +28,7 @@ use super::progress::WriteProgress;
 use crate::app::{AppInfo, AppStats, ByteBudget, Charge};
 use crate::close::Close;
 use crate::manifest::spec::TriggerLimits;
+use crate::metrics::Limit;
 use crate::runtime::connection::{Inbound, InboundSender};
 use crate::runtime::{ConnectionShared, Outbound};
 
@@ -107,6 +108,7 @@ async fn drive_flow(shared: &ConnectionShared, flow: impl Future<Output = Option
                         "execution stopped: still running {grace:?} after its client closed"
                     );
                     AppStats::add(&shared.app.stats.executions_limit_exceeded, 1);
+                    shared.app.stats.metrics.record_limit(Limit::WallTime);
                     return;
                 }
             }
@@ -426,8 +428,10 @@ where
         let Some(frame) = next else { break };
         match frame {
             Ok(message @ (Message::Text(_) | Message::Binary(_))) => {
-                AppStats::add(&shared.app.stats.messages_in, 1);
-                AppStats::add(&shared.app.stats.bytes_in, message.len() as u64);
+                let stats = &shared.app.stats;
+                AppStats::add(&stats.messages_in, 1);
+                AppStats::add(&stats.bytes_in, message.len() as u64);
+                stats.metrics.message_size_in.record(message.len() as u64);
                 // Once the host is closing, what still arrives is read and
                 // dropped, so the client's close reply can be read.
                 if shared.is_closed() {

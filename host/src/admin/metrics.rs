@@ -1,0 +1,269 @@
+//! `GET /metrics`: every app's counters, gauges and histograms in the
+//! Prometheus text exposition format (version 0.0.4), one series per app
+//! (label `app`).
+
+use std::fmt::Write as _;
+
+use crate::app::StatsSnapshot;
+use crate::metrics::{ExecutionKind, HistogramSnapshot, Limit};
+use crate::server::StatsHandle;
+
+/// The content type of the text exposition format.
+pub(super) const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// The exposition of `stats` (none while the apps load).
+pub(super) fn render(stats: Option<&StatsHandle>, ready: bool) -> String {
+    let apps = stats.map(StatsHandle::apps).unwrap_or_default();
+    let mut out = Exposition::default();
+    out.family(
+        "wsflow_ready",
+        "gauge",
+        "1 once every app listens and until shutdown begins, else 0.",
+    );
+    out.sample("wsflow_ready", &[], u64::from(ready));
+
+    let counters: [(&str, &str, &str, Counter); 8] = [
+        (
+            "wsflow_connections_open",
+            "gauge",
+            "Connections open now.",
+            |s| s.connections_open,
+        ),
+        (
+            "wsflow_connections_total",
+            "counter",
+            "Connections accepted (upgraded) since start.",
+            |s| s.connections_total,
+        ),
+        (
+            "wsflow_connections_refused_total",
+            "counter",
+            "Upgrades refused because a connection limit was reached.",
+            |s| s.connections_refused,
+        ),
+        (
+            "wsflow_log_lines_dropped_total",
+            "counter",
+            "Guest output lines dropped over the app's log budget.",
+            |s| s.log_lines_dropped,
+        ),
+        (
+            "wsflow_group_messages_published_total",
+            "counter",
+            "Group messages flows published or sent to a connection by id.",
+            |s| s.group_messages_published,
+        ),
+        (
+            "wsflow_group_messages_delivered_total",
+            "counter",
+            "Group messages queued for a member (one publish to N members counts N).",
+            |s| s.group_messages_delivered,
+        ),
+        (
+            "wsflow_group_messages_dropped_total",
+            "counter",
+            "Group messages not queued because the member's queue was full.",
+            |s| s.group_messages_dropped,
+        ),
+        (
+            "wsflow_slow_members_closed_total",
+            "counter",
+            "Group members closed (1008) because their queue was full.",
+            |s| s.slow_members_closed,
+        ),
+    ];
+    let snapshots: Vec<_> = apps
+        .iter()
+        .map(|app| (app.as_ref(), app.snapshot()))
+        .collect();
+    for (name, kind, help, value) in counters {
+        out.family(name, kind, help);
+        for (app, snapshot) in &snapshots {
+            out.sample(name, &[("app", &app.name)], value(snapshot));
+        }
+    }
+
+    out.family(
+        "wsflow_executions_total",
+        "counter",
+        "Executions by how they ended: ok, failed (the flow returned an error), trapped, \
+         limit_exceeded.",
+    );
+    for (app, s) in &snapshots {
+        for (outcome, value) in [
+            ("ok", s.executions_ok),
+            ("failed", s.executions_failed),
+            ("trapped", s.executions_trapped),
+            ("limit_exceeded", s.executions_limit_exceeded),
+        ] {
+            let labels = [("app", &*app.name), ("outcome", outcome)];
+            out.sample("wsflow_executions_total", &labels, value);
+        }
+    }
+
+    out.family(
+        "wsflow_limit_hits_total",
+        "counter",
+        "Executions stopped by a limit, by limit.",
+    );
+    for (app, _) in &snapshots {
+        for limit in Limit::ALL {
+            let labels = [("app", &*app.name), ("limit", limit.label())];
+            let hits = app.stats.metrics.limit_hits(limit);
+            out.sample("wsflow_limit_hits_total", &labels, hits);
+        }
+    }
+
+    for (name, help, in_value, out_value) in [
+        (
+            "wsflow_messages_total",
+            "Data messages by direction: in (read from clients), out (sent by flows).",
+            (|s| s.messages_in) as Counter,
+            (|s| s.messages_out) as Counter,
+        ),
+        (
+            "wsflow_message_bytes_total",
+            "Payload bytes of data messages by direction.",
+            |s| s.bytes_in,
+            |s| s.bytes_out,
+        ),
+    ] {
+        out.family(name, "counter", help);
+        for (app, s) in &snapshots {
+            out.sample(name, &[("app", &app.name), ("direction", "in")], in_value(s));
+            out.sample(name, &[("app", &app.name), ("direction", "out")], out_value(s));
+        }
+    }
+
+    out.family(
+        "wsflow_queued_bytes",
+        "gauge",
+        "Message bytes waiting now, by direction: in (for flows), out (for clients).",
+    );
+    for (app, s) in &snapshots {
+        let name = "wsflow_queued_bytes";
+        out.sample(name, &[("app", &app.name), ("direction", "in")], s.queued_bytes_in);
+        out.sample(name, &[("app", &app.name), ("direction", "out")], s.queued_bytes_out);
+    }
+
+    let name = "wsflow_execution_duration_seconds";
+    out.family(
+        name,
+        "histogram",
+        "Execution time by kind: message (data mode), session (connection mode), hook.",
+    );
+    for (app, _) in &snapshots {
+        for kind in ExecutionKind::ALL {
+            let snapshot = app.stats.metrics.execution_time(kind).snapshot();
+            out.histogram(name, &[("app", &app.name), ("kind", kind.label())], &snapshot);
+        }
+    }
+
+    let name = "wsflow_message_size_bytes";
+    out.family(
+        name,
+        "histogram",
+        "Data message size by direction: in (read from clients), out (sent by flows).",
+    );
+    for (app, _) in &snapshots {
+        let metrics = &app.stats.metrics;
+        for (direction, histogram) in [
+            ("in", &metrics.message_size_in),
+            ("out", &metrics.message_size_out),
+        ] {
+            let labels = [("app", &*app.name), ("direction", direction)];
+            out.histogram(name, &labels, &histogram.snapshot());
+        }
+    }
+    out.text
+}
+
+/// How one per-app series is read from an app's counters.
+type Counter = fn(&StatsSnapshot) -> u64;
+
+/// Text exposition being written.
+#[derive(Default)]
+struct Exposition {
+    text: String,
+}
+
+impl Exposition {
+    /// The `# HELP` and `# TYPE` lines of a metric family.
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.text, "# HELP {name} {}", escape_help(help));
+        let _ = writeln!(self.text, "# TYPE {name} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
+        self.text.push_str(name);
+        write_labels(&mut self.text, labels, None);
+        let _ = writeln!(self.text, " {value}");
+    }
+
+    /// `_bucket` lines (cumulative, `+Inf` last), `_sum` and `_count`.
+    fn histogram(&mut self, name: &str, labels: &[(&str, &str)], snapshot: &HistogramSnapshot) {
+        for (bound, count) in &snapshot.cumulative {
+            let le = bound.map_or_else(|| "+Inf".to_owned(), |bound| bound.to_string());
+            let _ = write!(self.text, "{name}_bucket");
+            write_labels(&mut self.text, labels, Some(&le));
+            let _ = writeln!(self.text, " {count}");
+        }
+        self.sample(&format!("{name}_sum"), labels, snapshot.sum);
+        self.sample(&format!("{name}_count"), labels, snapshot.count);
+    }
+}
+
+/// `{a="x",b="y"}` (and `le`, for a bucket), or nothing without labels.
+fn write_labels(out: &mut String, labels: &[(&str, &str)], le: Option<&str>) {
+    let le = le.map(|le| ("le", le));
+    let mut all = labels.iter().copied().chain(le).peekable();
+    if all.peek().is_none() {
+        return;
+    }
+    out.push('{');
+    for (i, (key, value)) in all.enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        let _ = write!(out, "{key}=\"{}\"", escape_label(value));
+    }
+    out.push('}');
+}
+
+/// A label value with `\`, `"` and newlines escaped.
+fn escape_label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Help text with `\` and newlines escaped.
+fn escape_help(help: &str) -> String {
+    help.replace('\\', "\\\\").replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_values_are_escaped() {
+        let mut out = String::new();
+        write_labels(&mut out, &[("app", "a\"b\\c\nd")], Some("+Inf"));
+        assert_eq!(out, r#"{app="a\"b\\c\nd",le="+Inf"}"#);
+    }
+
+    #[test]
+    fn without_apps_only_readiness_and_the_families_are_shown() {
+        let text = render(None, false);
+        assert!(text.contains("\nwsflow_ready 0\n"), "{text}");
+        assert!(text.contains("# TYPE wsflow_execution_duration_seconds histogram\n"));
+        assert!(
+            text.lines()
+                .filter(|line| !line.starts_with('#'))
+                .all(|line| line.starts_with("wsflow_ready ")),
+            "{text}"
+        );
+    }
+}
