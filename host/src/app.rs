@@ -12,8 +12,8 @@ use serde::Serialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::hub::{HubLimits, LocalHub, Transport};
-use crate::metrics::AppMetrics;
 use crate::manifest::spec::{AppLimits, AppSpec, DEFAULT_MAX_MESSAGE_SIZE};
+use crate::metrics::AppMetrics;
 
 /// What the host knows about a running app.
 #[derive(Debug)]

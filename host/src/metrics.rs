@@ -108,9 +108,7 @@ impl<U: Unit> Histogram<U> {
         let mut cumulative = Vec::with_capacity(self.buckets.len());
         for (i, bucket) in self.buckets.iter().enumerate() {
             running += bucket.load(Ordering::Relaxed);
-            let bound = U::BOUNDS
-                .get(i)
-                .map(|&bound| bound as f64 / U::PER_SHOWN);
+            let bound = U::BOUNDS.get(i).map(|&bound| bound as f64 / U::PER_SHOWN);
             cumulative.push((bound, running));
         }
         HistogramSnapshot {

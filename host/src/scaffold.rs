@@ -445,11 +445,15 @@ mod tests {
                     dir.join("target/wasm32-wasip2/release").join(file)
                 );
 
-                let cargo: toml::Table =
-                    std::fs::read_to_string(dir.join("Cargo.toml")).unwrap().parse().unwrap();
+                let cargo: toml::Table = std::fs::read_to_string(dir.join("Cargo.toml"))
+                    .unwrap()
+                    .parse()
+                    .unwrap();
                 assert_eq!(cargo["package"]["name"].as_str(), Some(name.as_str()));
                 assert!(cargo.contains_key("workspace"), "a workspace of its own");
-                let sdk = cargo["dependencies"]["wsflow-sdk"]["path"].as_str().unwrap();
+                let sdk = cargo["dependencies"]["wsflow-sdk"]["path"]
+                    .as_str()
+                    .unwrap();
                 assert!(Path::new(sdk).is_absolute(), "{sdk}");
                 assert!(Path::new(sdk).join("Cargo.toml").is_file(), "{sdk}");
                 assert_eq!(

@@ -711,7 +711,10 @@ fn wsflow_new(dir: &Path, args: &[&str]) -> String {
 /// once for all of them, and once for every later run.
 fn new_then_up(temp: &Path, name: &str, mode: &str, format: &str) -> (Up, String) {
     let stdout = wsflow_new(temp, &[name, "--mode", mode, "--format", format]);
-    assert!(stdout.contains(&format!("cd {name} && wsflow up")), "{stdout}");
+    assert!(
+        stdout.contains(&format!("cd {name} && wsflow up")),
+        "{stdout}"
+    );
     let crate_dir = temp.join(name);
     let shared = target_dir().join("wsflow-new-tests");
     std::fs::create_dir_all(&shared).unwrap();
@@ -750,7 +753,10 @@ fn a_new_connection_mode_flow_builds_and_holds_a_session() {
     let (mut up, url) = new_then_up(temp.path(), "session", "connection", "string");
     let mut socket = connect(&url);
     let greeting = socket.read().unwrap();
-    assert!(greeting.to_text().unwrap().starts_with("hello!"), "{greeting:?}");
+    assert!(
+        greeting.to_text().unwrap().starts_with("hello!"),
+        "{greeting:?}"
+    );
     for (sent, answer) in [("one", "1: one"), ("two", "2: two")] {
         socket.send(Message::text(sent)).unwrap();
         assert_eq!(socket.read().unwrap(), Message::text(answer));
@@ -838,7 +844,10 @@ fn build_builds_stale_flows_once_and_fills_the_cache_up_reads() {
     assert!(lines[0].starts_with("built/echo: built in "), "{stdout}");
     assert!(lines[0].ends_with("echo.wasm does not exist)"), "{stdout}");
     assert!(lines[1].starts_with("built/echo: compiled in "), "{stdout}");
-    assert!(lines[1].ends_with(&format!("cached in {cache_arg}")), "{stdout}");
+    assert!(
+        lines[1].ends_with(&format!("cached in {cache_arg}")),
+        "{stdout}"
+    );
     let compiled = compiled_entries(&files_under(&cache));
     assert_eq!(compiled.len(), 1, "one compiled component: {compiled:?}");
 
@@ -929,7 +938,10 @@ fn parse_exposition(text: &str) -> Vec<Sample> {
                         ["counter", "gauge", "histogram", "summary", "untyped"].contains(&kind),
                         "{line}"
                     );
-                    assert!(types.insert(name.to_owned(), kind).is_none(), "typed twice: {line}");
+                    assert!(
+                        types.insert(name.to_owned(), kind).is_none(),
+                        "typed twice: {line}"
+                    );
                 }
                 _ => panic!("unknown comment: {line}"),
             }
@@ -939,7 +951,9 @@ fn parse_exposition(text: &str) -> Vec<Sample> {
         let value: f64 = match value {
             "+Inf" => f64::INFINITY,
             "-Inf" => f64::NEG_INFINITY,
-            value => value.parse().unwrap_or_else(|_| panic!("bad value: {line}")),
+            value => value
+                .parse()
+                .unwrap_or_else(|_| panic!("bad value: {line}")),
         };
         let (name, labels) = match series.split_once('{') {
             None => (series, std::collections::BTreeMap::new()),
@@ -956,7 +970,10 @@ fn parse_exposition(text: &str) -> Vec<Sample> {
                 (types.get(base) == Some(&"histogram")).then_some(base)
             })
             .unwrap_or(name);
-        assert!(types.contains_key(family), "sample before its # TYPE: {line}");
+        assert!(
+            types.contains_key(family),
+            "sample before its # TYPE: {line}"
+        );
         samples.push(Sample {
             name: name.to_owned(),
             labels,
@@ -996,7 +1013,11 @@ fn value_of(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
     let found: Vec<_> = samples
         .iter()
         .filter(|s| s.name == name)
-        .filter(|s| labels.iter().all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(v)))
+        .filter(|s| {
+            labels
+                .iter()
+                .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(v))
+        })
         .filter(|s| s.name.ends_with("_bucket") || !s.labels.contains_key("le"))
         .collect();
     assert_eq!(found.len(), 1, "{name} {labels:?}: {found:?}");
@@ -1016,16 +1037,28 @@ fn assert_histograms_are_consistent(samples: &[Sample]) {
             le.parse().unwrap()
         };
         let base = sample.name.strip_suffix("_bucket").unwrap().to_owned();
-        series.entry((base, labels)).or_default().push((le, sample.value));
+        series
+            .entry((base, labels))
+            .or_default()
+            .push((le, sample.value));
     }
     assert!(!series.is_empty(), "no histograms");
     for ((base, labels), buckets) in series {
         assert!(
-            buckets.windows(2).all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1),
+            buckets
+                .windows(2)
+                .all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1),
             "{base} {labels:?}: buckets not ascending and cumulative: {buckets:?}"
         );
-        assert_eq!(buckets.last().unwrap().0, f64::INFINITY, "{base} {labels:?}");
-        let pairs: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        assert_eq!(
+            buckets.last().unwrap().0,
+            f64::INFINITY,
+            "{base} {labels:?}"
+        );
+        let pairs: Vec<(&str, &str)> = labels
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
         let count = value_of(samples, &format!("{base}_count"), &pairs);
         assert_eq!(buckets.last().unwrap().1, count, "{base} {labels:?}");
         value_of(samples, &format!("{base}_sum"), &pairs);
@@ -1065,7 +1098,11 @@ fn the_admin_endpoint_serves_metrics_that_move_with_traffic_and_health() {
         let labels = [app, ("direction", direction)];
         assert_eq!(moved("wsflow_messages_total", &labels), 2.0, "{direction}");
         // "hello" and three bytes.
-        assert_eq!(moved("wsflow_message_bytes_total", &labels), 8.0, "{direction}");
+        assert_eq!(
+            moved("wsflow_message_bytes_total", &labels),
+            8.0,
+            "{direction}"
+        );
         assert_eq!(moved("wsflow_message_size_bytes_count", &labels), 2.0);
         assert_eq!(moved("wsflow_message_size_bytes_sum", &labels), 8.0);
         let small = [app, ("direction", direction), ("le", "16")];
@@ -1074,7 +1111,10 @@ fn the_admin_endpoint_serves_metrics_that_move_with_traffic_and_health() {
     let ok = [app, ("outcome", "ok")];
     assert_eq!(moved("wsflow_executions_total", &ok), 2.0);
     let messages = [app, ("kind", "message")];
-    assert_eq!(moved("wsflow_execution_duration_seconds_count", &messages), 2.0);
+    assert_eq!(
+        moved("wsflow_execution_duration_seconds_count", &messages),
+        2.0
+    );
     assert!(moved("wsflow_execution_duration_seconds_sum", &messages) > 0.0);
     let memory = [app, ("limit", "memory")];
     assert_eq!(value_of(&after, "wsflow_limit_hits_total", &memory), 0.0);

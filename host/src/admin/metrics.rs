@@ -130,8 +130,16 @@ pub(super) fn render(stats: Option<&StatsHandle>, ready: bool) -> String {
     ] {
         out.family(name, "counter", help);
         for (app, s) in &snapshots {
-            out.sample(name, &[("app", &app.name), ("direction", "in")], in_value(s));
-            out.sample(name, &[("app", &app.name), ("direction", "out")], out_value(s));
+            out.sample(
+                name,
+                &[("app", &app.name), ("direction", "in")],
+                in_value(s),
+            );
+            out.sample(
+                name,
+                &[("app", &app.name), ("direction", "out")],
+                out_value(s),
+            );
         }
     }
 
@@ -142,8 +150,16 @@ pub(super) fn render(stats: Option<&StatsHandle>, ready: bool) -> String {
     );
     for (app, s) in &snapshots {
         let name = "wsflow_queued_bytes";
-        out.sample(name, &[("app", &app.name), ("direction", "in")], s.queued_bytes_in);
-        out.sample(name, &[("app", &app.name), ("direction", "out")], s.queued_bytes_out);
+        out.sample(
+            name,
+            &[("app", &app.name), ("direction", "in")],
+            s.queued_bytes_in,
+        );
+        out.sample(
+            name,
+            &[("app", &app.name), ("direction", "out")],
+            s.queued_bytes_out,
+        );
     }
 
     let name = "wsflow_execution_duration_seconds";
@@ -155,7 +171,11 @@ pub(super) fn render(stats: Option<&StatsHandle>, ready: bool) -> String {
     for (app, _) in &snapshots {
         for kind in ExecutionKind::ALL {
             let snapshot = app.stats.metrics.execution_time(kind).snapshot();
-            out.histogram(name, &[("app", &app.name), ("kind", kind.label())], &snapshot);
+            out.histogram(
+                name,
+                &[("app", &app.name), ("kind", kind.label())],
+                &snapshot,
+            );
         }
     }
 

@@ -158,10 +158,7 @@ fn respond(state: &AdminState, request: &Request<Incoming>) -> Response<Full<Byt
             StatusCode::SERVICE_UNAVAILABLE,
             "shutting down\n".to_owned(),
         ),
-        "/readyz" => text(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "loading apps\n".to_owned(),
-        ),
+        "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "loading apps\n".to_owned()),
         "/stats" => match state.stats.get() {
             Some(stats) => body(
                 StatusCode::OK,
@@ -283,7 +280,10 @@ mod tests {
         assert!(missing.contains(PATHS), "{missing}");
         let post = request(addr, "POST", "/metrics").await;
         assert_eq!(status_line(&post), "HTTP/1.1 405 Method Not Allowed");
-        assert!(post.to_ascii_lowercase().contains("allow: get, head"), "{post}");
+        assert!(
+            post.to_ascii_lowercase().contains("allow: get, head"),
+            "{post}"
+        );
         stop.cancel();
     }
 

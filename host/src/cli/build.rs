@@ -32,10 +32,9 @@ pub(super) fn run(
             match builder::ensure_built(spec, flow)? {
                 Built::NoBuildCommand => {}
                 Built::UpToDate => println!("{label}: up to date"),
-                Built::Rebuilt { reason, took } => println!(
-                    "{label}: built in {:.1} s ({reason})",
-                    took.as_secs_f64()
-                ),
+                Built::Rebuilt { reason, took } => {
+                    println!("{label}: built in {:.1} s ({reason})", took.as_secs_f64())
+                }
             }
             let started = Instant::now();
             let compiled = runtime.precompile(&flow.component).map_err(|error| {

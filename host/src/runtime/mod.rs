@@ -36,9 +36,9 @@ pub(crate) use stdio::guest_line;
 use tracing::Instrument as _;
 
 use crate::app::{AppInfo, AppStats};
-use crate::metrics::ExecutionKind;
 use crate::manifest::AppSpec;
 use crate::manifest::spec::{FlowGrants, HandlerSpec};
+use crate::metrics::ExecutionKind;
 
 /// How often the engine's epoch advances while no execution waits for a
 /// turn. At every tick an execution's CPU time is checked and the execution
@@ -212,8 +212,12 @@ impl Runtime {
             // wasmtime keys each entry by the component's bytes and the
             // engine's settings and version, and recompiles an entry that
             // does not load (stale, foreign or damaged).
+            // wasmtime wants an absolute path; `--cache-dir cache` means
+            // the one in the current directory.
+            let dir = std::path::absolute(dir)
+                .with_context(|| format!("the cache directory {}", dir.display()))?;
             let mut settings = CacheConfig::new();
-            settings.with_directory(dir);
+            settings.with_directory(&dir);
             let opened = Cache::new(settings).with_context(|| {
                 format!("setting up the compilation cache in {}", dir.display())
             })?;
