@@ -35,8 +35,9 @@ enum Command {
         /// apps share this host; none is served unless all load.
         #[arg(default_value = "wsflow.toml")]
         manifests: Vec<PathBuf>,
-        /// Serve `GET /stats` (every app's counters, as JSON) on this
-        /// address, e.g. 127.0.0.1:9090.
+        /// Serve the admin endpoint on this address, e.g. 127.0.0.1:9090:
+        /// `GET /stats` (every app's counters, as JSON), `/metrics`
+        /// (Prometheus text format), `/healthz` and `/readyz`.
         #[arg(long, value_name = "ADDR")]
         admin: Option<std::net::SocketAddr>,
         /// Where compiled components are cached [default: $WSFLOW_CACHE_DIR,
