@@ -211,9 +211,8 @@ impl Runtime {
         if let Some(dir) = &options.cache_dir {
             // wasmtime keys each entry by the component's bytes and the
             // engine's settings and version, and recompiles an entry that
-            // does not load (stale, foreign or damaged).
-            // wasmtime wants an absolute path; `--cache-dir cache` means
-            // the one in the current directory.
+            // does not load (stale, foreign or damaged). It wants an
+            // absolute path: `--cache-dir cache` is the current directory's.
             let dir = std::path::absolute(dir)
                 .with_context(|| format!("the cache directory {}", dir.display()))?;
             let mut settings = CacheConfig::new();
