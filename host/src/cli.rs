@@ -184,6 +184,15 @@ async fn up(
     // Handlers are installed before the ready line, so a SIGTERM sent as
     // soon as it appears shuts down gracefully instead of killing us.
     let signals = ShutdownSignals::install().context("installing signal handlers")?;
+    let reloader = server.reloader();
+    // `--watch` takes its first look before the ready line, so a change
+    // made as soon as the line appears is seen.
+    let watched = if watch {
+        let reloader = reloader.clone();
+        Some(tokio::task::spawn_blocking(move || reloader.fingerprint()).await?)
+    } else {
+        None
+    };
     let mut stdout = std::io::stdout().lock();
     for endpoint in server.endpoints() {
         writeln!(stdout, "listening on {}", endpoint.url())?;
@@ -194,10 +203,9 @@ async fn up(
     stdout.flush()?;
     drop(stdout);
 
-    let reloader = server.reloader();
     tokio::spawn(signals.handle(reloader.clone(), shutdown.clone()));
-    if watch {
-        tokio::spawn(watch_files(reloader, shutdown.clone()));
+    if let Some(seen) = watched {
+        tokio::spawn(watch_files(reloader, seen, shutdown.clone()));
     }
     server.run(shutdown).await;
     tracing::info!("stopped");
@@ -255,16 +263,17 @@ impl ShutdownSignals {
 /// How often `--watch` looks at the files.
 const WATCH_INTERVAL: Duration = Duration::from_millis(500);
 
-/// Reload whenever the files of the apps change (`--watch`). A change is
-/// acted on once the files have stopped changing for one interval, so an
-/// editor's or a build's several writes make one reload.
-async fn watch_files(reloader: Reloader, shutdown: CancellationToken) {
+/// Reload whenever the files of the apps change from `seen` (`--watch`). A
+/// change is acted on once the files have stopped changing for one
+/// interval, so an editor's or a build's several writes make one reload.
+async fn watch_files(
+    reloader: Reloader,
+    mut seen: Vec<(PathBuf, Option<std::time::SystemTime>)>,
+    shutdown: CancellationToken,
+) {
     let fingerprint = |reloader: &Reloader| {
         let reloader = reloader.clone();
         tokio::task::spawn_blocking(move || reloader.fingerprint())
-    };
-    let Ok(mut seen) = fingerprint(&reloader).await else {
-        return;
     };
     loop {
         tokio::select! {
