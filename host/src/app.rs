@@ -11,7 +11,8 @@ use std::time::Instant;
 use serde::Serialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::hub::{HubLimits, LocalHub, Transport};
+use crate::cluster::Cluster;
+use crate::hub::{ConnectionId, ConnectionIds, HostId, HubLimits, LocalHub, Transport};
 use crate::manifest::spec::{AppLimits, AppSpec, DEFAULT_MAX_MESSAGE_SIZE};
 use crate::metrics::AppMetrics;
 
@@ -30,6 +31,8 @@ pub(crate) struct AppInfo {
     pub(crate) log_budget: LogBudget,
     /// Where the app's group operations go; its connections attach here.
     pub(crate) hub: Arc<dyn Transport>,
+    /// Hands out the ids of the host's connections.
+    ids: Arc<ConnectionIds>,
     /// Bytes of messages flows have sent that wait for the app's clients
     /// (`limits.queue_per_app`).
     pub(crate) outbound_budget: ByteBudget,
@@ -38,8 +41,41 @@ pub(crate) struct AppInfo {
     pub(crate) inbound_budget: ByteBudget,
 }
 
+/// What the apps of one host share: the ids their connections get and, in
+/// a cluster, the way to the other hosts.
+#[derive(Debug, Clone)]
+pub(crate) struct HostHubs {
+    ids: Arc<ConnectionIds>,
+    cluster: Option<Cluster>,
+}
+
+impl HostHubs {
+    /// The hubs of a host in `cluster`, or of a host on its own.
+    pub(crate) fn new(cluster: Option<&Cluster>) -> Self {
+        let host = cluster.map_or(HostId::LOCAL, Cluster::host);
+        Self {
+            ids: Arc::new(ConnectionIds::new(host)),
+            cluster: cluster.cloned(),
+        }
+    }
+
+    fn hub(&self, app: &str, limits: HubLimits) -> Arc<dyn Transport> {
+        match &self.cluster {
+            Some(cluster) => cluster.hub(app, limits),
+            None => Arc::new(LocalHub::new(limits)),
+        }
+    }
+}
+
 impl AppInfo {
+    /// An app on a host of its own, outside any cluster.
+    #[cfg(test)]
     pub(crate) fn new(spec: &AppSpec) -> Self {
+        Self::in_host(spec, &HostHubs::new(None))
+    }
+
+    /// An app on the host whose apps share `host`.
+    pub(crate) fn in_host(spec: &AppSpec, host: &HostHubs) -> Self {
         let limits = spec.limits.clone();
         let max_message_size = spec
             .triggers
@@ -47,14 +83,15 @@ impl AppInfo {
             .map(|trigger| trigger.limits.max_message_size)
             .max()
             .unwrap_or(DEFAULT_MAX_MESSAGE_SIZE);
-        let hub = LocalHub::new(HubLimits::new(&limits, max_message_size));
+        let hub = host.hub(spec.name.as_str(), HubLimits::new(&limits, max_message_size));
         Self {
             name: spec.name.as_str().into(),
             properties: spec.properties.clone(),
             executions: Arc::new(Semaphore::new(limits.max_executions)),
             reused_instances: Arc::new(Semaphore::new(limits.max_reused_instances)),
             log_budget: LogBudget::new(limits.log_lines_per_second),
-            hub: Arc::new(hub),
+            hub,
+            ids: Arc::clone(&host.ids),
             outbound_budget: ByteBudget::new(limits.queue_per_app),
             inbound_budget: ByteBudget::new(limits.queue_per_app),
             limits,
@@ -62,12 +99,27 @@ impl AppInfo {
         }
     }
 
-    /// The app's counters, and the bytes its queues hold now.
+    /// A new connection's id.
+    pub(crate) fn next_connection_id(&self) -> ConnectionId {
+        self.ids.next()
+    }
+
+    /// The app's counters, with what its hub counted on its own (messages
+    /// from other hosts), and the bytes its queues hold now.
     pub(crate) fn snapshot(&self) -> StatsSnapshot {
+        let own = self.stats.snapshot();
+        let remote = self.hub.counts();
         StatsSnapshot {
+            group_messages_delivered: own.group_messages_delivered
+                + remote.received_fanout.delivered,
+            group_messages_dropped: own.group_messages_dropped + remote.received_fanout.dropped,
+            slow_members_closed: own.slow_members_closed + remote.received_fanout.closed,
+            cluster_messages_in: remote.received,
+            cluster_messages_out: remote.forwarded,
+            cluster_unavailable: remote.unavailable,
             queued_bytes_out: self.outbound_budget.queued() as u64,
             queued_bytes_in: self.inbound_budget.queued() as u64,
-            ..self.stats.snapshot()
+            ..own
         }
     }
 }
@@ -124,13 +176,21 @@ pub struct StatsSnapshot {
     pub log_lines_dropped: u64,
     /// Group messages flows published or sent to a connection by id.
     pub group_messages_published: u64,
-    /// Group messages queued for a member (one publish to N members: N).
+    /// Group messages queued for a member of this host (one publish to N
+    /// members: N), wherever they were published.
     pub group_messages_delivered: u64,
     /// Group messages not queued because the member's queue was full.
     pub group_messages_dropped: u64,
     /// Members closed (1008) because their queue was full (`slow_member =
     /// "close"`).
     pub slow_members_closed: u64,
+    /// Group messages and sends that came from other hosts of the cluster.
+    pub cluster_messages_in: u64,
+    /// Group messages and sends handed to the broker for other hosts.
+    pub cluster_messages_out: u64,
+    /// Group operations answered `unavailable`: the other hosts could not
+    /// be reached, or not in time.
+    pub cluster_unavailable: u64,
     /// Bytes of messages flows sent that wait for the app's clients, now
     /// (group messages not included).
     pub queued_bytes_out: u64,
@@ -144,7 +204,8 @@ impl AppStats {
         counter.fetch_add(n, Ordering::Relaxed);
     }
 
-    /// The counters; the queue gauges are filled by [`AppInfo::snapshot`].
+    /// The counters; the queue gauges and the cluster's counts are filled
+    /// by [`AppInfo::snapshot`].
     pub(crate) fn snapshot(&self) -> StatsSnapshot {
         let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
         StatsSnapshot {
@@ -164,6 +225,9 @@ impl AppStats {
             group_messages_delivered: get(&self.group_messages_delivered),
             group_messages_dropped: get(&self.group_messages_dropped),
             slow_members_closed: get(&self.slow_members_closed),
+            cluster_messages_in: 0,
+            cluster_messages_out: 0,
+            cluster_unavailable: 0,
             queued_bytes_out: 0,
             queued_bytes_in: 0,
         }

@@ -1,4 +1,5 @@
-//! Command-line interface: `wsflow up`, `check`, `build` and `new`.
+//! Command-line interface: `wsflow up` (alone, or `--cluster` with other
+//! hosts), `check`, `build` and `new`.
 
 mod build;
 mod new;
@@ -13,6 +14,7 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, AdminState};
+use crate::cluster::{Cluster, ClusterOptions};
 use crate::loader::{self, LoadOptions};
 use crate::manifest::{self, Environment};
 use crate::reload::Reloader;
@@ -52,6 +54,8 @@ enum Command {
         /// executions run the new version.
         #[arg(long)]
         watch: bool,
+        #[command(flatten)]
+        cluster: ClusterArgs,
     },
     /// Validate manifests without serving them: each on its own, and
     /// together as `wsflow up` would run them (distinct names and ports).
@@ -93,6 +97,56 @@ enum Command {
     },
 }
 
+/// Serving the apps together with other hosts, through NATS.
+#[derive(Debug, clap::Args)]
+struct ClusterArgs {
+    /// Serve the apps as one with every other host that uses these NATS
+    /// servers: groups, sends to a connection by id, member counts and
+    /// listings span the hosts. One URL, or several separated by commas:
+    /// nats://HOST:PORT, tls://HOST:PORT (user:password@ or token@ before
+    /// HOST when the servers want them).
+    #[arg(long, value_name = "URLS", env = "WSFLOW_CLUSTER", value_delimiter = ',')]
+    cluster: Vec<String>,
+    /// A NATS credentials file (.creds) to connect to the cluster with.
+    #[arg(long, value_name = "FILE", env = "WSFLOW_CLUSTER_CREDS", requires = "cluster")]
+    cluster_creds: Option<PathBuf>,
+    /// PEM CA certificates that sign the NATS servers' TLS certificates.
+    #[arg(long, value_name = "FILE", env = "WSFLOW_CLUSTER_CA", requires = "cluster")]
+    cluster_ca: Option<PathBuf>,
+    /// A PEM client certificate for NATS servers that verify clients.
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "WSFLOW_CLUSTER_CERT",
+        requires_all = ["cluster", "cluster_key"]
+    )]
+    cluster_cert: Option<PathBuf>,
+    /// The PEM private key of --cluster-cert.
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "WSFLOW_CLUSTER_KEY",
+        requires_all = ["cluster", "cluster_cert"]
+    )]
+    cluster_key: Option<PathBuf>,
+}
+
+impl ClusterArgs {
+    /// The cluster's settings, if the host is to join one.
+    fn options(self) -> Option<ClusterOptions> {
+        if self.cluster.is_empty() {
+            return None;
+        }
+        Some(ClusterOptions {
+            servers: self.cluster,
+            credentials: self.cluster_creds,
+            tls_ca: self.cluster_ca,
+            tls_cert: self.cluster_cert,
+            tls_key: self.cluster_key,
+        })
+    }
+}
+
 impl Cli {
     /// Run the command the user gave.
     pub async fn run(self) -> anyhow::Result<()> {
@@ -103,6 +157,7 @@ impl Cli {
                 cache_dir,
                 no_cache,
                 watch,
+                cluster,
             } => {
                 let cache_dir = if no_cache {
                     None
@@ -113,8 +168,9 @@ impl Cli {
                     build: true,
                     cache_dir,
                     env: Environment::from_process(),
+                    cluster: None,
                 };
-                up(manifests, admin, options, watch).await
+                up(manifests, admin, options, watch, cluster.options()).await
             }
             Command::Check { manifests } => check(&manifests, &Environment::from_process()),
             Command::Build {
@@ -153,8 +209,9 @@ impl Cli {
 async fn up(
     manifests: Vec<PathBuf>,
     admin: Option<std::net::SocketAddr>,
-    options: LoadOptions,
+    mut options: LoadOptions,
     watch: bool,
+    cluster: Option<ClusterOptions>,
 ) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     // Up before the apps load, so health checks answer during a build.
@@ -175,6 +232,11 @@ async fn up(
     // Stops the admin endpoint however `up` ends.
     let _admin_stop = admin_stop.drop_guard();
 
+    let cluster = match cluster {
+        Some(cluster) => Some(Cluster::join(&cluster).await?),
+        None => None,
+    };
+    options.cluster.clone_from(&cluster);
     let apps = tokio::task::spawn_blocking(move || loader::load(&manifests, &options))
         .await
         .context("loading apps")??;
@@ -208,6 +270,9 @@ async fn up(
         tokio::spawn(watch_files(reloader, seen, shutdown.clone()));
     }
     server.run(shutdown).await;
+    if let Some(cluster) = cluster {
+        cluster.leave().await;
+    }
     tracing::info!("stopped");
     Ok(())
 }

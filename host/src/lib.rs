@@ -7,6 +7,7 @@
 //! [`loader`] builds stale flows and hands the specs to the runtime
 //! (wasmtime: compiled flows, stores, limits) and the trigger (listeners,
 //! handshake, data and connection modes); [`server`] binds and serves them.
+//! With [`cluster`], several hosts serve the same apps as one.
 #![deny(missing_docs)]
 
 mod admin;
@@ -14,6 +15,7 @@ mod app;
 mod builder;
 pub mod cli;
 mod close;
+pub mod cluster;
 mod hub;
 pub mod loader;
 pub mod manifest;

@@ -16,8 +16,9 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 
-use crate::app::AppInfo;
+use crate::app::{AppInfo, HostHubs};
 use crate::builder;
+use crate::cluster::Cluster;
 use crate::manifest::{self, AppSpec, Environment};
 use crate::runtime::{FlowPre, Lane, PoolSize, Runtime, RuntimeOptions};
 use crate::trigger::{AppFlows, WsTrigger};
@@ -33,6 +34,9 @@ pub struct LoadOptions {
     /// The environment manifests are validated in (property overrides,
     /// `FLOGO_WEBSOCKET_SERVERPING`).
     pub env: Environment,
+    /// The cluster this host serves its apps in, if any: their groups,
+    /// ids and counts then span its hosts.
+    pub cluster: Option<Cluster>,
 }
 
 impl LoadOptions {
@@ -78,9 +82,10 @@ pub fn load(paths: &[PathBuf], options: &LoadOptions) -> anyhow::Result<LoadedAp
         cache_dir: options.cache_dir.clone(),
         pool: PoolSize::for_apps(&specs),
     })?;
+    let host = HostHubs::new(options.cluster.as_ref());
     let apps = specs
         .into_iter()
-        .map(|spec| load_app(&runtime, spec))
+        .map(|spec| load_app(&runtime, &host, spec))
         .collect::<anyhow::Result<_>>()?;
     Ok(LoadedApps {
         paths: paths.to_vec(),
@@ -91,8 +96,8 @@ pub fn load(paths: &[PathBuf], options: &LoadOptions) -> anyhow::Result<LoadedAp
 }
 
 /// Compile an app's flows and set up its triggers.
-fn load_app(runtime: &Runtime, spec: AppSpec) -> anyhow::Result<LoadedApp> {
-    let info = Arc::new(AppInfo::new(&spec));
+fn load_app(runtime: &Runtime, host: &HostHubs, spec: AppSpec) -> anyhow::Result<LoadedApp> {
+    let info = Arc::new(AppInfo::in_host(&spec, host));
     let lane = runtime.lane();
     let flows = compile_flows(runtime, &info, &lane, &spec)?;
     let slots = Arc::new(AppFlows::default());

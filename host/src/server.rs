@@ -209,6 +209,9 @@ impl Server {
                 group_delivered = totals.group_messages_delivered,
                 group_dropped = totals.group_messages_dropped,
                 slow_members_closed = totals.slow_members_closed,
+                cluster_in = totals.cluster_messages_in,
+                cluster_out = totals.cluster_messages_out,
+                cluster_unavailable = totals.cluster_unavailable,
                 "app totals"
             );
         }

@@ -17,7 +17,7 @@ use wsflow_tests::{
 /// An app serving the room program in data mode at `/room` (slow members
 /// handled by `slow_member`) and in connection mode at `/session`, with
 /// `limits` and more `trigger` settings.
-fn room_app(name: &str, slow_member: &str, limits: Table, trigger: Table) -> Manifest {
+pub(crate) fn room_app(name: &str, slow_member: &str, limits: Table, trigger: Table) -> Manifest {
     let data = table([
         ("path", "/room".into()),
         ("flow", "room".into()),
@@ -35,31 +35,31 @@ fn room_app(name: &str, slow_member: &str, limits: Table, trigger: Table) -> Man
 }
 
 /// [`room_app`] with the default limits.
-fn room(name: &str, slow_member: &str) -> Manifest {
+pub(crate) fn room(name: &str, slow_member: &str) -> Manifest {
     room_app(name, slow_member, Table::new(), Table::new())
 }
 
 /// A client of the room program: command replies (`ok ...`, `error ...`)
 /// are answers, everything else is a delivery kept in the inbox.
-struct Peer {
+pub(crate) struct Peer {
     client: Client,
-    inbox: VecDeque<String>,
+    pub(crate) inbox: VecDeque<String>,
 }
 
 impl Peer {
-    async fn connect(url: &str) -> Self {
+    pub(crate) async fn connect(url: &str) -> Self {
         Self {
             client: connect(url).await,
             inbox: VecDeque::new(),
         }
     }
 
-    async fn send(&mut self, command: &str) {
+    pub(crate) async fn send(&mut self, command: &str) {
         send_text(&mut self.client, command).await;
     }
 
     /// The next message as text (`binary TEXT` for a binary one).
-    async fn read(&mut self) -> String {
+    pub(crate) async fn read(&mut self) -> String {
         match next_message(&mut self.client).await {
             Message::Text(text) => text.as_str().to_owned(),
             Message::Binary(bytes) => format!("binary {}", String::from_utf8_lossy(&bytes)),
@@ -68,7 +68,7 @@ impl Peer {
     }
 
     /// The next reply; deliveries that come first go to the inbox.
-    async fn reply(&mut self) -> String {
+    pub(crate) async fn reply(&mut self) -> String {
         loop {
             let text = self.read().await;
             if is_reply(&text) {
@@ -78,13 +78,13 @@ impl Peer {
         }
     }
 
-    async fn ask(&mut self, command: &str) -> String {
+    pub(crate) async fn ask(&mut self, command: &str) -> String {
         self.send(command).await;
         self.reply().await
     }
 
     /// Run `command`, which must succeed; its reply without `ok `.
-    async fn ok(&mut self, command: &str) -> String {
+    pub(crate) async fn ok(&mut self, command: &str) -> String {
         let reply = self.ask(command).await;
         reply
             .strip_prefix("ok ")
@@ -92,13 +92,13 @@ impl Peer {
             .to_owned()
     }
 
-    async fn id(&mut self) -> u64 {
+    pub(crate) async fn id(&mut self) -> u64 {
         let reply = self.ok("id").await;
         reply["id ".len()..].parse().unwrap()
     }
 
     /// The next delivery (not a reply).
-    async fn delivery(&mut self) -> String {
+    pub(crate) async fn delivery(&mut self) -> String {
         if let Some(delivered) = self.inbox.pop_front() {
             return delivered;
         }
@@ -111,19 +111,19 @@ impl Peer {
     }
 
     /// Close from the client side and wait for the server's answer.
-    async fn close(mut self) {
+    pub(crate) async fn close(mut self) {
         self.client.close(None).await.unwrap();
         while let Ok(Some(Ok(_))) = tokio::time::timeout(TIMEOUT, self.client.next()).await {}
     }
 }
 
-fn is_reply(text: &str) -> bool {
+pub(crate) fn is_reply(text: &str) -> bool {
     text.starts_with("ok ") || text.starts_with("error ")
 }
 
 /// Ask `peer` `command` until the reply is `expected` (the host notices a
 /// close a moment after the client sent it).
-async fn until_reply(peer: &mut Peer, command: &str, expected: &str) {
+pub(crate) async fn until_reply(peer: &mut Peer, command: &str, expected: &str) {
     let deadline = tokio::time::Instant::now() + TIMEOUT;
     loop {
         let reply = peer.ok(command).await;

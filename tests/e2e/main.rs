@@ -3,6 +3,7 @@
 
 mod backpressure;
 mod closing;
+mod cluster;
 mod connection_mode;
 mod content;
 mod data_mode;

@@ -11,6 +11,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
 use wsflow::StatsSnapshot;
+use wsflow::cluster::{Cluster, ClusterOptions};
 use wsflow::loader::{self, LoadOptions};
 use wsflow::manifest::Environment;
 use wsflow::reload::{ReloadReport, Reloader};
@@ -21,6 +22,7 @@ pub use manifest::{Manifest, Trigger, merged, table};
 
 mod logs;
 pub mod manifest;
+pub mod nats;
 pub mod pki;
 
 /// Paths of the guest test programs, compiled to components by `build.rs`.
@@ -33,8 +35,9 @@ pub const TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Where the tests keep compiled components: each test server has an
 /// engine of its own, as `wsflow up` does, and the cache spares them all but
-/// the first compilation of each component.
-fn cache_dir() -> std::path::PathBuf {
+/// the first compilation of each component. A `wsflow up` process a test
+/// starts can use it too (`--cache-dir`).
+pub fn component_cache() -> std::path::PathBuf {
     std::path::Path::new(env!("OUT_DIR")).join("component-cache")
 }
 
@@ -50,6 +53,7 @@ pub struct TestServer {
     shutdown: CancellationToken,
     task: Option<tokio::task::JoinHandle<()>>,
     reloader: Reloader,
+    cluster: Option<Cluster>,
     /// Where the manifests are, `app0.toml`, `app1.toml`, ...
     dir: tempfile::TempDir,
 }
@@ -81,6 +85,28 @@ impl TestServer {
     /// Like [`TestServer::start_apps`]; the manifests are written to
     /// `app0.toml`, `app1.toml`, ... in a temporary directory.
     pub async fn try_start_apps(manifests: &[Manifest]) -> anyhow::Result<Self> {
+        Self::try_start_in(manifests, None).await
+    }
+
+    /// Serve `manifest` on a host of the cluster whose NATS servers are
+    /// `servers`, as `wsflow up --cluster SERVERS` does. Several hosts
+    /// started with the same manifest serve the same app. Panics on any
+    /// error.
+    pub async fn start_in_cluster(manifest: &Manifest, servers: &str) -> Self {
+        let cluster = ClusterOptions {
+            servers: vec![servers.to_owned()],
+            ..ClusterOptions::default()
+        };
+        Self::try_start_in(std::slice::from_ref(manifest), Some(cluster))
+            .await
+            .expect("starting a test server in the cluster")
+    }
+
+    /// Serve `manifests`, in the cluster of `cluster` if given.
+    pub async fn try_start_in(
+        manifests: &[Manifest],
+        cluster: Option<ClusterOptions>,
+    ) -> anyhow::Result<Self> {
         logs::init();
         let logs = LogView::new();
         let dir = tempfile::tempdir()?;
@@ -90,10 +116,15 @@ impl TestServer {
             std::fs::write(&path, manifest.to_toml())?;
             paths.push(path);
         }
+        let cluster = match cluster {
+            Some(options) => Some(Cluster::join(&options).await?),
+            None => None,
+        };
         let options = LoadOptions {
             build: false,
-            cache_dir: Some(cache_dir()),
+            cache_dir: Some(component_cache()),
             env: Environment::default(),
+            cluster: cluster.clone(),
         };
         let apps = tokio::task::spawn_blocking(move || loader::load(&paths, &options)).await??;
         let server = Server::bind(apps).await?;
@@ -113,8 +144,25 @@ impl TestServer {
             shutdown,
             task: Some(task),
             reloader,
+            cluster,
             dir,
         })
+    }
+
+    /// This host's id in its cluster; panics for a host outside any.
+    pub fn host_id(&self) -> u32 {
+        self.cluster().host_id()
+    }
+
+    /// The cluster this host joined; panics for a host outside any.
+    pub fn cluster(&self) -> &Cluster {
+        self.cluster.as_ref().expect("a host in a cluster")
+    }
+
+    /// The name of this host's connection to NATS, as the broker's
+    /// monitoring shows it.
+    pub fn nats_name(&self) -> String {
+        format!("wsflow host {}", self.host_id())
     }
 
     /// Replace the manifest of the `index`th app (its real name kept) and
@@ -201,6 +249,13 @@ impl TestServer {
         self.logs.wait_for(&apps, needle).await
     }
 
+    /// Wait until this host's cluster link logs a line containing
+    /// `needle`; panics after [`TIMEOUT`].
+    pub async fn wait_for_cluster_log(&self, needle: &str) -> String {
+        let field = format!("cluster_host={}", self.host_id());
+        self.logs.wait_for_field(&[field], needle).await
+    }
+
     /// Wait until app `app` logs a line containing `needle`; panics after
     /// [`TIMEOUT`].
     pub async fn wait_for_app_log(&self, app: &str, needle: &str) -> String {
@@ -223,6 +278,9 @@ impl TestServer {
             .await
             .expect("server did not stop in time")
             .expect("server task panicked");
+        if let Some(cluster) = &self.cluster {
+            cluster.leave().await;
+        }
     }
 
     /// Start a shutdown without waiting for it.

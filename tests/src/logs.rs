@@ -67,10 +67,18 @@ impl LogView {
     /// The lines logged since the view was made that carry the field
     /// `app="NAME"` for one of `apps` (real names).
     pub(crate) fn lines(&self, apps: &[&str]) -> Vec<String> {
+        let fields: Vec<String> = apps.iter().map(|app| format!("app=\"{app}\"")).collect();
+        self.lines_with(&fields)
+    }
+
+    /// The lines logged since the view was made that carry one of
+    /// `fields`, each as the subscriber renders it (`app="x"`,
+    /// `cluster_host=7`).
+    fn lines_with(&self, fields: &[String]) -> Vec<String> {
         let text = captured().text.lock().unwrap();
         String::from_utf8_lossy(&text[self.start..])
             .lines()
-            .filter(|line| apps.iter().any(|app| carries_app(line, app)))
+            .filter(|line| fields.iter().any(|field| carries(line, field)))
             .map(str::to_owned)
             .collect()
     }
@@ -78,41 +86,53 @@ impl LogView {
     /// Wait until one of `apps` logged a line containing `needle`; panics
     /// after [`TIMEOUT`].
     pub(crate) async fn wait_for(&self, apps: &[&str], needle: &str) -> String {
+        let fields: Vec<String> = apps.iter().map(|app| format!("app=\"{app}\"")).collect();
+        self.wait_for_field(&fields, needle).await
+    }
+
+    /// Wait until a line that carries one of `fields` contains `needle`;
+    /// panics after [`TIMEOUT`].
+    pub(crate) async fn wait_for_field(&self, fields: &[String], needle: &str) -> String {
         let deadline = tokio::time::Instant::now() + TIMEOUT;
         loop {
             // Registered before looking, so a line written in between
             // still wakes us.
             let written = captured().written.notified();
             if let Some(line) = self
-                .lines(apps)
+                .lines_with(fields)
                 .into_iter()
                 .find(|line| line.contains(needle))
             {
                 return line;
             }
             if tokio::time::timeout_at(deadline, written).await.is_err() {
-                panic!("no log line of app(s) {apps:?} contains {needle:?} after {TIMEOUT:?}");
+                panic!("no log line with {fields:?} contains {needle:?} after {TIMEOUT:?}");
             }
         }
     }
 }
 
-/// Whether `line` has the field `app="APP"`, as the fmt subscriber renders
-/// a `&str` field of an event (`... app="x" flow="main"`) or of a span
-/// (`conn{app="x" conn=3}:`).
-fn carries_app(line: &str, app: &str) -> bool {
-    let field = format!("app=\"{app}\"");
-    line.match_indices(&field).any(|(at, _)| {
-        line[..at]
-            .chars()
-            .next_back()
-            .is_none_or(|before| before == ' ' || before == '{')
+/// Whether `line` has `field` (`app="x"`, `cluster_host=7`), whole, as the
+/// fmt subscriber renders a field of an event (`... app="x" flow="main"`)
+/// or of a span (`conn{app="x" conn=3}:`).
+fn carries(line: &str, field: &str) -> bool {
+    line.match_indices(field).any(|(at, _)| {
+        let before = line[..at].chars().next_back();
+        let after = line[at + field.len()..].chars().next();
+        before.is_none_or(|c| c == ' ' || c == '{')
+            && after.is_none_or(|c| c == ' ' || c == '}' || c == ':')
     })
+}
+
+/// Whether `line` has the field `app="APP"`.
+#[cfg(test)]
+fn carries_app(line: &str, app: &str) -> bool {
+    carries(line, &format!("app=\"{app}\""))
 }
 
 #[cfg(test)]
 mod tests {
-    use super::carries_app;
+    use super::{carries, carries_app};
 
     #[test]
     fn an_app_field_is_matched_whole() {
@@ -123,5 +143,9 @@ mod tests {
         let span = "conn{app=\"echo-3\" conn=3}: wsflow::trigger: connected";
         assert!(carries_app(span, "echo-3"));
         assert!(!carries_app("x myapp=\"echo-3\"", "echo-3"));
+        let host = "INFO wsflow::cluster: joined cluster_host=7";
+        assert!(carries(host, "cluster_host=7"));
+        assert!(!carries(host, "cluster_host=71"));
+        assert!(!carries("x cluster_host=71 y", "cluster_host=7"));
     }
 }

@@ -473,7 +473,8 @@ mod tests {
             Fanout {
                 delivered: 5 + 2 + 2,
                 dropped: 3 + 1,
-                closed: 1
+                closed: 1,
+                unreached: false,
             }
         );
         assert_eq!(hub.detach(2), 3, "drops are counted per member");

@@ -3,8 +3,8 @@
 //!
 //! ```text
 //! flow ──groups.publish──> runtime/groups.rs ──Transport──> LocalHub (this host's registry)
-//!                                                   └─ later: a cluster transport that wraps
-//!                                                      a LocalHub and forwards to a broker
+//!                                                   └─ or ClusterHub (crate::cluster): a LocalHub
+//!                                                      and NATS, for the app's other hosts
 //! ```
 //!
 //! Every app has a hub of its own ([`crate::app::AppInfo::hub`]); nothing
@@ -15,14 +15,15 @@
 //! connection state, not instance state.
 //!
 //! The seam is [`Transport`]. The [`LocalHub`] implements it for one host.
-//! A cluster transport (NATS) implements the same trait around a
-//! `LocalHub`: it delivers locally through it, forwards publishes to a
-//! subject scoped by app (`wsflow.APP.group.NAME`), subscribes where the
-//! local hub has members, answers counts and listings across hosts, and
-//! names each host in the high bits of its connection ids. The operations
-//! that may need a round trip to other hosts therefore return a future
-//! ([`Pending`]); `publish` never waits, on any transport.
+//! With `--cluster`, [`crate::cluster`] implements the same trait around a
+//! `LocalHub`: it delivers locally through it, forwards publishes to a NATS
+//! subject scoped by app, subscribes where the local hub has members, and
+//! answers counts and listings across hosts. Connection ids name their
+//! host ([`ConnectionIds`]). The operations that may need a round trip to
+//! other hosts therefore return a future ([`Pending`]); `publish` never
+//! waits, on any transport.
 
+mod ids;
 mod local;
 mod name;
 
@@ -35,11 +36,12 @@ use tokio_tungstenite::tungstenite::{Bytes, Message};
 
 use crate::manifest::spec::{AppLimits, SlowMember};
 
+pub(crate) use ids::{ConnectionIds, HostId};
 pub(crate) use local::LocalHub;
 pub(crate) use name::GroupName;
 
-/// A connection's id: unique in the host (and, with a cluster transport,
-/// in the cluster).
+/// A connection's id: unique in the host and, in a cluster, across its
+/// hosts ([`ConnectionIds`]).
 pub(crate) type ConnectionId = u64;
 
 /// At most this many members are listed by `members`: a listing is copied
@@ -65,10 +67,6 @@ pub(crate) enum HubError {
     #[error("the connection is closed")]
     Closed,
     #[error("the other hosts could not be reached")]
-    #[expect(
-        dead_code,
-        reason = "part of the WIT contract for cluster transports; one host never returns it"
-    )]
     Unavailable,
 }
 
@@ -87,6 +85,24 @@ pub(crate) struct Fanout {
     pub(crate) dropped: u64,
     /// Members closed (1008) because their queue was full.
     pub(crate) closed: u64,
+    /// The other hosts of the cluster could not be reached: only this
+    /// host's members were offered the message.
+    pub(crate) unreached: bool,
+}
+
+/// What a transport counted beyond the operations of this host's flows:
+/// messages that came from other hosts, and what could not reach them.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct TransportCounts {
+    /// Messages that came from other hosts (published there, or sent to a
+    /// connection of this host), and what they did here.
+    pub(crate) received: u64,
+    pub(crate) received_fanout: Fanout,
+    /// Publishes and sends handed to the broker for other hosts.
+    pub(crate) forwarded: u64,
+    /// Operations answered `unavailable`: the other hosts could not be
+    /// reached, or not in time.
+    pub(crate) unavailable: u64,
 }
 
 /// A member of a group, as a listing shows it.
@@ -179,6 +195,12 @@ pub(crate) trait Transport: Send + Sync + fmt::Debug {
 
     /// The members of `group` in id order; `TooManyToList` beyond `limit`.
     fn members(&self, group: &GroupName, limit: usize) -> Pending<'_, Vec<MemberInfo>>;
+
+    /// What the transport counted on its own; a local hub counts nothing
+    /// beyond what the flows' operations return.
+    fn counts(&self) -> TransportCounts {
+        TransportCounts::default()
+    }
 }
 
 /// What a connection held in its hub when it ended, for its `on_close`.

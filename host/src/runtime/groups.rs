@@ -173,6 +173,10 @@ impl wit::Host for FlowCtx {
             // meanwhile).
             tokio::task::yield_now().await;
         }
+        if fanout.unreached {
+            // This host's members have it; the other hosts' do not.
+            return Ok(Err(GroupError::Unavailable));
+        }
         Ok(Ok(()))
     }
 

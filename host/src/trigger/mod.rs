@@ -15,7 +15,7 @@ mod tls;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
@@ -167,9 +167,6 @@ pub(crate) struct WsTrigger {
     /// Upgraded connections currently open.
     open: Arc<AtomicUsize>,
 }
-
-/// Connection ids are unique across the whole host.
-static NEXT_CONNECTION_ID: AtomicU64 = AtomicU64::new(1);
 
 /// Buffers sized for messages, not bulk transfer: tungstenite's defaults
 /// (128 KiB each way) would cost every idle connection a quarter MiB.
@@ -506,7 +503,7 @@ impl WsTrigger {
             refusal.log(request);
             Some(refusal)
         })?;
-        let id = next_connection_id();
+        let id = self.app.next_connection_id();
         tracing::Span::current().record("conn", id);
         let Some(hook) = routed
             .handler
@@ -650,7 +647,7 @@ impl WsTrigger {
                     admitted = Some(Admitted {
                         routed,
                         open,
-                        id: next_connection_id(),
+                        id: self.app.next_connection_id(),
                         opening: Opening::default(),
                     });
                 }
@@ -826,11 +823,6 @@ struct Upgraded {
     opening: Opening,
     /// Where its groups and attachment are kept as it ends, for `on_close`.
     farewell: Option<Arc<OnceLock<hub::Farewell>>>,
-}
-
-/// A fresh connection id, unique across the host.
-fn next_connection_id() -> u64 {
-    NEXT_CONNECTION_ID.fetch_add(1, Ordering::Relaxed)
 }
 
 impl Refusal {

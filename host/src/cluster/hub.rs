@@ -1,0 +1,908 @@
+//! One app's hub in a cluster: its [`LocalHub`] for the connections this
+//! host holds, and NATS for those the other hosts hold.
+//!
+//! - `publish` offers the message to the local members, then puts it in the
+//!   link's outbox for the group's subject; hosts with members in the
+//!   group are subscribed to it and offer it to theirs. The broker does not
+//!   echo a host's own messages back (`no_echo`), so every member gets a
+//!   message once.
+//! - A host subscribes to a group's subject while it has members in it
+//!   ([`Interest`]); the first local `join` waits until the broker has the
+//!   subscription, so a publish made on any host after the join returned
+//!   reaches the new member.
+//! - `send_to` a connection of another host (its id names the host), and
+//!   `member_count` / `members`, are requests to the hosts of the app
+//!   ([`Directory`]) with a bounded wait.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::{HeaderMap, StatusCode, Subscriber};
+use futures_util::StreamExt as _;
+use tokio::sync::{Notify, mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::{Bytes, Message};
+use tokio_util::sync::{CancellationToken, DropGuard};
+
+use super::directory::{Directory, HEARTBEAT};
+use super::link::{Link, Outgoing};
+use super::wire::{self, Op, Outcome, Subjects, header};
+use crate::hub::{
+    ConnectionId, Fanout, GroupName, HostId, HubError, HubLimits, HubResult, LocalHub, MemberInfo,
+    Outlet, Pending, Transport, TransportCounts,
+};
+use crate::manifest::spec::SlowMember;
+
+/// How long an operation waits for other hosts: their answers to a count,
+/// a listing or a send, or the broker's confirmation of a new
+/// subscription. Healthy hosts answer in a round trip; this is for busy
+/// ones.
+pub(super) const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Parts of answers one request may have waiting before it reads them.
+const ANSWERS_QUEUED: usize = 64;
+
+/// The hub of one app in a cluster.
+pub(crate) struct ClusterHub {
+    shared: Arc<Shared>,
+    _stop: DropGuard,
+}
+
+impl fmt::Debug for ClusterHub {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClusterHub")
+            .field("app", &self.shared.app)
+            .field("host", &self.shared.me)
+            .field("local", &self.shared.local)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the hub and its tasks share.
+struct Shared {
+    app: Arc<str>,
+    me: HostId,
+    local: LocalHub,
+    limits: HubLimits,
+    link: Arc<Link>,
+    subjects: Subjects,
+    peers: Directory,
+    interest: Interest,
+    questions: Questions,
+    counters: Counters,
+    /// Whether a message too large for the broker has been logged.
+    warned_too_large: AtomicBool,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    received: AtomicU64,
+    received_delivered: AtomicU64,
+    received_dropped: AtomicU64,
+    received_closed: AtomicU64,
+    forwarded: AtomicU64,
+    unavailable: AtomicU64,
+}
+
+impl Counters {
+    fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    fn received(&self, fanout: Fanout) {
+        Self::add(&self.received, 1);
+        Self::add(&self.received_delivered, fanout.delivered);
+        Self::add(&self.received_dropped, fanout.dropped);
+        Self::add(&self.received_closed, fanout.closed);
+    }
+}
+
+impl ClusterHub {
+    /// The hub of app `app` on this host, reaching the app's other hosts
+    /// through `link`. Its tasks run until the hub is dropped.
+    pub(super) fn new(link: &Arc<Link>, app: &str, limits: HubLimits) -> Self {
+        let stop = CancellationToken::new();
+        let subjects = Subjects::new(app);
+        link.register(app, &subjects);
+        let shared = Arc::new(Shared {
+            app: app.into(),
+            me: link.host(),
+            local: LocalHub::new(limits),
+            limits,
+            link: Arc::clone(link),
+            subjects,
+            peers: Directory::default(),
+            interest: Interest::default(),
+            questions: Questions::default(),
+            counters: Counters::default(),
+            warned_too_large: AtomicBool::new(false),
+        });
+        if shared.limits.max_message_size > link.max_payload() && link.is_connected() {
+            tracing::warn!(
+                app,
+                "cluster: the app takes messages of up to {} bytes, but NATS at {} takes at most \
+                 {}: a group message larger than that answers `too-large`; raise `max_payload` in \
+                 the NATS server's configuration",
+                shared.limits.max_message_size,
+                link.servers(),
+                link.max_payload()
+            );
+        }
+        link.runtime()
+            .spawn(Arc::clone(&shared).serve(stop.clone()));
+        Self {
+            shared,
+            _stop: stop.drop_guard(),
+        }
+    }
+}
+
+impl Drop for ClusterHub {
+    fn drop(&mut self) {
+        self.shared.link.unregister(&self.shared.app);
+    }
+}
+
+impl Shared {
+    /// Subscribe to what every host of the app needs (its own requests,
+    /// the answers to its questions, the app's announcements), say hello,
+    /// then serve until `stop`.
+    async fn serve(self: Arc<Self>, stop: CancellationToken) {
+        let client = self.link.client().clone();
+        let subscribed = async {
+            let requests = client.subscribe(self.subjects.host(self.me)).await?;
+            let answers = client.subscribe(self.subjects.replies(self.me)).await?;
+            let hosts = client.subscribe(self.subjects.hosts()).await?;
+            Ok::<_, async_nats::SubscribeError>((requests, answers, hosts))
+        };
+        let (requests, answers, hosts) = tokio::select! {
+            subscribed = subscribed => match subscribed {
+                Ok(subscriptions) => subscriptions,
+                Err(error) => {
+                    tracing::error!(
+                        app = &*self.app,
+                        "cluster: cannot subscribe to the app's subjects ({error}); the app is \
+                         served on this host only"
+                    );
+                    return;
+                }
+            },
+            () = stop.cancelled() => return,
+        };
+        tokio::join!(
+            Arc::clone(&self).answer_requests(requests, stop.clone()),
+            Arc::clone(&self).route_answers(answers, stop.clone()),
+            Arc::clone(&self).keep_presence(hosts, stop.clone()),
+            Arc::clone(&self).keep_interest(stop),
+        );
+    }
+
+    fn local_count(&self, group: &GroupName) -> u32 {
+        use futures_util::FutureExt as _;
+        self.local
+            .member_count(group)
+            .now_or_never()
+            .and_then(Result::ok)
+            .unwrap_or(0)
+    }
+
+    /// Count and log an operation that could not reach the other hosts.
+    fn unavailable(&self, what: &str) -> HubError {
+        Counters::add(&self.counters.unavailable, 1);
+        self.link.note_unavailable();
+        tracing::debug!(
+            app = &*self.app,
+            "cluster: {what}: the other hosts could not be reached"
+        );
+        HubError::Unavailable
+    }
+
+    /// The size check of a message that may go to other hosts: the app's
+    /// limit, and what the broker takes.
+    fn check_size(&self, message: &Message) -> HubResult<()> {
+        if message.len() > self.limits.max_message_size {
+            return Err(HubError::TooLarge);
+        }
+        let max_payload = self.link.max_payload();
+        if message.len() > max_payload {
+            if !self.warned_too_large.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    app = &*self.app,
+                    "cluster: a group message of {} bytes is larger than NATS at {} takes ({} \
+                     bytes): it answered `too-large`; raise `max_payload` in the NATS server's \
+                     configuration, or send smaller messages (logged once)",
+                    message.len(),
+                    self.link.servers(),
+                    max_payload
+                );
+            }
+            return Err(HubError::TooLarge);
+        }
+        Ok(())
+    }
+
+    fn headers(&self, op: Op) -> HeaderMap {
+        let mut headers = wire::headers(op);
+        headers.insert(header::HOST, self.me.to_string());
+        headers
+    }
+
+    /// Announce this host on the app's `hosts` subject.
+    fn announce(&self, op: Op) {
+        let _ = self.link.send(Outgoing {
+            subject: self.subjects.hosts(),
+            reply: None,
+            headers: self.headers(op),
+            payload: Bytes::new(),
+        });
+    }
+
+    /// Heartbeats out, announcements in: keep [`Shared::peers`] current.
+    async fn keep_presence(self: Arc<Self>, mut hosts: Subscriber, stop: CancellationToken) {
+        let mut state = self.link.watch_state();
+        let mut heartbeat = tokio::time::interval(HEARTBEAT);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        self.announce(Op::Hello);
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => break,
+                _ = heartbeat.tick() => self.announce(Op::Here),
+                changed = state.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    if state.borrow_and_update().connected {
+                        // Back: tell the others, and hear from them at once.
+                        self.announce(Op::Hello);
+                    }
+                }
+                announcement = hosts.next() => {
+                    let Some(announcement) = announcement else { break };
+                    let headers = announcement.headers.as_ref();
+                    let Some(host) = wire::number(headers, header::HOST).and_then(HostId::new) else {
+                        continue;
+                    };
+                    if host == self.me {
+                        continue;
+                    }
+                    match wire::op(headers) {
+                        Some(Op::Hello) => {
+                            self.peers.heard(host);
+                            self.announce(Op::Here);
+                        }
+                        Some(Op::Here) => {
+                            self.peers.heard(host);
+                        }
+                        Some(Op::Bye) => self.peers.forget(host),
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Answer the other hosts' requests to this one.
+    async fn answer_requests(self: Arc<Self>, mut requests: Subscriber, stop: CancellationToken) {
+        loop {
+            let request = tokio::select! {
+                () = stop.cancelled() => break,
+                request = requests.next() => match request {
+                    Some(request) => request,
+                    None => break,
+                },
+            };
+            self.answer(request).await;
+        }
+    }
+
+    async fn answer(&self, request: async_nats::Message) {
+        let Some(reply) = request.reply.clone() else {
+            return;
+        };
+        let headers = request.headers.as_ref();
+        let mut parts = Vec::new();
+        let outcome = match wire::op(headers) {
+            Some(Op::Send) => self.answer_send(&request).await,
+            Some(Op::Count) => match group_of(headers) {
+                Some(group) => {
+                    parts.push(Bytes::from(self.local_count(&group).to_string()));
+                    Outcome::Ok
+                }
+                None => return,
+            },
+            Some(Op::Members) => {
+                let (Some(group), Some(limit)) =
+                    (group_of(headers), wire::number(headers, header::LIMIT))
+                else {
+                    return;
+                };
+                match self.local.members(&group, limit).await {
+                    Ok(members) => match wire::encode_members(&members, self.link.max_payload()) {
+                        Some(encoded) => {
+                            parts = encoded;
+                            Outcome::Ok
+                        }
+                        None => Outcome::TooLarge,
+                    },
+                    Err(_) => Outcome::TooManyToList,
+                }
+            }
+            _ => return,
+        };
+        if parts.is_empty() {
+            parts.push(Bytes::new());
+        }
+        let last = parts.len() - 1;
+        for (n, payload) in parts.into_iter().enumerate() {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::OUTCOME, outcome.as_str());
+            if n < last {
+                headers.insert(header::MORE, "1");
+            }
+            let _ = self.link.send(Outgoing {
+                subject: reply.clone(),
+                reply: None,
+                headers,
+                payload,
+            });
+        }
+    }
+
+    /// Another host's `send_to` for a connection of this one.
+    async fn answer_send(&self, request: &async_nats::Message) -> Outcome {
+        let headers = request.headers.as_ref();
+        let Some(id) = wire::number::<ConnectionId>(headers, header::TO) else {
+            return Outcome::NotFound;
+        };
+        let Some(message) = wire::join(wire::get(headers, header::KIND), request.payload.clone())
+        else {
+            return Outcome::NotFound;
+        };
+        match self.local.send_to(id, message).await {
+            Ok(fanout) => {
+                self.counters.received(fanout);
+                Outcome::Ok
+            }
+            Err(HubError::TooLarge) => Outcome::TooLarge,
+            Err(_) => Outcome::NotFound,
+        }
+    }
+
+    /// Pass every answer to the request waiting for it.
+    async fn route_answers(self: Arc<Self>, mut answers: Subscriber, stop: CancellationToken) {
+        loop {
+            let answer = tokio::select! {
+                () = stop.cancelled() => break,
+                answer = answers.next() => match answer {
+                    Some(answer) => answer,
+                    None => break,
+                },
+            };
+            if let Some((question, peer)) = Subjects::parse_reply(&answer.subject) {
+                self.questions.route(question, peer, answer);
+            }
+        }
+    }
+
+    /// Ask `peers` (`op` with `headers` and `payload`) and wait for every
+    /// one's answer, up to [`QUERY_TIMEOUT`]. A peer with no subscription
+    /// left (the broker says no one responds) is gone: forgotten, and its
+    /// answer is [`Answer::Gone`].
+    async fn ask(
+        &self,
+        what: &str,
+        peers: &[HostId],
+        headers: &HeaderMap,
+        payload: &Bytes,
+    ) -> HubResult<BTreeMap<HostId, Answer>> {
+        let mut question = self.questions.open();
+        for &peer in peers {
+            let request = Outgoing {
+                subject: self.subjects.host(peer),
+                reply: Some(self.subjects.reply(self.me, question.id, peer)),
+                headers: headers.clone(),
+                payload: payload.clone(),
+            };
+            if self.link.send(request).is_err() {
+                return Err(self.unavailable(what));
+            }
+        }
+        let mut waiting: BTreeSet<HostId> = peers.iter().copied().collect();
+        let mut answers = BTreeMap::new();
+        let deadline = tokio::time::Instant::now() + QUERY_TIMEOUT;
+        while !waiting.is_empty() {
+            let Ok(Some((peer, part))) =
+                tokio::time::timeout_at(deadline, question.answers.recv()).await
+            else {
+                let silent = waiting.iter().map(ToString::to_string).collect::<Vec<_>>();
+                tracing::debug!(
+                    app = &*self.app,
+                    "cluster: no answer from host(s) {} within {QUERY_TIMEOUT:?}",
+                    silent.join(", ")
+                );
+                return Err(self.unavailable(what));
+            };
+            if !waiting.contains(&peer) {
+                continue;
+            }
+            if part.status == Some(StatusCode::NO_RESPONDERS) {
+                self.peers.forget(peer);
+                answers.insert(peer, Answer::Gone);
+                waiting.remove(&peer);
+                continue;
+            }
+            let more = wire::get(part.headers.as_ref(), header::MORE).is_some();
+            match answers
+                .entry(peer)
+                .or_insert_with(|| Answer::Parts(Vec::new()))
+            {
+                Answer::Parts(parts) => parts.push(part),
+                Answer::Gone => {}
+            }
+            if !more {
+                waiting.remove(&peer);
+            }
+        }
+        Ok(answers)
+    }
+
+    /// The other hosts to ask; `unavailable` when the broker cannot be
+    /// reached, since other hosts may hold members then.
+    fn peers_to_ask(&self, what: &str) -> HubResult<Vec<HostId>> {
+        if !self.link.is_connected() {
+            return Err(self.unavailable(what));
+        }
+        Ok(self.peers.peers())
+    }
+
+    async fn remote_send_to(&self, id: ConnectionId, message: Message) -> HubResult<Fanout> {
+        let host = HostId::of(id);
+        if host == HostId::LOCAL {
+            return Err(HubError::NotFound);
+        }
+        self.check_size(&message)?;
+        let Some((kind, payload)) = wire::split(message) else {
+            return Err(HubError::NotFound);
+        };
+        let mut headers = self.headers(Op::Send);
+        headers.insert(header::TO, id.to_string());
+        headers.insert(header::KIND, kind);
+        let answers = self
+            .ask("send to a connection of another host", &[host], &headers, &payload)
+            .await?;
+        Counters::add(&self.counters.forwarded, 1);
+        let outcome = match answers.get(&host) {
+            Some(Answer::Parts(parts)) => parts
+                .first()
+                .and_then(|part| wire::outcome(part.headers.as_ref())),
+            _ => None,
+        };
+        match outcome {
+            Some(Outcome::Ok) => Ok(Fanout::default()),
+            Some(Outcome::TooLarge) => Err(HubError::TooLarge),
+            _ => Err(HubError::NotFound),
+        }
+    }
+
+    async fn cluster_count(&self, group: &GroupName) -> HubResult<u32> {
+        let what = "count the members of a group";
+        let mut count = self.local_count(group);
+        let peers = self.peers_to_ask(what)?;
+        if peers.is_empty() {
+            return Ok(count);
+        }
+        let mut headers = self.headers(Op::Count);
+        headers.insert(header::GROUP, group.as_str());
+        for answer in self.ask(what, &peers, &headers, &Bytes::new()).await?.values() {
+            let Answer::Parts(parts) = answer else {
+                continue;
+            };
+            let theirs = parts
+                .first()
+                .and_then(|part| std::str::from_utf8(&part.payload).ok()?.parse::<u32>().ok())
+                .unwrap_or(0);
+            count = count.saturating_add(theirs);
+        }
+        Ok(count)
+    }
+
+    async fn cluster_members(&self, group: &GroupName, limit: usize) -> HubResult<Vec<MemberInfo>> {
+        let what = "list the members of a group";
+        let mut members = self.local.members(group, limit).await?;
+        let peers = self.peers_to_ask(what)?;
+        if peers.is_empty() {
+            return Ok(members);
+        }
+        let mut headers = self.headers(Op::Members);
+        headers.insert(header::GROUP, group.as_str());
+        headers.insert(header::LIMIT, limit.to_string());
+        for answer in self.ask(what, &peers, &headers, &Bytes::new()).await?.values() {
+            let Answer::Parts(parts) = answer else {
+                continue;
+            };
+            for part in parts {
+                match wire::outcome(part.headers.as_ref()) {
+                    Some(Outcome::Ok) => {}
+                    Some(Outcome::TooManyToList) => return Err(HubError::TooManyToList),
+                    Some(Outcome::TooLarge) => return Err(HubError::TooLarge),
+                    _ => return Err(self.unavailable(what)),
+                }
+                let Some(theirs) = wire::decode_members(&part.payload) else {
+                    return Err(self.unavailable(what));
+                };
+                members.extend(theirs);
+            }
+            if members.len() > limit {
+                return Err(HubError::TooManyToList);
+            }
+        }
+        members.sort_unstable_by_key(|member| member.id);
+        Ok(members)
+    }
+
+    /// A group message from another host, for this host's members.
+    fn deliver(&self, group: &GroupName, message: &async_nats::Message) {
+        let headers = message.headers.as_ref();
+        let Some(content) = wire::join(wire::get(headers, header::KIND), message.payload.clone())
+        else {
+            tracing::debug!(
+                app = &*self.app,
+                "cluster: dropped a malformed group message"
+            );
+            return;
+        };
+        let except = wire::number(headers, header::EXCEPT);
+        match self.local.publish(group, content, except) {
+            Ok(fanout) => self.counters.received(fanout),
+            Err(error) => tracing::debug!(
+                app = &*self.app,
+                "cluster: a group message from another host was not delivered: {error}"
+            ),
+        }
+    }
+}
+
+fn group_of(headers: Option<&HeaderMap>) -> Option<GroupName> {
+    GroupName::parse(wire::get(headers, header::GROUP)?).ok()
+}
+
+/// One peer's answer to a request.
+#[derive(Debug)]
+enum Answer {
+    /// Every part of its answer, in order.
+    Parts(Vec<async_nats::Message>),
+    /// The peer is gone: nobody subscribes to its subject any more.
+    Gone,
+}
+
+/// The requests of this host that wait for answers.
+#[derive(Debug, Default)]
+struct Questions {
+    next: AtomicU64,
+    open: Arc<Mutex<HashMap<u64, mpsc::Sender<(HostId, async_nats::Message)>>>>,
+}
+
+/// One open request: its id and where its answers arrive. Dropping it
+/// closes the request; later answers are ignored.
+struct Question {
+    id: u64,
+    answers: mpsc::Receiver<(HostId, async_nats::Message)>,
+    open: Arc<Mutex<HashMap<u64, mpsc::Sender<(HostId, async_nats::Message)>>>>,
+}
+
+impl Drop for Question {
+    fn drop(&mut self) {
+        self.open.lock().expect("not poisoned").remove(&self.id);
+    }
+}
+
+impl Questions {
+    fn open(&self) -> Question {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let (sender, answers) = mpsc::channel(ANSWERS_QUEUED);
+        self.open.lock().expect("not poisoned").insert(id, sender);
+        Question {
+            id,
+            answers,
+            open: Arc::clone(&self.open),
+        }
+    }
+
+    /// Pass `answer` to request `id`, if it still waits and has room.
+    fn route(&self, id: u64, peer: HostId, answer: async_nats::Message) {
+        if let Some(waiting) = self.open.lock().expect("not poisoned").get(&id) {
+            let _ = waiting.try_send((peer, answer));
+        }
+    }
+}
+
+/// Which groups this host should be subscribed to: those with local
+/// members. Joins and leaves mark groups; one task brings the
+/// subscriptions in line and says how far it got.
+#[derive(Debug)]
+struct Interest {
+    marked: Mutex<BTreeSet<GroupName>>,
+    /// Incremented with every mark.
+    requested: AtomicU64,
+    /// The last `requested` value whose marks are applied (and confirmed
+    /// by the broker, when it could be reached).
+    applied: watch::Sender<u64>,
+    /// The groups subscribed now.
+    subscribed: Mutex<HashSet<GroupName>>,
+    wake: Notify,
+}
+
+impl Default for Interest {
+    fn default() -> Self {
+        Self {
+            marked: Mutex::default(),
+            requested: AtomicU64::new(0),
+            applied: watch::Sender::new(0),
+            subscribed: Mutex::default(),
+            wake: Notify::new(),
+        }
+    }
+}
+
+impl Interest {
+    /// Groups whose local members changed; returns the mark to wait for.
+    fn mark(&self, groups: impl IntoIterator<Item = GroupName>) -> u64 {
+        self.marked.lock().expect("not poisoned").extend(groups);
+        let mark = self.requested.fetch_add(1, Ordering::AcqRel) + 1;
+        self.wake.notify_one();
+        mark
+    }
+
+    fn is_subscribed(&self, group: &GroupName) -> bool {
+        self.subscribed
+            .lock()
+            .expect("not poisoned")
+            .contains(group)
+    }
+}
+
+/// A subscription to one group's subject and the task that delivers what
+/// it receives.
+struct GroupReader {
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl GroupReader {
+    fn start(shared: &Arc<Shared>, group: GroupName, subscription: Subscriber) -> Self {
+        let stop = CancellationToken::new();
+        let task = shared.link.runtime().spawn(Arc::clone(shared).read_group(
+            group,
+            subscription,
+            stop.clone(),
+        ));
+        Self { stop, task }
+    }
+
+    /// Unsubscribe, and wait until the broker has been told, so a new
+    /// subscription to the same group never overlaps this one (a message
+    /// would arrive twice).
+    async fn stop(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+    }
+}
+
+impl Shared {
+    async fn read_group(
+        self: Arc<Self>,
+        group: GroupName,
+        mut subscription: Subscriber,
+        stop: CancellationToken,
+    ) {
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => break,
+                message = subscription.next() => match message {
+                    Some(message) => self.deliver(&group, &message),
+                    None => return,
+                },
+            }
+        }
+        // Bounded: with the broker gone the client's queue may be full;
+        // dropping the subscription then unsubscribes as best it can.
+        let _ = tokio::time::timeout(QUERY_TIMEOUT, subscription.unsubscribe()).await;
+    }
+
+    /// Bring the group subscriptions in line with the local members,
+    /// whenever groups are marked, until `stop`.
+    async fn keep_interest(self: Arc<Self>, stop: CancellationToken) {
+        let mut readers: HashMap<GroupName, GroupReader> = HashMap::new();
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => break,
+                () = self.interest.wake.notified() => {}
+            }
+            // Read before taking the marks: every mark counted here is in
+            // what is taken.
+            let requested = self.interest.requested.load(Ordering::Acquire);
+            let marked = std::mem::take(&mut *self.interest.marked.lock().expect("not poisoned"));
+            for group in marked {
+                let wanted = self.local_count(&group) > 0;
+                if wanted && !readers.contains_key(&group) {
+                    match self
+                        .link
+                        .client()
+                        .subscribe(self.subjects.group(&group))
+                        .await
+                    {
+                        Ok(subscription) => {
+                            readers.insert(
+                                group.clone(),
+                                GroupReader::start(&self, group.clone(), subscription),
+                            );
+                            self.interest
+                                .subscribed
+                                .lock()
+                                .expect("not poisoned")
+                                .insert(group);
+                        }
+                        Err(error) => tracing::warn!(
+                            app = &*self.app,
+                            "cluster: cannot subscribe to group `{group}`: {error}; its members \
+                             on this host get only what is published here"
+                        ),
+                    }
+                } else if !wanted && let Some(reader) = readers.remove(&group) {
+                    self.interest
+                        .subscribed
+                        .lock()
+                        .expect("not poisoned")
+                        .remove(&group);
+                    reader.stop().await;
+                }
+            }
+            if self.link.is_connected() {
+                let _ = tokio::time::timeout(QUERY_TIMEOUT, self.link.client().flush()).await;
+            }
+            self.interest.applied.send_if_modified(|applied| {
+                let advanced = requested > *applied;
+                *applied = (*applied).max(requested);
+                advanced
+            });
+        }
+        for (_, reader) in readers {
+            reader.stop().await;
+        }
+    }
+
+    /// Wait until the broker has the subscriptions of `mark`, if it can be
+    /// reached, for at most [`QUERY_TIMEOUT`]. The local membership holds
+    /// either way; a subscription the broker did not confirm in time is
+    /// still made (and renewed by every reconnect).
+    async fn settled(&self, mark: u64) {
+        if !self.link.is_connected() {
+            return;
+        }
+        let mut applied = self.interest.applied.subscribe();
+        let _ = tokio::time::timeout(QUERY_TIMEOUT, applied.wait_for(|applied| *applied >= mark))
+            .await;
+    }
+}
+
+impl Transport for ClusterHub {
+    fn attach(&self, outlet: Box<dyn Outlet>, policy: SlowMember) {
+        self.shared.local.attach(outlet, policy);
+    }
+
+    fn detach(&self, id: ConnectionId) -> u64 {
+        let groups = self.shared.local.joined(id);
+        let dropped = self.shared.local.detach(id);
+        if !groups.is_empty() {
+            self.shared.interest.mark(groups);
+        }
+        dropped
+    }
+
+    fn join(&self, id: ConnectionId, group: GroupName) -> Pending<'_, ()> {
+        Box::pin(async move {
+            let shared = &self.shared;
+            shared.local.join(id, group.clone()).await?;
+            if !shared.interest.is_subscribed(&group) {
+                let mark = shared.interest.mark([group]);
+                shared.settled(mark).await;
+            }
+            Ok(())
+        })
+    }
+
+    fn leave(&self, id: ConnectionId, group: &GroupName) -> Pending<'_, ()> {
+        let group = group.clone();
+        Box::pin(async move {
+            let shared = &self.shared;
+            shared.local.leave(id, &group).await?;
+            if shared.local_count(&group) == 0 {
+                shared.interest.mark([group]);
+            }
+            Ok(())
+        })
+    }
+
+    fn joined(&self, id: ConnectionId) -> Vec<GroupName> {
+        self.shared.local.joined(id)
+    }
+
+    fn set_attachment(&self, id: ConnectionId, attachment: Bytes) -> HubResult<()> {
+        self.shared.local.set_attachment(id, attachment)
+    }
+
+    fn attachment(&self, id: ConnectionId) -> HubResult<Bytes> {
+        self.shared.local.attachment(id)
+    }
+
+    fn publish(
+        &self,
+        group: &GroupName,
+        message: Message,
+        except: Option<ConnectionId>,
+    ) -> HubResult<Fanout> {
+        let shared = &self.shared;
+        shared.check_size(&message)?;
+        let mut fanout = shared.local.publish(group, message.clone(), except)?;
+        let Some((kind, payload)) = wire::split(message) else {
+            return Ok(fanout);
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert(header::KIND, kind);
+        if let Some(except) = except {
+            headers.insert(header::EXCEPT, except.to_string());
+        }
+        let forwarded = shared.link.send(Outgoing {
+            subject: shared.subjects.group(group),
+            reply: None,
+            headers,
+            payload,
+        });
+        match forwarded {
+            Ok(()) => Counters::add(&shared.counters.forwarded, 1),
+            Err(_) => {
+                shared.unavailable("publish to the other hosts");
+                fanout.unreached = true;
+            }
+        }
+        Ok(fanout)
+    }
+
+    fn send_to(&self, id: ConnectionId, message: Message) -> Pending<'_, Fanout> {
+        Box::pin(async move {
+            if HostId::of(id) == self.shared.me {
+                return self.shared.local.send_to(id, message).await;
+            }
+            self.shared.remote_send_to(id, message).await
+        })
+    }
+
+    fn member_count(&self, group: &GroupName) -> Pending<'_, u32> {
+        let group = group.clone();
+        Box::pin(async move { self.shared.cluster_count(&group).await })
+    }
+
+    fn members(&self, group: &GroupName, limit: usize) -> Pending<'_, Vec<MemberInfo>> {
+        let group = group.clone();
+        Box::pin(async move { self.shared.cluster_members(&group, limit).await })
+    }
+
+    fn counts(&self) -> TransportCounts {
+        let counters = &self.shared.counters;
+        let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        TransportCounts {
+            received: get(&counters.received),
+            received_fanout: Fanout {
+                delivered: get(&counters.received_delivered),
+                dropped: get(&counters.received_dropped),
+                closed: get(&counters.received_closed),
+                unreached: false,
+            },
+            forwarded: get(&counters.forwarded),
+            unavailable: get(&counters.unavailable),
+        }
+    }
+}

