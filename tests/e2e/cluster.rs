@@ -16,7 +16,7 @@ use wsflow::cluster::{Cluster, ClusterOptions};
 use wsflow_tests::nats::NatsServer;
 use wsflow_tests::{Manifest, TIMEOUT, TestServer, component_cache};
 
-use crate::groups::{Peer, room, until_reply};
+use crate::groups::{Peer, room};
 
 /// `n` hosts of `app` in the cluster of `nats`.
 async fn hosts(nats: &NatsServer, app: &Manifest, n: usize) -> Vec<TestServer> {
@@ -67,8 +67,8 @@ async fn deliveries_until(peer: &mut Peer, last: &str) -> Vec<String> {
     }
 }
 
-/// Publish `count` messages `TAG-N` to `group` from `peer`, each but to
-/// itself.
+/// Publish `count` messages `TAG-N`, then `TAG-end`, to `group` from
+/// `peer`, each but to itself.
 async fn publish_numbered(peer: &mut Peer, group: &str, tag: &str, count: usize) {
     for n in 0..count {
         assert_eq!(
@@ -76,6 +76,7 @@ async fn publish_numbered(peer: &mut Peer, group: &str, tag: &str, count: usize)
             "published"
         );
     }
+    assert_eq!(peer.ok(&format!("pub {group} {tag}-end")).await, "published");
 }
 
 fn numbered(tag: &str, count: usize) -> Vec<String> {
@@ -99,37 +100,59 @@ async fn chat_between_clients_on_two_hosts_reaches_each_member_once_in_order() {
         assert_eq!(peer.ok("join room").await, "joined room");
     }
 
-    // Two publishers on two hosts at once; right after the joins returned.
+    // Two publishers on two hosts at once, right after the joins
+    // returned; each ends with `TAG-end`. There is no order between two
+    // publishers, only within each one's messages.
     let (_, _) = tokio::join!(
         publish_numbered(&mut ann, "room", "ann", EACH),
         publish_numbered(&mut bob, "room", "bob", EACH),
     );
-    ann.ok("all room end").await;
 
     for (name, peer) in [("amy", &mut amy), ("bea", &mut bea)] {
-        let received = deliveries_until(peer, "end").await;
-        let from = |tag: &str| -> Vec<String> {
-            received
-                .iter()
-                .filter(|text| text.starts_with(&format!("{tag}-")))
-                .cloned()
-                .collect()
-        };
-        assert_eq!(from("ann"), numbered("ann", EACH), "{name}: ann's, in order");
-        assert_eq!(from("bob"), numbered("bob", EACH), "{name}: bob's, in order");
+        let received = deliveries_until_ends(peer, &["ann", "bob"]).await;
+        assert_eq!(from(&received, "ann"), numbered("ann", EACH), "{name}: ann's, in order");
+        assert_eq!(from(&received, "bob"), numbered("bob", EACH), "{name}: bob's, in order");
         assert_eq!(received.len(), 2 * EACH, "{name}: nothing twice: {received:?}");
     }
     // A publisher hears the other host's publisher, never itself.
-    assert_eq!(deliveries_until(&mut ann, "end").await, numbered("bob", EACH));
-    let bob_got = deliveries_until(&mut bob, "end").await;
-    assert_eq!(bob_got, numbered("ann", EACH));
+    assert_eq!(deliveries_until_ends(&mut ann, &["bob"]).await, numbered("bob", EACH));
+    assert_eq!(deliveries_until_ends(&mut bob, &["ann"]).await, numbered("ann", EACH));
 
-    // Each host counted its own members' deliveries, and what crossed.
-    let a_stats = a.app_stats("chat");
-    let b_stats = b.app_stats("chat");
-    assert_eq!(b_stats.cluster_messages_in, EACH as u64 + 1, "ann's and the end");
-    assert_eq!(a_stats.cluster_messages_in, EACH as u64);
-    assert_eq!(a_stats.cluster_unavailable + b_stats.cluster_unavailable, 0);
+    // Each host counted what came from the other one, its end included.
+    let crossed = EACH as u64 + 1;
+    for host in [&a, &b] {
+        host.wait_for_stats("chat", "counting the other host's messages", |stats| {
+            stats.cluster_messages_in == crossed && stats.cluster_messages_out == crossed
+        })
+        .await;
+    }
+    assert_eq!(a.app_stats("chat").cluster_unavailable, 0);
+    assert_eq!(b.app_stats("chat").cluster_unavailable, 0);
+}
+
+/// Read deliveries until `TAG-end` of every tag in `tags`; returns the
+/// others.
+async fn deliveries_until_ends(peer: &mut Peer, tags: &[&str]) -> Vec<String> {
+    let mut ends: Vec<String> = tags.iter().map(|tag| format!("{tag}-end")).collect();
+    let mut received = Vec::new();
+    while !ends.is_empty() {
+        let delivery = peer.delivery().await;
+        if let Some(at) = ends.iter().position(|end| *end == delivery) {
+            ends.remove(at);
+        } else {
+            received.push(delivery);
+        }
+    }
+    received
+}
+
+/// The deliveries of publisher `tag`, in the order received.
+fn from(received: &[String], tag: &str) -> Vec<String> {
+    received
+        .iter()
+        .filter(|text| text.starts_with(&format!("{tag}-")))
+        .cloned()
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -274,21 +297,16 @@ async fn apps_on_the_same_hosts_never_see_each_others_groups() {
     };
     let red = room("red", "close");
     let blue = room("blue", "close");
-    let [a, b] = <[TestServer; 2]>::try_from(
-        futures_util::future::join_all((0..2).map(|_| {
-            let options = ClusterOptions {
-                servers: vec![nats.url()],
-                ..ClusterOptions::default()
-            };
-            TestServer::try_start_in(&[red.clone(), blue.clone()], Some(options))
-        }))
-        .await
-        .into_iter()
-        .map(Result::unwrap)
-        .collect::<Vec<_>>(),
-    )
-    .ok()
-    .unwrap();
+    let apps = [red.clone(), blue.clone()];
+    let mut started = Vec::new();
+    for _ in 0..2 {
+        let options = ClusterOptions {
+            servers: vec![nats.url()],
+            ..ClusterOptions::default()
+        };
+        started.push(TestServer::try_start_in(&apps, Some(options)).await.unwrap());
+    }
+    let [a, b] = <[TestServer; 2]>::try_from(started).ok().unwrap();
     let mut red_a = peer_on(&a, "red").await;
     let mut red_b = peer_on(&b, "red").await;
     let mut blue_b = peer_on(&b, "blue").await;
@@ -481,6 +499,8 @@ impl HostProcess {
             .strip_prefix("listening on ")
             .unwrap_or_else(|| panic!("not the ready line: {line}"))
             .to_owned();
+        // Read the rest, so the host never writes to a closed pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         Self {
             child,
             url,
@@ -513,6 +533,7 @@ async fn a_killed_hosts_members_leave_the_counts() {
     doomed.child.kill().await.unwrap();
     let gone_after = until_answer(&mut ann, "count room", "ok count room 1").await;
     eprintln!("a killed host's members left the counts after {gone_after:?}");
-    until_answer(&mut ann, "who room", &format!("ok who room {}=ann", ann.id().await)).await;
+    let ann_id = ann.id().await;
+    until_answer(&mut ann, "who room", &format!("ok who room {ann_id}=ann")).await;
     assert_eq!(ann.ask(&format!("to {bob_id} hi")).await, "error not-found");
 }

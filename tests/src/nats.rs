@@ -71,7 +71,7 @@ impl NatsServer {
         let (port, monitor) = ports.map_or(("-1".to_owned(), "-1".to_owned()), |(p, m)| {
             (p.to_string(), m.to_string())
         });
-        let child = Command::new("nats-server")
+        let mut child = Command::new("nats-server")
             .args(["-a", "127.0.0.1", "-p", &port, "-m", &monitor, "-c"])
             .arg(&self.config)
             .arg("--ports_file_dir")

@@ -14,7 +14,7 @@
 //!   `member_count` / `members`, are requests to the hosts of the app
 //!   ([`Directory`]) with a bounded wait.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -621,7 +621,8 @@ impl Questions {
 
 /// Which groups this host should be subscribed to: those with local
 /// members. Joins and leaves mark groups; one task brings the
-/// subscriptions in line and says how far it got.
+/// subscriptions in line (looking at the local members, not at the marks,
+/// so racing joins and leaves settle right) and says how far it got.
 #[derive(Debug)]
 struct Interest {
     marked: Mutex<BTreeSet<GroupName>>,
@@ -630,8 +631,6 @@ struct Interest {
     /// The last `requested` value whose marks are applied (and confirmed
     /// by the broker, when it could be reached).
     applied: watch::Sender<u64>,
-    /// The groups subscribed now.
-    subscribed: Mutex<HashSet<GroupName>>,
     wake: Notify,
 }
 
@@ -641,7 +640,6 @@ impl Default for Interest {
             marked: Mutex::default(),
             requested: AtomicU64::new(0),
             applied: watch::Sender::new(0),
-            subscribed: Mutex::default(),
             wake: Notify::new(),
         }
     }
@@ -654,13 +652,6 @@ impl Interest {
         let mark = self.requested.fetch_add(1, Ordering::AcqRel) + 1;
         self.wake.notify_one();
         mark
-    }
-
-    fn is_subscribed(&self, group: &GroupName) -> bool {
-        self.subscribed
-            .lock()
-            .expect("not poisoned")
-            .contains(group)
     }
 }
 
@@ -725,6 +716,7 @@ impl Shared {
             // what is taken.
             let requested = self.interest.requested.load(Ordering::Acquire);
             let marked = std::mem::take(&mut *self.interest.marked.lock().expect("not poisoned"));
+            let mut subscribed = false;
             for group in marked {
                 let wanted = self.local_count(&group) > 0;
                 if wanted && !readers.contains_key(&group) {
@@ -735,15 +727,9 @@ impl Shared {
                         .await
                     {
                         Ok(subscription) => {
-                            readers.insert(
-                                group.clone(),
-                                GroupReader::start(&self, group.clone(), subscription),
-                            );
-                            self.interest
-                                .subscribed
-                                .lock()
-                                .expect("not poisoned")
-                                .insert(group);
+                            let reader = GroupReader::start(&self, group.clone(), subscription);
+                            readers.insert(group, reader);
+                            subscribed = true;
                         }
                         Err(error) => tracing::warn!(
                             app = &*self.app,
@@ -752,16 +738,11 @@ impl Shared {
                         ),
                     }
                 } else if !wanted && let Some(reader) = readers.remove(&group) {
-                    self.interest
-                        .subscribed
-                        .lock()
-                        .expect("not poisoned")
-                        .remove(&group);
                     reader.stop().await;
                 }
             }
-            if self.link.is_connected() {
-                let _ = tokio::time::timeout(QUERY_TIMEOUT, self.link.client().flush()).await;
+            if subscribed {
+                self.link.sync(QUERY_TIMEOUT).await;
             }
             self.interest.applied.send_if_modified(|applied| {
                 let advanced = requested > *applied;
@@ -774,8 +755,8 @@ impl Shared {
         }
     }
 
-    /// Wait until the broker has the subscriptions of `mark`, if it can be
-    /// reached, for at most [`QUERY_TIMEOUT`]. The local membership holds
+    /// Wait until the subscriptions of `mark` are made and the broker has
+    /// them, if it can be reached, for at most [`QUERY_TIMEOUT`]. The local membership holds
     /// either way; a subscription the broker did not confirm in time is
     /// still made (and renewed by every reconnect).
     async fn settled(&self, mark: u64) {
@@ -805,8 +786,11 @@ impl Transport for ClusterHub {
     fn join(&self, id: ConnectionId, group: GroupName) -> Pending<'_, ()> {
         Box::pin(async move {
             let shared = &self.shared;
+            let joining = !shared.local.joined(id).contains(&group);
             shared.local.join(id, group.clone()).await?;
-            if !shared.interest.is_subscribed(&group) {
+            if joining {
+                // A task hop when the host is subscribed already; a round
+                // trip to the broker when this is the group's first member.
                 let mark = shared.interest.mark([group]);
                 shared.settled(mark).await;
             }
@@ -818,8 +802,9 @@ impl Transport for ClusterHub {
         let group = group.clone();
         Box::pin(async move {
             let shared = &self.shared;
+            let leaving = shared.local.joined(id).contains(&group);
             shared.local.leave(id, &group).await?;
-            if shared.local_count(&group) == 0 {
+            if leaving {
                 shared.interest.mark([group]);
             }
             Ok(())

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use async_nats::client::RequestErrorKind;
 use async_nats::connection::State;
 use async_nats::{Client, Event, HeaderMap, Subject, Subscriber};
 use futures_util::StreamExt as _;
@@ -236,6 +237,20 @@ impl Link {
             self.outbox_bytes.fetch_sub(len, Ordering::Relaxed);
             Unreachable
         })
+    }
+
+    /// Wait (at most `timeout`) until the broker has handled everything
+    /// sent through the client before: a request to a subject nobody
+    /// subscribes to comes back as "no responders" only once the broker
+    /// has got that far on this connection. Returns whether it did.
+    pub(super) async fn sync(&self, timeout: Duration) -> bool {
+        let asked = self
+            .client
+            .request(wire::sync(self.host), Bytes::new());
+        matches!(
+            tokio::time::timeout(timeout, asked).await,
+            Ok(Err(error)) if error.kind() == RequestErrorKind::NoResponders
+        )
     }
 
     /// Count an operation answered `unavailable`, for the line logged when

@@ -7,6 +7,8 @@
 //! wsflow.app.APP.reply.HOST.Q.PEER  PEER's answer to HOST's request Q
 //! wsflow.app.APP.hosts              hello / here / bye: which hosts serve APP
 //! wsflow.host.HOST                  the claim on a host id
+//! wsflow.sync.HOST                  nobody's: a request there comes back once the broker
+//!                                   has handled all that HOST sent before it
 //! ```
 //!
 //! APP and GROUP are names turned into one subject token each by
@@ -61,6 +63,11 @@ pub(super) fn token(name: &str) -> String {
 /// The subject of a host's claim on its id.
 pub(super) fn host_claim(host: HostId) -> Subject {
     format!("wsflow.host.{host}").into()
+}
+
+/// A subject nobody subscribes to, for [`super::link::Link::sync`].
+pub(super) fn sync(host: HostId) -> Subject {
+    format!("wsflow.sync.{host}").into()
 }
 
 /// The subjects of one app.
