@@ -83,7 +83,10 @@ impl AppInfo {
             .map(|trigger| trigger.limits.max_message_size)
             .max()
             .unwrap_or(DEFAULT_MAX_MESSAGE_SIZE);
-        let hub = host.hub(spec.name.as_str(), HubLimits::new(&limits, max_message_size));
+        let hub = host.hub(
+            spec.name.as_str(),
+            HubLimits::new(&limits, max_message_size),
+        );
         Self {
             name: spec.name.as_str().into(),
             properties: spec.properties.clone(),

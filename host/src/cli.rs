@@ -105,13 +105,28 @@ struct ClusterArgs {
     /// listings span the hosts. One URL, or several separated by commas:
     /// nats://HOST:PORT, tls://HOST:PORT (user:password@ or token@ before
     /// HOST when the servers want them).
-    #[arg(long, value_name = "URLS", env = "WSFLOW_CLUSTER", value_delimiter = ',')]
+    #[arg(
+        long,
+        value_name = "URLS",
+        env = "WSFLOW_CLUSTER",
+        value_delimiter = ','
+    )]
     cluster: Vec<String>,
     /// A NATS credentials file (.creds) to connect to the cluster with.
-    #[arg(long, value_name = "FILE", env = "WSFLOW_CLUSTER_CREDS", requires = "cluster")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "WSFLOW_CLUSTER_CREDS",
+        requires = "cluster"
+    )]
     cluster_creds: Option<PathBuf>,
     /// PEM CA certificates that sign the NATS servers' TLS certificates.
-    #[arg(long, value_name = "FILE", env = "WSFLOW_CLUSTER_CA", requires = "cluster")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "WSFLOW_CLUSTER_CA",
+        requires = "cluster"
+    )]
     cluster_ca: Option<PathBuf>,
     /// A PEM client certificate for NATS servers that verify clients.
     #[arg(

@@ -76,7 +76,10 @@ async fn publish_numbered(peer: &mut Peer, group: &str, tag: &str, count: usize)
             "published"
         );
     }
-    assert_eq!(peer.ok(&format!("pub {group} {tag}-end")).await, "published");
+    assert_eq!(
+        peer.ok(&format!("pub {group} {tag}-end")).await,
+        "published"
+    );
 }
 
 fn numbered(tag: &str, count: usize) -> Vec<String> {
@@ -90,7 +93,9 @@ async fn chat_between_clients_on_two_hosts_reaches_each_member_once_in_order() {
         return;
     };
     let app = room("chat", "close");
-    let [a, b] = <[TestServer; 2]>::try_from(hosts(&nats, &app, 2).await).ok().unwrap();
+    let [a, b] = <[TestServer; 2]>::try_from(hosts(&nats, &app, 2).await)
+        .ok()
+        .unwrap();
     // Data mode and connection mode on each host.
     let mut ann = peer_on(&a, "chat").await;
     let mut amy = session_on(&a, "chat").await;
@@ -110,13 +115,31 @@ async fn chat_between_clients_on_two_hosts_reaches_each_member_once_in_order() {
 
     for (name, peer) in [("amy", &mut amy), ("bea", &mut bea)] {
         let received = deliveries_until_ends(peer, &["ann", "bob"]).await;
-        assert_eq!(from(&received, "ann"), numbered("ann", EACH), "{name}: ann's, in order");
-        assert_eq!(from(&received, "bob"), numbered("bob", EACH), "{name}: bob's, in order");
-        assert_eq!(received.len(), 2 * EACH, "{name}: nothing twice: {received:?}");
+        assert_eq!(
+            from(&received, "ann"),
+            numbered("ann", EACH),
+            "{name}: ann's, in order"
+        );
+        assert_eq!(
+            from(&received, "bob"),
+            numbered("bob", EACH),
+            "{name}: bob's, in order"
+        );
+        assert_eq!(
+            received.len(),
+            2 * EACH,
+            "{name}: nothing twice: {received:?}"
+        );
     }
     // A publisher hears the other host's publisher, never itself.
-    assert_eq!(deliveries_until_ends(&mut ann, &["bob"]).await, numbered("bob", EACH));
-    assert_eq!(deliveries_until_ends(&mut bob, &["ann"]).await, numbered("ann", EACH));
+    assert_eq!(
+        deliveries_until_ends(&mut ann, &["bob"]).await,
+        numbered("bob", EACH)
+    );
+    assert_eq!(
+        deliveries_until_ends(&mut bob, &["ann"]).await,
+        numbered("ann", EACH)
+    );
 
     // Each host counted what came from the other one, its end included.
     let crossed = EACH as u64 + 1;
@@ -161,7 +184,9 @@ async fn counts_and_listings_span_three_hosts() {
         return;
     };
     let app = room("census", "close");
-    let [a, b, c] = <[TestServer; 3]>::try_from(hosts(&nats, &app, 3).await).ok().unwrap();
+    let [a, b, c] = <[TestServer; 3]>::try_from(hosts(&nats, &app, 3).await)
+        .ok()
+        .unwrap();
     let mut peers = Vec::new();
     let mut expected = Vec::new();
     for (host, name) in [(&a, "ann"), (&b, "bob"), (&b, "bea"), (&c, "cid")] {
@@ -207,7 +232,9 @@ async fn send_to_reaches_a_connection_on_another_host_by_its_id() {
         return;
     };
     let app = room("direct", "close");
-    let [a, b, c] = <[TestServer; 3]>::try_from(hosts(&nats, &app, 3).await).ok().unwrap();
+    let [a, b, c] = <[TestServer; 3]>::try_from(hosts(&nats, &app, 3).await)
+        .ok()
+        .unwrap();
     let mut ann = peer_on(&a, "direct").await;
     let mut bob = peer_on(&b, "direct").await;
     let mut cid = session_on(&c, "direct").await;
@@ -243,7 +270,9 @@ async fn a_host_without_members_receives_nothing_for_the_group() {
         return;
     };
     let app = room("interest", "close");
-    let [a, b, c] = <[TestServer; 3]>::try_from(hosts(&nats, &app, 3).await).ok().unwrap();
+    let [a, b, c] = <[TestServer; 3]>::try_from(hosts(&nats, &app, 3).await)
+        .ok()
+        .unwrap();
     let mut ann = peer_on(&a, "interest").await;
     let mut bob = peer_on(&b, "interest").await;
     let mut cid = peer_on(&c, "interest").await;
@@ -254,7 +283,10 @@ async fn a_host_without_members_receives_nothing_for_the_group() {
         ann.ok(&format!("pub g.1 m{n}")).await;
     }
     ann.ok("all g.1 end").await;
-    assert_eq!(deliveries_until(&mut bob, "end").await.len(), MESSAGES as usize);
+    assert_eq!(
+        deliveries_until(&mut bob, "end").await.len(),
+        MESSAGES as usize
+    );
 
     // The group's subject is scoped by app and its name encoded (`.` is
     // a subject's separator).
@@ -268,7 +300,11 @@ async fn a_host_without_members_receives_nothing_for_the_group() {
     let b_subs = nats.subscriptions_of(&b.nats_name()).await;
     let c_subs = nats.subscriptions_of(&c.nats_name()).await;
     assert_eq!(on(&b_subs), Some(MESSAGES + 1), "bob's host: {b_subs:?}");
-    assert_eq!(on(&a_subs), Some(0), "the publisher's host hears none back: {a_subs:?}");
+    assert_eq!(
+        on(&a_subs),
+        Some(0),
+        "the publisher's host hears none back: {a_subs:?}"
+    );
     assert_eq!(on(&c_subs), None, "no member, no subscription: {c_subs:?}");
     assert!(
         c_subs.iter().all(|(s, _)| !s.contains(".group.g~2E1")),
@@ -304,7 +340,11 @@ async fn apps_on_the_same_hosts_never_see_each_others_groups() {
             servers: vec![nats.url()],
             ..ClusterOptions::default()
         };
-        started.push(TestServer::try_start_in(&apps, Some(options)).await.unwrap());
+        started.push(
+            TestServer::try_start_in(&apps, Some(options))
+                .await
+                .unwrap(),
+        );
     }
     let [a, b] = <[TestServer; 2]>::try_from(started).ok().unwrap();
     let mut red_a = peer_on(&a, "red").await;
@@ -334,7 +374,9 @@ async fn nats_stopped_and_restarted_mid_chat_local_delivery_goes_on_remote_resum
         return;
     };
     let app = room("outage", "close");
-    let [a, b] = <[TestServer; 2]>::try_from(hosts(&nats, &app, 2).await).ok().unwrap();
+    let [a, b] = <[TestServer; 2]>::try_from(hosts(&nats, &app, 2).await)
+        .ok()
+        .unwrap();
     let mut ann = peer_on(&a, "outage").await;
     let mut amy = peer_on(&a, "outage").await;
     let mut bob = peer_on(&b, "outage").await;
@@ -385,7 +427,10 @@ async fn nats_stopped_and_restarted_mid_chat_local_delivery_goes_on_remote_resum
     }
     ann.ok("pub room last").await;
     let rest = deliveries_until(&mut bob, "last").await;
-    assert!(rest.iter().all(|text| text.starts_with("after-")), "{rest:?}");
+    assert!(
+        rest.iter().all(|text| text.starts_with("after-")),
+        "{rest:?}"
+    );
     assert!(
         !rest.iter().any(|text| text.starts_with("during-")),
         "nothing from the outage arrives late: {rest:?}"
@@ -425,7 +470,9 @@ async fn a_message_larger_than_the_brokers_max_payload_is_too_large() {
         return;
     };
     let app = room("payload", "close");
-    let [a, b] = <[TestServer; 2]>::try_from(hosts(&nats, &app, 2).await).ok().unwrap();
+    let [a, b] = <[TestServer; 2]>::try_from(hosts(&nats, &app, 2).await)
+        .ok()
+        .unwrap();
     let mut ann = peer_on(&a, "payload").await;
     let mut amy = peer_on(&a, "payload").await;
     let mut bob = peer_on(&b, "payload").await;
@@ -442,7 +489,10 @@ async fn a_message_larger_than_the_brokers_max_payload_is_too_large() {
     );
     ann.ok("big room 1000 fits").await;
     assert!(bob.delivery().await.starts_with("fits "));
-    assert!(amy.delivery().await.starts_with("fits "), "not the huge one");
+    assert!(
+        amy.delivery().await.starts_with("fits "),
+        "not the huge one"
+    );
 }
 
 #[tokio::test]
@@ -460,7 +510,10 @@ async fn wrong_credentials_stop_the_host_with_a_clear_error() {
     .unwrap_err()
     .to_string();
     assert!(error.contains("refused this host"), "{error}");
-    assert!(!error.contains("wrong"), "the password stays out of it: {error}");
+    assert!(
+        !error.contains("wrong"),
+        "the password stays out of it: {error}"
+    );
     assert!(error.contains("--cluster-creds"), "{error}");
 }
 

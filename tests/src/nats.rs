@@ -177,7 +177,9 @@ async fn read_ports(dir: &Path, child: &mut Child) -> std::io::Result<(u16, u16)
     let deadline = tokio::time::Instant::now() + TIMEOUT;
     loop {
         if let Some(status) = child.try_wait()? {
-            return Err(std::io::Error::other(format!("nats-server exited: {status}")));
+            return Err(std::io::Error::other(format!(
+                "nats-server exited: {status}"
+            )));
         }
         if let Ok(text) = std::fs::read_to_string(&file)
             && let Ok(ports) = serde_json::from_str::<Value>(&text)

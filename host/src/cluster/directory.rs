@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use tokio::time::Instant;
+use std::time::Instant;
 
 use crate::hub::HostId;
 
@@ -26,13 +26,18 @@ pub(super) struct Directory {
 }
 
 impl Directory {
-    /// `host` was heard from now; returns whether it was unknown.
-    pub(super) fn heard(&self, host: HostId) -> bool {
+    /// `host` was heard from now.
+    pub(super) fn heard(&self, host: HostId) {
+        self.heard_at(host, Instant::now());
+    }
+
+    /// `host` was heard from at `now`; returns whether it was unknown.
+    fn heard_at(&self, host: HostId, now: Instant) -> bool {
         self.heard
             .lock()
             .expect("not poisoned")
-            .insert(host, Instant::now())
-            .is_none_or(|last| last.elapsed() > HOST_TIMEOUT)
+            .insert(host, now)
+            .is_none_or(|last| now.duration_since(last) > HOST_TIMEOUT)
     }
 
     /// `host` said goodbye, or has no subscriptions left.
@@ -43,8 +48,12 @@ impl Directory {
     /// The hosts heard from within [`HOST_TIMEOUT`], in id order; the
     /// others are forgotten.
     pub(super) fn peers(&self) -> Vec<HostId> {
+        self.peers_at(Instant::now())
+    }
+
+    fn peers_at(&self, now: Instant) -> Vec<HostId> {
         let mut heard = self.heard.lock().expect("not poisoned");
-        heard.retain(|_, last| last.elapsed() <= HOST_TIMEOUT);
+        heard.retain(|_, last| now.duration_since(*last) <= HOST_TIMEOUT);
         let mut peers: Vec<HostId> = heard.keys().copied().collect();
         peers.sort_unstable();
         peers
@@ -59,22 +68,30 @@ mod tests {
         HostId::new(n).unwrap()
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_silent_host_is_gone_after_the_timeout_and_a_bye_at_once() {
+    #[test]
+    fn a_silent_host_is_gone_after_the_timeout_and_a_bye_at_once() {
         let directory = Directory::default();
-        assert!(directory.heard(host(1)));
-        assert!(directory.heard(host(2)));
-        assert!(!directory.heard(host(2)));
-        assert!(directory.heard(host(3)));
-        assert_eq!(directory.peers(), [host(1), host(2), host(3)]);
+        let start = Instant::now();
+        assert!(directory.heard_at(host(1), start));
+        assert!(directory.heard_at(host(2), start));
+        assert!(!directory.heard_at(host(2), start));
+        assert!(directory.heard_at(host(3), start));
+        assert_eq!(directory.peers_at(start), [host(1), host(2), host(3)]);
 
         directory.forget(host(3));
-        tokio::time::advance(HOST_TIMEOUT - HEARTBEAT).await;
-        directory.heard(host(2));
-        assert_eq!(directory.peers(), [host(1), host(2)]);
+        let later = start + HOST_TIMEOUT - HEARTBEAT;
+        directory.heard_at(host(2), later);
+        assert_eq!(directory.peers_at(later), [host(1), host(2)]);
 
-        tokio::time::advance(HEARTBEAT * 2).await;
-        assert_eq!(directory.peers(), [host(2)], "host 1 was silent too long");
-        assert!(directory.heard(host(1)), "a host back after the timeout is new");
+        let much_later = later + HEARTBEAT * 2;
+        assert_eq!(
+            directory.peers_at(much_later),
+            [host(2)],
+            "host 1 was silent too long"
+        );
+        assert!(
+            directory.heard_at(host(1), much_later),
+            "a host back after the timeout is new"
+        );
     }
 }

@@ -471,7 +471,12 @@ impl Shared {
         headers.insert(header::TO, id.to_string());
         headers.insert(header::KIND, kind);
         let answers = self
-            .ask("send to a connection of another host", &[host], &headers, &payload)
+            .ask(
+                "send to a connection of another host",
+                &[host],
+                &headers,
+                &payload,
+            )
             .await?;
         Counters::add(&self.counters.forwarded, 1);
         let outcome = match answers.get(&host) {
@@ -496,7 +501,11 @@ impl Shared {
         }
         let mut headers = self.headers(Op::Count);
         headers.insert(header::GROUP, group.as_str());
-        for answer in self.ask(what, &peers, &headers, &Bytes::new()).await?.values() {
+        for answer in self
+            .ask(what, &peers, &headers, &Bytes::new())
+            .await?
+            .values()
+        {
             let Answer::Parts(parts) = answer else {
                 continue;
             };
@@ -519,7 +528,11 @@ impl Shared {
         let mut headers = self.headers(Op::Members);
         headers.insert(header::GROUP, group.as_str());
         headers.insert(header::LIMIT, limit.to_string());
-        for answer in self.ask(what, &peers, &headers, &Bytes::new()).await?.values() {
+        for answer in self
+            .ask(what, &peers, &headers, &Bytes::new())
+            .await?
+            .values()
+        {
             let Answer::Parts(parts) = answer else {
                 continue;
             };
@@ -764,8 +777,8 @@ impl Shared {
             return;
         }
         let mut applied = self.interest.applied.subscribe();
-        let _ = tokio::time::timeout(QUERY_TIMEOUT, applied.wait_for(|applied| *applied >= mark))
-            .await;
+        let _ =
+            tokio::time::timeout(QUERY_TIMEOUT, applied.wait_for(|applied| *applied >= mark)).await;
     }
 }
 

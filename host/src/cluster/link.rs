@@ -244,9 +244,7 @@ impl Link {
     /// subscribes to comes back as "no responders" only once the broker
     /// has got that far on this connection. Returns whether it did.
     pub(super) async fn sync(&self, timeout: Duration) -> bool {
-        let asked = self
-            .client
-            .request(wire::sync(self.host), Bytes::new());
+        let asked = self.client.request(wire::sync(self.host), Bytes::new());
         matches!(
             tokio::time::timeout(timeout, asked).await,
             Ok(Err(error)) if error.kind() == RequestErrorKind::NoResponders

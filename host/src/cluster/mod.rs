@@ -74,9 +74,7 @@ pub struct ClusterOptions {
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
     /// No server URL.
-    #[error(
-        "--cluster: no NATS server given; give nats://HOST:PORT (several separated by commas)"
-    )]
+    #[error("--cluster: no NATS server given; give nats://HOST:PORT (several separated by commas)")]
     NoServers,
     /// A URL that is not a NATS server's.
     #[error(
@@ -249,7 +247,10 @@ fn parse_servers(urls: &[String]) -> Result<Vec<ServerAddr>, ClusterError> {
             };
             let server: ServerAddr = url.parse().map_err(|error| bad(format!("{error}")))?;
             if !matches!(server.scheme(), "nats" | "tls") {
-                return Err(bad(format!("the scheme `{}` is not served", server.scheme())));
+                return Err(bad(format!(
+                    "the scheme `{}` is not served",
+                    server.scheme()
+                )));
             }
             if server.host().is_empty() {
                 return Err(bad("it names no host".into()));
@@ -299,14 +300,15 @@ async fn connect_options(
 ) -> Result<ConnectOptions, ClusterError> {
     let mut connect = ConnectOptions::new();
     if let Some(path) = &options.credentials {
-        connect = connect
-            .credentials_file(path)
-            .await
-            .map_err(|error| ClusterError::Unreadable {
-                setting: "--cluster-creds",
-                path: path.clone(),
-                error,
-            })?;
+        connect =
+            connect
+                .credentials_file(path)
+                .await
+                .map_err(|error| ClusterError::Unreadable {
+                    setting: "--cluster-creds",
+                    path: path.clone(),
+                    error,
+                })?;
     }
     if let Some(ca) = &options.tls_ca {
         connect = connect.add_root_certificates(ca.clone()).require_tls(true);

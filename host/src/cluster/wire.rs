@@ -179,9 +179,14 @@ impl Outcome {
     }
 
     fn parse(outcome: &str) -> Option<Self> {
-        [Self::Ok, Self::NotFound, Self::TooLarge, Self::TooManyToList]
-            .into_iter()
-            .find(|known| known.as_str() == outcome)
+        [
+            Self::Ok,
+            Self::NotFound,
+            Self::TooLarge,
+            Self::TooManyToList,
+        ]
+        .into_iter()
+        .find(|known| known.as_str() == outcome)
     }
 }
 
@@ -327,7 +332,10 @@ mod tests {
         let members: Vec<MemberInfo> = (1..=50u64)
             .map(|id| MemberInfo {
                 id: id << 33 | id,
-                attachment: Bytes::from(vec![u8::try_from(id).unwrap(); usize::try_from(id).unwrap()]),
+                attachment: Bytes::from(vec![
+                    u8::try_from(id).unwrap();
+                    usize::try_from(id).unwrap()
+                ]),
             })
             .collect();
         let parts = encode_members(&members, 200).unwrap();
@@ -339,9 +347,16 @@ mod tests {
             .collect();
         assert_eq!(decoded, members);
         assert_eq!(encode_members(&[], 200).unwrap(), [Bytes::new()]);
-        assert_eq!(encode_members(&members, 40), None, "member 50 alone is 62 bytes");
+        assert_eq!(
+            encode_members(&members, 40),
+            None,
+            "member 50 alone is 62 bytes"
+        );
         assert_eq!(decode_members(&[0; 11]), None);
-        assert_eq!(decode_members(&[0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 9, 1]), None);
+        assert_eq!(
+            decode_members(&[0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 9, 1]),
+            None
+        );
     }
 
     #[test]
