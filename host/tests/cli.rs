@@ -291,6 +291,41 @@ fn check_of_a_missing_file_says_so() {
     );
 }
 
+#[test]
+fn up_with_bad_cluster_settings_names_the_setting_and_the_fix() {
+    let up = |args: &[&str]| {
+        let output = Command::new(WSFLOW)
+            .arg("up")
+            .args(args)
+            .arg("examples/echo/wsflow.toml")
+            .current_dir(workspace())
+            .env_remove("WSFLOW_CLUSTER")
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(1), "{output:?}");
+        assert!(output.stdout.is_empty(), "{output:?}");
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    };
+    let stderr = up(&["--cluster", "http://127.0.0.1:4222"]);
+    assert!(
+        stderr.contains(
+            "error: --cluster: `http://127.0.0.1:4222` is not a NATS server URL (invalid scheme \
+             for NATS server URL: http); give nats://HOST:PORT, or tls://HOST:PORT for TLS"
+        ),
+        "{stderr}"
+    );
+    let stderr = up(&[
+        "--cluster",
+        "nats://127.0.0.1:4222",
+        "--cluster-creds",
+        "no/such.creds",
+    ]);
+    assert!(
+        stderr.contains("error: --cluster-creds: cannot read no/such.creds: "),
+        "{stderr}"
+    );
+}
+
 /// A table of settings, some only known at run time.
 fn table<const N: usize>(entries: [(&str, Value); N]) -> Table {
     entries

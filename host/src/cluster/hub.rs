@@ -200,14 +200,14 @@ impl Shared {
         HubError::Unavailable
     }
 
-    /// The size check of a message that may go to other hosts: the app's
-    /// limit, and what the broker takes.
-    fn check_size(&self, message: &Message) -> HubResult<()> {
+    /// The size check of a message that may go to other hosts with
+    /// `headers`: the app's limit, and what the broker takes.
+    fn check_size(&self, message: &Message, headers: &HeaderMap) -> HubResult<()> {
         if message.len() > self.limits.max_message_size {
             return Err(HubError::TooLarge);
         }
         let max_payload = self.link.max_payload();
-        if message.len() > max_payload {
+        if message.len() + wire::headers_len(headers) > max_payload {
             if !self.warned_too_large.swap(true, Ordering::Relaxed) {
                 tracing::warn!(
                     app = &*self.app,
@@ -222,6 +222,17 @@ impl Shared {
             return Err(HubError::TooLarge);
         }
         Ok(())
+    }
+
+    /// Bytes one part of an answer may hold: what the broker takes, less
+    /// the largest headers of a part.
+    fn part_budget(&self) -> usize {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::OUTCOME, Outcome::TooManyToList.as_str());
+        headers.insert(header::MORE, "1");
+        self.link
+            .max_payload()
+            .saturating_sub(wire::headers_len(&headers))
     }
 
     fn headers(&self, op: Op) -> HeaderMap {
@@ -320,7 +331,7 @@ impl Shared {
                     return;
                 };
                 match self.local.members(&group, limit).await {
-                    Ok(members) => match wire::encode_members(&members, self.link.max_payload()) {
+                    Ok(members) => match wire::encode_members(&members, self.part_budget()) {
                         Some(encoded) => {
                             parts = encoded;
                             Outcome::Ok
@@ -463,13 +474,13 @@ impl Shared {
         if host == HostId::LOCAL {
             return Err(HubError::NotFound);
         }
-        self.check_size(&message)?;
-        let Some((kind, payload)) = wire::split(message) else {
+        let Some((kind, payload)) = wire::split(message.clone()) else {
             return Err(HubError::NotFound);
         };
         let mut headers = self.headers(Op::Send);
         headers.insert(header::TO, id.to_string());
         headers.insert(header::KIND, kind);
+        self.check_size(&message, &headers)?;
         let answers = self
             .ask(
                 "send to a connection of another host",
@@ -591,19 +602,25 @@ enum Answer {
     Gone,
 }
 
+/// One part of a peer's answer, on its way to the request that waits.
+type AnswerPart = (HostId, async_nats::Message);
+
+/// The open requests by id, each with where its answers go.
+type OpenQuestions = Arc<Mutex<HashMap<u64, mpsc::Sender<AnswerPart>>>>;
+
 /// The requests of this host that wait for answers.
 #[derive(Debug, Default)]
 struct Questions {
     next: AtomicU64,
-    open: Arc<Mutex<HashMap<u64, mpsc::Sender<(HostId, async_nats::Message)>>>>,
+    open: OpenQuestions,
 }
 
 /// One open request: its id and where its answers arrive. Dropping it
 /// closes the request; later answers are ignored.
 struct Question {
     id: u64,
-    answers: mpsc::Receiver<(HostId, async_nats::Message)>,
-    open: Arc<Mutex<HashMap<u64, mpsc::Sender<(HostId, async_nats::Message)>>>>,
+    answers: mpsc::Receiver<AnswerPart>,
+    open: OpenQuestions,
 }
 
 impl Drop for Question {
@@ -843,16 +860,19 @@ impl Transport for ClusterHub {
         except: Option<ConnectionId>,
     ) -> HubResult<Fanout> {
         let shared = &self.shared;
-        shared.check_size(&message)?;
-        let mut fanout = shared.local.publish(group, message.clone(), except)?;
-        let Some((kind, payload)) = wire::split(message) else {
-            return Ok(fanout);
+        let Some((kind, payload)) = wire::split(message.clone()) else {
+            // Only data messages are published; nothing else travels.
+            return shared.local.publish(group, message, except);
         };
         let mut headers = HeaderMap::new();
         headers.insert(header::KIND, kind);
         if let Some(except) = except {
             headers.insert(header::EXCEPT, except.to_string());
         }
+        // Too large for the broker is too large everywhere: no member gets
+        // a message that only some hosts could deliver.
+        shared.check_size(&message, &headers)?;
+        let mut fanout = shared.local.publish(group, message, except)?;
         let forwarded = shared.link.send(Outgoing {
             subject: shared.subjects.group(group),
             reply: None,

@@ -218,9 +218,9 @@ impl Link {
         self.state.clone()
     }
 
-    /// The largest payload the broker takes, less room for our headers.
+    /// The largest message the broker takes, headers and payload.
     pub(super) fn max_payload(&self) -> usize {
-        self.client.max_payload().saturating_sub(wire::HEADER_ROOM)
+        self.client.max_payload()
     }
 
     /// Put `message` in the outbox, without waiting.

@@ -214,9 +214,19 @@ pub(super) fn headers(op: Op) -> HeaderMap {
     headers
 }
 
-/// Bytes a message's headers may take on top of its payload: our headers
-/// are well under this (the largest, a publish, is about 80 bytes).
-pub(super) const HEADER_ROOM: usize = 256;
+/// The bytes `headers` take on the wire, which count against the broker's
+/// `max_payload` with the payload: `NATS/1.0`, `Name: value` each, and
+/// the line ends.
+pub(super) fn headers_len(headers: &HeaderMap) -> usize {
+    let mut len = "NATS/1.0\r\n\r\n".len();
+    for (name, values) in headers.iter() {
+        let name: &str = name.as_ref();
+        for value in values {
+            len += name.len() + ": \r\n".len() + value.as_str().len();
+        }
+    }
+    len
+}
 
 /// A WebSocket message as a payload and the `Wsflow-Kind` it travels with;
 /// only data messages travel.
@@ -356,6 +366,18 @@ mod tests {
         assert_eq!(
             decode_members(&[0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 9, 1]),
             None
+        );
+    }
+
+    #[test]
+    fn headers_count_as_the_broker_counts_them() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(headers_len(&headers), "NATS/1.0\r\n\r\n".len());
+        headers.insert(header::KIND, "binary");
+        headers.insert(header::EXCEPT, "42");
+        assert_eq!(
+            headers_len(&headers),
+            "NATS/1.0\r\nWsflow-Kind: binary\r\nWsflow-Except: 42\r\n\r\n".len()
         );
     }
 
