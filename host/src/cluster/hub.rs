@@ -7,28 +7,28 @@
 //!   echo a host's own messages back (`no_echo`), so every member gets a
 //!   message once.
 //! - A host subscribes to a group's subject while it has members in it
-//!   ([`Interest`]); the first local `join` waits until the broker has the
-//!   subscription, so a publish made on any host after the join returned
-//!   reaches the new member.
+//!   ([`super::interest`]); the first local `join` waits until the broker
+//!   has the subscription, so a publish made on any host after the join
+//!   returned reaches the new member.
 //! - `send_to` a connection of another host (its id names the host), and
 //!   `member_count` / `members`, are requests to the hosts of the app
-//!   ([`Directory`]) with a bounded wait.
+//!   ([`Directory`]) with a bounded wait ([`super::questions`]).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::{HeaderMap, StatusCode, Subscriber};
 use futures_util::StreamExt as _;
-use tokio::sync::{Notify, mpsc, watch};
-use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::{Bytes, Message};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::directory::{Directory, HEARTBEAT};
+use super::interest::Interest;
 use super::link::{Link, Outgoing};
+use super::questions::{Answer, Questions};
 use super::wire::{self, Op, Outcome, Subjects, header};
 use crate::hub::{
     ConnectionId, Fanout, GroupName, HostId, HubError, HubLimits, HubResult, LocalHub, MemberInfo,
@@ -41,9 +41,6 @@ use crate::manifest::spec::SlowMember;
 /// subscription. Healthy hosts answer in a round trip; this is for busy
 /// ones.
 pub(super) const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// Parts of answers one request may have waiting before it reads them.
-const ANSWERS_QUEUED: usize = 64;
 
 /// The hub of one app in a cluster.
 pub(crate) struct ClusterHub {
@@ -62,15 +59,15 @@ impl fmt::Debug for ClusterHub {
 }
 
 /// What the hub and its tasks share.
-struct Shared {
-    app: Arc<str>,
+pub(super) struct Shared {
+    pub(super) app: Arc<str>,
     me: HostId,
     local: LocalHub,
     limits: HubLimits,
-    link: Arc<Link>,
-    subjects: Subjects,
+    pub(super) link: Arc<Link>,
+    pub(super) subjects: Subjects,
     peers: Directory,
-    interest: Interest,
+    pub(super) interest: Interest,
     questions: Questions,
     counters: Counters,
     /// Whether a message too large for the broker has been logged.
@@ -180,7 +177,7 @@ impl Shared {
         );
     }
 
-    fn local_count(&self, group: &GroupName) -> u32 {
+    pub(super) fn local_count(&self, group: &GroupName) -> u32 {
         use futures_util::FutureExt as _;
         self.local
             .member_count(group)
@@ -568,7 +565,7 @@ impl Shared {
     }
 
     /// A group message from another host, for this host's members.
-    fn deliver(&self, group: &GroupName, message: &async_nats::Message) {
+    pub(super) fn deliver(&self, group: &GroupName, message: &async_nats::Message) {
         let headers = message.headers.as_ref();
         let Some(content) = wire::join(wire::get(headers, header::KIND), message.payload.clone())
         else {
@@ -591,212 +588,6 @@ impl Shared {
 
 fn group_of(headers: Option<&HeaderMap>) -> Option<GroupName> {
     GroupName::parse(wire::get(headers, header::GROUP)?).ok()
-}
-
-/// One peer's answer to a request.
-#[derive(Debug)]
-enum Answer {
-    /// Every part of its answer, in order.
-    Parts(Vec<async_nats::Message>),
-    /// The peer is gone: nobody subscribes to its subject any more.
-    Gone,
-}
-
-/// One part of a peer's answer, on its way to the request that waits.
-type AnswerPart = (HostId, async_nats::Message);
-
-/// The open requests by id, each with where its answers go.
-type OpenQuestions = Arc<Mutex<HashMap<u64, mpsc::Sender<AnswerPart>>>>;
-
-/// The requests of this host that wait for answers.
-#[derive(Debug, Default)]
-struct Questions {
-    next: AtomicU64,
-    open: OpenQuestions,
-}
-
-/// One open request: its id and where its answers arrive. Dropping it
-/// closes the request; later answers are ignored.
-struct Question {
-    id: u64,
-    answers: mpsc::Receiver<AnswerPart>,
-    open: OpenQuestions,
-}
-
-impl Drop for Question {
-    fn drop(&mut self) {
-        self.open.lock().expect("not poisoned").remove(&self.id);
-    }
-}
-
-impl Questions {
-    fn open(&self) -> Question {
-        let id = self.next.fetch_add(1, Ordering::Relaxed);
-        let (sender, answers) = mpsc::channel(ANSWERS_QUEUED);
-        self.open.lock().expect("not poisoned").insert(id, sender);
-        Question {
-            id,
-            answers,
-            open: Arc::clone(&self.open),
-        }
-    }
-
-    /// Pass `answer` to request `id`, if it still waits and has room.
-    fn route(&self, id: u64, peer: HostId, answer: async_nats::Message) {
-        if let Some(waiting) = self.open.lock().expect("not poisoned").get(&id) {
-            let _ = waiting.try_send((peer, answer));
-        }
-    }
-}
-
-/// Which groups this host should be subscribed to: those with local
-/// members. Joins and leaves mark groups; one task brings the
-/// subscriptions in line (looking at the local members, not at the marks,
-/// so racing joins and leaves settle right) and says how far it got.
-#[derive(Debug)]
-struct Interest {
-    marked: Mutex<BTreeSet<GroupName>>,
-    /// Incremented with every mark.
-    requested: AtomicU64,
-    /// The last `requested` value whose marks are applied (and confirmed
-    /// by the broker, when it could be reached).
-    applied: watch::Sender<u64>,
-    wake: Notify,
-}
-
-impl Default for Interest {
-    fn default() -> Self {
-        Self {
-            marked: Mutex::default(),
-            requested: AtomicU64::new(0),
-            applied: watch::Sender::new(0),
-            wake: Notify::new(),
-        }
-    }
-}
-
-impl Interest {
-    /// Groups whose local members changed; returns the mark to wait for.
-    fn mark(&self, groups: impl IntoIterator<Item = GroupName>) -> u64 {
-        self.marked.lock().expect("not poisoned").extend(groups);
-        let mark = self.requested.fetch_add(1, Ordering::AcqRel) + 1;
-        self.wake.notify_one();
-        mark
-    }
-}
-
-/// A subscription to one group's subject and the task that delivers what
-/// it receives.
-struct GroupReader {
-    stop: CancellationToken,
-    task: JoinHandle<()>,
-}
-
-impl GroupReader {
-    fn start(shared: &Arc<Shared>, group: GroupName, subscription: Subscriber) -> Self {
-        let stop = CancellationToken::new();
-        let task = shared.link.runtime().spawn(Arc::clone(shared).read_group(
-            group,
-            subscription,
-            stop.clone(),
-        ));
-        Self { stop, task }
-    }
-
-    /// Unsubscribe, and wait until the broker has been told, so a new
-    /// subscription to the same group never overlaps this one (a message
-    /// would arrive twice).
-    async fn stop(self) {
-        self.stop.cancel();
-        let _ = self.task.await;
-    }
-}
-
-impl Shared {
-    async fn read_group(
-        self: Arc<Self>,
-        group: GroupName,
-        mut subscription: Subscriber,
-        stop: CancellationToken,
-    ) {
-        loop {
-            tokio::select! {
-                () = stop.cancelled() => break,
-                message = subscription.next() => match message {
-                    Some(message) => self.deliver(&group, &message),
-                    None => return,
-                },
-            }
-        }
-        // Bounded: with the broker gone the client's queue may be full;
-        // dropping the subscription then unsubscribes as best it can.
-        let _ = tokio::time::timeout(QUERY_TIMEOUT, subscription.unsubscribe()).await;
-    }
-
-    /// Bring the group subscriptions in line with the local members,
-    /// whenever groups are marked, until `stop`.
-    async fn keep_interest(self: Arc<Self>, stop: CancellationToken) {
-        let mut readers: HashMap<GroupName, GroupReader> = HashMap::new();
-        loop {
-            tokio::select! {
-                () = stop.cancelled() => break,
-                () = self.interest.wake.notified() => {}
-            }
-            // Read before taking the marks: every mark counted here is in
-            // what is taken.
-            let requested = self.interest.requested.load(Ordering::Acquire);
-            let marked = std::mem::take(&mut *self.interest.marked.lock().expect("not poisoned"));
-            let mut subscribed = false;
-            for group in marked {
-                let wanted = self.local_count(&group) > 0;
-                if wanted && !readers.contains_key(&group) {
-                    match self
-                        .link
-                        .client()
-                        .subscribe(self.subjects.group(&group))
-                        .await
-                    {
-                        Ok(subscription) => {
-                            let reader = GroupReader::start(&self, group.clone(), subscription);
-                            readers.insert(group, reader);
-                            subscribed = true;
-                        }
-                        Err(error) => tracing::warn!(
-                            app = &*self.app,
-                            "cluster: cannot subscribe to group `{group}`: {error}; its members \
-                             on this host get only what is published here"
-                        ),
-                    }
-                } else if !wanted && let Some(reader) = readers.remove(&group) {
-                    reader.stop().await;
-                }
-            }
-            if subscribed {
-                self.link.sync(QUERY_TIMEOUT).await;
-            }
-            self.interest.applied.send_if_modified(|applied| {
-                let advanced = requested > *applied;
-                *applied = (*applied).max(requested);
-                advanced
-            });
-        }
-        for (_, reader) in readers {
-            reader.stop().await;
-        }
-    }
-
-    /// Wait until the subscriptions of `mark` are made and the broker has
-    /// them, if it can be reached, for at most [`QUERY_TIMEOUT`]. The local membership holds
-    /// either way; a subscription the broker did not confirm in time is
-    /// still made (and renewed by every reconnect).
-    async fn settled(&self, mark: u64) {
-        if !self.link.is_connected() {
-            return;
-        }
-        let mut applied = self.interest.applied.subscribe();
-        let _ =
-            tokio::time::timeout(QUERY_TIMEOUT, applied.wait_for(|applied| *applied >= mark)).await;
-    }
 }
 
 impl Transport for ClusterHub {

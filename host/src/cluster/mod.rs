@@ -11,7 +11,9 @@
 //! so two live hosts do not share one), which every connection id it hands
 //! out carries; each app gets a [`hub::ClusterHub`] in place of a bare
 //! `LocalHub`. What crosses the broker, and under which subjects, is in
-//! [`wire`]; which hosts serve an app is in [`directory`]. docs/CLUSTER.md
+//! [`wire`]; which hosts serve an app is in [`directory`]; which groups a
+//! host subscribes to is in [`interest`]; requests waiting for other
+//! hosts' answers are in [`questions`]. docs/CLUSTER.md
 //! describes the design for users: consistency, failure behaviour, how to
 //! run it.
 //!
@@ -21,7 +23,9 @@
 
 mod directory;
 mod hub;
+mod interest;
 mod link;
+mod questions;
 mod wire;
 
 use std::path::PathBuf;
