@@ -71,6 +71,24 @@ pub(super) fn render(stats: Option<&StatsHandle>, ready: bool) -> String {
             "Group members closed (1008) because their queue was full.",
             |s| s.slow_members_closed,
         ),
+        (
+            "wsflow_cluster_messages_in_total",
+            "counter",
+            "Group messages and sends that came from other hosts of the cluster.",
+            |s| s.cluster_messages_in,
+        ),
+        (
+            "wsflow_cluster_messages_out_total",
+            "counter",
+            "Group messages and sends handed to the broker for other hosts.",
+            |s| s.cluster_messages_out,
+        ),
+        (
+            "wsflow_cluster_unavailable_total",
+            "counter",
+            "Group operations answered `unavailable`: the other hosts could not be reached in time.",
+            |s| s.cluster_unavailable,
+        ),
     ];
     let snapshots: Vec<_> = apps
         .iter()
