@@ -22,7 +22,7 @@ pub(super) fn render(stats: Option<&StatsHandle>, ready: bool) -> String {
     );
     out.sample("wsflow_ready", &[], u64::from(ready));
 
-    let counters: [(&str, &str, &str, Counter); 8] = [
+    let counters: [(&str, &str, &str, Counter); 11] = [
         (
             "wsflow_connections_open",
             "gauge",
