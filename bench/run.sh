@@ -5,6 +5,7 @@
 #   bench/run.sh scale      # memory per idle connection / blocked flow, start time, overhead
 #   bench/run.sh all        # both
 #   bench/run.sh fairness   # one app's spinning executions next to another app's echo
+#   bench/run.sh fanout     # one publisher, many subscribers: native, wsflow, Node ws
 #
 # Settings (environment):
 #   BENCH_DURATION=10 BENCH_WARMUP=2   seconds measured / warm-up per server
@@ -20,6 +21,14 @@
 #   BENCH_BUSY_WORK=                   fairness: its work in millions of rounds (default: calibrated
 #                                      to BENCH_BUSY_MS; fix it to compare runs)
 #   BENCH_WSFLOW=path                  fairness: the wsflow binary to measure (default: the one built)
+#   BENCH_SUBSCRIBERS=10000            fanout: subscriber connections (at most ~17,000: each
+#                                      server holds one socket per subscriber, within 20,000 files)
+#   BENCH_MESSAGES=200                 fanout: messages published and measured, per server
+#   BENCH_FANOUT_WARMUP=20             fanout: messages published and checked first, not measured
+#   BENCH_PUBLISH_WINDOW=8             fanout: messages outstanding at most (sent, not yet received
+#                                      by every subscriber): as fast as the server delivers
+#   BENCH_PUBLISH_RATE=                fanout: messages per second instead of the window
+#                                      (BENCH_SIZE applies too; at least 26 bytes)
 #   BENCH_BUILD=1                      0: use the binaries already built
 #   BENCH_PIN=1                        0: do not pin server and load to CPUs
 #   BENCH_NODE_DIR=target/bench-node   where `npm install ws` goes
@@ -31,9 +40,9 @@ cd "$ROOT"
 
 WHAT=${1:-compare}
 case $WHAT in
-compare | scale | all | fairness) ;;
+compare | scale | all | fairness | fanout) ;;
 *)
-    echo "usage: bench/run.sh [compare|scale|all|fairness]" >&2
+    echo "usage: bench/run.sh [compare|scale|all|fairness|fanout]" >&2
     exit 2
     ;;
 esac
@@ -54,6 +63,11 @@ STARTUP_RUNS=${BENCH_STARTUP_RUNS:-7}
 SPINNERS=${BENCH_SPINNERS:-0,64,256}
 BUSY_RUNS=${BENCH_BUSY_RUNS:-5}
 BUSY_MS=${BENCH_BUSY_MS:-55}
+SUBSCRIBERS=${BENCH_SUBSCRIBERS:-10000}
+MESSAGES=${BENCH_MESSAGES:-200}
+FANOUT_WARMUP=${BENCH_FANOUT_WARMUP:-20}
+PUBLISH_WINDOW=${BENCH_PUBLISH_WINDOW:-8}
+PUBLISH_RATE=${BENCH_PUBLISH_RATE:-}
 NODE_DIR=${BENCH_NODE_DIR:-$ROOT/target/bench-node}
 WS_VERSION=8.23.0
 
@@ -63,11 +77,12 @@ if [[ ${BENCH_BUILD:-1} == 1 ]]; then
     echo "building (release) into $TARGET ..."
     cargo build --release -p wsflow -p wsflow-bench
     cargo build --release --target wasm32-wasip2 -p wsflow-example-echo -p wsflow-example-chat-session \
-        -p test-spin -p test-busy
+        -p test-spin -p test-busy -p test-room
 fi
 for file in "$BIN/wsflow" "$BIN/wsflow-load" "$BIN/native-echo" "$BIN/wsflow-startup" \
-    "$BIN/wsflow-fairness" "$WASM/wsflow_example_echo.wasm" "$WASM/wsflow_example_chat_session.wasm" \
-    "$WASM/test_spin.wasm" "$WASM/test_busy.wasm"; do
+    "$BIN/wsflow-fairness" "$BIN/wsflow-fanout" "$BIN/native-fanout" \
+    "$WASM/wsflow_example_echo.wasm" "$WASM/wsflow_example_chat_session.wasm" \
+    "$WASM/test_spin.wasm" "$WASM/test_busy.wasm" "$WASM/test_room.wasm"; do
     [[ -e $file ]] || {
         echo "missing $file (run without BENCH_BUILD=0)" >&2
         exit 1
@@ -194,10 +209,27 @@ manifest "$WORK/reuse.toml" "$WASM/wsflow_example_echo.wasm" /echo data 'instanc
 manifest "$WORK/session.toml" "$WASM/wsflow_example_chat_session.wasm" '/chat/{room}' connection "" \
     "$(printf '[limits]\nmax_connections = 100000\nmax_executions = 100000\nmax_reused_instances = 100000')"
 
+START_LOAD=$(cut -d' ' -f1-3 /proc/loadavg)
+
 machine() {
     echo "machine: $(nproc) CPU(s), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), Linux $(uname -r)"
-    echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
+    echo "load average at start: $START_LOAD"
     echo "$PINNING"
+}
+
+# node_ws: whether Node.js and `ws` are there to run a peer; installs `ws`
+# when `npm` is there and it is not.
+node_ws() {
+    command -v node >/dev/null || return 1
+    if [[ ! -d $NODE_DIR/node_modules/ws ]] && command -v npm >/dev/null; then
+        echo "installing ws@$WS_VERSION into $NODE_DIR ..."
+        npm install --silent --no-audit --no-fund --prefix "$NODE_DIR" "ws@$WS_VERSION" >&2 || true
+    fi
+    [[ -d $NODE_DIR/node_modules/ws ]]
+}
+
+node_label() {
+    echo "Node $(node --version) ws $(node -p "require('$NODE_DIR/node_modules/ws/package.json').version")"
 }
 
 # --- compare -------------------------------------------------------------------
@@ -272,15 +304,9 @@ compare() {
         ROWS+=("wsflow echo, instance reuse|n/a (not implemented: \`wsflow check\` rejects instance = \"reuse\")")
     fi
 
-    if command -v node >/dev/null && [[ ! -d $NODE_DIR/node_modules/ws ]] && command -v npm >/dev/null; then
-        echo "installing ws@$WS_VERSION into $NODE_DIR ..."
-        npm install --silent --no-audit --no-fund --prefix "$NODE_DIR" "ws@$WS_VERSION" >&2 || true
-    fi
-    if command -v node >/dev/null && [[ -d $NODE_DIR/node_modules/ws ]]; then
-        local version
-        version=$(node -p "require('$NODE_DIR/node_modules/ws/package.json').version")
+    if node_ws; then
         start_server node 'listening on' env NODE_PATH="$NODE_DIR/node_modules" node bench/peers/ws-echo.js
-        measure "Node $(node --version) ws $version" "$(listening_url)"
+        measure "$(node_label)" "$(listening_url)"
         NODE_RATE=$LAST_RATE
         stop_server
     else
@@ -452,8 +478,134 @@ fairness() {
     echo "load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"
 }
 
+# --- fanout --------------------------------------------------------------------
+
+# One handler per role, both running the room test program in Data mode: a
+# subscriber's `join bench` joins the group and is answered; a publisher's
+# `all bench PAYLOAD` publishes PAYLOAD to every member (the publisher is
+# none). The app's caps are lifted above the subscriber count; a member whose
+# queue is full misses the message (`drop`, counted as lost by the load
+# generator) rather than being closed.
+write_fanout_manifest() {
+    cat >"$1" <<EOF
+[app]
+name = "bench"
+
+[flows.room]
+component = "$WASM/test_room.wasm"
+
+[limits]
+max_connections = $((SUBSCRIBERS + 100))
+max_group_members = $((SUBSCRIBERS + 100))
+
+[[triggers]]
+port = 0
+
+[[triggers.handlers]]
+path = "/sub"
+flow = "room"
+slow_member = "drop"
+
+[[triggers.handlers]]
+path = "/pub"
+flow = "room"
+EOF
+}
+
+FANOUT_ROWS=()
+
+# fanout_measure LABEL URL [PUBLISH_PREFIX]: one run of wsflow-fanout against
+# the running server, whose subscribers connect to URL (…/sub) and whose
+# publisher connects to …/pub; adds a row, sets LAST_RATE.
+fanout_measure() {
+    local label=$1 url=$2 prefix=${3:-} out=$WORK/fanout-${#FANOUT_ROWS[@]}.txt
+    local args=(-n "$SUBSCRIBERS" -m "$MESSAGES" --warmup "$FANOUT_WARMUP" -s "$SIZE"
+        -w "$PUBLISH_WINDOW" --publisher "${url%/*}/pub" --publish-prefix "$prefix"
+        --server-pid "$SERVER_PID")
+    [[ -n $PUBLISH_RATE ]] && args+=(--rate "$PUBLISH_RATE")
+    echo "== $label ($url)"
+    LAST_RATE=
+    if ! "${LOAD_PIN[@]}" "$BIN/wsflow-fanout" "$url" "${args[@]}" >"$out" 2>"$out.err"; then
+        cat "$out" "$out.err" >&2
+        FANOUT_ROWS+=("$label|failed (see above)")
+        return 0
+    fi
+    grep -E '^(deliveries/s|publish to receive|checked|CPU)' "$out" | sed 's/^/   /'
+    LAST_RATE=$(field "$out" deliveries_per_s)
+    local ms=() key
+    for key in p50_us p90_us p99_us max_us; do
+        ms+=("$(awk -v us="$(field "$out" "$key")" 'BEGIN { printf "%.1f", us / 1000 }')")
+    done
+    local cpu=()
+    for key in server_cpu client_cpu others_cpu; do
+        cpu+=("$(awk -v c="$(field "$out" "$key")" 'BEGIN { printf "%.0f%%", c * 100 }')")
+    done
+    # The ratio to Node is filled in once Node has run.
+    FANOUT_ROWS+=("$label|$LAST_RATE|${ms[0]}|${ms[1]}|${ms[2]}|${ms[3]}|$(field "$out" lost)|-|${cpu[0]}|${cpu[1]}|${cpu[2]}")
+}
+
+fanout() {
+    local pacing="at most $PUBLISH_WINDOW messages outstanding"
+    [[ -n $PUBLISH_RATE ]] && pacing="$PUBLISH_RATE messages/s"
+    local node_rate= wsflow_rate=
+
+    start_server native 'listening on' "$BIN/native-fanout"
+    fanout_measure "native (tokio-tungstenite broadcast)" "$(listening_url)"
+    stop_server
+
+    write_fanout_manifest "$WORK/fanout.toml"
+    start_server wsflow 'listening on' "$BIN/wsflow" up "$WORK/fanout.toml"
+    fanout_measure "wsflow (room program, Data mode)" "$(listening_url)" "all bench "
+    wsflow_rate=$LAST_RATE
+    stop_server
+
+    if node_ws; then
+        start_server node 'listening on' env NODE_PATH="$NODE_DIR/node_modules" node bench/peers/ws-fanout.js
+        fanout_measure "$(node_label), clients.forEach(send)" "$(listening_url)"
+        node_rate=$LAST_RATE
+        stop_server
+    else
+        FANOUT_ROWS+=("Node ws|n/a (node or ws not installed; see docs/BENCHMARKS.md)")
+    fi
+
+    echo
+    echo "load: $SUBSCRIBERS subscribers, 1 publisher, $MESSAGES messages measured after $FANOUT_WARMUP,"
+    echo "      $SIZE-byte text messages, $pacing"
+    machine
+    echo "load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"
+    echo
+    local format='| %-48s | %12s | %7s | %7s | %7s | %7s | %6s | %7s | %10s | %8s | %10s |\n'
+    # shellcheck disable=SC2059
+    printf "$format" server 'deliveries/s' 'p50 ms' 'p90 ms' 'p99 ms' 'max ms' lost 'vs Node' 'server CPU' 'load CPU' 'other load'
+    # shellcheck disable=SC2059
+    printf "$format" :-- --: --: --: --: --: --: --: --: --: --:
+    local row
+    for row in "${FANOUT_ROWS[@]}"; do
+        IFS='|' read -r -a cells <<<"$row"
+        if ((${#cells[@]} == 2)); then
+            printf '| %-48s | %s |\n' "${cells[0]}" "${cells[1]}"
+        else
+            local vs
+            vs=$(ratio "${cells[1]}" "$node_rate")
+            cells[7]=${vs:+${vs}x}
+            # shellcheck disable=SC2059
+            printf "$format" "${cells[@]}"
+        fi
+    done
+    echo
+    echo "deliveries/s: messages received by the subscribers, from the send of the first measured"
+    echo "message to the arrival of the last, per second. Latency: from just before the publisher"
+    echo "sends a message to its arrival at a subscriber, every delivery a sample. lost: deliveries"
+    echo "missing at the end (order and duplicates are checked too). CPU in % of one CPU over the"
+    echo "measured period; load CPU: the load generator; other load: every other process."
+    echo
+    echo "target:"
+    target "wsflow deliveries/s / Node ws" "$(ratio "$wsflow_rate" "$node_rate")" "x >= 1"
+}
+
 case $WHAT in
 compare) compare ;;
+fanout) fanout ;;
 scale) scale ;;
 fairness) fairness ;;
 all)

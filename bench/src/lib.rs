@@ -1,6 +1,7 @@
-//! Shared pieces of the benchmark binaries (`wsflow-load`, `native-echo`,
-//! `wsflow-startup`): the WebSocket settings, latency percentiles and the
-//! `/proc` readings. See `docs/BENCHMARKS.md` for what is measured and how.
+//! Shared pieces of the benchmark binaries (`wsflow-load`, `wsflow-fanout`,
+//! `native-echo`, `native-fanout`, `wsflow-startup`): the WebSocket
+//! settings, latency percentiles and the `/proc` readings. See
+//! `docs/BENCHMARKS.md` for what is measured and how.
 
 use std::time::Duration;
 
@@ -141,6 +142,85 @@ fn parse_machine_cpu(stat: &str) -> Option<MachineCpu> {
         idle: seconds(3..5),
         interrupts: seconds(5..7),
     })
+}
+
+/// CPU times read at one moment: this process's, the server's (when its
+/// PID is known) and the machine's.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CpuSnapshot {
+    client: f64,
+    server: Option<f64>,
+    machine: MachineCpu,
+}
+
+impl CpuSnapshot {
+    pub fn take(server_pid: Option<u32>) -> Self {
+        Self {
+            client: cpu_seconds("self").unwrap_or(0.0),
+            server: server_pid.and_then(|pid| cpu_seconds(&pid.to_string())),
+            machine: MachineCpu::read().unwrap_or_default(),
+        }
+    }
+
+    /// CPU use between `earlier` and this reading, `seconds` apart.
+    pub fn usage_since(&self, earlier: &Self, seconds: f64) -> Usage {
+        let machine = self.machine.since(earlier.machine);
+        let client = (self.client - earlier.client) / seconds;
+        let server = earlier
+            .server
+            .zip(self.server)
+            .map(|(from, to)| (to - from) / seconds);
+        let busy = (machine.total - machine.idle) / seconds;
+        let interrupts = machine.interrupts / seconds;
+        Usage {
+            client,
+            server,
+            interrupts,
+            others: (busy - interrupts - client - server.unwrap_or(0.0)).max(0.0),
+            idle: machine.idle / seconds,
+        }
+    }
+}
+
+/// CPU use over a period, in CPUs (1.0 = one CPU busy all the time).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Usage {
+    /// This process (the load generator).
+    pub client: f64,
+    pub server: Option<f64>,
+    /// Interrupt and soft-interrupt time, machine-wide.
+    pub interrupts: f64,
+    /// Busy time of every other process on the machine.
+    pub others: f64,
+    pub idle: f64,
+}
+
+impl Usage {
+    /// One line for a report.
+    pub fn describe(&self) -> String {
+        format!(
+            "CPU over the measured period (100% = one CPU): server {}, load generator {:.0}%, \
+             interrupts {:.0}%, everything else {:.0}%, idle {:.0}%",
+            self.server
+                .map_or("?".to_owned(), |server| format!("{:.0}%", server * 100.0)),
+            self.client * 100.0,
+            self.interrupts * 100.0,
+            self.others * 100.0,
+            self.idle * 100.0,
+        )
+    }
+
+    /// `key=value` fields for a `result` line.
+    pub fn fields(&self) -> String {
+        let mut fields = format!(
+            "client_cpu={:.2} interrupts_cpu={:.2} others_cpu={:.2} idle_cpu={:.2}",
+            self.client, self.interrupts, self.others, self.idle
+        );
+        if let Some(server) = self.server {
+            fields.push_str(&format!(" server_cpu={server:.2}"));
+        }
+        fields
+    }
 }
 
 #[cfg(test)]

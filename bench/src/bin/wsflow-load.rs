@@ -20,7 +20,7 @@ use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep_until, timeout, timeout_at};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
-use wsflow_bench::{MachineCpu, Summary, cpu_seconds, micros, rss_kib, ws_config};
+use wsflow_bench::{CpuSnapshot, Summary, Usage, micros, rss_kib, ws_config};
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -201,7 +201,7 @@ async fn run(args: Args, threads: usize) -> anyhow::Result<()> {
             }
         }
     }
-    let usage = usage.await.unwrap_or_default();
+    let (usage, server_rss_kib) = usage.await.unwrap_or_default();
 
     let summary = Summary::from_nanos(&mut latencies);
     let rate = count as f64 / args.duration;
@@ -218,24 +218,13 @@ async fn run(args: Args, threads: usize) -> anyhow::Result<()> {
         micros(summary.max),
         summary.count,
     );
-    println!(
-        "CPU over the measured period (100% = one CPU): server {}, load generator {:.0}%, \
-         interrupts {:.0}%, everything else {:.0}%, idle {:.0}%",
-        usage
-            .server
-            .map_or("?".to_owned(), |server| format!("{:.0}%", server * 100.0)),
-        usage.client * 100.0,
-        usage.interrupts * 100.0,
-        usage.others * 100.0,
-        usage.idle * 100.0,
-    );
+    println!("{}", usage.describe());
     if errors > 0 {
         eprintln!("{errors} connection(s) failed");
     }
     let mut result = format!(
         "result mode={} connections={} size={} seconds={} messages={count} msgs_per_s={rate:.0} \
-         p50_us={} p90_us={} p99_us={} p999_us={} max_us={} errors={errors} client_cpu={:.2} \
-         interrupts_cpu={:.2} others_cpu={:.2} idle_cpu={:.2}",
+         p50_us={} p90_us={} p99_us={} p999_us={} max_us={} errors={errors} {}",
         args.mode.name(),
         args.connections,
         args.size,
@@ -245,15 +234,9 @@ async fn run(args: Args, threads: usize) -> anyhow::Result<()> {
         micros(summary.p99),
         micros(summary.p999),
         micros(summary.max),
-        usage.client,
-        usage.interrupts,
-        usage.others,
-        usage.idle,
+        usage.fields(),
     );
-    if let Some(server) = usage.server {
-        result.push_str(&format!(" server_cpu={server:.2}"));
-    }
-    if let Some(rss) = usage.server_rss_kib {
+    if let Some(rss) = server_rss_kib {
         result.push_str(&format!(" server_rss_kib={rss}"));
     }
     println!("{result}");
@@ -439,46 +422,13 @@ async fn pipelined(
     Ok(samples)
 }
 
-/// CPU use over the measured period, in CPUs (1.0 = one CPU busy).
-#[derive(Debug, Default)]
-struct Usage {
-    client: f64,
-    server: Option<f64>,
-    /// Interrupt and soft-interrupt time, machine-wide.
-    interrupts: f64,
-    /// Busy time of every other process on the machine.
-    others: f64,
-    idle: f64,
-    server_rss_kib: Option<u64>,
-}
-
-async fn measure_cpu(plan: Plan, server_pid: Option<u32>) -> Usage {
-    let server = server_pid.map(|pid| pid.to_string());
-    let read = |server: &Option<String>| {
-        (
-            cpu_seconds("self").unwrap_or(0.0),
-            server.as_deref().and_then(cpu_seconds),
-        )
-    };
+/// CPU use over the measured period, and the server's memory at its end.
+async fn measure_cpu(plan: Plan, server_pid: Option<u32>) -> (Usage, Option<u64>) {
     sleep_until(plan.measure_from).await;
-    let (client_from, server_from) = read(&server);
-    let machine_from = MachineCpu::read().unwrap_or_default();
+    let from = CpuSnapshot::take(server_pid);
     sleep_until(plan.end).await;
-    let (client_to, server_to) = read(&server);
-    let machine = MachineCpu::read().unwrap_or_default().since(machine_from);
+    let to = CpuSnapshot::take(server_pid);
     let seconds = (plan.end - plan.measure_from).as_secs_f64();
-    let client = (client_to - client_from) / seconds;
-    let server_cpu = server_from
-        .zip(server_to)
-        .map(|(from, to)| (to - from) / seconds);
-    let busy = (machine.total - machine.idle) / seconds;
-    let interrupts = machine.interrupts / seconds;
-    Usage {
-        client,
-        server: server_cpu,
-        interrupts,
-        others: (busy - interrupts - client - server_cpu.unwrap_or(0.0)).max(0.0),
-        idle: machine.idle / seconds,
-        server_rss_kib: server.as_deref().and_then(rss_kib),
-    }
+    let rss = server_pid.and_then(|pid| rss_kib(&pid.to_string()));
+    (to.usage_since(&from, seconds), rss)
 }
