@@ -20,7 +20,7 @@
 #   BENCH_BUSY_RUNS=5 BENCH_BUSY_MS=55 fairness: runs of the victim's CPU-bound flow, its CPU need
 #   BENCH_BUSY_WORK=                   fairness: its work in millions of rounds (default: calibrated
 #                                      to BENCH_BUSY_MS; fix it to compare runs)
-#   BENCH_WSFLOW=path                  fairness: the wsflow binary to measure (default: the one built)
+#   BENCH_WSFLOW=path                  fairness, fanout: the wsflow binary to measure (default: the one built)
 #   BENCH_SUBSCRIBERS=10000            fanout: subscriber connections (at most ~17,000: each
 #                                      server holds one socket per subscriber, within 20,000 files)
 #   BENCH_MESSAGES=200                 fanout: messages published and measured, per server
@@ -530,7 +530,7 @@ fanout_measure() {
         FANOUT_ROWS+=("$label|failed (see above)")
         return 0
     fi
-    grep -E '^(deliveries/s|publish to receive|checked|CPU)' "$out" | sed 's/^/   /'
+    grep -E '^(deliveries/s|publish to receive|checked|CPU|server CPU per)' "$out" | sed 's/^/   /'
     LAST_RATE=$(field "$out" deliveries_per_s)
     local ms=() key
     for key in p50_us p90_us p99_us max_us; do
@@ -541,7 +541,7 @@ fanout_measure() {
         cpu+=("$(awk -v c="$(field "$out" "$key")" 'BEGIN { printf "%.0f%%", c * 100 }')")
     done
     # The ratio to Node is filled in once Node has run.
-    FANOUT_ROWS+=("$label|$LAST_RATE|${ms[0]}|${ms[1]}|${ms[2]}|${ms[3]}|$(field "$out" lost)|-|${cpu[0]}|${cpu[1]}|${cpu[2]}")
+    FANOUT_ROWS+=("$label|$LAST_RATE|${ms[0]}|${ms[1]}|${ms[2]}|${ms[3]}|$(field "$out" lost)|-|${cpu[0]}|$(field "$out" server_us_per_delivery)|${cpu[1]}|${cpu[2]}")
 }
 
 fanout() {
@@ -554,7 +554,7 @@ fanout() {
     stop_server
 
     write_fanout_manifest "$WORK/fanout.toml"
-    start_server wsflow 'listening on' "$BIN/wsflow" up "$WORK/fanout.toml"
+    start_server wsflow 'listening on' "${BENCH_WSFLOW:-$BIN/wsflow}" up "$WORK/fanout.toml"
     fanout_measure "wsflow (room program, Data mode)" "$(listening_url)" "all bench "
     wsflow_rate=$LAST_RATE
     stop_server
@@ -574,11 +574,11 @@ fanout() {
     machine
     echo "load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"
     echo
-    local format='| %-48s | %12s | %7s | %7s | %7s | %7s | %6s | %7s | %10s | %8s | %10s |\n'
+    local format='| %-48s | %12s | %7s | %7s | %7s | %7s | %6s | %7s | %10s | %12s | %8s | %10s |\n'
     # shellcheck disable=SC2059
-    printf "$format" server 'deliveries/s' 'p50 ms' 'p90 ms' 'p99 ms' 'max ms' lost 'vs Node' 'server CPU' 'load CPU' 'other load'
+    printf "$format" server 'deliveries/s' 'p50 ms' 'p90 ms' 'p99 ms' 'max ms' lost 'vs Node' 'server CPU' 'µs/delivery' 'load CPU' 'other load'
     # shellcheck disable=SC2059
-    printf "$format" :-- --: --: --: --: --: --: --: --: --: --:
+    printf "$format" :-- --: --: --: --: --: --: --: --: --: --: --:
     local row
     for row in "${FANOUT_ROWS[@]}"; do
         IFS='|' read -r -a cells <<<"$row"
@@ -597,7 +597,8 @@ fanout() {
     echo "message to the arrival of the last, per second. Latency: from just before the publisher"
     echo "sends a message to its arrival at a subscriber, every delivery a sample. lost: deliveries"
     echo "missing at the end (order and duplicates are checked too). CPU in % of one CPU over the"
-    echo "measured period; load CPU: the load generator; other load: every other process."
+    echo "measured period; µs/delivery: the server's CPU time per delivery; load CPU: the load"
+    echo "generator; other load: every other process."
     echo
     echo "target:"
     target "wsflow deliveries/s / Node ws" "$(ratio "$wsflow_rate" "$node_rate")" "x >= 1"

@@ -317,10 +317,18 @@ async fn run(args: Args, threads: usize) -> anyhow::Result<()> {
         }
     );
     println!("{}", usage.describe());
+    // CPU time per delivery depends less on how much CPU other processes
+    // left the server than deliveries/s does.
+    let server_us = usage
+        .server
+        .map(|server| server * seconds * 1e6 / summary.measured as f64);
+    if let Some(server_us) = server_us {
+        println!("server CPU per delivery: {server_us:.2} µs");
+    }
     println!(
         "result subscribers={} messages={} size={} seconds={seconds:.3} deliveries={} \
          deliveries_per_s={rate:.0} p50_us={} p90_us={} p99_us={} p999_us={} max_us={} \
-         lost={} disordered={} {}",
+         lost={} disordered={} server_us_per_delivery={} {}",
         args.subscribers,
         args.messages,
         args.size,
@@ -332,6 +340,7 @@ async fn run(args: Args, threads: usize) -> anyhow::Result<()> {
         micros(latency.max),
         summary.lost,
         summary.disordered,
+        server_us.map_or("?".to_owned(), |us| format!("{us:.2}")),
         usage.fields(),
     );
     Ok(())
