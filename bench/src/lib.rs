@@ -154,10 +154,16 @@ pub struct CpuSnapshot {
 }
 
 impl CpuSnapshot {
-    pub fn take(server_pid: Option<u32>) -> Self {
+    /// `servers`: the processes that serve the load (several hosts of a
+    /// cluster and their broker), their CPU times summed; none if unknown.
+    pub fn take(servers: &[u32]) -> Self {
+        let server = servers
+            .iter()
+            .map(|pid| cpu_seconds(&pid.to_string()))
+            .sum::<Option<f64>>();
         Self {
             client: cpu_seconds("self").unwrap_or(0.0),
-            server: server_pid.and_then(|pid| cpu_seconds(&pid.to_string())),
+            server: server.filter(|_| !servers.is_empty()),
             machine: MachineCpu::read().unwrap_or_default(),
         }
     }

@@ -48,8 +48,10 @@ type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 #[derive(Debug, Parser)]
 #[command(name = "wsflow-fanout")]
 struct Args {
-    /// The subscribers' URL, e.g. ws://127.0.0.1:9998/sub.
-    url: String,
+    /// The subscribers' URL, e.g. ws://127.0.0.1:9998/sub; with several
+    /// (the hosts of a cluster), subscribers are spread over them in turn.
+    #[arg(required = true)]
+    urls: Vec<String>,
     /// The publisher's URL, e.g. ws://127.0.0.1:9998/pub.
     #[arg(long)]
     publisher: String,
@@ -90,8 +92,10 @@ struct Args {
     #[arg(long)]
     threads: Option<usize>,
     /// The server's PID: report its CPU use over the measured period.
+    /// Repeat it for a server of several processes (the hosts of a cluster
+    /// and their broker): their CPU times are added.
     #[arg(long)]
-    server_pid: Option<u32>,
+    server_pid: Vec<u32>,
 }
 
 /// Bytes of a payload's header: `SEQ TIME ` (8 + 1 + 16 + 1).
@@ -216,7 +220,12 @@ async fn run(args: Args, threads: usize) -> anyhow::Result<()> {
     println!(
         "wsflow-fanout: {} subscriber(s) to {}, publisher to {}, {} + {} warm-up message(s) of \
          {} bytes, {pacing}, {threads} thread(s)",
-        args.subscribers, args.url, args.publisher, args.messages, args.warmup, args.size,
+        args.subscribers,
+        args.urls.join(" and "),
+        args.publisher,
+        args.messages,
+        args.warmup,
+        args.size,
     );
 
     let total = args.warmup + args.messages;
@@ -257,11 +266,11 @@ async fn run(args: Args, threads: usize) -> anyhow::Result<()> {
         args.size,
         args.rate,
         args.publish_prefix.clone(),
-        args.server_pid,
+        args.server_pid.clone(),
     ));
 
     let outcome = watch(&run, Duration::from_secs_f64(args.stall_timeout)).await;
-    let cpu_to = CpuSnapshot::take(args.server_pid);
+    let cpu_to = CpuSnapshot::take(&args.server_pid);
     let (measure_from, cpu_from) = publishing
         .await
         .context("the publisher panicked")?
@@ -350,9 +359,9 @@ async fn run(args: Args, threads: usize) -> anyhow::Result<()> {
 async fn subscribe_all(args: &Args) -> anyhow::Result<Vec<Ws>> {
     let permits = Arc::new(Semaphore::new(args.connect_concurrency.max(1)));
     let mut tasks = JoinSet::new();
-    for _ in 0..args.subscribers {
+    for (_, url) in (0..args.subscribers).zip(args.urls.iter().cycle()) {
         let permits = Arc::clone(&permits);
-        let url = args.url.clone();
+        let url = url.clone();
         let subscribe = args.subscribe.clone();
         tasks.spawn(async move {
             let _permit = permits.acquire_owned().await?;
@@ -411,7 +420,7 @@ async fn publish(
     size: usize,
     rate: Option<f64>,
     prefix: String,
-    server_pid: Option<u32>,
+    server_pids: Vec<u32>,
 ) -> anyhow::Result<(Instant, CpuSnapshot)> {
     let mut measured = None;
     let start = Instant::now();
@@ -424,7 +433,7 @@ async fn publish(
             },
         }
         // The measured period starts with the send of its first message.
-        let cpu = (seq == run.warmup).then(|| CpuSnapshot::take(server_pid));
+        let cpu = (seq == run.warmup).then(|| CpuSnapshot::take(&server_pids));
         let now = Instant::now();
         let mut text = String::with_capacity(prefix.len() + size);
         text.push_str(&prefix);

@@ -46,6 +46,13 @@ struct Args {
     /// Send binary messages instead of text.
     #[arg(long)]
     binary: bool,
+    /// Send this text message instead (a request to a server that does
+    /// more than echo); --size and --binary do not apply.
+    #[arg(long)]
+    message: Option<String>,
+    /// The reply every message must get (default: the message itself).
+    #[arg(long)]
+    reply: Option<String>,
     /// Seconds measured (after the warm-up); in hold mode, how long to hold.
     #[arg(short, long, default_value_t = 10.0)]
     duration: f64,
@@ -119,7 +126,11 @@ impl Samples {
 }
 
 fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+    let mut args = Args::parse();
+    if let Some(message) = &args.message {
+        args.size = message.len();
+        args.binary = false;
+    }
     if args.connections == 0 || args.window == 0 {
         bail!("--connections and --window must be at least 1");
     }
@@ -165,7 +176,14 @@ async fn run(args: Args, threads: usize) -> anyhow::Result<()> {
         return hold(&args, connections).await;
     }
 
-    let payload = payload(args.size, args.binary);
+    let payload = match &args.message {
+        Some(text) => Message::text(text.as_str()),
+        None => payload(args.size, args.binary),
+    };
+    let expected = match &args.reply {
+        Some(text) => Message::text(text.as_str()),
+        None => payload.clone(),
+    };
     let start = Instant::now();
     let plan = Plan {
         measure_from: start + Duration::from_secs_f64(args.warmup),
@@ -176,11 +194,12 @@ async fn run(args: Args, threads: usize) -> anyhow::Result<()> {
     let mut workers = JoinSet::new();
     for ws in connections {
         let payload = payload.clone();
-        let (mode, window, size) = (args.mode, args.window, args.size);
+        let expected = expected.clone();
+        let (mode, window) = (args.mode, args.window);
         workers.spawn(async move {
             match mode {
-                Mode::Pipelined => pipelined(ws, payload, size, window, plan).await,
-                _ => ping_pong(ws, payload, size, plan).await,
+                Mode::Pipelined => pipelined(ws, payload, expected, window, plan).await,
+                _ => ping_pong(ws, payload, expected, plan).await,
             }
         });
     }
@@ -323,15 +342,14 @@ fn payload(size: usize, binary: bool) -> Message {
     }
 }
 
-/// The length of the next data message; control frames are skipped.
-async fn next_data<S>(stream: &mut S) -> anyhow::Result<usize>
+/// The next data message; control frames are skipped.
+async fn next_data<S>(stream: &mut S) -> anyhow::Result<Message>
 where
     S: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
 {
     loop {
         match stream.next().await {
-            Some(Ok(Message::Text(text))) => return Ok(text.len()),
-            Some(Ok(Message::Binary(bytes))) => return Ok(bytes.len()),
+            Some(Ok(message @ (Message::Text(_) | Message::Binary(_)))) => return Ok(message),
             Some(Ok(Message::Close(frame))) => bail!("the server closed the connection: {frame:?}"),
             Some(Ok(_)) => {}
             Some(Err(error)) => return Err(error).context("reading"),
@@ -340,9 +358,13 @@ where
     }
 }
 
-fn check_echo(len: usize, expected: usize) -> anyhow::Result<()> {
-    if len != expected {
-        bail!("expected a {expected}-byte echo, got {len} bytes");
+fn check_reply(reply: &Message, expected: &Message) -> anyhow::Result<()> {
+    if reply != expected {
+        let shown = |message: &Message| match message {
+            Message::Text(text) if text.len() <= 200 => format!("{:?}", text.as_str()),
+            other => format!("a {}-byte message", other.len()),
+        };
+        bail!("expected {}, got {}", shown(expected), shown(reply));
     }
     Ok(())
 }
@@ -351,7 +373,7 @@ fn check_echo(len: usize, expected: usize) -> anyhow::Result<()> {
 async fn ping_pong(
     mut ws: Ws,
     payload: Message,
-    size: usize,
+    expected: Message,
     plan: Plan,
 ) -> anyhow::Result<Samples> {
     let mut samples = Samples::default();
@@ -361,11 +383,11 @@ async fn ping_pong(
             break;
         }
         ws.send(payload.clone()).await.context("sending")?;
-        let len = timeout_at(plan.end + GRACE, next_data(&mut ws))
+        let reply = timeout_at(plan.end + GRACE, next_data(&mut ws))
             .await
             .context("no echo: the server is stuck")??;
         let received = Instant::now();
-        check_echo(len, size)?;
+        check_reply(&reply, &expected)?;
         samples.record(&plan, sent, received);
     }
     let _ = timeout(Duration::from_secs(1), ws.close(None)).await;
@@ -377,7 +399,7 @@ async fn ping_pong(
 async fn pipelined(
     ws: Ws,
     payload: Message,
-    size: usize,
+    expected: Message,
     window: usize,
     plan: Plan,
 ) -> anyhow::Result<Samples> {
@@ -407,12 +429,12 @@ async fn pipelined(
     });
     let mut samples = Samples::default();
     while let Some(sent) = sent_rx.recv().await {
-        let len = timeout_at(plan.end + GRACE, next_data(&mut stream))
+        let reply = timeout_at(plan.end + GRACE, next_data(&mut stream))
             .await
             .context("no echo: the server is stuck")??;
         let received = Instant::now();
         room.add_permits(1);
-        check_echo(len, size)?;
+        check_reply(&reply, &expected)?;
         samples.record(&plan, sent, received);
     }
     let sink = writer.await.context("the writer panicked")??;
@@ -425,9 +447,9 @@ async fn pipelined(
 /// CPU use over the measured period, and the server's memory at its end.
 async fn measure_cpu(plan: Plan, server_pid: Option<u32>) -> (Usage, Option<u64>) {
     sleep_until(plan.measure_from).await;
-    let from = CpuSnapshot::take(server_pid);
+    let from = CpuSnapshot::take(server_pid.as_slice());
     sleep_until(plan.end).await;
-    let to = CpuSnapshot::take(server_pid);
+    let to = CpuSnapshot::take(server_pid.as_slice());
     let seconds = (plan.end - plan.measure_from).as_secs_f64();
     let rss = server_pid.and_then(|pid| rss_kib(&pid.to_string()));
     (to.usage_since(&from, seconds), rss)
