@@ -2,7 +2,7 @@
 //! park more than its budget in the host for a client that does not read,
 //! and a client that holds its budget without reading is closed.
 
-use futures_util::SinkExt as _;
+use futures_util::{SinkExt as _, StreamExt as _};
 use tokio::net::TcpSocket;
 use tokio_tungstenite::MaybeTlsStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -123,32 +123,45 @@ async fn an_apps_connections_share_its_queue_budget() {
     let server = TestServer::start(&puppet(
         app,
         toml! {
-            slow_client_timeout = "5s"
+            slow_client_timeout = "1s"
             cpu_time = "60s"
             queue_per_connection = "32MiB"
-            queue_per_app = "16MiB"
+            queue_per_app = "4MiB"
         },
     ))
     .await;
     let url = server.url("/puppet");
     let mut first = connect_with_small_window(&url).await;
-    let mut second = connect_with_small_window(&url).await;
     let first_peer = local_addr(&first).to_string();
-    let second_peer = local_addr(&second).to_string();
     assert_eq!(next_text(&mut first).await, "ready");
-    assert_eq!(next_text(&mut second).await, "ready");
+    // The first client reads nothing: its burst takes the app's 4 MiB (and
+    // what its socket absorbs), then waits for more, far short of 16 MiB.
     send_text(&mut first, "burst 16 1048576").await;
     server
-        .wait_for_log(&format!("puppet: sent 16 of 16 on {first_peer}"))
+        .wait_for_log(&format!("puppet: sent 4 of 16 on {first_peer}"))
         .await;
-    // The first connection holds most of the app's 16 MiB: the second's
-    // burst waits until the first client is closed for not reading. The
-    // 5 s of `slow_client_timeout` are the time each burst has to queue
-    // its 16 MiB before its client is closed: ample on a busy machine.
+    // The second client reads everything, yet its burst waits for the
+    // app's budget until the first client is closed for not reading.
+    let mut second = wsflow_tests::connect(&url).await;
+    let second_peer = local_addr(&second).to_string();
+    assert_eq!(next_text(&mut second).await, "ready");
     send_text(&mut second, "burst 16 1048576").await;
+    let reader = tokio::spawn(async move {
+        let mut received = 0;
+        while received < 16 {
+            match second.next().await {
+                Some(Ok(Message::Binary(bytes))) if bytes.len() == 1 << 20 => received += 1,
+                other => panic!("expected 1 MiB binary messages, got {other:?}"),
+            }
+        }
+    });
     let second_done = server
         .wait_for_log(&format!("puppet: sent 16 of 16 on {second_peer}"))
         .await;
+    tokio::time::timeout(TIMEOUT, reader)
+        .await
+        .expect("the second client received its 16 messages")
+        .unwrap();
     let lines = server.app_log_lines(app);
     let first_closed = lines
         .iter()
@@ -161,6 +174,7 @@ async fn an_apps_connections_share_its_queue_budget() {
         first_closed < second_done,
         "the second burst completed before the first client's bytes were released"
     );
+    assert!(sent_so_far(&server, app, &first_peer) < 16);
 }
 
 #[tokio::test]

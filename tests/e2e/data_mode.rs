@@ -149,6 +149,48 @@ async fn instance_reuse_keeps_state_per_connection_only() {
     assert_eq!(counts(&url, 2).await, ["1", "2"]);
 }
 
+/// The replies of the scribble program to `messages` messages on one new
+/// connection: `clean` while the instance's memory is as the component
+/// says it starts.
+async fn scribbles(url: &str, messages: usize) -> Vec<String> {
+    let mut client = connect(url).await;
+    let mut replies = Vec::new();
+    for _ in 0..messages {
+        send_text(&mut client, "scribble").await;
+        replies.push(next_text(&mut client).await);
+    }
+    replies
+}
+
+#[tokio::test]
+async fn a_fresh_instance_never_sees_memory_an_earlier_one_wrote() {
+    let server = TestServer::start(&Manifest::one_flow(
+        "scribble",
+        programs::SCRIBBLE,
+        toml! { path = "/scribble" },
+    ))
+    .await;
+    let url = server.url("/scribble");
+    // Each execution writes 1 MiB of statics; the pool's slots are reused
+    // from one message to the next and between connections.
+    assert_eq!(scribbles(&url, 4).await, ["clean"; 4]);
+    assert_eq!(scribbles(&url, 4).await, ["clean"; 4]);
+}
+
+#[tokio::test]
+async fn a_reused_instance_keeps_its_memory_for_its_connection_only() {
+    let server = TestServer::start(&Manifest::one_flow(
+        "scribble",
+        programs::SCRIBBLE,
+        toml! { path = "/scribble" instance = "reuse" },
+    ))
+    .await;
+    let url = server.url("/scribble");
+    let dirty = "dirty: small at 0, large at 0, initialised at 0";
+    assert_eq!(scribbles(&url, 2).await, ["clean", dirty]);
+    assert_eq!(scribbles(&url, 2).await, ["clean", dirty]);
+}
+
 #[tokio::test]
 async fn reused_instances_are_capped_per_app_before_the_upgrade() {
     let manifest = Manifest::one_flow(

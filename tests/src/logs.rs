@@ -106,7 +106,15 @@ impl LogView {
                 return line;
             }
             if tokio::time::timeout_at(deadline, written).await.is_err() {
-                panic!("no log line with {fields:?} contains {needle:?} after {TIMEOUT:?}");
+                let lines = self.lines_with(fields);
+                let last = &lines[lines.len().saturating_sub(20)..];
+                panic!(
+                    "no log line with {fields:?} contains {needle:?} after {TIMEOUT:?}; \
+                     the last {} of {} such lines:\n{}",
+                    last.len(),
+                    lines.len(),
+                    last.join("\n")
+                );
             }
         }
     }
