@@ -1,9 +1,16 @@
 //! Shared pieces of the benchmark binaries (`wsflow-load`, `wsflow-fanout`,
-//! `native-echo`, `native-fanout`, `wsflow-startup`): the WebSocket
-//! settings, latency percentiles and the `/proc` readings. See
-//! `docs/BENCHMARKS.md` for what is measured and how.
+//! the `native-*` baselines, `wsflow-startup`): the WebSocket settings, the
+//! baselines' server loop, latency percentiles and the `/proc` readings.
+//! See `docs/BENCHMARKS.md` for what is measured and how.
 
+use std::future::Future;
+use std::io::Write as _;
+use std::net::SocketAddr;
 use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
 
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
@@ -21,6 +28,70 @@ pub fn ws_config() -> WebSocketConfig {
         .write_buffer_size(WRITE_BUFFER)
         .max_message_size(Some(MAX_MESSAGE))
         .max_frame_size(Some(MAX_MESSAGE))
+}
+
+/// Run a native baseline server: the runtime `wsflow up` has (multi-threaded,
+/// one worker per usable CPU), a listener on `addr` (port 0 picks a free
+/// port), `listening on ws://ADDR{path}` on stdout once bound, as `wsflow
+/// up` prints it, and a task running `connection` for every accepted
+/// socket.
+pub fn serve_native<F, Fut>(addr: SocketAddr, path: &str, mut connection: F) -> anyhow::Result<()>
+where
+    F: FnMut(TcpStream) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let serve = async {
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr}"))?;
+        let mut stdout = std::io::stdout();
+        writeln!(stdout, "listening on ws://{}{path}", listener.local_addr()?)?;
+        stdout.flush()?;
+        loop {
+            match listener.accept().await {
+                Ok((stream, _peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    tokio::spawn(connection(stream));
+                }
+                Err(error) => {
+                    // Typically EMFILE: back off instead of spinning.
+                    eprintln!("accept failed: {error}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    };
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(serve)
+}
+
+/// The outputs of `tasks`, which open one connection each; if any failed,
+/// the first error, saying how many of them (`what`, e.g. "subscriber(s)")
+/// failed.
+pub async fn gather<T: 'static>(
+    mut tasks: JoinSet<anyhow::Result<T>>,
+    what: &str,
+) -> anyhow::Result<Vec<T>> {
+    let total = tasks.len();
+    let mut done = Vec::with_capacity(total);
+    let mut first_error = None;
+    let mut failed = 0usize;
+    while let Some(joined) = tasks.join_next().await {
+        match joined.with_context(|| format!("a task panicked while opening the {what}"))? {
+            Ok(value) => done.push(value),
+            Err(error) => {
+                failed += 1;
+                first_error.get_or_insert(error);
+            }
+        }
+    }
+    match first_error {
+        Some(error) => Err(error.context(format!("{failed} of {total} {what} failed"))),
+        None => Ok(done),
+    }
 }
 
 /// Percentiles of a set of round-trip times.

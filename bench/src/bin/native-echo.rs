@@ -6,15 +6,13 @@
 //! Prints `listening on ws://ADDR/echo` once bound, like `wsflow up`. Any
 //! path is accepted.
 
-use std::io::Write as _;
 use std::net::SocketAddr;
 
-use anyhow::Context as _;
 use clap::Parser;
 use futures_util::{SinkExt as _, StreamExt as _};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
-use wsflow_bench::ws_config;
+use wsflow_bench::{serve_native, ws_config};
 
 /// A native WebSocket echo server, the baseline for wsflow's benchmarks.
 #[derive(Debug, Parser)]
@@ -27,37 +25,10 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    // Same runtime as `wsflow up`: multi-threaded, one worker per usable CPU.
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?
-        .block_on(serve(args.addr))
-}
-
-async fn serve(addr: SocketAddr) -> anyhow::Result<()> {
-    let listener = TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on {addr}"))?;
-    let mut stdout = std::io::stdout();
-    writeln!(stdout, "listening on ws://{}/echo", listener.local_addr()?)?;
-    stdout.flush()?;
-    loop {
-        match listener.accept().await {
-            Ok((stream, _peer)) => {
-                tokio::spawn(echo(stream));
-            }
-            Err(error) => {
-                // Typically EMFILE: back off instead of spinning.
-                eprintln!("accept failed: {error}");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
-        }
-    }
+    serve_native(args.addr, "/echo", echo)
 }
 
 async fn echo(stream: TcpStream) {
-    let _ = stream.set_nodelay(true);
     let Ok(mut ws) = tokio_tungstenite::accept_async_with_config(stream, Some(ws_config())).await
     else {
         return;

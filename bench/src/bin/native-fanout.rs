@@ -14,18 +14,16 @@
 //! with `slow_member = "drop"` does. Prints `listening on ws://ADDR/sub`
 //! once bound, like `wsflow up`.
 
-use std::io::Write as _;
 use std::net::SocketAddr;
 
-use anyhow::Context as _;
 use clap::Parser;
 use futures_util::{SinkExt as _, StreamExt as _};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::broadcast;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
-use wsflow_bench::ws_config;
+use wsflow_bench::{serve_native, ws_config};
 
 /// A native WebSocket broadcast server, the baseline for wsflow's fan-out
 /// benchmark.
@@ -43,34 +41,10 @@ const CAPACITY: usize = 64;
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    // Same runtime as `wsflow up`: multi-threaded, one worker per usable CPU.
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?
-        .block_on(serve(args.addr))
-}
-
-async fn serve(addr: SocketAddr) -> anyhow::Result<()> {
-    let listener = TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on {addr}"))?;
-    let mut stdout = std::io::stdout();
-    writeln!(stdout, "listening on ws://{}/sub", listener.local_addr()?)?;
-    stdout.flush()?;
     let (channel, _) = broadcast::channel(CAPACITY);
-    loop {
-        match listener.accept().await {
-            Ok((stream, _peer)) => {
-                tokio::spawn(connection(stream, channel.clone()));
-            }
-            Err(error) => {
-                // Typically EMFILE: back off instead of spinning.
-                eprintln!("accept failed: {error}");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
-        }
-    }
+    serve_native(args.addr, "/sub", move |stream| {
+        connection(stream, channel.clone())
+    })
 }
 
 #[expect(
@@ -78,7 +52,6 @@ async fn serve(addr: SocketAddr) -> anyhow::Result<()> {
     reason = "tungstenite's handshake callback returns its ErrorResponse by value"
 )]
 async fn connection(stream: TcpStream, channel: broadcast::Sender<Message>) {
-    let _ = stream.set_nodelay(true);
     let mut path = String::new();
     let record_path = |request: &Request, response: Response| -> Result<Response, ErrorResponse> {
         path = request.uri().path().to_owned();

@@ -9,7 +9,6 @@
 //!
 //! Prints `listening on ws://ADDR/orders/eu` once bound, like `wsflow up`.
 
-use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -18,12 +17,12 @@ use anyhow::Context as _;
 use clap::Parser;
 use futures_util::{SinkExt as _, StreamExt as _};
 use serde::{Deserialize, Serialize};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use wsflow_bench::ws_config;
+use wsflow_bench::{serve_native, ws_config};
 
 /// The orders example's logic as a native WebSocket server.
 #[derive(Debug, Parser)]
@@ -72,37 +71,10 @@ fn main() -> anyhow::Result<()> {
         .with_context(|| format!("{} is not JSON", args.schema.display()))?;
     let validator = jsonschema::validator_for(&schema)
         .map_err(|error| anyhow::anyhow!("{}: {error}", args.schema.display()))?;
-    // Same runtime as `wsflow up`: multi-threaded, one worker per usable CPU.
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?
-        .block_on(serve(args.addr, Arc::new(validator)))
-}
-
-async fn serve(addr: SocketAddr, validator: Arc<jsonschema::Validator>) -> anyhow::Result<()> {
-    let listener = TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on {addr}"))?;
-    let mut stdout = std::io::stdout();
-    writeln!(
-        stdout,
-        "listening on ws://{}/orders/eu",
-        listener.local_addr()?
-    )?;
-    stdout.flush()?;
-    loop {
-        match listener.accept().await {
-            Ok((stream, _peer)) => {
-                tokio::spawn(orders(stream, Arc::clone(&validator)));
-            }
-            Err(error) => {
-                // Typically EMFILE: back off instead of spinning.
-                eprintln!("accept failed: {error}");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
-        }
-    }
+    let validator = Arc::new(validator);
+    serve_native(args.addr, "/orders/eu", move |stream| {
+        orders(stream, Arc::clone(&validator))
+    })
 }
 
 /// The region from `/orders/{region}` and the typed query parameters; a
@@ -135,7 +107,6 @@ fn client(request: &Request) -> Result<Client, &'static str> {
 }
 
 async fn orders(stream: TcpStream, validator: Arc<jsonschema::Validator>) {
-    let _ = stream.set_nodelay(true);
     let mut found = Client::default();
     // tungstenite's handshake callback returns its `ErrorResponse` by value.
     #[allow(clippy::result_large_err)]

@@ -40,7 +40,7 @@ use tokio::time::{Instant, sleep_until, timeout};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
-use wsflow_bench::{CpuSnapshot, Summary, micros, ws_config};
+use wsflow_bench::{CpuSnapshot, Summary, gather, micros, ws_config};
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -391,25 +391,7 @@ async fn subscribe_all(args: &Args) -> anyhow::Result<Vec<Ws>> {
                 .context("subscribing timed out")?
         });
     }
-    let mut subscribers = Vec::with_capacity(args.subscribers as usize);
-    let mut first_error = None;
-    let mut failed = 0usize;
-    while let Some(joined) = tasks.join_next().await {
-        match joined.context("a subscribing task panicked")? {
-            Ok(ws) => subscribers.push(ws),
-            Err(error) => {
-                failed += 1;
-                first_error.get_or_insert(error);
-            }
-        }
-    }
-    if let Some(error) = first_error {
-        return Err(error.context(format!(
-            "{failed} of {} subscriber(s) failed",
-            args.subscribers
-        )));
-    }
-    Ok(subscribers)
+    gather(tasks, "subscriber(s)").await
 }
 
 /// Send every message; returns when the first measured one was sent and

@@ -20,7 +20,7 @@ use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep_until, timeout, timeout_at};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
-use wsflow_bench::{CpuSnapshot, Summary, Usage, micros, rss_kib, ws_config};
+use wsflow_bench::{CpuSnapshot, Summary, Usage, gather, micros, rss_kib, ws_config};
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -288,25 +288,7 @@ async fn connect_all(args: &Args) -> anyhow::Result<Vec<Ws>> {
             anyhow::Ok(ws)
         });
     }
-    let mut connections = Vec::with_capacity(args.connections);
-    let mut first_error = None;
-    let mut failed = 0usize;
-    while let Some(joined) = tasks.join_next().await {
-        match joined.context("a connecting task panicked")? {
-            Ok(ws) => connections.push(ws),
-            Err(error) => {
-                failed += 1;
-                first_error.get_or_insert(error);
-            }
-        }
-    }
-    if let Some(error) = first_error {
-        return Err(error.context(format!(
-            "{failed} of {} connection(s) failed",
-            args.connections
-        )));
-    }
-    Ok(connections)
+    gather(tasks, "connection(s)").await
 }
 
 /// Keep the connections open and idle for the duration (or until killed).
