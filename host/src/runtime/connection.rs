@@ -14,12 +14,12 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TryRecvError;
 use tokio_tungstenite::tungstenite;
-use tokio_util::sync::CancellationToken;
 use wasmtime::component::Resource;
 
 use super::bindings::wsflow::flow::connection as wit;
 use super::bindings::{CloseError, Message, ReceiveError, SendError};
 use super::ctx::FlowCtx;
+use super::flag::Flag;
 use super::limits::LimitExceeded;
 use crate::app::{AppInfo, AppStats, ByteBudget, Charge};
 use crate::close::{Close, InvalidClose};
@@ -82,8 +82,8 @@ pub(crate) struct ConnectionShared {
     outbound: mpsc::Sender<Outbound>,
     /// This connection's outbound bytes; the app's are in `app`.
     outbound_budget: ByteBudget,
-    /// Cancelled once a close has been sent or received: sends fail.
-    closing: CancellationToken,
+    /// Raised once a close has been sent or received: sends fail.
+    closing: Flag,
     /// The close the host is to send after what is queued, once. Its lock
     /// also orders every push onto `outbound` against the start of the
     /// close, so the writer, which drains the queue once it sees the close,
@@ -91,9 +91,9 @@ pub(crate) struct ConnectionShared {
     requested: Mutex<Option<Close>>,
     /// The client is being closed (1008) for not reading.
     slow: AtomicBool,
-    abort: CancellationToken,
-    /// Cancelled once the socket is closed.
-    gone: CancellationToken,
+    abort: Flag,
+    /// Raised once the socket is closed.
+    gone: Flag,
     /// The first close frame sent or received: code and reason.
     ended_with: OnceLock<(u16, String)>,
 }
@@ -114,11 +114,11 @@ impl ConnectionShared {
             max_message_size,
             outbound,
             outbound_budget,
-            closing: CancellationToken::new(),
+            closing: Flag::new(),
             requested: Mutex::new(None),
             slow: AtomicBool::new(false),
-            abort: CancellationToken::new(),
-            gone: CancellationToken::new(),
+            abort: Flag::new(),
+            gone: Flag::new(),
             ended_with: OnceLock::new(),
         }
     }
@@ -139,11 +139,11 @@ impl ConnectionShared {
 
     /// Whether a close has been sent or received.
     pub(crate) fn is_closed(&self) -> bool {
-        self.closing.is_cancelled()
+        self.closing.is_raised()
     }
 
-    /// Cancelled once a close has been sent or received.
-    pub(crate) fn closing(&self) -> &CancellationToken {
+    /// Raised once a close has been sent or received.
+    pub(crate) fn closing(&self) -> &Flag {
         &self.closing
     }
 
@@ -151,7 +151,7 @@ impl ConnectionShared {
     /// later sends fail with `closed`, and what is still queued is dropped.
     pub(crate) fn mark_closed(&self) {
         let _requested = self.requested.lock().expect("not poisoned");
-        self.closing.cancel();
+        self.closing.raise();
     }
 
     /// Start the closing handshake, once, without waiting: the writer sends
@@ -159,11 +159,11 @@ impl ConnectionShared {
     /// connection.
     pub(crate) fn close(&self, close: Close) -> bool {
         let mut requested = self.requested.lock().expect("not poisoned");
-        if self.closing.is_cancelled() {
+        if self.closing.is_raised() {
             return false;
         }
         *requested = Some(close);
-        self.closing.cancel();
+        self.closing.raise();
         true
     }
 
@@ -207,9 +207,16 @@ impl ConnectionShared {
         if self.is_closed() {
             return Err(SendFailure::Closed);
         }
-        let patience = self.app.limits.slow_client_timeout;
         let started = Instant::now();
         let len = message.len();
+        // Room now (the usual case): nothing to wait for or register.
+        if let Some(own) = self.outbound_budget.try_take(len)
+            && let Some(app) = self.app.outbound_budget.try_take(len)
+            && let Ok(slot) = self.outbound.try_reserve()
+        {
+            return self.queue(slot, message, Charge::new(own, Some(app)), started);
+        }
+        let patience = self.app.limits.slow_client_timeout;
         let room = async {
             let own = tokio::time::timeout(patience, self.outbound_budget.take(len)).await?;
             let app = self.app.outbound_budget.take(len).await;
@@ -220,24 +227,34 @@ impl ConnectionShared {
         let room = tokio::select! {
             // A send still waiting when the connection closes is told so.
             biased;
-            () = self.closing.cancelled() => return Err(self.closed_failure(started)),
+            () = self.closing.raised() => return Err(self.closed_failure(started)),
             room = room => room,
         };
         match room {
-            Ok(Ok((slot, charge))) => {
-                let _requested = self.requested.lock().expect("not poisoned");
-                if self.is_closed() {
-                    return Err(self.closed_failure(started));
-                }
-                slot.send(Outbound { message, charge });
-                Ok(())
-            }
+            Ok(Ok((slot, charge))) => self.queue(slot, message, charge, started),
             Ok(Err(_writer_gone)) => Err(SendFailure::Closed),
             Err(_elapsed) => {
                 self.close_slow_client(&format!("a send waited {patience:?} for room"));
                 Err(SendFailure::SlowClient(started.elapsed()))
             }
         }
+    }
+
+    /// Put a message into the slot reserved for it, unless the connection
+    /// started closing meanwhile.
+    fn queue(
+        &self,
+        slot: mpsc::Permit<'_, Outbound>,
+        message: tungstenite::Message,
+        charge: Charge,
+        started: Instant,
+    ) -> Result<(), SendFailure> {
+        let _requested = self.requested.lock().expect("not poisoned");
+        if self.is_closed() {
+            return Err(self.closed_failure(started));
+        }
+        slot.send(Outbound { message, charge });
+        Ok(())
     }
 
     /// Queue a message if there is room now (in the queue and in this
@@ -268,22 +285,22 @@ impl ConnectionShared {
     /// Drop the connection without a closing handshake.
     pub(crate) fn abort(&self) {
         self.mark_closed();
-        self.abort.cancel();
+        self.abort.raise();
     }
 
-    /// Cancelled when the connection must be dropped at once.
-    pub(crate) fn aborted(&self) -> &CancellationToken {
+    /// Raised when the connection must be dropped at once.
+    pub(crate) fn aborted(&self) -> &Flag {
         &self.abort
     }
 
     /// Record that the socket is closed.
     pub(crate) fn mark_gone(&self) {
         self.mark_closed();
-        self.gone.cancel();
+        self.gone.raise();
     }
 
-    /// Cancelled once the socket is closed: the client has gone.
-    pub(crate) fn gone(&self) -> &CancellationToken {
+    /// Raised once the socket is closed: the client has gone.
+    pub(crate) fn gone(&self) -> &Flag {
         &self.gone
     }
 }

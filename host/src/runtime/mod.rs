@@ -5,6 +5,7 @@ pub(crate) mod bindings;
 pub(crate) mod connection;
 mod cpu;
 mod ctx;
+pub(crate) mod flag;
 mod groups;
 mod limits;
 mod scheduler;
@@ -466,14 +467,34 @@ impl FlowPre {
     }
 
     /// Run the flow once in a fresh store, within the app's limits.
+    ///
+    /// A session (connection mode) runs in an `exec` span of its own; a
+    /// message's execution logs in its connection's span, which carries the
+    /// flow (`data::run`): a span per message would cost more than some
+    /// messages do.
     pub(crate) async fn execute(
         &self,
         event: &bindings::Event,
         connection: HostConnection,
         lifetime: Lifetime,
     ) -> Outcome {
-        let span = tracing::info_span!("exec", flow = &*self.name, instance = "fresh");
-        async {
+        let run = self.run_fresh(event, connection, lifetime);
+        match lifetime {
+            Lifetime::Message { .. } => run.await,
+            Lifetime::Connection => {
+                let span = tracing::info_span!("exec", flow = &*self.name, instance = "fresh");
+                run.instrument(span).await
+            }
+        }
+    }
+
+    async fn run_fresh(
+        &self,
+        event: &bindings::Event,
+        connection: HostConnection,
+        lifetime: Lifetime,
+    ) -> Outcome {
+        {
             let (_slot, wall_time) = match lifetime {
                 Lifetime::Message { wall_time } => {
                     (Some(self.execution_slot().await), Some(wall_time))
@@ -499,8 +520,6 @@ impl FlowPre {
             };
             self.finish(result, Some(store.data()), clock)
         }
-        .instrument(span)
-        .await
     }
 
     /// Instantiate the flow once for a connection whose messages will all be
@@ -510,11 +529,11 @@ impl FlowPre {
         &self,
         connection: HostConnection,
     ) -> Result<FlowInstance, Outcome> {
-        let span = tracing::info_span!("exec", flow = &*self.name, instance = "reuse");
         let clock = ExecutionClock::start(ExecutionKind::Message);
-        // Guest output streams log in the span current when the store is made.
-        let mut store = span
-            .in_scope(|| self.new_store())
+        // Guest output streams log in the span current when the store is
+        // made: the connection's, which carries the flow (`data::run`).
+        let mut store = self
+            .new_store()
             .map_err(|error| self.finish(Err(error), None, clock))?;
         let cpu = Arc::clone(&store.data().cpu);
         let prepared = {
@@ -523,7 +542,7 @@ impl FlowPre {
                 let handle = store.data_mut().table.push(connection)?;
                 wasmtime::Result::Ok((flow, handle.rep()))
             });
-            self.run_guest(&cpu, prepared).instrument(span).await
+            self.run_guest(&cpu, prepared).await
         };
         match prepared {
             Ok((flow, handle)) => Ok(FlowInstance {
@@ -697,7 +716,7 @@ impl FlowInstance {
         event: &bindings::Event,
         wall_time: Duration,
     ) -> (Outcome, Option<Self>) {
-        let span = tracing::info_span!("exec", flow = &*self.pre.name, instance = "reuse");
+        // In the connection's span, which carries the flow (`data::run`).
         let outcome = async {
             let _permit = self.pre.execution_slot().await;
             let clock = ExecutionClock::start(ExecutionKind::Message);
@@ -712,7 +731,6 @@ impl FlowInstance {
             };
             self.pre.finish(result, Some(self.store.data()), clock)
         }
-        .instrument(span)
         .await;
         match outcome {
             Outcome::Completed | Outcome::Failed(_) => (outcome, Some(self)),

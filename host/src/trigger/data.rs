@@ -24,6 +24,14 @@ pub(super) async fn run(
     shutdown: &CancellationToken,
 ) -> Option<Close> {
     let wall_time = handler.app.limits.wall_time;
+    // Every execution of the connection logs in its span.
+    let instance = match handler.spec.instance {
+        Instance::Fresh => "fresh",
+        Instance::Reuse => "reuse",
+    };
+    tracing::Span::current()
+        .record("flow", handler.spec.flow.as_str())
+        .record("instance", instance);
     let mut reused = match handler.spec.instance {
         Instance::Fresh => None,
         Instance::Reuse => {
@@ -34,10 +42,13 @@ pub(super) async fn run(
             }
         }
     };
+    // Kept across the loop: registered once.
+    let mut shutting_down = std::pin::pin!(shutdown.cancelled());
     loop {
         let message = tokio::select! {
+            biased;
+            () = shutting_down.as_mut() => return Some(Close::GOING_AWAY),
             message = inbound.recv() => message?,
-            () = shutdown.cancelled() => return Some(Close::GOING_AWAY),
         };
         let json = match decode(handler, message, &mut event) {
             Ok(json) => json,

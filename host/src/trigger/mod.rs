@@ -307,6 +307,8 @@ impl Listening {
                         %peer,
                         conn = tracing::field::Empty,
                         path = tracing::field::Empty,
+                        flow = tracing::field::Empty,
+                        instance = tracing::field::Empty,
                     );
                     tracker.spawn(
                         async move { trigger.connection(stream, client).await }.instrument(span),

@@ -22,7 +22,6 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::{self, Message};
-use tokio_util::sync::CancellationToken;
 
 use super::progress::WriteProgress;
 use crate::app::{AppInfo, AppStats, ByteBudget, Charge};
@@ -30,6 +29,7 @@ use crate::close::Close;
 use crate::manifest::spec::TriggerLimits;
 use crate::metrics::Limit;
 use crate::runtime::connection::{Inbound, InboundSender};
+use crate::runtime::flag::Flag;
 use crate::runtime::{ConnectionShared, Outbound};
 
 /// Messages a connection may have queued towards the client, whatever
@@ -98,8 +98,9 @@ where
 async fn drive_flow(shared: &ConnectionShared, flow: impl Future<Output = Option<Close>>) {
     tokio::pin!(flow);
     let close = tokio::select! {
+        biased;
         close = &mut flow => close,
-        () = shared.gone().cancelled() => {
+        () = shared.gone().raised() => {
             let grace = shared.app.limits.wall_time;
             match tokio::time::timeout(grace, &mut flow).await {
                 Ok(close) => close,
@@ -129,11 +130,11 @@ async fn serve_socket<S>(
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let (sink, stream) = ws.split();
-    let reader_done = CancellationToken::new();
-    let stop_reader = CancellationToken::new();
+    let reader_done = Flag::new();
+    let stop_reader = Flag::new();
     let reader = async {
         let stream = read_loop(stream, inbound, shared, limits.idle_timeout, &stop_reader).await;
-        reader_done.cancel();
+        reader_done.raise();
         stream
     };
     let writer = async {
@@ -148,18 +149,18 @@ async fn serve_socket<S>(
         // The writer has sent a close frame, or passed on the reply to the
         // client's: the client has `CLOSE_TIMEOUT` to complete the closing
         // handshake, which ends the reader.
-        if tokio::time::timeout(CLOSE_TIMEOUT, reader_done.cancelled())
+        if tokio::time::timeout(CLOSE_TIMEOUT, reader_done.raised())
             .await
             .is_err()
         {
             tracing::debug!("client did not complete the closing handshake");
-            stop_reader.cancel();
+            stop_reader.raise();
         }
         sink
     };
     let (stream, sink) = tokio::join!(reader, writer);
     shared.mark_gone();
-    if !shared.aborted().is_cancelled()
+    if !shared.aborted().is_raised()
         && let Ok(ws) = sink.reunite(stream)
     {
         linger(ws.into_inner()).await;
@@ -232,8 +233,11 @@ where
             interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             interval
         });
-        let closing = self.shared.closing().clone();
-        let abort = self.shared.aborted().clone();
+        let shared = self.shared;
+        let abort = shared.aborted();
+        // Kept across the loop: registered once.
+        let mut aborted = std::pin::pin!(abort.raised());
+        let mut closing = std::pin::pin!(shared.closing().raised());
         // The charge of the message written last, held for its drop: its
         // bytes may still sit in the WebSocket's buffer until the next
         // write or flush.
@@ -241,10 +245,10 @@ where
         loop {
             let (written, charge) = tokio::select! {
                 biased;
-                () = abort.cancelled() => return false,
+                () = aborted.as_mut() => return false,
                 // What is still queued is written (or dropped) by
                 // `write_close`, within its deadline.
-                () = closing.cancelled() => return true,
+                () = closing.as_mut() => return true,
                 next = self.outbound.recv() => {
                     let Some(Outbound { message, charge }) = next else { return true };
                     // Batch: flush only once nothing else is waiting.
@@ -257,7 +261,7 @@ where
                         }
                     };
                     let patience = Patience::Progress(self.patience);
-                    let written = watch(&self.progress, &abort, patience, write).await;
+                    let written = watch(&self.progress, abort, patience, write).await;
                     // Fed but not flushed, the message may still sit in the
                     // WebSocket's buffer: it holds its bytes until the next
                     // write.
@@ -266,7 +270,7 @@ where
                 _ = tick(&mut pings) => {
                     let ping = self.sink.send(Message::Ping(Default::default()));
                     let patience = Patience::Progress(self.patience);
-                    (watch(&self.progress, &abort, patience, ping).await, None)
+                    (watch(&self.progress, abort, patience, ping).await, None)
                 }
             };
             _in_flight = charge;
@@ -294,12 +298,12 @@ where
     /// taken it all by then is closed with 1008 instead, and the rest is
     /// dropped.
     async fn write_close(&mut self) {
-        let abort = self.shared.aborted().clone();
+        let abort = self.shared.aborted();
         let Some(mut close) = self.shared.take_requested_close() else {
             // The client closed: tungstenite answers it; what is still
             // queued is not wanted.
             let flush = Patience::Deadline(Instant::now() + CLOSE_TIMEOUT);
-            let _ = watch(&self.progress, &abort, flush, self.sink.flush()).await;
+            let _ = watch(&self.progress, abort, flush, self.sink.flush()).await;
             return;
         };
         let deadline = Patience::Deadline(Instant::now() + self.patience);
@@ -308,7 +312,7 @@ where
                 break;
             };
             let write = self.sink.feed(message);
-            match watch(&self.progress, &abort, deadline, write).await {
+            match watch(&self.progress, abort, deadline, write).await {
                 Written::Done(Ok(())) => drop(charge),
                 Written::Done(Err(error)) => {
                     log_error("write", &error);
@@ -332,7 +336,7 @@ where
         self.shared
             .record_close(u16::from(frame.code), &frame.reason);
         let frame = self.sink.send(Message::Close(Some(frame)));
-        match watch(&self.progress, &abort, last, frame).await {
+        match watch(&self.progress, abort, last, frame).await {
             Written::Done(_) | Written::Aborted => {}
             Written::Stalled => {
                 tracing::debug!("the close frame could not be written; dropping the connection");
@@ -344,17 +348,16 @@ where
 
 /// Run `write` unless the connection is aborted or the client runs out of
 /// `patience`.
-async fn watch<F>(
-    progress: &WriteProgress,
-    abort: &CancellationToken,
-    patience: Patience,
-    write: F,
-) -> Written
+async fn watch<F>(progress: &WriteProgress, abort: &Flag, patience: Patience, write: F) -> Written
 where
     F: Future<Output = Result<(), tungstenite::Error>>,
 {
+    if abort.is_raised() {
+        return Written::Aborted;
+    }
     let started = Instant::now();
     tokio::pin!(write);
+    let mut aborted = std::pin::pin!(abort.raised());
     loop {
         // Measured from the client's last progress, but never from before
         // this write began: an idle connection has not stalled.
@@ -362,10 +365,11 @@ where
             Patience::Progress(patience) => progress.last().max(started) + patience,
             Patience::Deadline(deadline) => deadline,
         };
+        // The write first: one that completes at once registers no waits.
         tokio::select! {
             biased;
-            () = abort.cancelled() => return Written::Aborted,
             result = &mut write => return Written::Done(result),
+            () = aborted.as_mut() => return Written::Aborted,
             () = tokio::time::sleep_until(give_up_at) => {
                 let still = match patience {
                     Patience::Progress(patience) => progress.last().max(started) + patience,
@@ -402,28 +406,33 @@ async fn read_loop<S>(
     inbound: InboundSender,
     shared: &ConnectionShared,
     idle_timeout: Option<Duration>,
-    stop: &CancellationToken,
+    stop: &Flag,
 ) -> Stream<S>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     // Keep reading after a close frame: tungstenite sends its reply on the
     // next read, and the stream ends once the handshake is complete.
-    let abort = shared.aborted().clone();
     let budget = ByteBudget::new(shared.app.limits.queue_per_connection);
+    // Kept across the loop: registered once.
+    let mut aborted = std::pin::pin!(shared.aborted().raised());
+    let mut stopped = std::pin::pin!(stop.raised());
     loop {
         // Any frame, a pong included, counts as activity. Once closing,
         // the close timeout takes over.
         let idle = idle_timeout.filter(|_| !shared.is_closed());
         let next = tokio::select! {
+            // Stopping first: a client that always has a frame ready is
+            // still stopped.
+            biased;
+            () = aborted.as_mut() => break,
+            () = stopped.as_mut() => break,
             next = stream.next() => next,
             () = sleep_or_never(idle) => {
                 tracing::debug!("idle timeout");
                 shared.close(Close::IDLE);
                 continue;
             }
-            () = abort.cancelled() => break,
-            () = stop.cancelled() => break,
         };
         let Some(frame) = next else { break };
         match frame {
@@ -443,11 +452,13 @@ where
                     let app = shared.app.inbound_budget.take(len).await;
                     inbound.send((message, Charge::new(own, Some(app)))).await
                 };
+                // Delivery first: one that needs no wait registers none.
                 tokio::select! {
+                    biased;
                     _ = deliver => {}
-                    () = shared.closing().cancelled() => {}
-                    () = abort.cancelled() => break,
-                    () = stop.cancelled() => break,
+                    () = aborted.as_mut() => break,
+                    () = stopped.as_mut() => break,
+                    () = shared.closing().raised() => {}
                 }
             }
             Ok(Message::Close(frame)) => {

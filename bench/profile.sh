@@ -1,0 +1,187 @@
+#!/usr/bin/env bash
+# Where a wsflow echo spends its time per message, and A/B comparisons of
+# host builds (docs/BENCHMARKS.md, "Profile").
+#
+#   bench/profile.sh profile [BIN]      # perf profile of BIN (default: the release
+#                                       # build), fresh instances and instance reuse:
+#                                       # µs of server CPU per message, by part
+#   bench/profile.sh ab BIN_A BIN_B...  # alternate the binaries, ROUNDS rounds, and
+#                                       # print each one's median messages/s
+#
+# Settings (environment): PROFILE_MODES="fresh reuse", PROFILE_SECONDS=6 (load
+# per run; perf records the middle of it), PROFILE_ROUNDS=8 (ab), PROFILE_DURATION=3
+# (ab: seconds measured per run), PROFILE_CONNECTIONS=64.
+#
+# Needs `perf` (Debian: linux-perf) for `profile`, and the release binaries and
+# echo component that `bench/run.sh` builds (`bench/run.sh` once, or
+# `cargo build --release -p wsflow -p wsflow-bench` and
+# `cargo build --release --target wasm32-wasip2 -p wsflow-example-echo`).
+# The server runs on CPU 0 and the load generator on CPU 1; one CPU's worth
+# of server time is split by perf's samples, so a part's share of the
+# samples divided by the messages per second is its CPU time per message.
+# Run-to-run spread on a shared VM is large (±25%): compare medians of
+# alternating runs (`ab`), not single runs.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
+WHAT=${1:-profile}
+shift || true
+MODES=${PROFILE_MODES:-fresh reuse}
+SECONDS_PER_RUN=${PROFILE_SECONDS:-6}
+ROUNDS=${PROFILE_ROUNDS:-8}
+DURATION=${PROFILE_DURATION:-3}
+CONNECTIONS=${PROFILE_CONNECTIONS:-64}
+LOAD=$TARGET/release/wsflow-load
+ECHO=$TARGET/wasm32-wasip2/release/wsflow_example_echo.wasm
+for file in "$LOAD" "$ECHO"; do
+    [[ -e $file ]] || {
+        echo "missing $file (see the comment at the top of $0)" >&2
+        exit 1
+    }
+done
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/wsflow-profile.XXXXXX")
+SERVER_PID=
+cleanup() {
+    [[ -n $SERVER_PID ]] && kill "$SERVER_PID" 2>/dev/null
+    wait 2>/dev/null || true
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+for mode in fresh reuse; do
+    instance=""
+    [[ $mode == reuse ]] && instance='instance = "reuse"'
+    cat >"$WORK/$mode.toml" <<EOF
+[app]
+name = "bench"
+
+[flows.bench]
+component = "$ECHO"
+
+[[triggers]]
+port = 0
+
+[[triggers.handlers]]
+path = "/echo"
+mode = "data"
+flow = "bench"
+$instance
+EOF
+done
+
+# run BIN MODE SECONDS [PERF_OUTPUT]: serve MODE with BIN on CPU 0, load it
+# from CPU 1, optionally record the server with perf in the middle of the
+# run; prints the load generator's messages/s.
+run() {
+    local bin=$1 mode=$2 seconds=$3 record=${4:-}
+    taskset -c 0 "$bin" up "$WORK/$mode.toml" >"$WORK/server.log" 2>&1 &
+    SERVER_PID=$!
+    local i url=
+    for ((i = 0; i < 100; i++)); do
+        url=$(grep -o 'ws://[^ ]*' "$WORK/server.log" | head -1 || true)
+        [[ -n $url ]] && break
+        sleep 0.1
+    done
+    [[ -n $url ]] || {
+        cat "$WORK/server.log" >&2
+        exit 1
+    }
+    taskset -c 1 "$LOAD" "$url" -c "$CONNECTIONS" -d "$seconds" --warmup 1 >"$WORK/load.out" 2>&1 &
+    local load=$!
+    if [[ -n $record ]]; then
+        sleep $((1 + seconds / 4))
+        perf record -q -F 999 --call-graph dwarf,16384 -p "$SERVER_PID" -o "$record" \
+            -- sleep $((seconds / 2)) >/dev/null 2>&1
+    fi
+    wait "$load"
+    kill -INT "$SERVER_PID"
+    wait "$SERVER_PID" 2>/dev/null || true
+    SERVER_PID=
+    grep -o 'msgs_per_s=[0-9]*' "$WORK/load.out" | cut -d= -f2
+}
+
+# The parts reported, as `label|symbol pattern` (the first symbol of the
+# perf report that matches the pattern; its inclusive share).
+PARTS=(
+    "the connection's task, all of it|WsTrigger::serve_http::"
+    "  an execution (fresh)|wsflow::runtime::FlowPre::execute::"
+    "  an execution (reuse)|wsflow::runtime::FlowInstance::call::"
+    "    instantiating the component|InstancePre<T>::instantiate_async::"
+    "    a new store and WASI context|wsflow::runtime::FlowPre::new_store$"
+    "    dropping the store (slot reset)|<wasmtime::runtime::store::Store<T> as core::ops::drop::Drop>::drop$"
+    "      linear memory reset (pagemap)|wasmtime::runtime::vm::sys::unix::pagemap::reset_with_pagemap$"
+    "    the guest call|wasmtime::runtime::component::func::typed::TypedFunc<Params,Return>::call_impl$"
+    "      lowering the event|TypedFunc<Params,Return>::lower_args$"
+    "    the thread CPU clock|wsflow::runtime::cpu::thread_cpu_nanos$"
+    "    tracing spans (new)|tracing::span::Span::new$"
+    "  writing to the socket (send)|__libc_send"
+    "  reading from the socket|<tokio_tungstenite::compat::AllowStd<S> as std::io::Read>::read$"
+    "malloc|__GI___libc_malloc"
+    "free|__GI___libc_free"
+)
+
+profile() {
+    local bin=${1:-$TARGET/release/wsflow}
+    command -v perf >/dev/null || {
+        echo "perf is not installed (Debian: apt-get install linux-perf)" >&2
+        exit 1
+    }
+    echo "profile of $bin, $CONNECTIONS connections, ping-pong, 32 B, server on CPU 0"
+    local mode
+    for mode in $MODES; do
+        local rate
+        rate=$(run "$bin" "$mode" "$SECONDS_PER_RUN" "$WORK/$mode.data")
+        perf report -i "$WORK/$mode.data" --children --sort symbol --stdio -g none 2>/dev/null |
+            grep '%' >"$WORK/$mode.report"
+        echo
+        echo "$mode instances: $rate messages/s, $(awk -v r="$rate" 'BEGIN { printf "%.1f", 1e6 / r }') µs of server CPU per message"
+        printf '  %-40s %8s %12s\n' part share "µs/message"
+        local part label pattern share
+        for part in "${PARTS[@]}"; do
+            label=${part%%|*}
+            pattern=${part#*|}
+            share=$(grep -m1 -F -- "${pattern%$}" "$WORK/$mode.report" | awk '{ sub("%", "", $1); print $1 }' || true)
+            [[ -n $share ]] || continue
+            printf '  %-40s %7s%% %12s\n' "$label" "$share" \
+                "$(awk -v s="$share" -v r="$rate" 'BEGIN { printf "%.2f", s / 100 * 1e6 / r }')"
+        done
+    done
+}
+
+ab() {
+    (($# >= 2)) || {
+        echo "usage: $0 ab BIN_A BIN_B..." >&2
+        exit 2
+    }
+    local bins=("$@") n=$# round i mode
+    for mode in $MODES; do
+        for ((round = 0; round < ROUNDS; round++)); do
+            # Rotate the order every round: drift in the machine's speed
+            # falls on every binary alike.
+            for ((i = 0; i < n; i++)); do
+                local index=$(((i + round) % n))
+                run "${bins[$index]}" "$mode" "$DURATION" >>"$WORK/ab.$mode.$index"
+            done
+        done
+        for ((i = 0; i < n; i++)); do
+            sort -n "$WORK/ab.$mode.$i" | awk -v bin="${bins[$i]}" -v mode="$mode" '
+                { rate[NR] = $1 }
+                END {
+                    printf "%-6s %-50s median %7d msgs/s   runs", mode, bin, rate[int((NR + 1) / 2)]
+                    for (j = 1; j <= NR; j++) printf " %d", rate[j]
+                    printf "\n"
+                }'
+        done
+    done
+}
+
+case $WHAT in
+profile) profile "$@" ;;
+ab) ab "$@" ;;
+*)
+    echo "usage: $0 profile [BIN] | ab BIN_A BIN_B..." >&2
+    exit 2
+    ;;
+esac
