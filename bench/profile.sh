@@ -10,7 +10,8 @@
 #
 # Settings (environment): PROFILE_MODES="fresh reuse", PROFILE_SECONDS=6 (load
 # per run; perf records the middle of it), PROFILE_ROUNDS=8 (ab), PROFILE_DURATION=3
-# (ab: seconds measured per run), PROFILE_CONNECTIONS=64.
+# (ab: seconds measured per run), PROFILE_CONNECTIONS=64, PROFILE_KEEP=DIR (profile:
+# keep the perf reports there).
 #
 # Needs `perf` (Debian: linux-perf) for `profile`, and the release binaries and
 # echo component that `bench/run.sh` builds (`bench/run.sh` once, or
@@ -102,25 +103,40 @@ run() {
     grep -o 'msgs_per_s=[0-9]*' "$WORK/load.out" | cut -d= -f2
 }
 
-# The parts reported, as `label|symbol pattern` (the first symbol of the
-# perf report that matches the pattern; its inclusive share).
+# The parts reported, as `label|symbol`: the inclusive share of the first
+# symbol of the perf report that is `symbol`, or starts with it when it ends
+# in `::` (closures).
 PARTS=(
-    "the connection's task, all of it|WsTrigger::serve_http::"
-    "  an execution (fresh)|wsflow::runtime::FlowPre::execute::"
-    "  an execution (reuse)|wsflow::runtime::FlowInstance::call::"
-    "    instantiating the component|InstancePre<T>::instantiate_async::"
-    "    a new store and WASI context|wsflow::runtime::FlowPre::new_store$"
-    "    dropping the store (slot reset)|<wasmtime::runtime::store::Store<T> as core::ops::drop::Drop>::drop$"
-    "      linear memory reset (pagemap)|wasmtime::runtime::vm::sys::unix::pagemap::reset_with_pagemap$"
-    "    the guest call|wasmtime::runtime::component::func::typed::TypedFunc<Params,Return>::call_impl$"
-    "      lowering the event|TypedFunc<Params,Return>::lower_args$"
-    "    the thread CPU clock|wsflow::runtime::cpu::thread_cpu_nanos$"
-    "    tracing spans (new)|tracing::span::Span::new$"
+    "the connection's task, all of it|wsflow::trigger::WsTrigger::serve_http::"
+    "  an execution (fresh instance)|wsflow::runtime::FlowPre::execute::"
+    "    instantiating the component|wasmtime::runtime::component::instance::InstancePre<T>::instantiate_async::"
+    "    a new store and WASI context|wsflow::runtime::FlowPre::new_store"
+    "    dropping the store (slot reset)|<wasmtime::runtime::store::Store<T> as core::ops::drop::Drop>::drop"
+    "      linear memory reset (pagemap)|wasmtime::runtime::vm::sys::unix::pagemap::reset_with_pagemap"
+    "  guest work, metered, on the app's lane|wsflow::runtime::scheduler::polling"
+    "    the guest call|wasmtime::runtime::component::func::typed::TypedFunc<Params,Return>::call_impl"
+    "      lowering the event|wasmtime::runtime::component::func::typed::TypedFunc<Params,Return>::lower_args"
+    "    the thread CPU clock|wsflow::runtime::cpu::thread_cpu_nanos"
+    "  tracing spans (new)|tracing::span::Span::new"
     "  writing to the socket (send)|__libc_send"
-    "  reading from the socket|<tokio_tungstenite::compat::AllowStd<S> as std::io::Read>::read$"
+    "  reading from the socket|<tokio_tungstenite::compat::AllowStd<S> as std::io::Read>::read"
     "malloc|__GI___libc_malloc"
     "free|__GI___libc_free"
 )
+
+# share REPORT SYMBOL: see PARTS.
+share() {
+    awk -v want="$2" '
+        {
+            line = $0
+            share = $1
+            sub("%", "", share)
+            if (!sub(/^.*\] /, "", line)) next
+            sub(/ +(- +-)? *$/, "", line)
+            sub(/ \(inlined\)$/, "", line)
+            if (line == want || (want ~ /::$/ && index(line, want) == 1)) { print share; exit }
+        }' "$1"
+}
 
 profile() {
     local bin=${1:-$TARGET/release/wsflow}
@@ -135,6 +151,10 @@ profile() {
         rate=$(run "$bin" "$mode" "$SECONDS_PER_RUN" "$WORK/$mode.data")
         perf report -i "$WORK/$mode.data" --children --sort symbol --stdio -g none 2>/dev/null |
             grep '%' >"$WORK/$mode.report"
+        if [[ -n ${PROFILE_KEEP:-} ]]; then
+            mkdir -p "$PROFILE_KEEP"
+            cp "$WORK/$mode.report" "$PROFILE_KEEP/$mode.report"
+        fi
         echo
         echo "$mode instances: $rate messages/s, $(awk -v r="$rate" 'BEGIN { printf "%.1f", 1e6 / r }') µs of server CPU per message"
         printf '  %-40s %8s %12s\n' part share "µs/message"
@@ -142,7 +162,7 @@ profile() {
         for part in "${PARTS[@]}"; do
             label=${part%%|*}
             pattern=${part#*|}
-            share=$(grep -m1 -F -- "${pattern%$}" "$WORK/$mode.report" | awk '{ sub("%", "", $1); print $1 }' || true)
+            share=$(share "$WORK/$mode.report" "$pattern")
             [[ -n $share ]] || continue
             printf '  %-40s %7s%% %12s\n' "$label" "$share" \
                 "$(awk -v s="$share" -v r="$rate" 'BEGIN { printf "%.2f", s / 100 * 1e6 / r }')"

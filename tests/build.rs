@@ -30,8 +30,16 @@ fn main() {
     programs.extend(program_packages(&workspace.join("examples")));
     require_wasm_target();
 
-    // A target dir of its own: the outer cargo holds a lock on the main one.
-    let target_dir = out_dir.join("wasm");
+    // A target dir of its own (the outer cargo holds a lock on the main
+    // one), next to the outer build's profiles rather than in this run's
+    // OUT_DIR: `cargo clippy` and `cargo test` run this script in different
+    // OUT_DIRs, and would otherwise build every program twice from scratch.
+    // OUT_DIR is `<target>/<profile>/build/<package>-<hash>/out`.
+    let target_dir = out_dir
+        .ancestors()
+        .nth(4)
+        .unwrap_or(&out_dir)
+        .join("wasm-programs");
     let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut build = Command::new(cargo);
     build
