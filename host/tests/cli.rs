@@ -854,9 +854,10 @@ fn wsflow_new(dir: &Path, args: &[&str]) -> String {
 /// then `wsflow up` in the new crate, which builds it and serves it on a
 /// free port: the URL it listens on.
 ///
-/// The new crates of these tests share one cargo target dir (their
-/// `target` is a link to it), so the SDK and its dependencies are compiled
-/// once for all of them, and once for every later run.
+/// The new crates of these tests build in the target dir of the guest test
+/// programs (`tests/build.rs`; their `target` is a link to it), where the
+/// SDK and its dependencies were compiled for `wasm32-wasip2` in release
+/// before any test ran.
 fn new_then_up(temp: &Path, name: &str, mode: &str, format: &str) -> (Up, String) {
     let stdout = wsflow_new(temp, &[name, "--mode", mode, "--format", format]);
     assert!(
@@ -864,7 +865,7 @@ fn new_then_up(temp: &Path, name: &str, mode: &str, format: &str) -> (Up, String
         "{stdout}"
     );
     let crate_dir = temp.join(name);
-    let shared = target_dir().join("wsflow-new-tests");
+    let shared = target_dir().join("wasm-programs");
     std::fs::create_dir_all(&shared).unwrap();
     std::os::unix::fs::symlink(&shared, crate_dir.join("target")).unwrap();
 
