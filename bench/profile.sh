@@ -107,7 +107,7 @@ run() {
 # symbol of the perf report that is `symbol`, or starts with it when it ends
 # in `::` (closures).
 PARTS=(
-    "the connection's task, all of it|wsflow::trigger::WsTrigger::serve_http::"
+    "the connection's task, all of it|wsflow::trigger::WsTrigger::serve_stream::"
     "  an execution (fresh instance)|wsflow::runtime::FlowPre::execute::"
     "    instantiating the component|wasmtime::runtime::component::instance::InstancePre<T>::instantiate_async::"
     "    a new store and WASI context|wsflow::runtime::FlowPre::new_store"

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::filesystem::FsPerms;
-use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::bindings::Level;
 use super::bindings::wsflow::flow::{log, properties};
@@ -22,7 +22,10 @@ pub(crate) const GRANTED_DIR_GUEST_PATH: &str = "/data";
 /// Built fresh for every execution: nothing a flow does survives it except
 /// what it sent over its connection.
 pub(crate) struct FlowCtx {
-    pub(super) wasi: WasiCtx,
+    /// Built when the flow first calls WASI: most executions of a small flow
+    /// never do, and building it is a good part of a fresh execution's cost.
+    wasi: Option<WasiCtx>,
+    grants: Arc<FlowGrants>,
     pub(super) table: ResourceTable,
     pub(super) limiter: ExecutionLimiter,
     pub(super) cpu: Arc<CpuMeter>,
@@ -30,25 +33,21 @@ pub(crate) struct FlowCtx {
 }
 
 impl FlowCtx {
-    pub(super) fn new(app: Arc<AppInfo>, grants: &FlowGrants) -> wasmtime::Result<Self> {
+    pub(super) fn new(app: Arc<AppInfo>, grants: &Arc<FlowGrants>) -> wasmtime::Result<Self> {
         let cpu = Arc::new(CpuMeter::new(app.limits.cpu_time));
-        let stdout = LogOutput::new(&app, "stdout", &cpu);
-        let stderr = LogOutput::new(&app, "stderr", &cpu);
-        // No ambient authority: no host environment, no files, no network;
-        // stdin is empty and stdout/stderr go to the host log. Only what the
-        // manifest grants is added.
-        let mut wasi = WasiCtx::builder();
-        wasi.stdout(stdout)
-            .stderr(stderr)
-            .allow_tcp(false)
-            .allow_udp(false)
-            .allow_ip_name_lookup(false)
-            .envs(&grants.env);
-        if let Some(dir) = &grants.read_only_dir {
-            wasi.preopened_dir(dir, GRANTED_DIR_GUEST_PATH, FsPerms::ReadOnly)?;
-        }
+        // A directory grant can fail to open: that is found here, when the
+        // execution starts, not in the middle of a WASI call.
+        let wasi = match &grants.read_only_dir {
+            Some(dir) => {
+                let mut wasi = wasi_builder(&app, grants, &cpu);
+                wasi.preopened_dir(dir, GRANTED_DIR_GUEST_PATH, FsPerms::ReadOnly)?;
+                Some(wasi.build())
+            }
+            None => None,
+        };
         Ok(Self {
-            wasi: wasi.build(),
+            wasi,
+            grants: Arc::clone(grants),
             table: ResourceTable::new(),
             limiter: ExecutionLimiter::new(app.limits.max_memory),
             cpu,
@@ -57,10 +56,29 @@ impl FlowCtx {
     }
 }
 
+/// The WASI context of an execution, but for a directory grant. No ambient
+/// authority: no host environment, no files, no network; stdin is empty and
+/// stdout/stderr go to the host log. Only what the manifest grants is added.
+fn wasi_builder(app: &Arc<AppInfo>, grants: &FlowGrants, cpu: &Arc<CpuMeter>) -> WasiCtxBuilder {
+    let mut wasi = WasiCtx::builder();
+    wasi.stdout(LogOutput::new(app, "stdout", cpu))
+        .stderr(LogOutput::new(app, "stderr", cpu))
+        .allow_tcp(false)
+        .allow_udp(false)
+        .allow_ip_name_lookup(false)
+        .envs(&grants.env);
+    wasi
+}
+
 impl WasiView for FlowCtx {
     fn ctx(&mut self) -> WasiCtxView<'_> {
+        let ctx = match &mut self.wasi {
+            Some(ctx) => ctx,
+            // A flow with a directory grant has had its context built.
+            wasi @ None => wasi.insert(wasi_builder(&self.app, &self.grants, &self.cpu).build()),
+        };
         WasiCtxView {
-            ctx: &mut self.wasi,
+            ctx,
             table: &mut self.table,
         }
     }

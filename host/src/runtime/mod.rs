@@ -124,7 +124,7 @@ impl PoolSize {
             .decommit_batch_size(DECOMMIT_BATCH)
             // Small, hot regions are cheaper to zero than to return.
             .async_stack_keep_resident(KEEP_RESIDENT)
-            .table_keep_resident(KEEP_RESIDENT)
+            .table_keep_resident(TABLE_KEEP_RESIDENT)
             // The pages an execution wrote stay mapped and are copied back
             // from the component's memory image when the slot is freed, so
             // the next execution in the slot takes no page faults on them.
@@ -145,6 +145,11 @@ impl PoolSize {
 const CORE_INSTANCES_PER_FLOW: u32 = 16;
 const DECOMMIT_BATCH: usize = 64;
 const KEEP_RESIDENT: usize = 16 << 10;
+/// A table of one page or less (512 functions, more than a Rust flow's
+/// component has) is reset with a `memset` of the page; with more kept
+/// resident, every table is reset with a `PAGEMAP_SCAN` system call, a
+/// microsecond each, and a flow has two or three tables.
+const TABLE_KEEP_RESIDENT: usize = 4 << 10;
 /// Written pages of a linear memory reset in place rather than returned to
 /// the kernel, per slot: far more than an execution of a small flow writes
 /// (an echo writes 5 pages, 20 KiB), little enough that a full pool of 256

@@ -14,7 +14,9 @@ mod session;
 mod tls;
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
@@ -430,24 +432,41 @@ impl WsTrigger {
     }
 
     async fn connection(&self, stream: TcpStream, client: Client) {
+        // The handshake's futures (TLS, the request head, the upgrade) are
+        // large and live only until the upgrade. Boxed, they are freed then,
+        // and the connection's task keeps only what serves the connection.
+        let handshake = Box::pin(self.handshake(stream, client));
+        if let Some(serving) = handshake.await {
+            serving.await;
+        }
+    }
+
+    /// Take a client from its TCP stream to an upgraded WebSocket: TLS if
+    /// the trigger has it, then the request. Returns what serves the
+    /// connection from then on, if it was upgraded.
+    async fn handshake(&self, stream: TcpStream, client: Client) -> Option<Serving<'_>> {
         let _ = stream.set_nodelay(true);
         // Under TLS, so the writer sees bytes reach the socket.
         let stream = Watched::new(stream, Arc::clone(&client.progress));
-        // Each branch's future is boxed at its own size: unboxed, every
-        // connection's task would be as large as the largest branch (TLS).
         match &self.tls {
-            None => Box::pin(self.serve_http(stream, client)).await,
+            None => self.serve_http(stream, client).await,
             Some(acceptor) => {
                 let handshake =
                     tokio::time::timeout_at(client.deadline, Box::pin(acceptor.accept(stream)));
                 let handshake = tokio::select! {
                     handshake = handshake => handshake,
-                    () = client.shutdown.cancelled() => return,
+                    () = client.shutdown.cancelled() => return None,
                 };
                 match handshake {
-                    Ok(Ok(tls)) => Box::pin(self.serve_http(tls, client)).await,
-                    Ok(Err(error)) => tracing::debug!("TLS handshake failed: {error}"),
-                    Err(_elapsed) => tracing::debug!("TLS handshake timed out"),
+                    Ok(Ok(tls)) => self.serve_http(tls, client).await,
+                    Ok(Err(error)) => {
+                        tracing::debug!("TLS handshake failed: {error}");
+                        None
+                    }
+                    Err(_elapsed) => {
+                        tracing::debug!("TLS handshake timed out");
+                        None
+                    }
                 }
             }
         }
@@ -456,29 +475,28 @@ impl WsTrigger {
     /// Serve one client. A trigger that reads request heads itself answers
     /// plain requests (with its `static_dir`, or 426), and admits upgrade
     /// requests before the handshake, asking the handler's `on_connect`
-    /// when it has one; otherwise the handshake admits them.
-    async fn serve_http<S>(&self, mut stream: S, client: Client)
+    /// when it has one; otherwise the handshake admits them. Returns what
+    /// serves the connection, if it was upgraded.
+    async fn serve_http<S>(&self, mut stream: S, client: Client) -> Option<Serving<'_>>
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         if !self.reads_requests {
-            return Box::pin(self.serve_stream(stream, client, None)).await;
+            return self.serve_stream(stream, client, None).await;
         }
         let read = tokio::select! {
             read = http1::read_head(&mut stream, client.deadline) => read,
-            () = client.shutdown.cancelled() => return,
+            () = client.shutdown.cancelled() => return None,
         };
-        let Some((head, read)) = read else {
-            return;
-        };
+        let (head, read) = read?;
         let response = match head {
-            Head::Upgrade(request) => match Box::pin(self.admit_early(&request, &client)).await {
+            Head::Upgrade(request) => match self.admit_early(&request, &client).await {
                 Ok(admitted) => {
                     let stream = Replay::new(read, stream);
-                    return Box::pin(self.serve_stream(stream, client, Some(admitted))).await;
+                    return self.serve_stream(stream, client, Some(admitted)).await;
                 }
                 Err(Some(refusal)) => http1::Response::text(refusal.status.as_u16(), refusal.body),
-                Err(None) => return,
+                Err(None) => return None,
             },
             Head::Plain(request) => match &self.static_files {
                 Some(files) => files.respond(&request).await,
@@ -491,6 +509,7 @@ impl WsTrigger {
             Head::Bad(status) => http1::Response::status(status),
         };
         response.send(&mut stream).await;
+        None
     }
 
     /// Admit an upgrade request read before the handshake, and ask its
@@ -610,12 +629,18 @@ impl WsTrigger {
     }
 
     /// Upgrade and serve one client over any byte stream (TCP or TLS):
-    /// admitted already (`early`), or admitted by the handshake.
+    /// admitted already (`early`), or admitted by the handshake. Returns
+    /// what serves it from then on, if it was upgraded.
     #[expect(
         clippy::result_large_err,
         reason = "tungstenite's handshake callback returns its ErrorResponse by value"
     )]
-    async fn serve_stream<S>(&self, stream: S, client: Client, early: Option<Admitted>)
+    async fn serve_stream<S>(
+        &self,
+        stream: S,
+        client: Client,
+        early: Option<Admitted>,
+    ) -> Option<Serving<'_>>
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -680,15 +705,12 @@ impl WsTrigger {
             }
             None => None,
         };
-        let Some(Admitted {
+        let Admitted {
             routed,
             open: _open,
             id,
             opening,
-        }) = admitted
-        else {
-            return;
-        };
+        } = admitted?;
         let handler = Arc::clone(&routed.handler);
         let ended = handler.on_close.as_ref().map(|_| Ended {
             id,
@@ -696,43 +718,63 @@ impl WsTrigger {
             path_params: routed.path_params.clone(),
             query_params: routed.query_params.clone(),
         });
-        let (how, farewell) = match ws {
+        let Some(ws) = ws else {
             // Accepted by `on_connect`, but never upgraded: it still gets
             // its `on_close`.
-            None => {
-                let farewell = hub::Farewell {
-                    groups: Vec::new(),
-                    attachment: opening.attachment,
-                };
-                ((1006, String::new()), farewell)
-            }
-            Some(ws) => {
-                let span = tracing::Span::current();
-                if admit_here {
-                    span.record("conn", id);
-                }
-                span.record("path", tracing::field::display(&handler.spec.path));
-                tracing::debug!("connected");
-                let farewell = Arc::new(OnceLock::new());
-                let how = Box::pin(self.serve_upgraded(
-                    ws,
-                    Upgraded {
-                        routed,
-                        id,
-                        opening,
-                        farewell: ended.as_ref().map(|_| Arc::clone(&farewell)),
-                    },
-                    peer,
-                    progress,
-                    shutdown,
-                ))
-                .await;
-                tracing::debug!("disconnected");
-                (how, farewell.get().cloned().unwrap_or_default())
-            }
+            let farewell = hub::Farewell {
+                groups: Vec::new(),
+                attachment: opening.attachment,
+            };
+            let on_close = Box::pin(Self::on_close(
+                &handler,
+                ended,
+                (1006, String::new()),
+                farewell,
+            ));
+            on_close.await;
+            return None;
         };
+        let span = tracing::Span::current();
+        if admit_here {
+            span.record("conn", id);
+        }
+        span.record("path", tracing::field::display(&handler.spec.path));
+        tracing::debug!("connected");
+        Some(Box::pin(async move {
+            // Open, and counted so, until served.
+            let _socket = _socket;
+            let _open = _open;
+            let farewell = Arc::new(OnceLock::new());
+            let serve = Box::pin(self.serve_upgraded(
+                ws,
+                Upgraded {
+                    routed,
+                    id,
+                    opening,
+                    farewell: ended.as_ref().map(|_| Arc::clone(&farewell)),
+                },
+                peer,
+                progress,
+                shutdown,
+            ));
+            let how = serve.await;
+            tracing::debug!("disconnected");
+            let farewell = farewell.get().cloned().unwrap_or_default();
+            let on_close = Box::pin(Self::on_close(&handler, ended, how, farewell));
+            on_close.await;
+        }))
+    }
+
+    /// Run the handler's `on_close` hook, if it has one, for a connection
+    /// that ended `how`.
+    async fn on_close(
+        handler: &Handler,
+        ended: Option<Ended>,
+        how: (u16, String),
+        farewell: hub::Farewell,
+    ) {
         if let (Some(hook), Some(ended)) = (&handler.on_close, ended) {
-            Box::pin(hooks::on_close(&hook.current(), ended, how, farewell)).await;
+            hooks::on_close(&hook.current(), ended, how, farewell).await;
         }
     }
 
@@ -808,6 +850,10 @@ impl WsTrigger {
         .await
     }
 }
+
+/// What serves an upgraded connection until it ends (its handshake done
+/// and freed).
+type Serving<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
 
 /// A client admitted to upgrade: routed, counted as open, given its id,
 /// and started the way its `on_connect` chose (if its handler has one).

@@ -172,7 +172,9 @@ async fn serve_socket<S>(
 async fn linger<S: AsyncRead + AsyncWrite + Unpin>(mut socket: S) {
     let drain = async {
         let _ = socket.shutdown().await;
-        let mut buf = [0u8; 4096];
+        // On the heap: in this future it would take its room in every
+        // connection's task for the connection's whole life.
+        let mut buf = vec![0u8; 4096];
         while let Ok(n) = socket.read(&mut buf).await {
             if n == 0 {
                 break;
