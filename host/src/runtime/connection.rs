@@ -11,8 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc;
-use tokio::sync::mpsc::error::TryRecvError;
+use tokio::sync::mpsc::error::{TryRecvError, TrySendError};
 use tokio_tungstenite::tungstenite;
 use wasmtime::component::Resource;
 
@@ -21,6 +20,7 @@ use super::bindings::{CloseError, Message, ReceiveError, SendError};
 use super::ctx::FlowCtx;
 use super::flag::Flag;
 use super::limits::LimitExceeded;
+use super::queue;
 use crate::app::{AppInfo, AppStats, ByteBudget, Charge};
 use crate::close::{Close, InvalidClose};
 use crate::hub::Delivery;
@@ -34,18 +34,18 @@ pub(crate) struct Outbound {
 }
 
 /// Where the reader puts messages for the flow side.
-pub(crate) type InboundSender = mpsc::Sender<(tungstenite::Message, Charge)>;
+pub(crate) type InboundSender = queue::Sender<(tungstenite::Message, Charge)>;
 
 /// Messages read from the client that wait for the flow side; each holds
 /// its bytes of the connection's and the app's inbound budgets until taken.
 #[derive(Debug)]
-pub(crate) struct Inbound(mpsc::Receiver<(tungstenite::Message, Charge)>);
+pub(crate) struct Inbound(queue::Receiver<(tungstenite::Message, Charge)>);
 
 impl Inbound {
     /// A queue of at most `messages` messages (the byte budgets bound it
     /// further).
     pub(crate) fn channel(messages: usize) -> (InboundSender, Self) {
-        let (tx, rx) = mpsc::channel(messages);
+        let (tx, rx) = queue::channel(messages);
         (tx, Self(rx))
     }
 
@@ -79,7 +79,7 @@ pub(crate) struct ConnectionShared {
     pub(crate) app: Arc<AppInfo>,
     pub(crate) peer: SocketAddr,
     pub(crate) max_message_size: usize,
-    outbound: mpsc::Sender<Outbound>,
+    outbound: queue::Sender<Outbound>,
     /// This connection's outbound bytes; the app's are in `app`.
     outbound_budget: ByteBudget,
     /// Raised once a close has been sent or received: sends fail.
@@ -104,7 +104,7 @@ impl ConnectionShared {
         app: Arc<AppInfo>,
         peer: SocketAddr,
         max_message_size: usize,
-        outbound: mpsc::Sender<Outbound>,
+        outbound: queue::Sender<Outbound>,
     ) -> Self {
         let outbound_budget = ByteBudget::new(app.limits.queue_per_connection);
         Self {
@@ -244,7 +244,7 @@ impl ConnectionShared {
     /// started closing meanwhile.
     fn queue(
         &self,
-        slot: mpsc::Permit<'_, Outbound>,
+        slot: queue::Permit<'_, Outbound>,
         message: tungstenite::Message,
         charge: Charge,
         started: Instant,
@@ -277,8 +277,8 @@ impl ConnectionShared {
                 slot.send(Outbound { message, charge });
                 Delivery::Queued
             }
-            Err(mpsc::error::TrySendError::Full(())) => Delivery::Full,
-            Err(mpsc::error::TrySendError::Closed(())) => Delivery::Closed,
+            Err(TrySendError::Full(())) => Delivery::Full,
+            Err(TrySendError::Closed(())) => Delivery::Closed,
         }
     }
 

@@ -8,6 +8,7 @@ mod ctx;
 pub(crate) mod flag;
 mod groups;
 mod limits;
+pub(crate) mod queue;
 mod scheduler;
 mod stdio;
 

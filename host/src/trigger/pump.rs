@@ -18,7 +18,6 @@ use std::time::Duration;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::{self, Message};
@@ -30,6 +29,7 @@ use crate::manifest::spec::TriggerLimits;
 use crate::metrics::Limit;
 use crate::runtime::connection::{Inbound, InboundSender};
 use crate::runtime::flag::Flag;
+use crate::runtime::queue;
 use crate::runtime::{ConnectionShared, Outbound};
 
 /// Messages a connection may have queued towards the client, whatever
@@ -76,7 +76,7 @@ where
     F: FnOnce(Arc<ConnectionShared>, Inbound) -> Fut,
     Fut: Future<Output = Option<Close>>,
 {
-    let (out_tx, out_rx) = mpsc::channel(OUTBOUND_QUEUE);
+    let (out_tx, out_rx) = queue::channel(OUTBOUND_QUEUE);
     let (in_tx, in_rx) = Inbound::channel(INBOUND_QUEUE);
     let shared = Arc::new(ConnectionShared::new(
         id,
@@ -124,7 +124,7 @@ async fn serve_socket<S>(
     shared: &ConnectionShared,
     limits: &TriggerLimits,
     progress: Arc<WriteProgress>,
-    outbound: mpsc::Receiver<Outbound>,
+    outbound: queue::Receiver<Outbound>,
     inbound: InboundSender,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -207,7 +207,7 @@ enum Patience {
 /// The writing half of a connection.
 struct Writer<'a, S> {
     sink: Sink<S>,
-    outbound: mpsc::Receiver<Outbound>,
+    outbound: queue::Receiver<Outbound>,
     shared: &'a ConnectionShared,
     progress: Arc<WriteProgress>,
     /// `slow_client_timeout`.
