@@ -59,7 +59,10 @@ pub(super) async fn run(
                     // and waits for a client that does not read no longer
                     // than a flow's `send` would.
                     let reply = Message::text(rejection.reply());
-                    if let Err(SendFailure::SlowClient(_)) = shared.send(reply).await {
+                    // Boxed: a waiting send is large, and rare here; inline
+                    // it would size the connection's task for good.
+                    let send = Box::pin(shared.send(reply));
+                    if let Err(SendFailure::SlowClient(_)) = send.await {
                         return None;
                     }
                     continue;

@@ -820,10 +820,9 @@ impl WsTrigger {
             if let Some(farewell) = farewell {
                 membership.keep_farewell(farewell);
             }
-            if let Err(error) = membership
-                .open_with(opening.attachment, &opening.groups)
-                .await
-            {
+            // Boxed: joining groups is large, and over once the flow starts.
+            let open = Box::pin(membership.open_with(opening.attachment, &opening.groups));
+            if let Err(error) = open.await {
                 tracing::warn!("the groups on_connect chose cannot be joined: {error}");
                 return Some(match error {
                     HubError::GroupFull => Close::TRY_AGAIN_LATER,
