@@ -745,7 +745,8 @@ impl WsTrigger {
             let _socket = _socket;
             let _open = _open;
             let farewell = Arc::new(OnceLock::new());
-            let serve = Box::pin(self.serve_upgraded(
+            // Inline: this future is the connection's for its whole life.
+            let serve = self.serve_upgraded(
                 ws,
                 Upgraded {
                     routed,
@@ -756,7 +757,7 @@ impl WsTrigger {
                 peer,
                 progress,
                 shutdown,
-            ));
+            );
             let how = serve.await;
             tracing::debug!("disconnected");
             let farewell = farewell.get().cloned().unwrap_or_default();
@@ -780,14 +781,17 @@ impl WsTrigger {
 
     /// Serve an upgraded connection until it ends; returns the close code
     /// and reason it ended with.
-    async fn serve_upgraded<S>(
+    ///
+    /// Not an `async fn`: the future returned is the frame pump's itself,
+    /// with no level of its own around it in the connection's task.
+    fn serve_upgraded<S>(
         &self,
         ws: tokio_tungstenite::WebSocketStream<S>,
         upgraded: Upgraded,
         peer: SocketAddr,
         progress: Arc<WriteProgress>,
         shutdown: CancellationToken,
-    ) -> (u16, String)
+    ) -> impl Future<Output = (u16, String)> + Send + '_
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -837,7 +841,7 @@ impl WsTrigger {
                 }
             }
         };
-        Box::pin(pump::run(
+        pump::run(
             ws,
             id,
             Arc::clone(&self.app),
@@ -845,8 +849,7 @@ impl WsTrigger {
             &self.limits,
             progress,
             flow_side,
-        ))
-        .await
+        )
     }
 }
 
