@@ -310,6 +310,47 @@ mod tests {
         assert_eq!(rx.try_recv(), Err(TryRecvError::Empty));
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn values_cross_threads_in_order_through_a_small_queue() {
+        // Sender and receiver on different threads, the queue full or empty
+        // most of the time: every wake-up path is taken many times.
+        const VALUES: u32 = 20_000;
+        let (tx, mut rx) = channel(2);
+        let sender = tokio::spawn(async move {
+            for value in 0..VALUES {
+                match value % 3 {
+                    0 => tx.send(value).await.unwrap(),
+                    1 => tx.reserve().await.unwrap().send(value),
+                    _ => loop {
+                        match tx.try_reserve() {
+                            Ok(permit) => break permit.send(value),
+                            Err(TrySendError::Full(())) => tokio::task::yield_now().await,
+                            Err(TrySendError::Closed(())) => panic!("closed"),
+                        }
+                    },
+                }
+            }
+        });
+        let receiver = tokio::spawn(async move {
+            let mut next = 0;
+            while let Some(value) = rx.recv().await {
+                assert_eq!(value, next);
+                next += 1;
+            }
+            next
+        });
+        // A lost wake-up shows as a hang; a minute is far more than any
+        // machine needs for this.
+        let done = async {
+            sender.await.unwrap();
+            receiver.await.unwrap()
+        };
+        let received = tokio::time::timeout(std::time::Duration::from_secs(60), done)
+            .await
+            .expect("a wake-up was lost");
+        assert_eq!(received, VALUES);
+    }
+
     /// Counts its drops: a queued value that holds a budget must give it
     /// back when the receiver goes.
     struct Held<'a>(&'a AtomicUsize);
