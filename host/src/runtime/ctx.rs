@@ -49,7 +49,7 @@ impl FlowCtx {
             wasi,
             grants: Arc::clone(grants),
             table: ResourceTable::new(),
-            limiter: ExecutionLimiter::new(app.limits.max_memory),
+            limiter: ExecutionLimiter::new(app.limits.max_memory, Arc::clone(&app.memory)),
             cpu,
             app,
         })

@@ -31,7 +31,7 @@ use wasmtime::{
 pub(crate) use connection::{ConnectionShared, HostConnection, Outbound};
 use cpu::CpuMeter;
 use ctx::FlowCtx;
-pub(crate) use limits::LimitExceeded;
+pub(crate) use limits::{AppMemory, LimitExceeded};
 pub(crate) use scheduler::Lane;
 use scheduler::Scheduler;
 pub(crate) use stdio::guest_line;
@@ -660,6 +660,7 @@ impl FlowPre {
         let ctx = FlowCtx::new(Arc::clone(&self.app), &self.grants)?;
         let mut store = Store::new(self.pre.engine(), ctx);
         store.limiter(|ctx| &mut ctx.limiter);
+        store.set_hostcall_fuel(self.app.hostcall_fuel);
         // Runs inside a poll: the meter counts that poll up to now. At
         // every tick the execution gives its turn to the next in line (see
         // `scheduler`).
