@@ -179,13 +179,24 @@ impl RuntimeOptions {
 pub(crate) struct Runtime {
     engine: Engine,
     linker: Arc<Linker<FlowCtx>>,
-    /// Components compiled so far, by content: flows (or apps) that use the
-    /// same component file share one compilation.
-    compiled: Arc<Mutex<HashMap<ContentKey, Component>>>,
+    /// Components compiled for the apps loaded last, by content: flows (or
+    /// apps) that use the same component file share one compilation.
+    compiled: Arc<Mutex<Compiled>>,
     /// Turns to run guest work, shared fairly between the apps.
     scheduler: Scheduler,
     /// The on-disk cache of compiled components, if there is one.
     cache: Option<Cache>,
+}
+
+/// Compiled components by content, each with the last load that used it.
+/// A reload forgets what it did not use ([`Runtime::forget_unused_since`]):
+/// executions of older versions hold their own reference, so the map only
+/// ever holds the components of the apps as loaded now.
+#[derive(Default)]
+struct Compiled {
+    components: HashMap<ContentKey, (Component, u64)>,
+    /// The current load.
+    generation: u64,
 }
 
 /// Identifies component bytes by the bytes themselves. The hash only picks
@@ -362,16 +373,45 @@ impl Runtime {
     /// bytes.
     fn compile(&self, bytes: &[u8], path: &Path) -> anyhow::Result<Component> {
         let key = ContentKey::of(bytes);
-        if let Some(component) = self.compiled.lock().expect("not poisoned").get(&key) {
-            return Ok(component.clone());
+        {
+            let mut compiled = self.compiled.lock().expect("not poisoned");
+            let generation = compiled.generation;
+            if let Some((component, used)) = compiled.components.get_mut(&key) {
+                *used = generation;
+                return Ok(component.clone());
+            }
         }
         let component = Component::new(&self.engine, bytes)
             .with_context(|| format!("compiling component {}", path.display()))?;
-        self.compiled
-            .lock()
-            .expect("not poisoned")
-            .insert(key, component.clone());
+        let mut compiled = self.compiled.lock().expect("not poisoned");
+        let generation = compiled.generation;
+        compiled
+            .components
+            .insert(key, (component.clone(), generation));
         Ok(component)
+    }
+
+    /// Start a load of every app: the components it compiles or finds
+    /// compiled are marked as used by it. Returns the load's generation.
+    pub(crate) fn begin_load(&self) -> u64 {
+        let mut compiled = self.compiled.lock().expect("not poisoned");
+        compiled.generation += 1;
+        compiled.generation
+    }
+
+    /// Forget the compiled components no load since `generation` used: the
+    /// apps now serve other versions.
+    pub(crate) fn forget_unused_since(&self, generation: u64) {
+        let mut compiled = self.compiled.lock().expect("not poisoned");
+        compiled
+            .components
+            .retain(|_, (_, used)| *used >= generation);
+    }
+
+    /// How many compiled components are kept.
+    #[cfg(test)]
+    fn compiled_components(&self) -> usize {
+        self.compiled.lock().expect("not poisoned").components.len()
     }
 }
 
@@ -812,6 +852,32 @@ fn limit_behind(trap: &wasmtime::Error, ctx: Option<&FlowCtx>) -> Option<LimitEx
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reload_forgets_the_components_it_no_longer_uses() {
+        let runtime = Runtime::new(&RuntimeOptions::default()).unwrap();
+        let component = |n: u32| {
+            let text = format!("(component (core module (func (export \"f{n}\"))))");
+            wat::parse_str(text).unwrap()
+        };
+        let path = Path::new("test.wasm");
+        runtime.compile(&component(1), path).unwrap();
+        runtime.compile(&component(2), path).unwrap();
+        assert_eq!(runtime.compiled_components(), 2);
+        // A reload that uses the second and a third.
+        let generation = runtime.begin_load();
+        runtime.compile(&component(2), path).unwrap();
+        runtime.compile(&component(3), path).unwrap();
+        runtime.forget_unused_since(generation);
+        assert_eq!(runtime.compiled_components(), 2);
+        // A hundred reloads of new builds keep only the last one's.
+        for n in 4..104 {
+            let generation = runtime.begin_load();
+            runtime.compile(&component(n), path).unwrap();
+            runtime.forget_unused_since(generation);
+        }
+        assert_eq!(runtime.compiled_components(), 1);
+    }
 
     #[test]
     fn components_in_one_hash_bucket_are_told_apart_by_their_bytes() {
