@@ -2,15 +2,19 @@
 //! pre-instantiated component per flow, one fresh store per execution.
 
 pub(crate) mod bindings;
+mod capabilities;
 pub(crate) mod connection;
 mod cpu;
 mod ctx;
 pub(crate) mod flag;
 mod groups;
 mod limits;
+mod log;
+mod properties;
 pub(crate) mod queue;
 mod scheduler;
 mod stdio;
+mod wasi;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -21,7 +25,7 @@ use std::pin::{Pin, pin};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use wasmtime::component::{Component, HasSelf, InstancePre, Linker};
+use wasmtime::component::{Component, InstancePre, Linker};
 use wasmtime::error::Context as _;
 use wasmtime::{
     Cache, CacheConfig, Config, Enabled, Engine, InstanceAllocationStrategy,
@@ -262,10 +266,7 @@ impl Runtime {
         let scheduler = Scheduler::new(worker_threads());
         start_epoch_ticker(&engine, &scheduler);
         let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
-            .context("linking WASI into the flow linker")?;
-        bindings::Flow::add_to_linker::<_, HasSelf<FlowCtx>>(&mut linker, |ctx| ctx)
-            .context("linking the wsflow interfaces")?;
+        capabilities::add_to_linker(&mut linker)?;
         Ok(Self {
             engine,
             linker: Arc::new(linker),
