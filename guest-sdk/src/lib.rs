@@ -33,6 +33,7 @@ mod connection;
 mod error;
 mod event;
 pub mod groups;
+pub mod http;
 pub mod lifecycle;
 pub mod log;
 mod param;

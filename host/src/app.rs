@@ -13,6 +13,7 @@ use crate::cluster::Cluster;
 use crate::hub::{ConnectionId, ConnectionIds, HostId, HubLimits, LocalHub, Transport};
 use crate::manifest::spec::{AppLimits, AppSpec, DEFAULT_MAX_MESSAGE_SIZE};
 use crate::runtime::AppMemory;
+use crate::runtime::http::{AppOutbound, Resolver};
 pub(crate) use crate::stats::{AppStats, StatsSnapshot};
 
 /// What the host knows about a running app.
@@ -40,6 +41,8 @@ pub(crate) struct AppInfo {
     pub(crate) inbound_budget: ByteBudget,
     /// Linear memory of all the app's instances (`limits.app_memory`).
     pub(crate) memory: Arc<AppMemory>,
+    /// What the app's outbound HTTP requests share.
+    pub(crate) outbound: AppOutbound,
     /// Bytes a guest may hand the host in one call, or return from one
     /// export (wasmtime's hostcall fuel): the largest thing the contract
     /// takes from it, with room to spare (see [`hostcall_fuel`]).
@@ -77,6 +80,8 @@ pub(crate) fn hostcall_fuel(limits: &AppLimits, max_message_size: usize) -> usiz
 pub(crate) struct HostHubs {
     ids: Arc<ConnectionIds>,
     cluster: Option<Cluster>,
+    /// How the apps' outbound HTTP resolves host names.
+    pub(crate) resolver: Resolver,
 }
 
 impl HostHubs {
@@ -86,6 +91,7 @@ impl HostHubs {
         Self {
             ids: Arc::new(ConnectionIds::new(host)),
             cluster: cluster.cloned(),
+            resolver: Resolver::default(),
         }
     }
 
@@ -128,6 +134,7 @@ impl AppInfo {
             outbound_budget: ByteBudget::new(limits.queue_per_app),
             inbound_budget: ByteBudget::new(limits.queue_per_app),
             memory: Arc::new(AppMemory::new(limits.app_memory)),
+            outbound: AppOutbound::new(&limits, host.resolver.clone()),
             hostcall_fuel: hostcall_fuel(&limits, max_message_size),
             limits,
             stats: AppStats::default(),

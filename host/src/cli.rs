@@ -20,6 +20,7 @@ use crate::manifest::{self, Environment};
 use crate::reload::Reloader;
 use crate::scaffold;
 use crate::server::Server;
+use crate::Resolver;
 
 /// Serve WebSocket apps whose logic runs as sandboxed WebAssembly flows.
 #[derive(Debug, Parser)]
@@ -184,6 +185,7 @@ impl Cli {
                     cache_dir,
                     env: Environment::from_process(),
                     cluster: None,
+                    resolver: Resolver::default(),
                 };
                 up(manifests, admin, options, watch, cluster.options()).await
             }

@@ -28,4 +28,5 @@ mod sockets;
 mod stats;
 mod trigger;
 
+pub use runtime::http::{Resolve, Resolver};
 pub use stats::StatsSnapshot;

@@ -57,23 +57,33 @@ fn the_examples_are_valid() {
 
 #[test]
 fn the_sdk_carries_the_same_wit_as_the_host() {
+    /// Every file under `dir`, as paths relative to it, sorted.
+    fn files(dir: &Path, under: &Path, found: &mut Vec<std::path::PathBuf>) {
+        for entry in std::fs::read_dir(dir.join(under)).unwrap() {
+            let relative = under.join(entry.unwrap().file_name());
+            if dir.join(&relative).is_dir() {
+                files(dir, &relative, found);
+            } else {
+                found.push(relative);
+            }
+        }
+    }
     let host = Path::new("../wit");
     let sdk = Path::new("../guest-sdk/wit");
-    let names = |dir: &Path| {
-        let mut names: Vec<_> = std::fs::read_dir(dir)
-            .unwrap()
-            .map(|entry| entry.unwrap().file_name())
-            .collect();
-        names.sort();
-        names
+    let listed = |dir: &Path| {
+        let mut found = Vec::new();
+        files(dir, Path::new(""), &mut found);
+        found.sort();
+        found
     };
-    assert_eq!(names(host), names(sdk), "the same WIT files");
-    for name in names(host) {
+    assert_eq!(listed(host), listed(sdk), "the same WIT files");
+    assert!(listed(host).iter().any(|path| path.starts_with("deps")));
+    for name in listed(host) {
         assert_eq!(
             std::fs::read_to_string(host.join(&name)).unwrap(),
             std::fs::read_to_string(sdk.join(&name)).unwrap(),
             "guest-sdk/wit/{} differs from wit/: copy wit/ into guest-sdk/wit/",
-            name.to_string_lossy()
+            name.display()
         );
     }
 }

@@ -10,7 +10,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
-use wsflow::StatsSnapshot;
+use wsflow::{Resolver, StatsSnapshot};
 use wsflow::cluster::{Cluster, ClusterOptions};
 use wsflow::loader::{self, LoadOptions};
 use wsflow::manifest::Environment;
@@ -125,6 +125,7 @@ impl TestServer {
             cache_dir: Some(component_cache()),
             env: Environment::default(),
             cluster: cluster.clone(),
+            resolver: Resolver::default(),
         };
         let apps = tokio::task::spawn_blocking(move || loader::load(&paths, &options)).await??;
         let server = Server::bind(apps).await?;

@@ -13,6 +13,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::PathPattern;
+use super::outbound::AllowedHost;
 
 /// One app (tenant), validated and resolved from its manifest.
 #[derive(Debug, Clone)]
@@ -96,6 +97,20 @@ pub(crate) struct AppLimits {
     pub(crate) max_group_members: usize,
     /// Bytes a connection's attachment (`groups.set-attachment`) may have.
     pub(crate) max_attachment_size: usize,
+    /// Outbound HTTP requests of the app waiting for or reading a response
+    /// at once; more are refused (`connection-limit-reached`), not queued.
+    pub(crate) max_outbound_requests_in_flight: usize,
+    /// Outbound HTTP requests one execution may make; more are refused.
+    pub(crate) max_outbound_requests_per_execution: usize,
+    /// Time to resolve, connect to and (for `https`) shake hands with an
+    /// outbound host.
+    pub(crate) outbound_connect_timeout: Duration,
+    /// Time from sending an outbound request to its response's headers.
+    pub(crate) outbound_first_byte_timeout: Duration,
+    /// Time between two chunks of an outbound response's body.
+    pub(crate) outbound_between_bytes_timeout: Duration,
+    /// Bytes of an outbound response's body a flow may read.
+    pub(crate) max_outbound_response_size: usize,
 }
 
 impl Default for AppLimits {
@@ -139,6 +154,21 @@ impl Default for AppLimits {
             // `serializeAttachment` (2,048 bytes); a listing of 1,000
             // members then stays within 2 MiB of the flow's memory.
             max_attachment_size: 2048,
+            // Each holds a socket and a buffer; an app waiting on a slow
+            // service should not hold hundreds of either.
+            max_outbound_requests_in_flight: 32,
+            // A handful of calls per message is plenty; a loop that makes
+            // thousands is stopped long before it floods the service.
+            max_outbound_requests_per_execution: 100,
+            // Within the default `wall_time` of 10s: a service that cannot
+            // be reached or does not answer fails the call, not the
+            // execution.
+            outbound_connect_timeout: Duration::from_secs(5),
+            outbound_first_byte_timeout: Duration::from_secs(10),
+            outbound_between_bytes_timeout: Duration::from_secs(10),
+            // A JSON answer with room to spare, a small fraction of the
+            // default `max_memory` the flow reads it into.
+            max_outbound_response_size: 4 << 20,
         }
     }
 }
@@ -171,6 +201,8 @@ pub(crate) struct FlowGrants {
     pub(crate) env: Vec<(String, String)>,
     /// A host directory the flow may read, at `/data` in the sandbox.
     pub(crate) read_only_dir: Option<PathBuf>,
+    /// The hosts the flow may call over HTTP.
+    pub(crate) outbound_hosts: Vec<AllowedHost>,
 }
 
 /// A WebSocket listener and its handlers.

@@ -12,6 +12,7 @@
 //! | [`log`](super::log) | `wsflow:flow/log` | — (the app's log budget) | every flow |
 //! | [`properties`](super::properties) | `wsflow:flow/properties` | — (the app's properties) | every flow |
 //! | [`groups`](super::groups) | `wsflow:flow/groups` | — (the app's hub) | every flow |
+//! | [`http`](super::http) | `wasi:http/outgoing-handler`, `wasi:http/types` | the request count; the app's slots for requests in flight | `[flows.NAME] allowed_outbound_hosts`, `[limits] *outbound*` |
 //! | [`wasi`](super::wasi) | `wasi:cli`, `wasi:clocks`, `wasi:filesystem`, `wasi:io`, `wasi:random`, `wasi:sockets` (denied) | a WASI context, built on first use | `[flows.NAME] env`, `read_only_dir` |
 //!
 //! The lifecycle hooks are exports, not capabilities: a flow provides
@@ -38,6 +39,7 @@ pub(crate) const ALL: &[Capability] = &[
     super::properties::CAPABILITY,
     super::groups::CAPABILITY,
     super::wasi::CAPABILITY,
+    super::http::CAPABILITY,
 ];
 
 /// Link every capability into `linker`.

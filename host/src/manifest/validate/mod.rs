@@ -15,6 +15,7 @@ use toml::Spanned;
 use scalar::{Count, Scalar, Size};
 
 use super::schema::{self, FlowSection, LimitsSection, Manifest, SchemaSource};
+use super::outbound::AllowedHost;
 use super::spec::{AppLimits, AppSpec, BuildSpec, FlowGrants, FlowSpec, SchemaSpec};
 use super::{Environment, ManifestError, Properties};
 
@@ -211,6 +212,24 @@ fn resolve_flow(
             Some(path)
         }
     };
+    let outbound_hosts = flow
+        .allowed_outbound_hosts
+        .iter()
+        .map(|grant| {
+            let text = source.text(&format!("{key}.allowed_outbound_hosts"), grant)?;
+            AllowedHost::parse(text.trim()).map_err(|problem| {
+                source
+                    .error_at(
+                        grant.span(),
+                        format!("{key}.allowed_outbound_hosts: {problem}"),
+                    )
+                    .help(
+                        "write scheme://host[:port], e.g. \"https://api.example.com\", \
+                         \"http://127.0.0.1:8080\" or \"https://*.example.org\"",
+                    )
+            })
+        })
+        .collect::<Result<Vec<_>, ManifestError>>()?;
     let build = flow.build.as_ref().map(|command| BuildSpec {
         command: command.clone(),
         dir: source.dir.to_path_buf(),
@@ -222,7 +241,11 @@ fn resolve_flow(
     Ok(FlowSpec {
         name: name.to_owned(),
         component: source.join(&component),
-        grants: FlowGrants { env, read_only_dir },
+        grants: FlowGrants {
+            env,
+            read_only_dir,
+            outbound_hosts,
+        },
         build,
     })
 }
@@ -284,6 +307,30 @@ fn resolve_limits(
     if let Some(value) = &section.max_attachment_size {
         let Size(size) = source.scalar("limits.max_attachment_size", value)?;
         limits.max_attachment_size = size;
+    }
+    if let Some(value) = &section.max_outbound_requests_in_flight {
+        limits.max_outbound_requests_in_flight =
+            source.positive("limits.max_outbound_requests_in_flight", value)?;
+    }
+    if let Some(value) = &section.max_outbound_requests_per_execution {
+        limits.max_outbound_requests_per_execution =
+            source.positive("limits.max_outbound_requests_per_execution", value)?;
+    }
+    if let Some(value) = &section.outbound_connect_timeout {
+        limits.outbound_connect_timeout =
+            source.duration("limits.outbound_connect_timeout", value)?;
+    }
+    if let Some(value) = &section.outbound_first_byte_timeout {
+        limits.outbound_first_byte_timeout =
+            source.duration("limits.outbound_first_byte_timeout", value)?;
+    }
+    if let Some(value) = &section.outbound_between_bytes_timeout {
+        limits.outbound_between_bytes_timeout =
+            source.duration("limits.outbound_between_bytes_timeout", value)?;
+    }
+    if let Some(value) = &section.max_outbound_response_size {
+        limits.max_outbound_response_size =
+            source.bytes("limits.max_outbound_response_size", value)?;
     }
     Ok(limits)
 }
