@@ -60,6 +60,8 @@ pub mod bindings {
         pub_export_macro: true,
         export_macro_name: "__export_flow_world",
         default_bindings_module: "wsflow_sdk::bindings",
+        // The WASI interfaces `wasi:http` uses (`io`, `clocks`) too.
+        generate_all,
     });
 }
 

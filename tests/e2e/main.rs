@@ -13,6 +13,7 @@ mod groups;
 mod hooks;
 mod limits;
 mod manifests;
+mod outbound;
 mod params;
 mod reload;
 mod shutdown;

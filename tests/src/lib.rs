@@ -20,6 +20,7 @@ use wsflow::server::{Endpoint, Server, StatsHandle};
 use logs::LogView;
 pub use manifest::{Manifest, Trigger, merged, table};
 
+pub mod http_server;
 mod logs;
 pub mod manifest;
 pub mod nats;
@@ -107,6 +108,24 @@ impl TestServer {
         manifests: &[Manifest],
         cluster: Option<ClusterOptions>,
     ) -> anyhow::Result<Self> {
+        Self::try_start_with(manifests, cluster, Resolver::default()).await
+    }
+
+    /// Serve `manifest`, its flows' outbound HTTP resolving names with
+    /// `resolver`. Panics on any error.
+    pub async fn start_resolving(manifest: &Manifest, resolver: Resolver) -> Self {
+        Self::try_start_with(std::slice::from_ref(manifest), None, resolver)
+            .await
+            .expect("starting the test server")
+    }
+
+    /// Serve `manifests`, in the cluster of `cluster` if given, resolving
+    /// outbound HTTP's names with `resolver`.
+    pub async fn try_start_with(
+        manifests: &[Manifest],
+        cluster: Option<ClusterOptions>,
+        resolver: Resolver,
+    ) -> anyhow::Result<Self> {
         logs::init();
         let logs = LogView::new();
         let dir = tempfile::tempdir()?;
@@ -125,7 +144,7 @@ impl TestServer {
             cache_dir: Some(component_cache()),
             env: Environment::default(),
             cluster: cluster.clone(),
-            resolver: Resolver::default(),
+            resolver,
         };
         let apps = tokio::task::spawn_blocking(move || loader::load(&paths, &options)).await??;
         let server = Server::bind(apps).await?;

@@ -241,7 +241,7 @@ impl OutboundHooks {
 /// many requests it makes, and their URLs).
 fn log(app: &AppInfo, message: &str) {
     if let Some(line) = guest_line(app, message) {
-        tracing::warn!(target: "wsflow::outbound", app = %app.name, "{line}");
+        tracing::warn!(target: "wsflow::outbound", app = ?app.name, "{line}");
     }
 }
 

@@ -46,6 +46,7 @@ fn raw_request(url: &str, headers: &[(String, Vec<u8>)]) -> OutgoingRequest {
 
 fn code_name(code: &ErrorCode) -> String {
     let name = format!("{code:?}");
+    let name = name.strip_prefix("ErrorCode::").unwrap_or(&name);
     name.split(['(', ' ', '{']).next().unwrap_or_default().to_owned()
 }
 
