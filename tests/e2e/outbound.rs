@@ -304,3 +304,29 @@ async fn wait_until(condition: impl Fn() -> bool) {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
 }
+
+#[tokio::test]
+async fn waiting_on_the_network_is_wall_time_not_cpu_time() {
+    let http = HttpServer::start().await;
+    // The flow waits far longer than its CPU time for a silent server: it
+    // gets a timeout, and is not stopped.
+    let limits = toml! {
+        cpu_time = "200ms"
+        outbound_first_byte_timeout = "1s"
+    };
+    let server = TestServer::start(&fetch_app(&[http.url("")], limits)).await;
+    let mut client = fetch_client(&server).await;
+
+    let silent = ask(
+        &mut client,
+        json!({ "burst": http.url("/silent"), "count": 3 }),
+    )
+    .await;
+    assert_eq!(
+        silent,
+        json!({ "ok": 0, "errors": { "ConnectionReadTimeout": 3 } })
+    );
+    let stats = server.app_stats("fetch");
+    assert_eq!(stats.executions_limit_exceeded, 0);
+    assert_eq!(stats.outbound_requests_timeout, 3);
+}
