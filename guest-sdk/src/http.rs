@@ -248,8 +248,7 @@ impl Request {
     /// Send `value` as JSON, with `content-type: application/json`.
     pub fn json<T: serde::Serialize + ?Sized>(self, value: &T) -> Self {
         let body = serde_json::to_vec(value).unwrap_or_default();
-        self.header("content-type", "application/json")
-            .body(body)
+        self.header("content-type", "application/json").body(body)
     }
 
     /// Give up connecting, waiting for the response, or between two chunks

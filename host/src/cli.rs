@@ -13,6 +13,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
+use crate::Resolver;
 use crate::admin::{self, AdminState};
 use crate::cluster::{Cluster, ClusterOptions};
 use crate::loader::{self, LoadOptions};
@@ -20,7 +21,6 @@ use crate::manifest::{self, Environment};
 use crate::reload::Reloader;
 use crate::scaffold;
 use crate::server::Server;
-use crate::Resolver;
 
 /// Serve WebSocket apps whose logic runs as sandboxed WebAssembly flows.
 #[derive(Debug, Parser)]

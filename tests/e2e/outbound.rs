@@ -105,9 +105,11 @@ async fn a_name_that_resolves_to_an_internal_address_is_refused_after_resolution
         http.url_as("metadata6.test", ""),
         http.url_as("localhost", ""),
     ];
-    let server =
-        TestServer::start_resolving(&fetch_app(&grants, short_timeouts()), Resolver::new(resolver))
-            .await;
+    let server = TestServer::start_resolving(
+        &fetch_app(&grants, short_timeouts()),
+        Resolver::new(resolver),
+    )
+    .await;
     let mut client = fetch_client(&server).await;
 
     for name in ["internal.test", "metadata.test", "metadata6.test"] {
@@ -115,9 +117,15 @@ async fn a_name_that_resolves_to_an_internal_address_is_refused_after_resolution
         assert_eq!(refused["error"], "Prohibited", "{name}: {refused}");
     }
     assert_eq!(http.requests(), 0, "no connection was made");
-    server.wait_for_app_log("fetch", "resolves to 127.0.0.1").await;
+    server
+        .wait_for_app_log("fetch", "resolves to 127.0.0.1")
+        .await;
     // A grant that names `localhost` reaches loopback.
-    let got = ask(&mut client, json!({ "get": http.url_as("localhost", "/ok") })).await;
+    let got = ask(
+        &mut client,
+        json!({ "get": http.url_as("localhost", "/ok") }),
+    )
+    .await;
     assert_eq!(got["status"], 200, "{got}");
     let stats = server.app_stats("fetch");
     assert_eq!(stats.outbound_requests_denied, 3);
@@ -147,7 +155,10 @@ async fn every_redirect_hop_is_checked_like_the_first_request() {
         "the hop is named: {denied}"
     );
 
-    let to_internal = http.url(&format!("/redirect?{}", http.url_as("internal.test", "/ok")));
+    let to_internal = http.url(&format!(
+        "/redirect?{}",
+        http.url_as("internal.test", "/ok")
+    ));
     let refused = ask(&mut client, json!({ "get": to_internal })).await;
     assert_eq!(refused["error"], "Prohibited", "{refused}");
     // The three redirects and the one granted hop reached the server.
@@ -159,15 +170,26 @@ async fn slow_services_fail_the_call_at_each_timeout() {
     let http = HttpServer::start().await;
     let resolver = TestResolver::new().hanging("hang.test");
     let grants = [http.url(""), http.url_as("hang.test", "")];
-    let server =
-        TestServer::start_resolving(&fetch_app(&grants, short_timeouts()), Resolver::new(resolver))
-            .await;
+    let server = TestServer::start_resolving(
+        &fetch_app(&grants, short_timeouts()),
+        Resolver::new(resolver),
+    )
+    .await;
     let mut client = fetch_client(&server).await;
 
     // Connect: a name that never resolves.
-    let connect = ask(&mut client, json!({ "get": http.url_as("hang.test", "/ok") })).await;
+    let connect = ask(
+        &mut client,
+        json!({ "get": http.url_as("hang.test", "/ok") }),
+    )
+    .await;
     assert_eq!(connect["error"], "Timeout", "{connect}");
-    assert!(connect["message"].as_str().unwrap().contains("ConnectionTimeout"));
+    assert!(
+        connect["message"]
+            .as_str()
+            .unwrap()
+            .contains("ConnectionTimeout")
+    );
     // First byte: a server that reads the request and never answers.
     let first_byte = ask(&mut client, json!({ "get": http.url("/silent") })).await;
     assert_eq!(first_byte["error"], "Timeout", "{first_byte}");

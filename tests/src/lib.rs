@@ -10,12 +10,12 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
-use wsflow::{Resolver, StatsSnapshot};
 use wsflow::cluster::{Cluster, ClusterOptions};
 use wsflow::loader::{self, LoadOptions};
 use wsflow::manifest::Environment;
 use wsflow::reload::{ReloadReport, Reloader};
 use wsflow::server::{Endpoint, Server, StatsHandle};
+use wsflow::{Resolver, StatsSnapshot};
 
 use logs::LogView;
 pub use manifest::{Manifest, Trigger, merged, table};

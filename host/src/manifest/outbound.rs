@@ -92,9 +92,8 @@ impl AllowedHost {
         let (scheme, rest) = text
             .split_once("://")
             .ok_or_else(|| format!("`{text}` has no scheme"))?;
-        let scheme = Scheme::parse(scheme).ok_or_else(|| {
-            format!("`{text}`: the scheme `{scheme}` is not http or https")
-        })?;
+        let scheme = Scheme::parse(scheme)
+            .ok_or_else(|| format!("`{text}`: the scheme `{scheme}` is not http or https"))?;
         let rest = rest.strip_suffix('/').unwrap_or(rest);
         if rest.contains(['/', '?', '#', '@']) {
             return Err(format!(
@@ -244,7 +243,10 @@ mod tests {
 
         let v6 = AllowedHost::parse("http://[::1]:9000").unwrap();
         assert!(v6.allows(&to(Scheme::Http, "::1", 9000)));
-        assert_eq!(to(Scheme::Http, "::1", 9000).to_string(), "http://[::1]:9000");
+        assert_eq!(
+            to(Scheme::Http, "::1", 9000).to_string(),
+            "http://[::1]:9000"
+        );
         assert_eq!(
             to(Scheme::Https, "api.example.com", 443).to_string(),
             "https://api.example.com"

@@ -282,11 +282,16 @@ impl Timeouts {
     fn new(limits: &AppLimits, options: Option<RequestOptions>) -> Self {
         let options = options.unwrap_or_default();
         let shorter = |limit: Duration, asked: Option<Duration>| {
-            asked.map_or(limit, |asked| asked.min(limit).max(Duration::from_millis(1)))
+            asked.map_or(limit, |asked| {
+                asked.min(limit).max(Duration::from_millis(1))
+            })
         };
         Self {
             connect: shorter(limits.outbound_connect_timeout, options.connect_timeout),
-            first_byte: shorter(limits.outbound_first_byte_timeout, options.first_byte_timeout),
+            first_byte: shorter(
+                limits.outbound_first_byte_timeout,
+                options.first_byte_timeout,
+            ),
             between_bytes: shorter(
                 limits.outbound_between_bytes_timeout,
                 options.between_bytes_timeout,
@@ -464,8 +469,10 @@ impl Admitted {
 /// A TCP or TLS stream.
 trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Sync + Unpin + 'static {}
 
-impl<T> Stream for T where T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Sync + Unpin + 'static
-{}
+impl<T> Stream for T where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Sync + Unpin + 'static
+{
+}
 
 /// The client configuration of every outbound TLS connection, built once.
 fn tls_config() -> Arc<rustls::ClientConfig> {

@@ -14,8 +14,8 @@ use toml::Spanned;
 
 use scalar::{Count, Scalar, Size};
 
-use super::schema::{self, FlowSection, LimitsSection, Manifest, SchemaSource};
 use super::outbound::AllowedHost;
+use super::schema::{self, FlowSection, LimitsSection, Manifest, SchemaSource};
 use super::spec::{AppLimits, AppSpec, BuildSpec, FlowGrants, FlowSpec, SchemaSpec};
 use super::{Environment, ManifestError, Properties};
 

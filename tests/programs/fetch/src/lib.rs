@@ -47,7 +47,10 @@ fn raw_request(url: &str, headers: &[(String, Vec<u8>)]) -> OutgoingRequest {
 fn code_name(code: &ErrorCode) -> String {
     let name = format!("{code:?}");
     let name = name.strip_prefix("ErrorCode::").unwrap_or(&name);
-    name.split(['(', ' ', '{']).next().unwrap_or_default().to_owned()
+    name.split(['(', ' ', '{'])
+        .next()
+        .unwrap_or_default()
+        .to_owned()
 }
 
 /// Start `count` requests, then wait for each; count the outcomes.
@@ -85,7 +88,7 @@ fn burst(url: &str, count: usize, read: bool) -> Value {
 
 impl Flow for Fetch {
     fn handle(event: Event, conn: &Connection) -> wsflow_sdk::Result {
-        let command: Value = serde_json::from_str(&event.text().unwrap_or_default())?;
+        let command: Value = serde_json::from_str(event.text().unwrap_or_default())?;
         let url = |key: &str| command[key].as_str().map(str::to_owned);
         let count = command["count"].as_u64().unwrap_or(1) as usize;
         let reply = if let Some(target) = url("get") {
