@@ -117,8 +117,8 @@ impl Default for AppLimits {
             // flight only adds memory.
             max_executions: 256,
             max_connections: 10_000,
-            // As many as executions: guest memory stays within
-            // (max_executions + max_reused_instances) x max_memory.
+            // As many as executions; their memory counts against
+            // `app_memory` with everything else the app runs.
             max_reused_instances: 256,
             slow_client_timeout: Duration::from_secs(30),
             // One message of the default maximum size, or many small ones:
