@@ -44,6 +44,11 @@ pub(crate) struct AppInfo {
     /// export (wasmtime's hostcall fuel): the largest thing the contract
     /// takes from it, with room to spare (see [`hostcall_fuel`]).
     pub(crate) hostcall_fuel: usize,
+    /// How backends reach the app through the server API, if they may.
+    pub(crate) api: Option<crate::manifest::spec::ApiSpec>,
+    /// The largest `max_message_size` of the app's triggers: the largest
+    /// message a group or connection can be sent.
+    pub(crate) max_message_size: usize,
 }
 
 /// Room for what a call carries besides its largest payload: names, ids,
@@ -129,6 +134,8 @@ impl AppInfo {
             inbound_budget: ByteBudget::new(limits.queue_per_app),
             memory: Arc::new(AppMemory::new(limits.app_memory)),
             hostcall_fuel: hostcall_fuel(&limits, max_message_size),
+            api: spec.api.clone(),
+            max_message_size,
             limits,
             stats: AppStats::default(),
         }
