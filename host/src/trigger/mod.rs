@@ -446,6 +446,7 @@ impl WsTrigger {
     /// connection from then on, if it was upgraded.
     async fn handshake(&self, stream: TcpStream, client: Client) -> Option<Serving<'_>> {
         let _ = stream.set_nodelay(true);
+        progress::give_up_after(&stream, self.app.limits.slow_client_timeout);
         // Under TLS, so the writer sees bytes reach the socket.
         let stream = Watched::new(stream, Arc::clone(&client.progress));
         match &self.tls {

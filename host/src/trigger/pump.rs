@@ -510,6 +510,14 @@ fn log_error(side: &str, error: &tungstenite::Error) {
     match error {
         Error::ConnectionClosed | Error::AlreadyClosed => {}
         Error::Io(io) if is_disconnect(io) => {}
+        // The kernel gave up on bytes the client did not take (see
+        // `progress::give_up_after`).
+        Error::Io(io) if io.kind() == std::io::ErrorKind::TimedOut => {
+            tracing::info!(
+                "{side}: client does not read: what was sent to it went unacknowledged for \
+                 slow_client_timeout; connection dropped"
+            );
+        }
         Error::Protocol(tungstenite::error::ProtocolError::ResetWithoutClosingHandshake) => {}
         Error::Protocol(_) | Error::Utf8(_) | Error::Capacity(_) => {
             tracing::debug!("{side}: client broke the protocol: {error}");
