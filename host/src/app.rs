@@ -12,7 +12,9 @@ use serde::Serialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::cluster::Cluster;
-use crate::hub::{ConnectionId, ConnectionIds, HostId, HubLimits, LocalHub, Transport};
+use crate::hub::{
+    ConnectionId, ConnectionIds, HostId, HubLimits, LargestMessage, LocalHub, Transport,
+};
 use crate::manifest::spec::{AppLimits, AppSpec, DEFAULT_MAX_MESSAGE_SIZE};
 use crate::metrics::AppMetrics;
 
@@ -31,6 +33,8 @@ pub(crate) struct AppInfo {
     pub(crate) log_budget: LogBudget,
     /// Where the app's group operations go; its connections attach here.
     pub(crate) hub: Arc<dyn Transport>,
+    /// The largest message its groups carry, as its hub sees it.
+    largest_message: LargestMessage,
     /// Hands out the ids of the host's connections.
     ids: Arc<ConnectionIds>,
     /// Bytes of messages flows have sent that wait for the app's clients
@@ -77,15 +81,10 @@ impl AppInfo {
     /// An app on the host whose apps share `host`.
     pub(crate) fn in_host(spec: &AppSpec, host: &HostHubs) -> Self {
         let limits = spec.limits.clone();
-        let max_message_size = spec
-            .triggers
-            .iter()
-            .map(|trigger| trigger.limits.max_message_size)
-            .max()
-            .unwrap_or(DEFAULT_MAX_MESSAGE_SIZE);
+        let largest_message = LargestMessage::new(largest_message(spec));
         let hub = host.hub(
             spec.name.as_str(),
-            HubLimits::new(&limits, max_message_size),
+            HubLimits::new(&limits, largest_message.clone()),
         );
         Self {
             name: spec.name.as_str().into(),
@@ -94,12 +93,19 @@ impl AppInfo {
             reused_instances: Arc::new(Semaphore::new(limits.max_reused_instances)),
             log_budget: LogBudget::new(limits.log_lines_per_second),
             hub,
+            largest_message,
             ids: Arc::clone(&host.ids),
             outbound_budget: ByteBudget::new(limits.queue_per_app),
             inbound_budget: ByteBudget::new(limits.queue_per_app),
             limits,
             stats: AppStats::default(),
         }
+    }
+
+    /// Follow a new version's triggers (after a reload): the largest
+    /// message its groups carry is the largest they now accept.
+    pub(crate) fn follow_triggers(&self, spec: &AppSpec) {
+        self.largest_message.set(largest_message(spec));
     }
 
     /// A new connection's id.
@@ -125,6 +131,15 @@ impl AppInfo {
             ..own
         }
     }
+}
+
+/// The largest `max_message_size` of the app's triggers.
+fn largest_message(spec: &AppSpec) -> usize {
+    spec.triggers
+        .iter()
+        .map(|trigger| trigger.limits.max_message_size)
+        .max()
+        .unwrap_or(DEFAULT_MAX_MESSAGE_SIZE)
 }
 
 /// Counters of one app, readable while it runs.
@@ -194,8 +209,9 @@ pub struct StatsSnapshot {
     /// Group operations answered `unavailable`: the other hosts could not
     /// be reached, or not in time.
     pub cluster_unavailable: u64,
-    /// Bytes of messages flows sent that wait for the app's clients, now
-    /// (group messages not included).
+    /// Bytes of messages flows sent that wait for the app's clients, now:
+    /// group messages once per member, each message with its overhead
+    /// in the queue.
     pub queued_bytes_out: u64,
     /// Bytes of messages read from the app's clients that wait for its
     /// flows, now.
@@ -284,16 +300,16 @@ impl ByteBudget {
     }
 }
 
-/// What one queued message holds of its connection's budget and, unless
-/// it is a group message, of its app's; dropping it gives the bytes back.
+/// What one queued message holds of its connection's budget and of its
+/// app's; dropping it gives the bytes back.
 #[derive(Debug)]
 pub(crate) struct Charge {
     _connection: OwnedSemaphorePermit,
-    _app: Option<OwnedSemaphorePermit>,
+    _app: OwnedSemaphorePermit,
 }
 
 impl Charge {
-    pub(crate) fn new(connection: OwnedSemaphorePermit, app: Option<OwnedSemaphorePermit>) -> Self {
+    pub(crate) fn new(connection: OwnedSemaphorePermit, app: OwnedSemaphorePermit) -> Self {
         Self {
             _connection: connection,
             _app: app,
