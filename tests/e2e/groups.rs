@@ -661,6 +661,7 @@ async fn a_group_message_too_large_for_a_members_trigger_is_refused_for_that_mem
     assert_eq!(small.ok("count g").await, "count g 2");
     let stats = server.app_stats("sizes");
     assert_eq!(stats.group_messages_delivered, 3);
+    assert_eq!(stats.group_messages_too_large, 1);
     assert_eq!(stats.slow_members_closed, 0);
 }
 

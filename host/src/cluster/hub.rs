@@ -80,6 +80,7 @@ struct Counters {
     received_delivered: AtomicU64,
     received_dropped: AtomicU64,
     received_closed: AtomicU64,
+    received_too_large: AtomicU64,
     forwarded: AtomicU64,
     unavailable: AtomicU64,
 }
@@ -94,6 +95,7 @@ impl Counters {
         Self::add(&self.received_delivered, fanout.delivered);
         Self::add(&self.received_dropped, fanout.dropped);
         Self::add(&self.received_closed, fanout.closed);
+        Self::add(&self.received_too_large, fanout.too_large);
     }
 }
 
@@ -708,7 +710,7 @@ impl Transport for ClusterHub {
                 delivered: get(&counters.received_delivered),
                 dropped: get(&counters.received_dropped),
                 closed: get(&counters.received_closed),
-                too_large: 0,
+                too_large: get(&counters.received_too_large),
                 unreached: false,
             },
             forwarded: get(&counters.forwarded),

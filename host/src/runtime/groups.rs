@@ -76,8 +76,17 @@ impl FlowCtx {
         AppStats::add(&stats.group_messages_delivered, fanout.delivered);
         AppStats::add(&stats.group_messages_dropped, fanout.dropped);
         AppStats::add(&stats.slow_members_closed, fanout.closed);
+        AppStats::add(&stats.group_messages_too_large, fanout.too_large);
     }
 }
+
+/// The `groups` capability (`wsflow:flow/groups`): the app's own hub.
+pub(super) const CAPABILITY: super::capabilities::Capability = super::capabilities::Capability {
+    name: "groups",
+    add_to_linker: |linker| {
+        wit::add_to_linker::<_, wasmtime::component::HasSelf<FlowCtx>>(linker, |ctx| ctx)
+    },
+};
 
 impl wit::Host for FlowCtx {
     async fn join(
