@@ -198,7 +198,7 @@ async fn a_send_flood_to_a_client_that_never_reads_is_cut_off() {
             }) {
                 return line;
             }
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     };
     let line = victim_answers_while(&mut victim, async {
