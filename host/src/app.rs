@@ -15,6 +15,7 @@ use crate::cluster::Cluster;
 use crate::hub::{ConnectionId, ConnectionIds, HostId, HubLimits, LocalHub, Transport};
 use crate::manifest::spec::{AppLimits, AppSpec, DEFAULT_MAX_MESSAGE_SIZE};
 use crate::metrics::AppMetrics;
+use crate::runtime::Lane;
 
 /// What the host knows about a running app.
 #[derive(Debug)]
@@ -59,9 +60,9 @@ impl HostHubs {
         }
     }
 
-    fn hub(&self, app: &str, limits: HubLimits) -> Arc<dyn Transport> {
+    fn hub(&self, app: &str, limits: HubLimits, turns: &Lane) -> Arc<dyn Transport> {
         match &self.cluster {
-            Some(cluster) => cluster.hub(app, limits),
+            Some(cluster) => cluster.hub(app, limits, turns),
             None => Arc::new(LocalHub::new(limits)),
         }
     }
@@ -71,11 +72,12 @@ impl AppInfo {
     /// An app on a host of its own, outside any cluster.
     #[cfg(test)]
     pub(crate) fn new(spec: &AppSpec) -> Self {
-        Self::in_host(spec, &HostHubs::new(None))
+        Self::in_host(spec, &HostHubs::new(None), &Lane::of_its_own())
     }
 
-    /// An app on the host whose apps share `host`.
-    pub(crate) fn in_host(spec: &AppSpec, host: &HostHubs) -> Self {
+    /// An app on the host whose apps share `host`, whose work runs in
+    /// `turns`.
+    pub(crate) fn in_host(spec: &AppSpec, host: &HostHubs, turns: &Lane) -> Self {
         let limits = spec.limits.clone();
         let max_message_size = spec
             .triggers
@@ -86,6 +88,7 @@ impl AppInfo {
         let hub = host.hub(
             spec.name.as_str(),
             HubLimits::new(&limits, max_message_size),
+            turns,
         );
         Self {
             name: spec.name.as_str().into(),

@@ -276,10 +276,7 @@ async fn relay(client: TcpStream, server: TcpStream, bytes_per_second: usize) {
         let mut buffer = vec![0; 16 << 10];
         let started = tokio::time::Instant::now();
         let mut passed = 0usize;
-        loop {
-            let Ok(n) = client_in.read(&mut buffer).await else {
-                break;
-            };
+        while let Ok(n) = client_in.read(&mut buffer).await {
             if n == 0 || server_out.write_all(&buffer[..n]).await.is_err() {
                 break;
             }

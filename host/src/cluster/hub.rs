@@ -27,6 +27,7 @@ use tokio_tungstenite::tungstenite::{Bytes, Message};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::directory::{Directory, HEARTBEAT};
+use super::inbound::{Inbound, OFFERS_PER_TURN};
 use super::interest::Interest;
 use super::link::{Link, Outgoing};
 use super::outbox::Lane;
@@ -72,6 +73,11 @@ pub(super) struct Shared {
     pub(super) subjects: Subjects,
     pub(super) peers: Directory,
     pub(super) interest: Interest,
+    /// Group messages from other hosts waiting for the local members.
+    inbound: Inbound,
+    /// The app's lane of the host's fair scheduler: the fan-out of those
+    /// messages runs in the app's turns.
+    turns: crate::runtime::Lane,
     questions: Questions,
     counters: Counters,
     /// Whether a message too large for the broker has been logged.
@@ -80,6 +86,9 @@ pub(super) struct Shared {
 
 #[derive(Debug, Default)]
 struct Counters {
+    /// Group messages from other hosts dropped: the app's inbound queue
+    /// was full.
+    shed: AtomicU64,
     received: AtomicU64,
     received_delivered: AtomicU64,
     received_dropped: AtomicU64,
@@ -104,7 +113,12 @@ impl Counters {
 impl ClusterHub {
     /// The hub of app `app` on this host, reaching the app's other hosts
     /// through `link`. Its tasks run until the hub is dropped.
-    pub(super) fn new(link: &Arc<Link>, app: &str, limits: HubLimits) -> Self {
+    pub(super) fn new(
+        link: &Arc<Link>,
+        app: &str,
+        limits: HubLimits,
+        turns: crate::runtime::Lane,
+    ) -> Self {
         let stop = CancellationToken::new();
         let subjects = Subjects::new(app);
         let app: Arc<str> = app.into();
@@ -119,6 +133,8 @@ impl ClusterHub {
             subjects,
             peers: Directory::default(),
             interest: Interest::default(),
+            inbound: Inbound::default(),
+            turns,
             questions: Questions::default(),
             counters: Counters::default(),
             warned_too_large: AtomicBool::new(false),
@@ -305,11 +321,8 @@ impl Shared {
                             self.announce(Op::Here);
                             self.ask_groups(host);
                         }
-                        Some(Op::Here) => {
-                            if self.peers.heard(host) {
-                                self.ask_groups(host);
-                            }
-                        }
+                        // Its groups are not known yet: ask (again).
+                        Some(Op::Here) if self.peers.heard(host) => self.ask_groups(host),
                         Some(Op::Bye) => self.peers.forget(host),
                         _ => {}
                     }
@@ -629,18 +642,31 @@ impl Shared {
         Ok(members)
     }
 
-    /// Offer the app's group messages from other hosts to this host's
-    /// members, until `stop`.
+    /// Take the app's group messages from other hosts off their
+    /// subscription into [`Shared::inbound`], and offer them to this
+    /// host's members in the app's turns, until `stop`.
     async fn read_groups(self: Arc<Self>, mut groups: Subscriber, stop: CancellationToken) {
-        loop {
-            let message = tokio::select! {
-                () = stop.cancelled() => break,
-                message = groups.next() => match message {
-                    Some(message) => message,
-                    None => break,
-                },
-            };
-            self.deliver(&message);
+        let intake = async {
+            while let Some(message) = groups.next().await {
+                if !self.inbound.push(message) {
+                    Counters::add(&self.counters.shed, 1);
+                }
+            }
+        };
+        let fanout = self.turns.run(async {
+            loop {
+                for _ in 0..OFFERS_PER_TURN {
+                    let message = self.inbound.next().await;
+                    self.deliver(&message);
+                }
+                // The turn goes to the next app with work waiting.
+                tokio::task::yield_now().await;
+            }
+        });
+        tokio::select! {
+            () = stop.cancelled() => {}
+            () = intake => {}
+            () = fanout => {}
         }
     }
 

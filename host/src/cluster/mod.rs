@@ -23,6 +23,7 @@
 
 mod directory;
 mod hub;
+mod inbound;
 mod interest;
 mod link;
 mod outbox;
@@ -228,9 +229,15 @@ impl Cluster {
         self.link.host()
     }
 
-    /// The hub of app `app` on this host, reaching its other hosts.
-    pub(crate) fn hub(&self, app: &str, limits: HubLimits) -> Arc<dyn Transport> {
-        Arc::new(hub::ClusterHub::new(&self.link, app, limits))
+    /// The hub of app `app` on this host, reaching its other hosts; what
+    /// it does for the app's members runs in the app's `turns`.
+    pub(crate) fn hub(
+        &self,
+        app: &str,
+        limits: HubLimits,
+        turns: &crate::runtime::Lane,
+    ) -> Arc<dyn Transport> {
+        Arc::new(hub::ClusterHub::new(&self.link, app, limits, turns.clone()))
     }
 }
 

@@ -250,16 +250,14 @@ mod tests {
             flooded += 1;
         }
         assert_eq!(
-            outbox.push(&Lane::App(flood.clone()), message("f", 4096)),
+            outbox.push(&Lane::App(flood), message("f", 4096)),
             Err(Refused::OverShare)
         );
         assert!(outbox.queued("flood") <= OUTBOX_BYTES / 2);
         assert!(flooded > 1000, "{flooded}");
 
         // The other app still has room, and its message goes second.
-        outbox
-            .push(&Lane::App(quiet.clone()), message("q", 4096))
-            .unwrap();
+        outbox.push(&Lane::App(quiet), message("q", 4096)).unwrap();
         outbox.push(&Lane::Control, message("c", 10)).unwrap();
         assert_eq!(subject(outbox.take()), "c", "control first");
         assert_eq!(subject(outbox.take()), "f");
