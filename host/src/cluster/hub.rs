@@ -27,7 +27,7 @@ use tokio_tungstenite::tungstenite::{Bytes, Message};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::directory::{Directory, HEARTBEAT};
-use super::inbound::{Inbound, OFFERS_PER_TURN};
+use super::inbound::{FANOUT_SLICE, Inbound};
 use super::interest::Interest;
 use super::link::{Link, Outgoing};
 use super::outbox::Lane;
@@ -655,8 +655,12 @@ impl Shared {
         };
         let fanout = self.turns.run(async {
             loop {
-                for _ in 0..OFFERS_PER_TURN {
-                    let message = self.inbound.next().await;
+                let message = self.inbound.next().await;
+                let started = std::time::Instant::now();
+                self.deliver(&message);
+                while started.elapsed() < FANOUT_SLICE
+                    && let Some(message) = self.inbound.take()
+                {
                     self.deliver(&message);
                 }
                 // The turn goes to the next app with work waiting.

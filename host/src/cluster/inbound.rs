@@ -9,11 +9,12 @@
 //! per app takes the app's group messages off its subscription as they
 //! come (cheap: no fan-out) into an [`Inbound`] queue of at most
 //! [`INBOUND_BYTES`], and the fan-out runs inside the app's lane, giving
-//! its turn back every [`OFFERS_PER_TURN`] messages; what does not fit in
-//! the queue is dropped and counted (`cluster_messages_shed`).
+//! its turn back after [`FANOUT_SLICE`]; what does not fit in the queue is
+//! dropped and counted.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
+use std::time::Duration;
 
 use tokio::sync::Notify;
 
@@ -23,10 +24,11 @@ use tokio::sync::Notify;
 /// app besides the NATS client's own subscription queue.
 pub(super) const INBOUND_BYTES: usize = 8 << 20;
 
-/// Messages offered to the members per turn of the app's lane: a turn
-/// is one poll, and a poll should stay short (a message to 10,000 members
-/// is 10,000 queue offers).
-pub(super) const OFFERS_PER_TURN: usize = 16;
+/// How long the fan-out runs in one turn of the app's lane before it
+/// gives the turn back: a turn is one poll, and a poll should stay well
+/// below the scheduler's 10 ms tick (a message to 10,000 members is 10,000
+/// queue offers).
+pub(super) const FANOUT_SLICE: Duration = Duration::from_millis(2);
 
 /// One app's group messages from other hosts, not yet offered.
 #[derive(Debug, Default)]
@@ -67,7 +69,8 @@ impl Inbound {
         }
     }
 
-    fn take(&self) -> Option<async_nats::Message> {
+    /// The next message, if one waits.
+    pub(super) fn take(&self) -> Option<async_nats::Message> {
         let mut queue = self.queue.lock().expect("not poisoned");
         let message = queue.messages.pop_front()?;
         queue.bytes -= message.length;
