@@ -5,17 +5,15 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use serde::Serialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::cluster::Cluster;
 use crate::hub::{ConnectionId, ConnectionIds, HostId, HubLimits, LocalHub, Transport};
 use crate::manifest::spec::{AppLimits, AppSpec, DEFAULT_MAX_MESSAGE_SIZE};
-use crate::metrics::AppMetrics;
-use crate::runtime::Lane;
+use crate::runtime::{AppMemory, Lane};
+pub(crate) use crate::stats::{AppStats, StatsSnapshot};
 
 /// What the host knows about a running app.
 #[derive(Debug)]
@@ -40,6 +38,37 @@ pub(crate) struct AppInfo {
     /// Bytes of messages read from the app's clients that wait for its
     /// flows (`limits.queue_per_app`).
     pub(crate) inbound_budget: ByteBudget,
+    /// Linear memory of all the app's instances (`limits.app_memory`).
+    pub(crate) memory: Arc<AppMemory>,
+    /// Bytes a guest may hand the host in one call, or return from one
+    /// export (wasmtime's hostcall fuel): the largest thing the contract
+    /// takes from it, with room to spare (see [`hostcall_fuel`]).
+    pub(crate) hostcall_fuel: usize,
+}
+
+/// Room for what a call carries besides its largest payload: names, ids,
+/// the records around them.
+const HOSTCALL_FUEL_SLACK: usize = 64 << 10;
+
+/// What one group of an opening may cost: a name of at most 128 bytes
+/// (`hub/name.rs`) and its string's place in the list.
+const GROUP_NAME_COST: usize = 128 + 16;
+
+/// The hostcall fuel of an app whose triggers take messages of up to
+/// `max_message_size` bytes: the largest payload a flow sends or publishes,
+/// or what `on_connect` may hand back (an attachment and its groups),
+/// whichever is larger, and [`HOSTCALL_FUEL_SLACK`]. wasmtime's default
+/// (128 MiB) would let a flow make the host allocate that much in one call
+/// before the host could check what it was given.
+pub(crate) fn hostcall_fuel(limits: &AppLimits, max_message_size: usize) -> usize {
+    let opening = limits.max_attachment_size.saturating_add(
+        limits
+            .max_groups_per_connection
+            .saturating_mul(GROUP_NAME_COST),
+    );
+    max_message_size
+        .max(opening)
+        .saturating_add(HOSTCALL_FUEL_SLACK)
 }
 
 /// What the apps of one host share: the ids their connections get and, in
@@ -100,6 +129,8 @@ impl AppInfo {
             ids: Arc::clone(&host.ids),
             outbound_budget: ByteBudget::new(limits.queue_per_app),
             inbound_budget: ByteBudget::new(limits.queue_per_app),
+            memory: Arc::new(AppMemory::new(limits.app_memory)),
+            hostcall_fuel: hostcall_fuel(&limits, max_message_size),
             limits,
             stats: AppStats::default(),
         }
@@ -115,127 +146,17 @@ impl AppInfo {
     pub(crate) fn snapshot(&self) -> StatsSnapshot {
         let own = self.stats.snapshot();
         let remote = self.hub.counts();
-        StatsSnapshot {
-            group_messages_delivered: own.group_messages_delivered
-                + remote.received_fanout.delivered,
-            group_messages_dropped: own.group_messages_dropped + remote.received_fanout.dropped,
-            slow_members_closed: own.slow_members_closed + remote.received_fanout.closed,
+        own + StatsSnapshot {
+            group_messages_delivered: remote.received_fanout.delivered,
+            group_messages_dropped: remote.received_fanout.dropped,
+            slow_members_closed: remote.received_fanout.closed,
             cluster_messages_in: remote.received,
             cluster_messages_out: remote.forwarded,
             cluster_unavailable: remote.unavailable,
             queued_bytes_out: self.outbound_budget.queued() as u64,
             queued_bytes_in: self.inbound_budget.queued() as u64,
-            ..own
-        }
-    }
-}
-
-/// Counters of one app, readable while it runs.
-#[derive(Debug, Default)]
-pub(crate) struct AppStats {
-    pub(crate) connections_open: AtomicU64,
-    pub(crate) connections_total: AtomicU64,
-    pub(crate) connections_refused: AtomicU64,
-    pub(crate) executions_ok: AtomicU64,
-    pub(crate) executions_failed: AtomicU64,
-    pub(crate) executions_trapped: AtomicU64,
-    pub(crate) executions_limit_exceeded: AtomicU64,
-    pub(crate) messages_in: AtomicU64,
-    pub(crate) messages_out: AtomicU64,
-    pub(crate) bytes_in: AtomicU64,
-    pub(crate) bytes_out: AtomicU64,
-    pub(crate) log_lines_dropped: AtomicU64,
-    pub(crate) group_messages_published: AtomicU64,
-    pub(crate) group_messages_delivered: AtomicU64,
-    pub(crate) group_messages_dropped: AtomicU64,
-    pub(crate) slow_members_closed: AtomicU64,
-    /// Histograms and limit hits, for `GET /metrics`.
-    pub(crate) metrics: AppMetrics,
-}
-
-/// A point-in-time copy of [`AppStats`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct StatsSnapshot {
-    /// Connections open now.
-    pub connections_open: u64,
-    /// Connections accepted since start.
-    pub connections_total: u64,
-    /// Upgrades refused because a connection limit was reached.
-    pub connections_refused: u64,
-    /// Executions whose flow returned `ok`.
-    pub executions_ok: u64,
-    /// Executions whose flow returned an error.
-    pub executions_failed: u64,
-    /// Executions that trapped.
-    pub executions_trapped: u64,
-    /// Executions stopped by a limit.
-    pub executions_limit_exceeded: u64,
-    /// Data messages read from clients.
-    pub messages_in: u64,
-    /// Data messages flows sent.
-    pub messages_out: u64,
-    /// Payload bytes read from clients.
-    pub bytes_in: u64,
-    /// Payload bytes flows sent.
-    pub bytes_out: u64,
-    /// Guest output lines dropped over the log budget.
-    pub log_lines_dropped: u64,
-    /// Group messages flows published or sent to a connection by id.
-    pub group_messages_published: u64,
-    /// Group messages queued for a member of this host (one publish to N
-    /// members: N), wherever they were published.
-    pub group_messages_delivered: u64,
-    /// Group messages not queued because the member's queue was full.
-    pub group_messages_dropped: u64,
-    /// Members closed (1008) because their queue was full (`slow_member =
-    /// "close"`).
-    pub slow_members_closed: u64,
-    /// Group messages and sends that came from other hosts of the cluster.
-    pub cluster_messages_in: u64,
-    /// Group messages and sends handed to the broker for other hosts.
-    pub cluster_messages_out: u64,
-    /// Group operations answered `unavailable`: the other hosts could not
-    /// be reached, or not in time.
-    pub cluster_unavailable: u64,
-    /// Bytes of messages flows sent that wait for the app's clients, now
-    /// (group messages not included).
-    pub queued_bytes_out: u64,
-    /// Bytes of messages read from the app's clients that wait for its
-    /// flows, now.
-    pub queued_bytes_in: u64,
-}
-
-impl AppStats {
-    pub(crate) fn add(counter: &AtomicU64, n: u64) {
-        counter.fetch_add(n, Ordering::Relaxed);
-    }
-
-    /// The counters; the queue gauges and the cluster's counts are filled
-    /// by [`AppInfo::snapshot`].
-    pub(crate) fn snapshot(&self) -> StatsSnapshot {
-        let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
-        StatsSnapshot {
-            connections_open: get(&self.connections_open),
-            connections_total: get(&self.connections_total),
-            connections_refused: get(&self.connections_refused),
-            executions_ok: get(&self.executions_ok),
-            executions_failed: get(&self.executions_failed),
-            executions_trapped: get(&self.executions_trapped),
-            executions_limit_exceeded: get(&self.executions_limit_exceeded),
-            messages_in: get(&self.messages_in),
-            messages_out: get(&self.messages_out),
-            bytes_in: get(&self.bytes_in),
-            bytes_out: get(&self.bytes_out),
-            log_lines_dropped: get(&self.log_lines_dropped),
-            group_messages_published: get(&self.group_messages_published),
-            group_messages_delivered: get(&self.group_messages_delivered),
-            group_messages_dropped: get(&self.group_messages_dropped),
-            slow_members_closed: get(&self.slow_members_closed),
-            cluster_messages_in: 0,
-            cluster_messages_out: 0,
-            cluster_unavailable: 0,
-            queued_bytes_out: 0,
-            queued_bytes_in: 0,
+            guest_memory: self.memory.held() as u64,
+            ..StatsSnapshot::default()
         }
     }
 }

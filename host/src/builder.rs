@@ -34,14 +34,47 @@ fn staleness(component: &Path, sources: &[PathBuf]) -> Staleness {
 }
 
 /// The most recently modified file under `path` (itself if a file).
+///
+/// `path` itself is followed if it is a symbolic link (the manifest named
+/// it); links inside it are not: a link counts with its own time, so a
+/// link out of the tree, or a loop, is never walked. At most
+/// [`MAX_WALKED`] entries and [`MAX_DEPTH`] levels are looked at.
 fn newest(path: &Path) -> Option<(PathBuf, SystemTime)> {
     let metadata = std::fs::metadata(path).ok()?;
-    if metadata.is_file() {
+    let mut budget = MAX_WALKED;
+    newest_within(path, &metadata, MAX_DEPTH, &mut budget)
+}
+
+/// Entries a staleness check looks at, at most: a source tree is far
+/// smaller; a `target/` directory among the sources may not be.
+const MAX_WALKED: usize = 100_000;
+
+/// Directory levels a staleness check descends, at most.
+const MAX_DEPTH: usize = 32;
+
+fn newest_within(
+    path: &Path,
+    metadata: &std::fs::Metadata,
+    depth: usize,
+    budget: &mut usize,
+) -> Option<(PathBuf, SystemTime)> {
+    if !metadata.is_dir() {
         return Some((path.to_path_buf(), metadata.modified().ok()?));
+    }
+    if depth == 0 {
+        return None;
     }
     let mut found: Option<(PathBuf, SystemTime)> = None;
     for entry in std::fs::read_dir(path).ok()?.flatten() {
-        if let Some(candidate) = newest(&entry.path())
+        if *budget == 0 {
+            break;
+        }
+        *budget -= 1;
+        // Not followed: a link is a file with its own time here.
+        let Ok(metadata) = entry.metadata() else {
+            continue;
+        };
+        if let Some(candidate) = newest_within(&entry.path(), &metadata, depth - 1, budget)
             && found.as_ref().is_none_or(|(_, time)| candidate.1 > *time)
         {
             found = Some(candidate);
@@ -140,4 +173,50 @@ pub(crate) fn ensure_built(app: &AppSpec, flow: &FlowSpec) -> anyhow::Result<Bui
         reason,
         took: started.elapsed(),
     })
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use std::os::unix::fs::symlink;
+
+    use super::*;
+
+    #[test]
+    fn links_inside_the_sources_are_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let sources = dir.path().join("src");
+        std::fs::create_dir_all(sources.join("nested")).unwrap();
+        std::fs::write(sources.join("nested/lib.rs"), "fn main() {}").unwrap();
+        // A loop, a link to the root, and a link out of the tree to a
+        // file written after everything else.
+        symlink(&sources, sources.join("nested/loop")).unwrap();
+        symlink("/", sources.join("root")).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        let outside = dir.path().join("outside.rs");
+        std::fs::write(&outside, "newer").unwrap();
+        symlink(&outside, sources.join("out.rs")).unwrap();
+        let (newest_path, _) = newest(&sources).expect("a newest file");
+        assert_ne!(newest_path, outside);
+        assert!(
+            newest_path.starts_with(&sources),
+            "{}",
+            newest_path.display()
+        );
+        // The named path itself is followed.
+        let named = dir.path().join("named");
+        symlink(&sources, &named).unwrap();
+        assert!(newest(&named).is_some());
+    }
+
+    #[test]
+    fn a_deep_tree_is_walked_no_further_than_the_depth_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut deep = dir.path().to_path_buf();
+        for _ in 0..MAX_DEPTH + 4 {
+            deep.push("d");
+        }
+        std::fs::create_dir_all(&deep).unwrap();
+        std::fs::write(deep.join("deepest.rs"), "x").unwrap();
+        assert_eq!(newest(dir.path()), None);
+    }
 }

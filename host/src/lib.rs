@@ -25,6 +25,7 @@ mod runtime;
 mod scaffold;
 pub mod server;
 mod sockets;
+mod stats;
 mod trigger;
 
-pub use app::StatsSnapshot;
+pub use stats::StatsSnapshot;

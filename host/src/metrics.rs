@@ -162,14 +162,16 @@ impl ExecutionKind {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Limit {
     Memory,
+    AppMemory,
     CpuTime,
     WallTime,
     SlowClient,
 }
 
 impl Limit {
-    pub(crate) const ALL: [Self; 4] = [
+    pub(crate) const ALL: [Self; 5] = [
         Self::Memory,
+        Self::AppMemory,
         Self::CpuTime,
         Self::WallTime,
         Self::SlowClient,
@@ -178,6 +180,7 @@ impl Limit {
     pub(crate) fn label(self) -> &'static str {
         match self {
             Self::Memory => "memory",
+            Self::AppMemory => "app_memory",
             Self::CpuTime => "cpu_time",
             Self::WallTime => "wall_time",
             Self::SlowClient => "slow_client",
@@ -195,7 +198,7 @@ pub(crate) struct AppMetrics {
     /// Sizes of data messages flows sent.
     pub(crate) message_size_out: Histogram<Bytes>,
     /// Executions stopped by each [`Limit`], in its order.
-    limit_hits: [AtomicU64; 4],
+    limit_hits: [AtomicU64; 5],
 }
 
 impl AppMetrics {

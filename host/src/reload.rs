@@ -172,6 +172,7 @@ fn manifest_files(paths: &[PathBuf]) -> Vec<PathBuf> {
 impl Live {
     fn reload(&mut self) -> anyhow::Result<ReloadReport> {
         let specs = manifest::load_all(&self.paths, &self.options.env)?;
+        let generation = self.runtime.begin_load();
         if self.options.build {
             for spec in &specs {
                 builder::build_stale(spec)?;
@@ -228,6 +229,7 @@ impl Live {
             report.reloaded.push(spec.name.clone());
             live.spec = spec;
         }
+        self.runtime.forget_unused_since(generation);
         Ok(report)
     }
 

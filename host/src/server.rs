@@ -192,28 +192,7 @@ impl Server {
             );
         }
         for (app, totals) in stats.snapshot() {
-            tracing::info!(
-                app,
-                connections = totals.connections_total,
-                refused = totals.connections_refused,
-                ok = totals.executions_ok,
-                failed = totals.executions_failed,
-                trapped = totals.executions_trapped,
-                limit_exceeded = totals.executions_limit_exceeded,
-                messages_in = totals.messages_in,
-                messages_out = totals.messages_out,
-                bytes_in = totals.bytes_in,
-                bytes_out = totals.bytes_out,
-                log_lines_dropped = totals.log_lines_dropped,
-                group_published = totals.group_messages_published,
-                group_delivered = totals.group_messages_delivered,
-                group_dropped = totals.group_messages_dropped,
-                slow_members_closed = totals.slow_members_closed,
-                cluster_in = totals.cluster_messages_in,
-                cluster_out = totals.cluster_messages_out,
-                cluster_unavailable = totals.cluster_unavailable,
-                "app totals"
-            );
+            tracing::info!(app, "app totals: {}", totals.summary());
         }
     }
 }

@@ -231,3 +231,56 @@ async fn reused_instances_are_capped_per_app_before_the_upgrade() {
     send_text(&mut third, "count").await;
     assert_eq!(next_text(&mut third).await, "1");
 }
+
+#[tokio::test]
+async fn the_apps_instances_together_stay_within_its_app_memory() {
+    let manifest = Manifest::one_flow(
+        "scribble",
+        programs::SCRIBBLE,
+        toml! { path = "/scribble" instance = "reuse" },
+    )
+    .limits(toml! { app_memory = "8MiB" });
+    let server = TestServer::start(&manifest).await;
+    let url = server.url("/scribble");
+    // Each reused instance holds more than 1 MiB (its statics alone), for
+    // its connection's life: far fewer than 20 fit in 8 MiB.
+    let mut clients = Vec::new();
+    let (mut served, mut stopped) = (0, 0);
+    for _ in 0..20 {
+        let mut client = connect(&url).await;
+        send_text(&mut client, "scribble").await;
+        match next_message(&mut client).await {
+            Message::Text(text) => {
+                assert_eq!(text.as_str(), "clean");
+                served += 1;
+            }
+            Message::Close(Some(close)) => {
+                assert_eq!(u16::from(close.code), 1011);
+                stopped += 1;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        clients.push(client);
+    }
+    assert!(
+        served > 0 && stopped > 0,
+        "served {served}, stopped {stopped}"
+    );
+    let line = server
+        .wait_for_log("execution stopped: app memory limit")
+        .await;
+    assert!(line.contains("over its app_memory of 8388608"), "{line}");
+    let stats = server.app_stats("scribble");
+    assert!(stats.guest_memory <= 8 << 20, "{stats:?}");
+
+    // Their memory comes back with their connections.
+    drop(clients);
+    server
+        .wait_for_stats("scribble", "no guest memory held", |stats| {
+            stats.guest_memory == 0
+        })
+        .await;
+    let mut next = connect(&url).await;
+    send_text(&mut next, "scribble").await;
+    assert_eq!(next_text(&mut next).await, "clean");
+}

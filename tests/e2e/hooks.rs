@@ -213,3 +213,89 @@ async fn a_component_without_hooks_cannot_be_named_as_a_hook() {
         "{error}"
     );
 }
+
+/// The status of the answer to a raw request head sent to `server`.
+async fn raw_status(server: &TestServer, head: &str) -> u16 {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut tcp = tokio::net::TcpStream::connect(server.endpoints()[0].addr)
+        .await
+        .unwrap();
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(wsflow_tests::TIMEOUT, tcp.read_to_end(&mut raw))
+        .await
+        .expect("the server answers and closes")
+        .unwrap();
+    let raw = String::from_utf8_lossy(&raw);
+    raw.split(' ').nth(1).unwrap().parse().unwrap()
+}
+
+#[tokio::test]
+async fn on_connect_runs_only_for_requests_that_can_be_upgraded() {
+    let app = "gate-valid";
+    let server = TestServer::start(&gate(app)).await;
+    let mut member = join(&server, "name=member").await;
+    let addr = server.endpoints()[0].addr;
+    let valid_key = "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+    let upgrade = "Connection: Upgrade\r\nUpgrade: websocket\r\n";
+    // Each is an upgrade request no connection can come of; `gate`'s
+    // `on_connect` would announce `joined ghost` to the room.
+    let heads = [
+        (
+            426,
+            format!(
+                "GET /gate?name=ghost HTTP/1.1\r\nHost: {addr}\r\n{upgrade}Sec-WebSocket-Version: 12\r\n{valid_key}\r\n"
+            ),
+        ),
+        (
+            400,
+            format!(
+                "GET /gate?name=ghost HTTP/1.1\r\nHost: {addr}\r\n{upgrade}Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: short\r\n\r\n"
+            ),
+        ),
+        (
+            400,
+            format!(
+                "GET /gate?name=ghost HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n{valid_key}\r\n"
+            ),
+        ),
+        (
+            405,
+            format!(
+                "POST /gate?name=ghost HTTP/1.1\r\nHost: {addr}\r\n{upgrade}Sec-WebSocket-Version: 13\r\n{valid_key}\r\n"
+            ),
+        ),
+    ];
+    for _ in 0..3 {
+        for (status, head) in &heads {
+            assert_eq!(raw_status(&server, head).await, *status, "{head}");
+        }
+    }
+    let stats = server.app_stats(app);
+    assert_eq!(stats.connections_total, 1, "{stats:?}");
+
+    // The first announcement the member sees is the next real client's.
+    let _real = join(&server, "name=real").await;
+    assert_eq!(next_text(&mut member).await, "joined real");
+}
+
+#[tokio::test]
+async fn what_on_connect_hands_back_is_capped_before_the_host_copies_it() {
+    let app = "gate-fuel";
+    let server = TestServer::start(&gate(app)).await;
+    let url = server.url("/gate");
+    // 10 MiB of group names: refused while it is being copied out of the
+    // guest, not after the host holds all of it.
+    let refused = try_connect(request(&format!("{url}?token=many-groups"), &[]))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.status, 500);
+    let line = server
+        .wait_for_app_log(app, "too much data is being copied")
+        .await;
+    assert!(line.contains("on_connect trapped"), "{line}");
+    // The app goes on.
+    let mut client = join(&server, "name=after").await;
+    send_text(&mut client, "hi").await;
+    assert_eq!(next_text(&mut client).await, "echo hi");
+}

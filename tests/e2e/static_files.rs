@@ -128,3 +128,62 @@ async fn plain_requests_get_files_and_upgrades_reach_their_handler() {
     send_text(&mut client, "still a WebSocket server").await;
     assert_eq!(next_text(&mut client).await, "still a WebSocket server");
 }
+
+#[tokio::test]
+async fn clients_that_never_read_a_large_file_hold_no_handshake_slot() {
+    let dir = tempfile::tempdir().unwrap();
+    let site = dir.path().join("site");
+    std::fs::create_dir_all(&site).unwrap();
+    std::fs::write(site.join("index.html"), "home").unwrap();
+    // Far more than the socket buffers on both sides hold.
+    std::fs::write(site.join("big.bin"), vec![7u8; 32 << 20]).unwrap();
+    // Larger than any file served; sparse, so it costs no disk.
+    std::fs::File::create(site.join("huge.bin"))
+        .unwrap()
+        .set_len(65 << 20)
+        .unwrap();
+    let manifest = Manifest::app("hoarders")
+        .flow("echo", programs::EXAMPLE_ECHO)
+        .trigger(
+            Trigger::on_port(0)
+                .with(table([
+                    ("static_dir", site.display().to_string().into()),
+                    ("max_pending_handshakes", 2.into()),
+                    ("handshake_timeout", "60s".into()),
+                ]))
+                .handler(toml! { path = "/echo" flow = "echo" }),
+        );
+    let server = TestServer::start(&manifest).await;
+    let addr = server.endpoints()[0].addr;
+
+    // Twice as many clients as handshake slots ask for the big file and
+    // never read a byte of it.
+    let mut hoarders = Vec::new();
+    for _ in 0..4 {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let mut tcp = socket.connect(addr).await.unwrap();
+        tcp.write_all(b"GET /big.bin HTTP/1.1\r\nHost: test\r\n\r\n")
+            .await
+            .unwrap();
+        hoarders.push(tcp);
+    }
+
+    // The listener still answers: plain requests and upgrades.
+    let index = get(&server, "/").await;
+    assert_eq!((index.status, index.body.as_str()), (200, "home"));
+    let mut client = connect(&server.url("/echo")).await;
+    send_text(&mut client, "served").await;
+    assert_eq!(next_text(&mut client).await, "served");
+
+    let huge = get(&server, "/huge.bin").await;
+    assert_eq!(huge.status, 403);
+    assert!(
+        huge.body.contains("larger than the largest file"),
+        "{}",
+        huge.body
+    );
+    let head = http(&server, "HEAD /huge.bin HTTP/1.1\r\nHost: test\r\n\r\n").await;
+    assert_eq!(head.status, 403);
+    drop(hoarders);
+}

@@ -4,9 +4,9 @@
 
 use std::fmt::Write as _;
 
-use crate::app::StatsSnapshot;
 use crate::metrics::{ExecutionKind, HistogramSnapshot, Limit};
 use crate::server::StatsHandle;
+use crate::stats::{COUNTERS, FAMILIES};
 
 /// The content type of the text exposition format.
 pub(super) const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -22,100 +22,30 @@ pub(super) fn render(stats: Option<&StatsHandle>, ready: bool) -> String {
     );
     out.sample("wsflow_ready", &[], u64::from(ready));
 
-    let counters: [(&str, &str, &str, Counter); 11] = [
-        (
-            "wsflow_connections_open",
-            "gauge",
-            "Connections open now.",
-            |s| s.connections_open,
-        ),
-        (
-            "wsflow_connections_total",
-            "counter",
-            "Connections accepted (upgraded) since start.",
-            |s| s.connections_total,
-        ),
-        (
-            "wsflow_connections_refused_total",
-            "counter",
-            "Upgrades refused because a connection limit was reached.",
-            |s| s.connections_refused,
-        ),
-        (
-            "wsflow_log_lines_dropped_total",
-            "counter",
-            "Guest output lines dropped over the app's log budget.",
-            |s| s.log_lines_dropped,
-        ),
-        (
-            "wsflow_group_messages_published_total",
-            "counter",
-            "Group messages flows published or sent to a connection by id.",
-            |s| s.group_messages_published,
-        ),
-        (
-            "wsflow_group_messages_delivered_total",
-            "counter",
-            "Group messages queued for a member (one publish to N members counts N).",
-            |s| s.group_messages_delivered,
-        ),
-        (
-            "wsflow_group_messages_dropped_total",
-            "counter",
-            "Group messages not queued because the member's queue was full.",
-            |s| s.group_messages_dropped,
-        ),
-        (
-            "wsflow_slow_members_closed_total",
-            "counter",
-            "Group members closed (1008) because their queue was full.",
-            |s| s.slow_members_closed,
-        ),
-        (
-            "wsflow_cluster_messages_in_total",
-            "counter",
-            "Group messages and sends that came from other hosts of the cluster.",
-            |s| s.cluster_messages_in,
-        ),
-        (
-            "wsflow_cluster_messages_out_total",
-            "counter",
-            "Group messages and sends handed to the broker for other hosts.",
-            |s| s.cluster_messages_out,
-        ),
-        (
-            "wsflow_cluster_unavailable_total",
-            "counter",
-            "Group operations answered `unavailable`: the other hosts could not be reached in time.",
-            |s| s.cluster_unavailable,
-        ),
-    ];
     let snapshots: Vec<_> = apps
         .iter()
         .map(|app| (app.as_ref(), app.snapshot()))
         .collect();
-    for (name, kind, help, value) in counters {
-        out.family(name, kind, help);
-        for (app, snapshot) in &snapshots {
-            out.sample(name, &[("app", &app.name)], value(snapshot));
+    let mut shown: Vec<&str> = Vec::new();
+    for counter in COUNTERS {
+        if shown.contains(&counter.series) {
+            continue;
         }
-    }
-
-    out.family(
-        "wsflow_executions_total",
-        "counter",
-        "Executions by how they ended: ok, failed (the flow returned an error), trapped, \
-         limit_exceeded.",
-    );
-    for (app, s) in &snapshots {
-        for (outcome, value) in [
-            ("ok", s.executions_ok),
-            ("failed", s.executions_failed),
-            ("trapped", s.executions_trapped),
-            ("limit_exceeded", s.executions_limit_exceeded),
-        ] {
-            let labels = [("app", &*app.name), ("outcome", outcome)];
-            out.sample("wsflow_executions_total", &labels, value);
+        shown.push(counter.series);
+        let family = COUNTERS
+            .iter()
+            .filter(|other| other.series == counter.series);
+        let help = FAMILIES
+            .iter()
+            .find(|(series, _)| *series == counter.series)
+            .map_or(counter.help, |(_, help)| help);
+        out.family(counter.series, counter.kind.label(), help);
+        for (app, snapshot) in &snapshots {
+            for member in family.clone() {
+                let mut labels = vec![("app", &*app.name)];
+                labels.extend(member.label);
+                out.sample(counter.series, &labels, (member.read)(snapshot));
+            }
         }
     }
 
@@ -130,54 +60,6 @@ pub(super) fn render(stats: Option<&StatsHandle>, ready: bool) -> String {
             let hits = app.stats.metrics.limit_hits(limit);
             out.sample("wsflow_limit_hits_total", &labels, hits);
         }
-    }
-
-    for (name, help, in_value, out_value) in [
-        (
-            "wsflow_messages_total",
-            "Data messages by direction: in (read from clients), out (sent by flows).",
-            (|s| s.messages_in) as Counter,
-            (|s| s.messages_out) as Counter,
-        ),
-        (
-            "wsflow_message_bytes_total",
-            "Payload bytes of data messages by direction.",
-            |s| s.bytes_in,
-            |s| s.bytes_out,
-        ),
-    ] {
-        out.family(name, "counter", help);
-        for (app, s) in &snapshots {
-            out.sample(
-                name,
-                &[("app", &app.name), ("direction", "in")],
-                in_value(s),
-            );
-            out.sample(
-                name,
-                &[("app", &app.name), ("direction", "out")],
-                out_value(s),
-            );
-        }
-    }
-
-    out.family(
-        "wsflow_queued_bytes",
-        "gauge",
-        "Message bytes waiting now, by direction: in (for flows), out (for clients).",
-    );
-    for (app, s) in &snapshots {
-        let name = "wsflow_queued_bytes";
-        out.sample(
-            name,
-            &[("app", &app.name), ("direction", "in")],
-            s.queued_bytes_in,
-        );
-        out.sample(
-            name,
-            &[("app", &app.name), ("direction", "out")],
-            s.queued_bytes_out,
-        );
     }
 
     let name = "wsflow_execution_duration_seconds";
@@ -215,9 +97,6 @@ pub(super) fn render(stats: Option<&StatsHandle>, ready: bool) -> String {
     }
     out.text
 }
-
-/// How one per-app series is read from an app's counters.
-type Counter = fn(&StatsSnapshot) -> u64;
 
 /// Text exposition being written.
 #[derive(Default)]

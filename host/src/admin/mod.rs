@@ -10,15 +10,21 @@
 //!   once shutdown has begun.
 //!
 //! The endpoint is up while the apps load, so health checks answer during
-//! a long build. It holds at most [`MAX_CONNECTIONS`] clients (more wait
-//! in the listen backlog), each for at most [`CONNECTION_TIMEOUT`], so a
-//! flood of admin clients neither takes the descriptors the apps' clients
-//! need nor keeps the endpoint busy.
+//! a long build. It holds at most [`MAX_CONNECTIONS`] clients, each for at
+//! most [`CONNECTION_TIMEOUT`], so a flood of admin clients cannot take the
+//! descriptors the apps' clients need. Clients that hold every place
+//! cannot keep a health check out either: a new client always gets in, in
+//! the place of the oldest one ([`Places`]). A load balancer's check sends
+//! its request at once and is answered in microseconds; only a client
+//! that holds its place long, or a flood faster than requests are sent,
+//! loses it.
 
 mod metrics;
 
+use std::collections::VecDeque;
 use std::convert::Infallible;
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -27,7 +33,6 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::server::StatsHandle;
@@ -75,22 +80,81 @@ impl AdminState {
     }
 }
 
+/// How long an admin client may take, and how many are served at once.
+#[derive(Debug, Clone, Copy)]
+struct Timing {
+    header_read: Duration,
+    connection: Duration,
+}
+
+const TIMING: Timing = Timing {
+    header_read: HEADER_READ_TIMEOUT,
+    connection: CONNECTION_TIMEOUT,
+};
+
+/// The places of the clients being served, oldest first. Taking a place
+/// when all are held ends the oldest client's connection (its task drops
+/// its socket when told), so the number of admin sockets stays bounded and
+/// the newest client is always served.
+#[derive(Default)]
+struct Places {
+    held: Mutex<VecDeque<(u64, CancellationToken)>>,
+    next: AtomicU64,
+}
+
+/// A place among [`Places`], given back when dropped.
+struct Place {
+    places: Arc<Places>,
+    id: u64,
+    /// Cancelled when a newer client takes this place.
+    evicted: CancellationToken,
+}
+
+impl Places {
+    fn take(self: &Arc<Self>) -> Place {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let evicted = CancellationToken::new();
+        let mut held = self.held.lock().expect("not poisoned");
+        if held.len() >= MAX_CONNECTIONS
+            && let Some((_, oldest)) = held.pop_front()
+        {
+            oldest.cancel();
+        }
+        held.push_back((id, evicted.clone()));
+        Place {
+            places: Arc::clone(self),
+            id,
+            evicted,
+        }
+    }
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        let mut held = self.places.held.lock().expect("not poisoned");
+        held.retain(|(id, _)| *id != self.id);
+    }
+}
+
 /// Serve the admin endpoint on `listener` until `stop`. Connections
 /// already accepted finish (each within [`CONNECTION_TIMEOUT`]).
 pub(crate) async fn serve(listener: TcpListener, state: Arc<AdminState>, stop: CancellationToken) {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    serve_with(listener, state, stop, TIMING).await;
+}
+
+async fn serve_with(
+    listener: TcpListener,
+    state: Arc<AdminState>,
+    stop: CancellationToken,
+    timing: Timing,
+) {
+    let places = Arc::new(Places::default());
     let mut backoff = AcceptBackoff::default();
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .header_read_timeout(timing.header_read)
         .keep_alive(false);
     loop {
-        // A slot first: a full endpoint leaves clients in the backlog
-        // instead of holding their sockets.
-        let slot = tokio::select! {
-            slot = Arc::clone(&slots).acquire_owned() => slot.expect("never closed"),
-            () = stop.cancelled() => return,
-        };
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
             () = stop.cancelled() => return,
@@ -116,14 +180,22 @@ pub(crate) async fn serve(listener: TcpListener, state: Arc<AdminState>, stop: C
                 async move { Ok::<_, Infallible>(response) }
             }),
         );
+        let place = places.take();
+        let limit = timing.connection;
         tokio::spawn(async move {
-            let _slot = slot;
-            match tokio::time::timeout(CONNECTION_TIMEOUT, connection).await {
+            let served = tokio::select! {
+                served = tokio::time::timeout(limit, connection) => served,
+                () = place.evicted.cancelled() => {
+                    tracing::debug!("admin connection closed: a newer client took its place");
+                    return;
+                }
+            };
+            match served {
                 Ok(Ok(())) => {}
                 Ok(Err(error)) => tracing::debug!("admin connection: {error}"),
-                Err(_elapsed) => tracing::debug!(
-                    "admin connection closed: not done within {CONNECTION_TIMEOUT:?}"
-                ),
+                Err(_elapsed) => {
+                    tracing::debug!("admin connection closed: not done within {limit:?}")
+                }
             }
         });
     }
@@ -284,6 +356,40 @@ mod tests {
             post.to_ascii_lowercase().contains("allow: get, head"),
             "{post}"
         );
+        stop.cancel();
+    }
+
+    #[tokio::test]
+    async fn clients_holding_every_place_cannot_keep_a_health_check_out() {
+        let state = Arc::new(AdminState::new(CancellationToken::new()));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = CancellationToken::new();
+        // Clients that would hold their places for an hour.
+        let patient = Timing {
+            header_read: Duration::from_secs(3600),
+            connection: Duration::from_secs(3600),
+        };
+        tokio::spawn(serve_with(listener, state, stop.clone(), patient));
+        let mut hoarders = Vec::new();
+        for _ in 0..3 * MAX_CONNECTIONS {
+            let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+            // Half a request head, never finished.
+            stream
+                .write_all(b"GET /metrics HTTP/1.1\r\n")
+                .await
+                .unwrap();
+            hoarders.push(stream);
+        }
+        for path in ["/healthz", "/readyz", "/stats"] {
+            let answer = request(addr, "GET", path).await;
+            assert!(answer.starts_with("HTTP/1.1 "), "{path}: {answer}");
+        }
+        // The oldest hoarders lost their places: closed by the endpoint.
+        let mut oldest = hoarders.remove(0);
+        let mut rest = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(30), oldest.read_to_end(&mut rest));
+        assert!(read.await.is_ok(), "the oldest client kept its place");
         stop.cancel();
     }
 

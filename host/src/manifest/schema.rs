@@ -80,6 +80,7 @@ pub(crate) struct FlowSection {
 /// ```toml
 /// [limits]
 /// max_memory = "64MiB"         # linear memory per execution
+/// app_memory = "1GiB"          # linear memory of all the app's instances together
 /// cpu_time = "1s"              # per execution: time it runs, not time it waits
 /// wall_time = "10s"            # per data-mode execution, and after a client has gone
 /// max_executions = 256         # data-mode executions running at once
@@ -98,6 +99,7 @@ pub(crate) struct FlowSection {
 #[serde(deny_unknown_fields)]
 pub(crate) struct LimitsSection {
     pub(crate) max_memory: Option<Scalar>,
+    pub(crate) app_memory: Option<Scalar>,
     pub(crate) cpu_time: Option<Scalar>,
     pub(crate) wall_time: Option<Scalar>,
     pub(crate) max_executions: Option<Scalar>,

@@ -51,6 +51,10 @@ pub(crate) struct AppLimits {
     /// Linear memory a single execution may grow to, all its memories
     /// together.
     pub(crate) max_memory: usize,
+    /// Linear memory all of the app's instances may hold together: running
+    /// executions, reused instances and connection-mode sessions. A growth
+    /// (or an instantiation) beyond it fails like one over `max_memory`.
+    pub(crate) app_memory: usize,
     /// CPU time an execution may use: guest code and the work of its host
     /// calls, not time it waits (for its client, a timer or its turn).
     pub(crate) cpu_time: Duration,
@@ -100,6 +104,11 @@ impl Default for AppLimits {
             // Enough for a Rust flow with serde and a few MiB of data; small
             // enough that hundreds of concurrent executions fit in RAM.
             max_memory: 64 << 20,
+            // A Rust flow starts with 1-2 MiB of linear memory: room for
+            // every execution and reused instance of the defaults at about
+            // 2 MiB each, or 16 at `max_memory`. Without it, an app could
+            // hold (256 + 256) x 64 MiB = 32 GiB.
+            app_memory: 1 << 30,
             // Generous for message handling, short enough that a runaway
             // loop is stopped before a client gives up.
             cpu_time: Duration::from_secs(1),
@@ -108,8 +117,8 @@ impl Default for AppLimits {
             // flight only adds memory.
             max_executions: 256,
             max_connections: 10_000,
-            // As many as executions: guest memory stays within
-            // (max_executions + max_reused_instances) x max_memory.
+            // As many as executions; their memory counts against
+            // `app_memory` with everything else the app runs.
             max_reused_instances: 256,
             slow_client_timeout: Duration::from_secs(30),
             // One message of the default maximum size, or many small ones:

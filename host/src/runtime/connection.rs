@@ -425,6 +425,20 @@ impl wit::HostConnection for FlowCtx {
 
 impl wit::Host for FlowCtx {}
 
+impl super::bindings::wsflow::flow::types::Host for FlowCtx {}
+
+/// The `connection` capability (`wsflow:flow/types`,
+/// `wsflow:flow/connection`): the execution's own connection, through the
+/// handle the host pushed into its resource table.
+pub(super) const CAPABILITY: super::capabilities::Capability = super::capabilities::Capability {
+    name: "connection",
+    add_to_linker: |linker| {
+        use super::bindings::wsflow::flow::types;
+        types::add_to_linker::<_, wasmtime::component::HasSelf<FlowCtx>>(linker, |ctx| ctx)?;
+        wit::add_to_linker::<_, wasmtime::component::HasSelf<FlowCtx>>(linker, |ctx| ctx)
+    },
+};
+
 /// A data message from the client as the flow sees it; control frames are
 /// handled by the host and never reach flows.
 pub(crate) fn from_ws_message(message: tungstenite::Message) -> Option<Message> {

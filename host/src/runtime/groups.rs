@@ -79,6 +79,14 @@ impl FlowCtx {
     }
 }
 
+/// The `groups` capability (`wsflow:flow/groups`): the app's own hub.
+pub(super) const CAPABILITY: super::capabilities::Capability = super::capabilities::Capability {
+    name: "groups",
+    add_to_linker: |linker| {
+        wit::add_to_linker::<_, wasmtime::component::HasSelf<FlowCtx>>(linker, |ctx| ctx)
+    },
+};
+
 impl wit::Host for FlowCtx {
     async fn join(
         &mut self,

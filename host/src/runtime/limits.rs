@@ -2,6 +2,8 @@
 //! limiter) and the error every limit ends an execution with. CPU time is
 //! measured in `cpu.rs`; wall-clock time is enforced by the caller.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use crate::metrics::Limit;
@@ -14,6 +16,14 @@ pub(crate) enum LimitExceeded {
         "memory limit: tried to grow linear memory to {requested} bytes (all memories together), {over} over the limit of {limit}"
     , over = requested - limit)]
     Memory { requested: usize, limit: usize },
+    #[error(
+        "app memory limit: tried to grow linear memory by {requested} bytes while the app's instances hold {held}, over its app_memory of {limit}"
+    )]
+    AppMemory {
+        requested: usize,
+        held: usize,
+        limit: usize,
+    },
     #[error("CPU time limit: ran {used:?}, {over:?} over the limit of {limit:?}", over = used.saturating_sub(*limit))]
     CpuTime { used: Duration, limit: Duration },
     #[error("wall-clock limit: still running after {limit:?}")]
@@ -27,6 +37,7 @@ impl LimitExceeded {
     pub(crate) fn limit(&self) -> Limit {
         match self {
             LimitExceeded::Memory { .. } => Limit::Memory,
+            LimitExceeded::AppMemory { .. } => Limit::AppMemory,
             LimitExceeded::CpuTime { .. } => Limit::CpuTime,
             LimitExceeded::WallTime { .. } => Limit::WallTime,
             LimitExceeded::SlowClient { .. } => Limit::SlowClient,
@@ -39,14 +50,52 @@ impl LimitExceeded {
     }
 }
 
+/// Linear memory all of an app's instances hold together, against its
+/// `app_memory`: each execution's limiter takes what its memories grow by
+/// and gives it all back when its store is dropped.
+#[derive(Debug)]
+pub(crate) struct AppMemory {
+    held: AtomicUsize,
+    limit: usize,
+}
+
+impl AppMemory {
+    pub(crate) fn new(limit: usize) -> Self {
+        Self {
+            held: AtomicUsize::new(0),
+            limit,
+        }
+    }
+
+    /// Bytes the app's instances hold now.
+    pub(crate) fn held(&self) -> usize {
+        self.held.load(Ordering::Relaxed)
+    }
+
+    /// Take `bytes` if they fit under the limit; else what is held now.
+    fn take(&self, bytes: usize) -> Result<(), usize> {
+        self.held
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                held.checked_add(bytes).filter(|total| *total <= self.limit)
+            })
+            .map(drop)
+    }
+
+    fn give_back(&self, bytes: usize) {
+        self.held.fetch_sub(bytes, Ordering::AcqRel);
+    }
+}
+
 /// Caps what one execution's store may hold — linear memory (all its
 /// memories together), table elements, and how many instances, memories
 /// and tables it has — and remembers the first refusal.
 #[derive(Debug)]
 pub(crate) struct ExecutionLimiter {
     max_memory: usize,
-    /// Bytes of linear memory granted so far, over all the store's memories.
+    /// Bytes of linear memory granted so far, over all the store's memories
+    /// (and taken from `app`).
     memory: usize,
+    app: Arc<AppMemory>,
     pub(super) exceeded: Option<LimitExceeded>,
 }
 
@@ -55,12 +104,19 @@ pub(crate) struct ExecutionLimiter {
 const MAX_TABLE_ELEMENTS: usize = 100_000;
 
 impl ExecutionLimiter {
-    pub(crate) fn new(max_memory: usize) -> Self {
+    pub(crate) fn new(max_memory: usize, app: Arc<AppMemory>) -> Self {
         Self {
             max_memory,
             memory: 0,
+            app,
             exceeded: None,
         }
+    }
+}
+
+impl Drop for ExecutionLimiter {
+    fn drop(&mut self) {
+        self.app.give_back(self.memory);
     }
 }
 
@@ -78,6 +134,15 @@ impl wasmtime::ResourceLimiter for ExecutionLimiter {
             self.exceeded.get_or_insert(LimitExceeded::Memory {
                 requested: total,
                 limit: self.max_memory,
+            });
+            return Ok(false);
+        }
+        let growth = total.saturating_sub(self.memory);
+        if let Err(held) = self.app.take(growth) {
+            self.exceeded.get_or_insert(LimitExceeded::AppMemory {
+                requested: growth,
+                held,
+                limit: self.app.limit,
             });
             return Ok(false);
         }
@@ -133,7 +198,10 @@ mod tests {
 
     /// A store of its own engine with the execution limiter installed.
     fn limited_store(max_memory: usize) -> Store<ExecutionLimiter> {
-        let mut store = Store::new(&engine(), ExecutionLimiter::new(max_memory));
+        let mut store = Store::new(
+            &engine(),
+            ExecutionLimiter::new(max_memory, Arc::new(AppMemory::new(usize::MAX))),
+        );
         store.limiter(|limiter| limiter as &mut dyn ResourceLimiter);
         store
     }

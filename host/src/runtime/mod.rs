@@ -2,15 +2,19 @@
 //! pre-instantiated component per flow, one fresh store per execution.
 
 pub(crate) mod bindings;
+mod capabilities;
 pub(crate) mod connection;
 mod cpu;
 mod ctx;
 pub(crate) mod flag;
 mod groups;
 mod limits;
+mod log;
+mod properties;
 pub(crate) mod queue;
 mod scheduler;
 mod stdio;
+mod wasi;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -21,7 +25,7 @@ use std::pin::{Pin, pin};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use wasmtime::component::{Component, HasSelf, InstancePre, Linker};
+use wasmtime::component::{Component, InstancePre, Linker};
 use wasmtime::error::Context as _;
 use wasmtime::{
     Cache, CacheConfig, Config, Enabled, Engine, InstanceAllocationStrategy,
@@ -31,7 +35,7 @@ use wasmtime::{
 pub(crate) use connection::{ConnectionShared, HostConnection, Outbound};
 use cpu::CpuMeter;
 use ctx::FlowCtx;
-pub(crate) use limits::LimitExceeded;
+pub(crate) use limits::{AppMemory, LimitExceeded};
 pub(crate) use scheduler::Lane;
 use scheduler::Scheduler;
 pub(crate) use stdio::guest_line;
@@ -179,13 +183,24 @@ impl RuntimeOptions {
 pub(crate) struct Runtime {
     engine: Engine,
     linker: Arc<Linker<FlowCtx>>,
-    /// Components compiled so far, by content: flows (or apps) that use the
-    /// same component file share one compilation.
-    compiled: Arc<Mutex<HashMap<ContentKey, Component>>>,
+    /// Components compiled for the apps loaded last, by content: flows (or
+    /// apps) that use the same component file share one compilation.
+    compiled: Arc<Mutex<Compiled>>,
     /// Turns to run guest work, shared fairly between the apps.
     scheduler: Scheduler,
     /// The on-disk cache of compiled components, if there is one.
     cache: Option<Cache>,
+}
+
+/// Compiled components by content, each with the last load that used it.
+/// A reload forgets what it did not use ([`Runtime::forget_unused_since`]):
+/// executions of older versions hold their own reference, so the map only
+/// ever holds the components of the apps as loaded now.
+#[derive(Default)]
+struct Compiled {
+    components: HashMap<ContentKey, (Component, u64)>,
+    /// The current load.
+    generation: u64,
 }
 
 /// Identifies component bytes by the bytes themselves. The hash only picks
@@ -251,10 +266,7 @@ impl Runtime {
         let scheduler = Scheduler::new(worker_threads());
         start_epoch_ticker(&engine, &scheduler);
         let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
-            .context("linking WASI into the flow linker")?;
-        bindings::Flow::add_to_linker::<_, HasSelf<FlowCtx>>(&mut linker, |ctx| ctx)
-            .context("linking the wsflow interfaces")?;
+        capabilities::add_to_linker(&mut linker)?;
         Ok(Self {
             engine,
             linker: Arc::new(linker),
@@ -362,16 +374,45 @@ impl Runtime {
     /// bytes.
     fn compile(&self, bytes: &[u8], path: &Path) -> anyhow::Result<Component> {
         let key = ContentKey::of(bytes);
-        if let Some(component) = self.compiled.lock().expect("not poisoned").get(&key) {
-            return Ok(component.clone());
+        {
+            let mut compiled = self.compiled.lock().expect("not poisoned");
+            let generation = compiled.generation;
+            if let Some((component, used)) = compiled.components.get_mut(&key) {
+                *used = generation;
+                return Ok(component.clone());
+            }
         }
         let component = Component::new(&self.engine, bytes)
             .with_context(|| format!("compiling component {}", path.display()))?;
-        self.compiled
-            .lock()
-            .expect("not poisoned")
-            .insert(key, component.clone());
+        let mut compiled = self.compiled.lock().expect("not poisoned");
+        let generation = compiled.generation;
+        compiled
+            .components
+            .insert(key, (component.clone(), generation));
         Ok(component)
+    }
+
+    /// Start a load of every app: the components it compiles or finds
+    /// compiled are marked as used by it. Returns the load's generation.
+    pub(crate) fn begin_load(&self) -> u64 {
+        let mut compiled = self.compiled.lock().expect("not poisoned");
+        compiled.generation += 1;
+        compiled.generation
+    }
+
+    /// Forget the compiled components no load since `generation` used: the
+    /// apps now serve other versions.
+    pub(crate) fn forget_unused_since(&self, generation: u64) {
+        let mut compiled = self.compiled.lock().expect("not poisoned");
+        compiled
+            .components
+            .retain(|_, (_, used)| *used >= generation);
+    }
+
+    /// How many compiled components are kept.
+    #[cfg(test)]
+    fn compiled_components(&self) -> usize {
+        self.compiled.lock().expect("not poisoned").components.len()
     }
 }
 
@@ -660,6 +701,7 @@ impl FlowPre {
         let ctx = FlowCtx::new(Arc::clone(&self.app), &self.grants)?;
         let mut store = Store::new(self.pre.engine(), ctx);
         store.limiter(|ctx| &mut ctx.limiter);
+        store.set_hostcall_fuel(self.app.hostcall_fuel);
         // Runs inside a poll: the meter counts that poll up to now. At
         // every tick the execution gives its turn to the next in line (see
         // `scheduler`).
@@ -811,6 +853,32 @@ fn limit_behind(trap: &wasmtime::Error, ctx: Option<&FlowCtx>) -> Option<LimitEx
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reload_forgets_the_components_it_no_longer_uses() {
+        let runtime = Runtime::new(&RuntimeOptions::default()).unwrap();
+        let component = |n: u32| {
+            let text = format!("(component (core module (func (export \"f{n}\"))))");
+            wat::parse_str(text).unwrap()
+        };
+        let path = Path::new("test.wasm");
+        runtime.compile(&component(1), path).unwrap();
+        runtime.compile(&component(2), path).unwrap();
+        assert_eq!(runtime.compiled_components(), 2);
+        // A reload that uses the second and a third.
+        let generation = runtime.begin_load();
+        runtime.compile(&component(2), path).unwrap();
+        runtime.compile(&component(3), path).unwrap();
+        runtime.forget_unused_since(generation);
+        assert_eq!(runtime.compiled_components(), 2);
+        // A hundred reloads of new builds keep only the last one's.
+        for n in 4..104 {
+            let generation = runtime.begin_load();
+            runtime.compile(&component(n), path).unwrap();
+            runtime.forget_unused_since(generation);
+        }
+        assert_eq!(runtime.compiled_components(), 1);
+    }
 
     #[test]
     fn components_in_one_hash_bucket_are_told_apart_by_their_bytes() {

@@ -11,7 +11,12 @@
 use std::path::{Path, PathBuf};
 
 use super::handshake::percent_decode;
-use super::http1::{Plain, Response};
+use super::http1::{Body, Plain, Response};
+
+/// The largest file served; a larger one is answered with 403. With the
+/// response deadline (one second per MiB at least), this bounds how long
+/// one request may hold its socket.
+const MAX_FILE_SIZE: u64 = 64 << 20;
 
 /// The directory a trigger serves.
 #[derive(Debug, Clone)]
@@ -35,14 +40,31 @@ impl StaticFiles {
         let Some(path) = self.resolve(&request.path) else {
             return Response::status(404);
         };
-        match tokio::fs::read(&path).await {
-            Ok(body) => Response {
-                status: 200,
-                content_type: content_type(&path),
-                body,
-                head_only,
-            },
-            Err(_) => Response::status(404),
+        let Ok(file) = tokio::fs::File::open(&path).await else {
+            return Response::status(404);
+        };
+        let Ok(len) = file.metadata().await.map(|metadata| metadata.len()) else {
+            return Response::status(404);
+        };
+        if len > MAX_FILE_SIZE {
+            tracing::debug!(
+                "{}: {len} bytes, over the {MAX_FILE_SIZE} bytes served",
+                path.display()
+            );
+            return Response::text(
+                403,
+                format!(
+                    "this file is larger than the largest file served ({} MiB)\n",
+                    MAX_FILE_SIZE >> 20
+                ),
+            );
+        }
+        Response {
+            status: 200,
+            content_type: content_type(&path),
+            // A `HEAD` needs the length only: the file is not read.
+            body: Body::File((!head_only).then_some(file), len),
+            head_only,
         }
     }
 

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use http::StatusCode;
-use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request};
+use tokio_tungstenite::tungstenite::handshake::server::Request;
 
 use super::{Handler, params};
 use crate::manifest::spec::ParamSpec;
@@ -26,18 +26,6 @@ pub(super) struct Routed {
 pub(super) struct Refusal {
     pub(super) status: StatusCode,
     pub(super) body: String,
-}
-
-impl Refusal {
-    pub(super) fn into_response(self) -> ErrorResponse {
-        let mut response = ErrorResponse::new(Some(self.body));
-        *response.status_mut() = self.status;
-        response.headers_mut().insert(
-            http::header::CONTENT_TYPE,
-            http::HeaderValue::from_static("text/plain; charset=utf-8"),
-        );
-        response
-    }
 }
 
 /// Route a handshake request, or say why it is refused.

@@ -7,11 +7,13 @@
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use http::StatusCode;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::handshake::server::Request;
+use tokio_util::sync::CancellationToken;
 
 /// Largest request head read before it is refused (431): far more than a
 /// browser's `GET` or upgrade request needs.
@@ -79,7 +81,14 @@ fn parse(read: &[u8]) -> Option<Head> {
                     path: path.to_owned(),
                 }));
             }
-            let mut builder = http::Request::builder().method(method).uri(path);
+            let version = match request.version {
+                Some(1) => http::Version::HTTP_11,
+                _ => http::Version::HTTP_10,
+            };
+            let mut builder = http::Request::builder()
+                .method(method)
+                .uri(path)
+                .version(version);
             for header in request.headers.iter() {
                 builder = builder.header(header.name, header.value);
             }
@@ -92,10 +101,40 @@ fn parse(read: &[u8]) -> Option<Head> {
 pub(super) struct Response {
     pub(super) status: u16,
     pub(super) content_type: &'static str,
-    pub(super) body: Vec<u8>,
+    pub(super) body: Body,
     /// A `HEAD` request: the headers only.
     pub(super) head_only: bool,
 }
+
+/// What a response carries.
+pub(super) enum Body {
+    Bytes(Vec<u8>),
+    /// A file of this many bytes, read in [`CHUNK`]s as it is written
+    /// (never whole into memory); `None` for a `HEAD` request, which only
+    /// needs the length.
+    File(Option<tokio::fs::File>, u64),
+}
+
+impl Body {
+    fn len(&self) -> u64 {
+        match self {
+            Self::Bytes(bytes) => bytes.len() as u64,
+            Self::File(_, len) => *len,
+        }
+    }
+}
+
+/// How much of a file is read at a time.
+const CHUNK: usize = 64 * 1024;
+
+/// The slowest a response may be taken, for its deadline: a response has
+/// the trigger's `handshake_timeout`, or one second per this many bytes of
+/// its body if that is longer.
+const MIN_BYTES_PER_SECOND: u64 = 1 << 20;
+
+/// How long shutting the stream down after a response may take (TLS sends
+/// its close_notify then).
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 
 impl Response {
     /// A status with its reason as a plain-text body.
@@ -108,20 +147,42 @@ impl Response {
         Self {
             status,
             content_type: "text/plain; charset=utf-8",
-            body: body.into_bytes(),
+            body: Body::Bytes(body.into_bytes()),
             head_only: false,
         }
     }
 
-    /// Write the response, then shut the stream down.
-    pub(super) async fn send<S: AsyncWrite + Unpin>(&self, stream: &mut S) {
-        if let Err(error) = self.write_to(stream).await {
-            tracing::debug!("HTTP response failed: {error}");
-        }
-        let _ = stream.shutdown().await;
+    /// How long writing this response may take: `timeout`, or longer for a
+    /// large body (one second per MiB).
+    pub(super) fn allowance(&self, timeout: Duration) -> Duration {
+        let written = if self.head_only { 0 } else { self.body.len() };
+        timeout.max(Duration::from_secs(written / MIN_BYTES_PER_SECOND))
     }
 
-    async fn write_to<S: AsyncWrite + Unpin>(&self, stream: &mut S) -> io::Result<()> {
+    /// Write the response, then shut the stream down; all of it within
+    /// [`Response::allowance`] of `timeout` and until `shutdown`. A client
+    /// that does not take it in time is dropped.
+    pub(super) async fn send<S: AsyncWrite + Unpin>(
+        self,
+        stream: &mut S,
+        timeout: Duration,
+        shutdown: &CancellationToken,
+    ) {
+        let deadline = Instant::now() + self.allowance(timeout);
+        let written = tokio::select! {
+            written = tokio::time::timeout_at(deadline, self.write_to(stream)) => written,
+            () = shutdown.cancelled() => return,
+        };
+        match written {
+            Ok(Ok(())) => {
+                let _ = tokio::time::timeout(SHUTDOWN_GRACE, stream.shutdown()).await;
+            }
+            Ok(Err(error)) => tracing::debug!("HTTP response failed: {error}"),
+            Err(_elapsed) => tracing::debug!("HTTP response not taken in time: dropped"),
+        }
+    }
+
+    async fn write_to<S: AsyncWrite + Unpin>(self, stream: &mut S) -> io::Result<()> {
         let mut head = format!(
             "HTTP/1.1 {} {}\r\ncontent-type: {}\r\ncontent-length: {}\r\n\
              x-content-type-options: nosniff\r\nconnection: close\r\n",
@@ -130,13 +191,32 @@ impl Response {
             self.content_type,
             self.body.len()
         );
-        if self.status == 405 {
-            head.push_str("allow: GET, HEAD\r\n");
+        match self.status {
+            405 => head.push_str("allow: GET, HEAD\r\n"),
+            426 => head.push_str("upgrade: websocket\r\nsec-websocket-version: 13\r\n"),
+            _ => {}
         }
         head.push_str("\r\n");
         stream.write_all(head.as_bytes()).await?;
         if !self.head_only {
-            stream.write_all(&self.body).await?;
+            match self.body {
+                Body::Bytes(bytes) => stream.write_all(&bytes).await?,
+                Body::File(Some(file), len) => {
+                    // No more than the length announced, should the file
+                    // have grown since; a file that shrank ends the
+                    // response early and the client sees it cut.
+                    let mut file = file.take(len);
+                    let mut chunk = vec![0; CHUNK.min(usize::try_from(len).unwrap_or(CHUNK))];
+                    loop {
+                        let n = file.read(&mut chunk).await?;
+                        if n == 0 {
+                            break;
+                        }
+                        stream.write_all(&chunk[..n]).await?;
+                    }
+                }
+                Body::File(None, _) => {}
+            }
         }
         stream.flush().await
     }
@@ -249,9 +329,43 @@ mod tests {
     #[tokio::test]
     async fn a_head_larger_than_the_cap_is_refused_with_431() {
         let mut huge: &[u8] = &[b'a'; MAX_HEAD + 10];
-        let deadline = Instant::now() + std::time::Duration::from_secs(5);
+        let deadline = Instant::now() + Duration::from_secs(5);
         let (head, _) = read_head(&mut huge, deadline).await.unwrap();
         assert!(matches!(head, Head::Bad(431 | 400)));
+    }
+
+    #[tokio::test]
+    async fn a_response_nobody_reads_ends_at_its_deadline() {
+        // The other end never reads: only 1 KiB of the 2 MiB body fits.
+        let (mut server, _client) = tokio::io::duplex(1024);
+        let response = Response {
+            status: 200,
+            content_type: "application/octet-stream",
+            body: Body::Bytes(vec![0; 2 << 20]),
+            head_only: false,
+        };
+        assert_eq!(
+            response.allowance(Duration::from_millis(100)),
+            Duration::from_secs(2),
+            "one second per MiB"
+        );
+        let shutdown = CancellationToken::new();
+        let send = response.send(&mut server, Duration::from_millis(100), &shutdown);
+        tokio::time::timeout(Duration::from_secs(60), send)
+            .await
+            .expect("the response is given up at its deadline");
+    }
+
+    #[tokio::test]
+    async fn a_response_ends_at_shutdown() {
+        let (mut server, _client) = tokio::io::duplex(1024);
+        let shutdown = CancellationToken::new();
+        shutdown.cancel();
+        let response = Response::text(200, "x".repeat(1 << 20));
+        let send = response.send(&mut server, Duration::from_secs(3600), &shutdown);
+        tokio::time::timeout(Duration::from_secs(60), send)
+            .await
+            .expect("shutdown ends the response");
     }
 
     #[tokio::test]

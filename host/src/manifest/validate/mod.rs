@@ -239,6 +239,13 @@ fn resolve_limits(
         }
         limits.max_memory = size;
     }
+    if let Some(value) = &section.app_memory {
+        let Size(size) = source.scalar("limits.app_memory", value)?;
+        if size < MIN_MEMORY {
+            return Err(source.error_at(value.span(), "limits.app_memory: must be at least 1MiB"));
+        }
+        limits.app_memory = size;
+    }
     if let Some(value) = &section.cpu_time {
         limits.cpu_time = source.duration("limits.cpu_time", value)?;
     }

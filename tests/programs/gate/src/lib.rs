@@ -4,6 +4,7 @@
 //! - `reject`: 401 `bad token`; `teapot`: status 200 (not allowed);
 //! - `trap`: panics; `bad-proto`: chooses a subprotocol nobody offered;
 //! - `bad-group`: chooses the group `no spaces`;
+//! - `many-groups`: chooses 100,000 groups (10 MiB of names);
 //! - anything else (or none): publishes `joined NAME` to the room, then
 //!   accepts with the attachment NAME (`name`, default `anon`), in the
 //!   group ROOM (`room`, default `lobby`), answering `gate.v1` if offered.
@@ -59,6 +60,13 @@ impl Flow for Gate {
             Some("trap") => panic!("asked to trap in on_connect"),
             Some("bad-proto") => return Decision::accept().subprotocol("nobody.offered.this"),
             Some("bad-group") => return Decision::accept().join("no spaces"),
+            Some("many-groups") => {
+                // 100,000 valid names of 100 bytes: 10 MiB for the host to
+                // copy out of the guest, far past any app's allowance.
+                return (0..100_000).fold(Decision::accept(), |decision, i| {
+                    decision.join(format!("{i:0>100}"))
+                });
+            }
             _ => {}
         }
         let name: String = request
