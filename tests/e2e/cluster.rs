@@ -484,14 +484,14 @@ async fn flood_beside(
     let stats = a.app_stats("noisy");
     let out_before = stats.cluster_messages_out;
     let tried_before = stats.group_messages_published + stats.cluster_unavailable;
-    let refused_before = stats.cluster_unavailable;
+    let refused_before = stats.cluster_over_share;
     let stop = CancellationToken::new();
     let flooders: Vec<_> = (0..4)
         .map(|_| tokio::spawn(flood(a.app_url("noisy", "/blast"), size, stop.clone())))
         .collect();
     a.wait_for_stats("noisy", "the flood to be under way", |stats| {
         if saturated {
-            stats.cluster_unavailable > refused_before
+            stats.cluster_over_share > refused_before
         } else {
             stats.group_messages_published + stats.cluster_unavailable > tried_before + 200
         }
@@ -560,7 +560,12 @@ async fn one_apps_publish_flood_leaves_another_apps_cross_host_traffic_alone() {
     let mut sink = peer_on(&b, "noisy").await;
     sink.ok("join sink").await;
     flood_beside(&a, SIZE, true, (&mut ann, &mut bob), "held-").await;
-    assert_eq!(a.app_stats("quiet").cluster_unavailable, 0);
+    let quiet = a.app_stats("quiet");
+    assert_eq!(
+        (quiet.cluster_unavailable, quiet.cluster_over_share),
+        (0, 0)
+    );
+    assert!(a.app_stats("noisy").cluster_over_share > 0);
     drop(sink);
 }
 

@@ -29,7 +29,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use super::directory::{Directory, HEARTBEAT};
 use super::inbound::{FANOUT_SLICE, Inbound};
 use super::interest::Interest;
-use super::link::{Link, Outgoing};
+use super::link::{Link, Outgoing, Unreachable};
 use super::outbox::Lane;
 use super::questions::{Answer, Question, Questions};
 use super::wire::{self, Op, Outcome, Subjects, header};
@@ -89,6 +89,8 @@ struct Counters {
     /// Group messages from other hosts dropped: the app's inbound queue
     /// was full.
     shed: AtomicU64,
+    /// Publishes and requests refused: the app's lane held its share.
+    over_share: AtomicU64,
     received: AtomicU64,
     received_delivered: AtomicU64,
     received_dropped: AtomicU64,
@@ -459,7 +461,7 @@ impl Shared {
     ) -> HubResult<BTreeMap<HostId, Answer>> {
         let question = self
             .put_question(&self.lane, peers, headers, payload)
-            .map_err(|()| self.unavailable(what))?;
+            .map_err(|why| self.refused(what, why))?;
         self.answers(question, peers)
             .await
             .ok_or_else(|| self.unavailable(what))
@@ -473,7 +475,7 @@ impl Shared {
         peers: &[HostId],
         headers: &HeaderMap,
         payload: &Bytes,
-    ) -> Result<Question, ()> {
+    ) -> Result<Question, Unreachable> {
         let question = self.questions.open();
         for &peer in peers {
             let request = Outgoing {
@@ -482,9 +484,17 @@ impl Shared {
                 headers: headers.clone(),
                 payload: payload.clone(),
             };
-            self.link.send(lane, request).map_err(|_| ())?;
+            self.link.send(lane, request)?;
         }
         Ok(question)
+    }
+
+    /// Count and log an operation the link could not take.
+    fn refused(&self, what: &str, why: Unreachable) -> HubError {
+        if why == Unreachable::OverShare {
+            Counters::add(&self.counters.over_share, 1);
+        }
+        self.unavailable(what)
     }
 
     /// Wait for every one of `peers`' answers to `question`, up to
@@ -813,8 +823,8 @@ impl Transport for ClusterHub {
         );
         match forwarded {
             Ok(()) => Counters::add(&shared.counters.forwarded, 1),
-            Err(_) => {
-                shared.unavailable("publish to the other hosts");
+            Err(why) => {
+                shared.refused("publish to the other hosts", why);
                 fanout.unreached = true;
             }
         }
@@ -853,6 +863,10 @@ impl Transport for ClusterHub {
             },
             forwarded: get(&counters.forwarded),
             unavailable: get(&counters.unavailable),
+            over_share: get(&counters.over_share),
+            shed: get(&counters.shed),
+            queued_out: self.shared.link.queued(&self.shared.app) as u64,
+            queued_in: self.shared.inbound.bytes() as u64,
         }
     }
 }

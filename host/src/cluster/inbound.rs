@@ -78,7 +78,6 @@ impl Inbound {
     }
 
     /// Bytes waiting now.
-    #[cfg(test)]
     pub(super) fn bytes(&self) -> usize {
         self.queue.lock().expect("not poisoned").bytes
     }

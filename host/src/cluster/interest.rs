@@ -167,7 +167,7 @@ impl Shared {
         for body in in_parts(encode_changes(&changes), self.part_budget()) {
             match self.put_question(&Lane::Control, &peers, &headers, &Bytes::from(body)) {
                 Ok(question) => questions.push((question, peers.clone())),
-                Err(()) => {
+                Err(_) => {
                     self.interest.resend.store(true, Ordering::Relaxed);
                     break;
                 }

@@ -245,6 +245,11 @@ impl Link {
             })
     }
 
+    /// Bytes waiting in `app`'s lane of the outbox.
+    pub(super) fn queued(&self, app: &str) -> usize {
+        self.outbox.queued(app)
+    }
+
     /// Count an operation answered `unavailable`, for the line logged when
     /// the link is back.
     pub(super) fn note_unavailable(&self) {

@@ -202,7 +202,6 @@ impl Outbox {
     }
 
     /// Bytes queued in `app`'s lane now.
-    #[cfg(test)]
     pub(super) fn queued(&self, app: &str) -> usize {
         self.lock().apps.get(app).map_or(0, |lane| lane.bytes)
     }
