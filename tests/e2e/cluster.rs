@@ -954,3 +954,79 @@ async fn only_a_nats_account_keeps_a_tenant_from_claiming_anothers_host_ids() {
     assert_eq!(bob.delivery().await, "across");
     squatting.abort();
 }
+
+/// The resident memory of process `pid` (`self` for this one), in KiB.
+fn resident_kib(pid: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|kib| kib.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Connect `CONNECTIONS` clients to `url` and have each join
+/// `GROUPS_EACH` groups of its own; returns them (still members) and the
+/// growth of this process's resident memory meanwhile, in KiB.
+async fn join_many(url: &str, connections: usize, groups_each: usize) -> (Vec<Peer>, u64) {
+    let mut members = Vec::new();
+    for _ in 0..connections {
+        members.push(Peer::connect(url).await);
+    }
+    let before = resident_kib("self");
+    let mut joining = tokio::task::JoinSet::new();
+    let mut joined = Vec::new();
+    for (n, mut member) in members.into_iter().enumerate() {
+        joining.spawn(async move {
+            for g in 0..groups_each {
+                member.ok(&format!("join g-{n}-{g}")).await;
+            }
+            member
+        });
+        while joining.len() >= 8 {
+            joined.push(joining.join_next().await.unwrap().unwrap());
+        }
+    }
+    joined.extend(joining.join_all().await);
+    (joined, resident_kib("self").saturating_sub(before))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement: run with --ignored --nocapture"]
+async fn measure_the_memory_of_subscribed_groups() {
+    const CONNECTIONS: usize = 320;
+    const GROUPS_EACH: usize = 32;
+    let groups = (CONNECTIONS * GROUPS_EACH) as u64;
+    let Some(nats) = NatsServer::start().await else {
+        return;
+    };
+    let app = room("measure", "close");
+
+    // The same joins on a host of its own, for what a group costs anyway.
+    let alone = TestServer::start(&app).await;
+    let (members, local) =
+        join_many(&alone.app_url("measure", "/room"), CONNECTIONS, GROUPS_EACH).await;
+    drop(members);
+
+    let [a, b] = <[TestServer; 2]>::try_from(hosts(&nats, &app, 2).await)
+        .ok()
+        .unwrap();
+    let broker = nats.pid().unwrap().to_string();
+    let broker_before = resident_kib(&broker);
+    let (members, clustered) =
+        join_many(&b.app_url("measure", "/room"), CONNECTIONS, GROUPS_EACH).await;
+    // Host a holds the groups' names too: wait until it counts them.
+    let mut ann = peer_on(&a, "measure").await;
+    until_answer(&mut ann, "count g-0-0", "ok count g-0-0 1").await;
+    let broker_grew = resident_kib(&broker).saturating_sub(broker_before);
+    eprintln!(
+        "{groups} groups: on a host of its own +{local} KiB ({} bytes a group); on a host of a \
+         cluster of two, both hosts +{clustered} KiB ({} bytes a group); nats-server \
+         +{broker_grew} KiB ({} bytes a group); host b's subscriptions: {}",
+        local * 1024 / groups,
+        clustered * 1024 / groups,
+        broker_grew * 1024 / groups,
+        nats.subscriptions_of(&b.nats_name()).await.len()
+    );
+    drop(members);
+}

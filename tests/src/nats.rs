@@ -93,6 +93,11 @@ impl NatsServer {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
+    /// The server's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(Child::id)
+    }
+
     /// Kill the server (as a crash would) and wait until it is gone.
     pub async fn stop(&mut self) {
         let mut child = self.child.take().expect("running");

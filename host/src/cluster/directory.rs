@@ -38,6 +38,8 @@ pub(super) struct Directory {
 #[derive(Debug)]
 struct Peer {
     heard: Instant,
+    /// When its groups were last asked for, while they are unknown.
+    asked: Option<Instant>,
     /// The groups it holds members in; `None` until its whole set arrived.
     groups: Option<HashSet<GroupName>>,
     /// The parts of a set on its way.
@@ -48,6 +50,7 @@ impl Peer {
     fn new(now: Instant) -> Self {
         Self {
             heard: now,
+            asked: None,
             groups: None,
             arriving: None,
         }
@@ -62,8 +65,9 @@ pub(super) enum Change {
 }
 
 impl Directory {
-    /// `host` was heard from now; returns whether its groups are unknown
-    /// (ask for them).
+    /// `host` was heard from now; returns whether to ask for its groups:
+    /// they are unknown, and were not asked for in the last [`HEARTBEAT`]
+    /// (the answer may be on its way).
     pub(super) fn heard(&self, host: HostId) -> bool {
         self.heard_at(host, Instant::now())
     }
@@ -72,7 +76,14 @@ impl Directory {
         let mut hosts = self.lock();
         let peer = hosts.entry(host).or_insert_with(|| Peer::new(now));
         peer.heard = now;
-        peer.groups.is_none()
+        let ask = peer.groups.is_none()
+            && peer
+                .asked
+                .is_none_or(|asked| now.duration_since(asked) >= HEARTBEAT);
+        if ask {
+            peer.asked = Some(now);
+        }
+        ask
     }
 
     /// `host` started, or is back after losing the broker: what it held
@@ -87,6 +98,7 @@ impl Directory {
         for peer in self.lock().values_mut() {
             peer.groups = None;
             peer.arriving = None;
+            peer.asked = None;
         }
     }
 
@@ -130,6 +142,7 @@ impl Directory {
         arriving.extend(groups);
         if last {
             peer.groups = peer.arriving.take();
+            peer.asked = None;
         }
     }
 
@@ -214,8 +227,12 @@ mod tests {
         directory.changed(host(1), [Change::Holds(group("a"))]);
         directory.groups_part(host(1), [group("a")], false);
         assert!(directory.may_hold(&group("z")), "the set is not whole yet");
+        assert!(
+            !directory.heard(host(1)),
+            "asked already, within a heartbeat"
+        );
         directory.groups_part(host(1), [group("b")], true);
-        assert!(!directory.heard(host(1)));
+        assert!(!directory.heard(host(1)), "known");
         assert!(directory.may_hold(&group("a")));
         assert!(directory.may_hold(&group("b")));
         assert!(!directory.may_hold(&group("z")));
@@ -229,6 +246,7 @@ mod tests {
 
         // Back after an outage: unknown again.
         directory.hello(host(1));
+        assert!(directory.heard(host(1)));
         assert!(directory.may_hold(&group("a")));
         directory.groups_part(host(1), [], true);
         assert!(!directory.may_hold(&group("z")));

@@ -321,7 +321,9 @@ impl Shared {
                         Some(Op::Hello) => {
                             self.peers.hello(host);
                             self.announce(Op::Here);
-                            self.ask_groups(host);
+                            if self.peers.heard(host) {
+                                self.ask_groups(host);
+                            }
                         }
                         // Its groups are not known yet: ask (again).
                         Some(Op::Here) if self.peers.heard(host) => self.ask_groups(host),
