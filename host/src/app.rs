@@ -16,7 +16,7 @@ use crate::hub::{
     ConnectionId, ConnectionIds, GroupName, HostId, HubLimits, LargestMessage, LocalHub, Transport,
 };
 use crate::manifest::spec::{AppLimits, AppSpec, DEFAULT_MAX_MESSAGE_SIZE};
-use crate::runtime::AppMemory;
+use crate::runtime::{AppMemory, Lane};
 pub(crate) use crate::stats::{AppStats, StatsSnapshot};
 
 /// What the host knows about a running app.
@@ -142,9 +142,9 @@ impl HostHubs {
         }
     }
 
-    fn hub(&self, app: &str, limits: HubLimits) -> Arc<dyn Transport> {
+    fn hub(&self, app: &str, limits: HubLimits, turns: &Lane) -> Arc<dyn Transport> {
         match &self.cluster {
-            Some(cluster) => cluster.hub(app, limits),
+            Some(cluster) => cluster.hub(app, limits, turns),
             None => Arc::new(LocalHub::new(limits)),
         }
     }
@@ -154,16 +154,18 @@ impl AppInfo {
     /// An app on a host of its own, outside any cluster.
     #[cfg(test)]
     pub(crate) fn new(spec: &AppSpec) -> Self {
-        Self::in_host(spec, &HostHubs::new(None))
+        Self::in_host(spec, &HostHubs::new(None), &Lane::of_its_own())
     }
 
-    /// An app on the host whose apps share `host`.
-    pub(crate) fn in_host(spec: &AppSpec, host: &HostHubs) -> Self {
+    /// An app on the host whose apps share `host`, whose work runs in
+    /// `turns`.
+    pub(crate) fn in_host(spec: &AppSpec, host: &HostHubs, turns: &Lane) -> Self {
         let limits = spec.limits.clone();
         let largest_message = LargestMessage::new(largest_message(spec));
         let hub = host.hub(
             spec.name.as_str(),
             HubLimits::new(&limits, largest_message.clone()),
+            turns,
         );
         Self {
             name: spec.name.as_str().into(),
@@ -215,6 +217,10 @@ impl AppInfo {
             cluster_messages_in: remote.received,
             cluster_messages_out: remote.forwarded,
             cluster_unavailable: remote.unavailable,
+            cluster_over_share: remote.over_share,
+            cluster_messages_shed: remote.shed,
+            cluster_queued_bytes_out: remote.queued_out,
+            cluster_queued_bytes_in: remote.queued_in,
             queued_bytes_out: self.outbound_budget.queued() as u64,
             queued_bytes_in: self.inbound_budget.queued() as u64,
             guest_memory: self.memory.held() as u64,

@@ -152,6 +152,17 @@ counters! {
     /// Group operations answered `unavailable`: the other hosts could not
     /// be reached, or not in time.
     cluster_unavailable: Counter "wsflow_cluster_unavailable_total";
+    /// Publishes and requests for other hosts refused because the app's
+    /// lane of the link held its share (answered `unavailable`).
+    cluster_over_share: Counter "wsflow_cluster_over_share_total";
+    /// Group messages from other hosts dropped because the app's inbound
+    /// queue was full.
+    cluster_messages_shed: Counter "wsflow_cluster_messages_shed_total";
+    /// Bytes the app's lane of the link holds for other hosts, now.
+    cluster_queued_bytes_out: Gauge "wsflow_cluster_queued_bytes" { "direction" = "out" };
+    /// Bytes of group messages from other hosts waiting for the app's
+    /// members, now.
+    cluster_queued_bytes_in: Gauge "wsflow_cluster_queued_bytes" { "direction" = "in" };
     /// Bytes of messages flows sent that wait for the app's clients, now:
     /// group messages once per member they wait for, and each message
     /// with its overhead in the queue.
@@ -197,6 +208,11 @@ pub(crate) const FAMILIES: &[(&str, &str)] = &[
     (
         "wsflow_queued_bytes",
         "Message bytes waiting now, by direction: in (for flows), out (for clients).",
+    ),
+    (
+        "wsflow_cluster_queued_bytes",
+        "Cluster bytes waiting now, by direction: out (in the app's lane of the link), in \
+         (from other hosts, for the app's members).",
     ),
 ];
 

@@ -107,6 +107,15 @@ pub(crate) struct TransportCounts {
     /// Operations answered `unavailable`: the other hosts could not be
     /// reached, or not in time.
     pub(crate) unavailable: u64,
+    /// Of those, the ones refused because the app's share of the link was
+    /// full.
+    pub(crate) over_share: u64,
+    /// Messages from other hosts dropped: the app's inbound queue was full.
+    pub(crate) shed: u64,
+    /// Bytes waiting now: for other hosts (out), for this host's members
+    /// (in).
+    pub(crate) queued_out: u64,
+    pub(crate) queued_in: u64,
 }
 
 /// A member of a group, as a listing shows it.
