@@ -76,6 +76,15 @@ impl Close {
         })
     }
 
+    /// The close code, as a number.
+    pub(crate) fn code(&self) -> u16 {
+        self.code.into()
+    }
+
+    pub(crate) fn reason(&self) -> &str {
+        &self.reason
+    }
+
     /// The frame that carries this close.
     pub(crate) fn into_frame(self) -> CloseFrame {
         let reason = match self.reason {

@@ -177,6 +177,8 @@ counters! {
     api_publish: Counter "wsflow_api_requests_total" { "operation" = "publish" };
     /// Server API sends to a connection.
     api_send: Counter "wsflow_api_requests_total" { "operation" = "send" };
+    /// Server API closes of a connection.
+    api_close: Counter "wsflow_api_requests_total" { "operation" = "close" };
     /// Server API group listings.
     api_group: Counter "wsflow_api_requests_total" { "operation" = "group" };
     /// Server API batches of publishes.
@@ -203,7 +205,7 @@ pub(crate) const FAMILIES: &[(&str, &str)] = &[
     ),
     (
         "wsflow_api_requests_total",
-        "Server API requests by operation: publish, send, group, batch.",
+        "Server API requests by operation: publish, send, close, group, batch.",
     ),
     (
         "wsflow_queued_bytes",

@@ -37,6 +37,7 @@ use crate::hub::{
     ConnectionId, DuplicateId, Fanout, GroupName, HostId, HubError, HubLimits, HubResult, LocalHub,
     MemberInfo, Outlet, Pending, Transport, TransportCounts,
 };
+use crate::close::Close;
 use crate::manifest::spec::SlowMember;
 
 /// How long an operation waits for other hosts: their answers to a count,
@@ -369,6 +370,7 @@ impl Shared {
             Some(Op::Ping) => Outcome::Ok,
             Some(Op::GroupsChanged) => self.take_changes(from, &request),
             Some(Op::Send) => self.answer_send(&request).await,
+            Some(Op::Close) => self.answer_close(&request),
             Some(Op::Count) => match group_of(headers) {
                 Some(group) => {
                     parts.push(Bytes::from(self.local_count(&group).to_string()));
@@ -433,6 +435,25 @@ impl Shared {
                 Outcome::Ok
             }
             Err(HubError::TooLarge) => Outcome::TooLarge,
+            Err(_) => Outcome::NotFound,
+        }
+    }
+
+    /// Close the connection of this host a `close` request names.
+    fn answer_close(&self, request: &async_nats::Message) -> Outcome {
+        let headers = request.headers.as_ref();
+        let (Some(id), Some(code)) = (
+            wire::number::<ConnectionId>(headers, header::TO),
+            wire::number::<u16>(headers, header::CODE),
+        ) else {
+            return Outcome::NotFound;
+        };
+        let reason = String::from_utf8_lossy(&request.payload).into_owned();
+        let Ok(close) = Close::requested(code, reason) else {
+            return Outcome::NotFound;
+        };
+        match self.local.close_now(id, close) {
+            Ok(()) => Outcome::Ok,
             Err(_) => Outcome::NotFound,
         }
     }
@@ -588,6 +609,30 @@ impl Shared {
         match outcome {
             Some(Outcome::Ok) => Ok(Fanout::default()),
             Some(Outcome::TooLarge) => Err(HubError::TooLarge),
+            _ => Err(HubError::NotFound),
+        }
+    }
+
+    async fn remote_close(&self, id: ConnectionId, close: Close) -> HubResult<()> {
+        let host = HostId::of(id);
+        if host == HostId::LOCAL {
+            return Err(HubError::NotFound);
+        }
+        let mut headers = self.headers(Op::Close);
+        headers.insert(header::TO, id.to_string());
+        headers.insert(header::CODE, close.code().to_string());
+        let reason = Bytes::from(close.reason().to_owned());
+        let answers = self
+            .ask("close a connection of another host", &[host], &headers, &reason)
+            .await?;
+        let outcome = match answers.get(&host) {
+            Some(Answer::Parts(parts)) => parts
+                .first()
+                .and_then(|part| wire::outcome(part.headers.as_ref())),
+            _ => None,
+        };
+        match outcome {
+            Some(Outcome::Ok) => Ok(()),
             _ => Err(HubError::NotFound),
         }
     }
@@ -841,6 +886,15 @@ impl Transport for ClusterHub {
                 return self.shared.local.send_to(id, message).await;
             }
             self.shared.remote_send_to(id, message).await
+        })
+    }
+
+    fn close(&self, id: ConnectionId, close: Close) -> Pending<'_, ()> {
+        Box::pin(async move {
+            if HostId::of(id) == self.shared.me {
+                return self.shared.local.close_now(id, close);
+            }
+            self.shared.remote_close(id, close).await
         })
     }
 

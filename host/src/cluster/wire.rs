@@ -32,8 +32,10 @@ pub(super) mod header {
     pub(crate) const KIND: &str = "Wsflow-Kind";
     /// A publish's excepted connection id.
     pub(crate) const EXCEPT: &str = "Wsflow-Except";
-    /// The connection a `send` is for.
+    /// The connection a `send` or a `close` is for.
     pub(crate) const TO: &str = "Wsflow-To";
+    /// A `close`'s close code (its reason is the payload).
+    pub(crate) const CODE: &str = "Wsflow-Code";
     /// The group a publish, a `count` or a `members` request is about.
     pub(crate) const GROUP: &str = "Wsflow-Group";
     /// How many members a `members` answer may hold.
@@ -127,6 +129,8 @@ pub(super) enum Op {
     Bye,
     /// Request: queue a message for one connection.
     Send,
+    /// Request: close one connection (after what was queued for it).
+    Close,
     /// Request: how many members a group has on the host.
     Count,
     /// Request: the members a group has on the host.
@@ -151,6 +155,7 @@ impl Op {
             Self::Here => "here",
             Self::Bye => "bye",
             Self::Send => "send",
+            Self::Close => "close",
             Self::Count => "count",
             Self::Members => "members",
             Self::Ping => "ping",
@@ -166,6 +171,7 @@ impl Op {
             Self::Here,
             Self::Bye,
             Self::Send,
+            Self::Close,
             Self::Count,
             Self::Members,
             Self::Ping,

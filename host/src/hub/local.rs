@@ -26,6 +26,7 @@ use super::{
     ConnectionId, Delivery, DuplicateId, Fanout, GroupName, HubError, HubLimits, HubResult,
     MemberInfo, Outlet, Pending, Transport,
 };
+use crate::close::Close;
 use crate::manifest::spec::SlowMember;
 
 /// The local hub of one app.
@@ -91,7 +92,7 @@ impl Member {
             Delivery::Full => {
                 fanout.dropped += 1;
                 self.dropped.fetch_add(1, Ordering::Relaxed);
-                if self.policy == SlowMember::Close && self.outlet.close_slow() {
+                if self.policy == SlowMember::Close && self.outlet.close(Close::SLOW_MEMBER) {
                     fanout.closed += 1;
                     tracing::info!(
                         member = self.outlet.id(),
@@ -184,6 +185,16 @@ impl LocalHub {
             return Err(HubError::TooLarge);
         }
         Ok(fanout)
+    }
+
+    /// Close connection `id` of this host; `NotFound` if it is not open.
+    pub(crate) fn close_now(&self, id: ConnectionId, close: Close) -> HubResult<()> {
+        let member = self.member(id)?;
+        if !member.is_open() {
+            return Err(HubError::NotFound);
+        }
+        member.outlet.close(close);
+        Ok(())
     }
 
     /// The members of `group` now, read outside the lock.
@@ -325,6 +336,10 @@ impl Transport for LocalHub {
         Box::pin(ready(self.send_to_now(id, message)))
     }
 
+    fn close(&self, id: ConnectionId, close: Close) -> Pending<'_, ()> {
+        Box::pin(ready(self.close_now(id, close)))
+    }
+
     fn member_count(&self, group: &GroupName) -> Pending<'_, u32> {
         Box::pin(ready(Ok(self.member_count_now(group))))
     }
@@ -383,7 +398,7 @@ mod tests {
             self.closed.load(Ordering::Acquire)
         }
 
-        fn close_slow(&self) -> bool {
+        fn close(&self, _close: Close) -> bool {
             !self.closed.swap(true, Ordering::AcqRel)
         }
     }
@@ -660,7 +675,7 @@ mod tests {
             false
         }
 
-        fn close_slow(&self) -> bool {
+        fn close(&self, _close: Close) -> bool {
             false
         }
     }
@@ -788,7 +803,7 @@ mod tests {
             false
         }
 
-        fn close_slow(&self) -> bool {
+        fn close(&self, _close: Close) -> bool {
             false
         }
     }

@@ -35,6 +35,7 @@ use std::sync::{Arc, OnceLock};
 
 use tokio_tungstenite::tungstenite::{Bytes, Message};
 
+use crate::close::Close;
 use crate::manifest::spec::{AppLimits, SlowMember};
 
 pub(crate) use ids::{ConnectionIds, HostId};
@@ -145,9 +146,9 @@ pub(crate) trait Outlet: Send + Sync {
     /// (its payload is shared by reference count), never a copy.
     fn try_send(&self, message: Message) -> Delivery;
     fn is_closed(&self) -> bool;
-    /// Start closing with 1008 without waiting; returns whether this call
-    /// started the close.
-    fn close_slow(&self) -> bool;
+    /// Start closing with `close` without waiting (what was queued before
+    /// goes first); returns whether this call started the close.
+    fn close(&self, close: Close) -> bool;
 }
 
 /// The caps the hub enforces for one app.
@@ -234,6 +235,9 @@ pub(crate) trait Transport: Send + Sync + fmt::Debug {
     ) -> HubResult<Fanout>;
 
     fn send_to(&self, id: ConnectionId, message: Message) -> Pending<'_, Fanout>;
+
+    /// Close connection `id` with `close`, after what was queued for it.
+    fn close(&self, id: ConnectionId, close: Close) -> Pending<'_, ()>;
 
     fn member_count(&self, group: &GroupName) -> Pending<'_, u32>;
 

@@ -50,10 +50,10 @@ impl Outlet for Arc<ConnectionShared> {
         ConnectionShared::is_closed(self)
     }
 
-    fn close_slow(&self) -> bool {
+    fn close(&self, close: Close) -> bool {
         // Never waits: the writer delivers what was queued before the
         // close, within `slow_client_timeout`, then the close frame.
-        self.close(Close::SLOW_MEMBER)
+        ConnectionShared::close(self, close)
     }
 }
 
