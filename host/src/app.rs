@@ -3,15 +3,17 @@
 //! execution and connection holds an `Arc<AppInfo>` of its own app and no
 //! way to reach another's.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::cluster::Cluster;
+use bytes::Bytes;
+
 use crate::hub::{
-    ConnectionId, ConnectionIds, HostId, HubLimits, LargestMessage, LocalHub, Transport,
+    ConnectionId, ConnectionIds, GroupName, HostId, HubLimits, LargestMessage, LocalHub, Transport,
 };
 use crate::manifest::spec::{AppLimits, AppSpec, DEFAULT_MAX_MESSAGE_SIZE};
 use crate::runtime::AppMemory;
@@ -48,6 +50,60 @@ pub(crate) struct AppInfo {
     /// export (wasmtime's hostcall fuel): the largest thing the contract
     /// takes from it, with room to spare (see [`hostcall_fuel`]).
     pub(crate) hostcall_fuel: usize,
+    /// How backends reach the app through the server API, if they may.
+    pub(crate) api: Option<crate::manifest::spec::ApiSpec>,
+    /// The largest `max_message_size` of the app's triggers: the largest
+    /// message a group or connection can be sent.
+    pub(crate) max_message_size: usize,
+    /// Attachments held unique per group (`unique_attachment`).
+    pub(crate) claims: Arc<AttachmentClaims>,
+}
+
+/// The (group, attachment) pairs of an app's connections whose handler has
+/// `unique_attachment`, each held from `on_connect`'s decision until the
+/// connection ends. Taking one is atomic: of two connections accepted with
+/// the same attachment into the same group at the same moment, one gets it.
+#[derive(Debug, Default)]
+pub(crate) struct AttachmentClaims(Mutex<HashSet<(GroupName, Bytes)>>);
+
+/// What one connection claimed; given back when dropped.
+#[derive(Debug)]
+pub(crate) struct Claim {
+    claims: Arc<AttachmentClaims>,
+    held: Vec<(GroupName, Bytes)>,
+}
+
+impl AttachmentClaims {
+    /// Claim `attachment` in each of `groups`, all or none; `Err` names the
+    /// first group where another connection holds it.
+    pub(crate) fn claim(
+        self: &Arc<Self>,
+        attachment: &Bytes,
+        groups: &[GroupName],
+    ) -> Result<Claim, GroupName> {
+        let mut claimed = self.0.lock().expect("not poisoned");
+        let pairs: Vec<(GroupName, Bytes)> = groups
+            .iter()
+            .map(|group| (group.clone(), attachment.clone()))
+            .collect();
+        if let Some((taken, _)) = pairs.iter().find(|pair| claimed.contains(*pair)) {
+            return Err(taken.clone());
+        }
+        claimed.extend(pairs.iter().cloned());
+        Ok(Claim {
+            claims: Arc::clone(self),
+            held: pairs,
+        })
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        let mut claimed = self.claims.0.lock().expect("not poisoned");
+        for pair in &self.held {
+            claimed.remove(pair);
+        }
+    }
 }
 
 /// Room for what a call carries besides its largest payload: names, ids,
@@ -130,6 +186,9 @@ impl AppInfo {
             inbound_budget: ByteBudget::new(limits.queue_per_app),
             memory: Arc::new(AppMemory::new(limits.app_memory)),
             hostcall_fuel: hostcall_fuel(&limits, max_message_size),
+            api: spec.api.clone(),
+            max_message_size,
+            claims: Arc::default(),
             limits,
             stats: AppStats::default(),
         }
@@ -246,7 +305,7 @@ impl Charge {
 pub(crate) struct LogBudget {
     per_second: f64,
     burst: f64,
-    state: std::sync::Mutex<Bucket>,
+    state: Mutex<Bucket>,
 }
 
 #[derive(Debug)]
@@ -271,7 +330,7 @@ impl LogBudget {
         Self {
             per_second,
             burst,
-            state: std::sync::Mutex::new(Bucket {
+            state: Mutex::new(Bucket {
                 tokens: burst,
                 refilled: Instant::now(),
                 dropped: 0,

@@ -162,6 +162,16 @@ counters! {
     /// Bytes of linear memory the app's instances hold now, against its
     /// `app_memory`.
     guest_memory: Gauge "wsflow_guest_memory_bytes";
+    /// Server API publishes to a group.
+    api_publish: Counter "wsflow_api_requests_total" { "operation" = "publish" };
+    /// Server API sends to a connection.
+    api_send: Counter "wsflow_api_requests_total" { "operation" = "send" };
+    /// Server API group listings.
+    api_group: Counter "wsflow_api_requests_total" { "operation" = "group" };
+    /// Server API batches of publishes.
+    api_batch: Counter "wsflow_api_requests_total" { "operation" = "batch" };
+    /// Server API requests refused over the app's limits (413, 429).
+    api_refused: Counter "wsflow_api_refused_total";
 }
 
 /// The help of series whose samples are several counters (told apart by
@@ -179,6 +189,10 @@ pub(crate) const FAMILIES: &[(&str, &str)] = &[
     (
         "wsflow_message_bytes_total",
         "Payload bytes of data messages by direction.",
+    ),
+    (
+        "wsflow_api_requests_total",
+        "Server API requests by operation: publish, send, group, batch.",
     ),
     (
         "wsflow_queued_bytes",

@@ -303,3 +303,58 @@ async fn what_on_connect_hands_back_is_capped_before_the_host_copies_it() {
     send_text(&mut client, "hi").await;
     assert_eq!(next_text(&mut client).await, "echo hi");
 }
+
+#[tokio::test]
+async fn with_unique_attachment_one_name_gets_into_a_room_once() {
+    let app = "gate-unique";
+    let manifest =
+        Manifest::app(app)
+            .flow("gate", programs::GATE)
+            .trigger(Trigger::on_port(0).handler(toml! {
+                path = "/gate"
+                flow = "gate"
+                on_connect = "gate"
+                unique_attachment = true
+            }));
+    let server = TestServer::start(&manifest).await;
+    let url = format!("{}?name=ann&room=lobby", server.url("/gate"));
+    // `gate` accepts every name; the host keeps the second `ann` out of
+    // the room, however close together they come.
+    let attempts: Vec<_> = (0..12)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move { try_connect(request(&url, &[])).await })
+        })
+        .collect();
+    let mut admitted = Vec::new();
+    for attempt in attempts {
+        match attempt.await.unwrap() {
+            Ok(client) => admitted.push(client),
+            Err(refused) => {
+                assert_eq!(refused.status, 409);
+                assert!(
+                    refused.body.contains("`lobby` has the same attachment"),
+                    "{}",
+                    refused.body
+                );
+            }
+        }
+    }
+    assert_eq!(admitted.len(), 1);
+    // Another room, or another name, is fine.
+    let _kitchen = join(&server, "name=ann&room=kitchen").await;
+    let _bob = join(&server, "name=bob&room=lobby").await;
+    // The name is free again once its connection has ended.
+    drop(admitted);
+    let again = async {
+        loop {
+            match try_connect(request(&url, &[])).await {
+                Ok(client) => return client,
+                Err(refused) => assert_eq!(refused.status, 409),
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let again = tokio::time::timeout(wsflow_tests::TIMEOUT, again).await;
+    assert!(again.is_ok(), "the name was never given back");
+}
