@@ -35,7 +35,7 @@ pub(crate) struct AppInfo {
     /// Where the app's group operations go; its connections attach here.
     pub(crate) hub: Arc<dyn Transport>,
     /// The largest message its groups carry, as its hub sees it.
-    largest_message: LargestMessage,
+    pub(crate) largest_message: LargestMessage,
     /// Hands out the ids of the host's connections.
     ids: Arc<ConnectionIds>,
     /// Bytes of messages flows have sent that wait for the app's clients
@@ -46,15 +46,8 @@ pub(crate) struct AppInfo {
     pub(crate) inbound_budget: ByteBudget,
     /// Linear memory of all the app's instances (`limits.app_memory`).
     pub(crate) memory: Arc<AppMemory>,
-    /// Bytes a guest may hand the host in one call, or return from one
-    /// export (wasmtime's hostcall fuel): the largest thing the contract
-    /// takes from it, with room to spare (see [`hostcall_fuel`]).
-    pub(crate) hostcall_fuel: usize,
     /// How backends reach the app through the server API, if they may.
     pub(crate) api: Option<crate::manifest::spec::ApiSpec>,
-    /// The largest `max_message_size` of the app's triggers: the largest
-    /// message a group or connection can be sent.
-    pub(crate) max_message_size: usize,
     /// Attachments held unique per group (`unique_attachment`).
     pub(crate) claims: Arc<AttachmentClaims>,
 }
@@ -167,8 +160,7 @@ impl AppInfo {
     /// An app on the host whose apps share `host`.
     pub(crate) fn in_host(spec: &AppSpec, host: &HostHubs) -> Self {
         let limits = spec.limits.clone();
-        let max_message_size = largest_message(spec);
-        let largest_message = LargestMessage::new(max_message_size);
+        let largest_message = LargestMessage::new(largest_message(spec));
         let hub = host.hub(
             spec.name.as_str(),
             HubLimits::new(&limits, largest_message.clone()),
@@ -185,13 +177,18 @@ impl AppInfo {
             outbound_budget: ByteBudget::new(limits.queue_per_app),
             inbound_budget: ByteBudget::new(limits.queue_per_app),
             memory: Arc::new(AppMemory::new(limits.app_memory)),
-            hostcall_fuel: hostcall_fuel(&limits, max_message_size),
             api: spec.api.clone(),
-            max_message_size,
             claims: Arc::default(),
             limits,
             stats: AppStats::default(),
         }
+    }
+
+    /// Bytes a guest may hand the host in one call, or return from one
+    /// export (wasmtime's hostcall fuel): the largest thing the contract
+    /// takes from it, with room to spare (see [`hostcall_fuel`]).
+    pub(crate) fn hostcall_fuel(&self) -> usize {
+        hostcall_fuel(&self.limits, self.largest_message.get())
     }
 
     /// Follow a new version's triggers (after a reload): the largest
