@@ -233,4 +233,11 @@ async fn every_client_that_never_reads_is_closed_whether_its_bytes_wait_in_the_h
         .wait_for_stats(app, "every client closed", |s| s.connections_open == 0)
         .await;
     eprintln!("closed within {:?}", started.elapsed());
+    // Each as a client that does not read, once.
+    let slow = server
+        .app_log_lines(app)
+        .iter()
+        .filter(|line| line.contains("client does not read"))
+        .count();
+    assert_eq!(slow, CLIENTS);
 }

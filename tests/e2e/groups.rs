@@ -591,8 +591,10 @@ async fn a_member_that_keeps_reading_gets_every_message_of_a_burst_that_fits_its
 #[tokio::test]
 async fn group_messages_wait_in_the_apps_queue_budget_once_per_member() {
     const MEMBERS: usize = 6;
+    // A member's own budget is the app's: the first message dropped is
+    // one the app's budget could not take.
     let limits = toml! {
-        queue_per_connection = "2MiB"
+        queue_per_connection = "4MiB"
         queue_per_app = "4MiB"
         slow_client_timeout = "2s"
     };
@@ -605,7 +607,7 @@ async fn group_messages_wait_in_the_apps_queue_budget_once_per_member() {
         member.ok("join g").await;
         members.push(member);
     }
-    // No member reads. Their own budgets hold 12 MiB together; the app's
+    // No member reads. Their own budgets hold 24 MiB together; the app's
     // holds 4 MiB, and a group message is charged to it for every member
     // it waits for.
     let mut published = 0;

@@ -478,6 +478,7 @@ fn count_fanout(app: &AppInfo, fanout: Fanout) {
     AppStats::add(&stats.group_messages_delivered, fanout.delivered);
     AppStats::add(&stats.group_messages_dropped, fanout.dropped);
     AppStats::add(&stats.slow_members_closed, fanout.closed);
+    AppStats::add(&stats.group_messages_too_large, fanout.too_large);
 }
 
 fn fanout_json(fanout: Fanout) -> serde_json::Value {
@@ -485,6 +486,7 @@ fn fanout_json(fanout: Fanout) -> serde_json::Value {
         "delivered": fanout.delivered,
         "dropped": fanout.dropped,
         "closed": fanout.closed,
+        "too_large": fanout.too_large,
         "other_hosts_reached": !fanout.unreached,
     })
 }

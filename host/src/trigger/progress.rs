@@ -20,14 +20,19 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 /// Have the kernel drop the connection once bytes it holds for the client
-/// have gone unacknowledged for `patience`, or have waited that long for
-/// the client's receive window to open (`TCP_USER_TIMEOUT`): a client that
-/// stops reading after the host wrote its last bytes is dropped like one
-/// that stops while more wait in the host. A client that reads, however
-/// slowly, acknowledges what it takes and opens its window.
+/// have gone unacknowledged, or waited for the client's receive window to
+/// open, for `patience` (`slow_client_timeout`) and the close timeout
+/// (`TCP_USER_TIMEOUT`): a client that stops reading after the host wrote
+/// its last bytes is dropped as late as one that stops while more wait in
+/// the host (closed with 1008 after `patience`, dropped once the close
+/// frame has waited the close timeout). The host's own check comes first
+/// whenever it can see the client stall, so it is the one that closes and
+/// counts. A client that reads, however slowly, acknowledges what it takes
+/// and opens its window.
 pub(super) fn give_up_after(stream: &TcpStream, patience: Duration) {
     #[cfg(any(target_os = "linux", target_os = "android"))]
     {
+        let patience = patience.saturating_add(super::pump::CLOSE_TIMEOUT);
         let millis = u32::try_from(patience.as_millis()).unwrap_or(u32::MAX);
         if let Err(error) = rustix::net::sockopt::set_tcp_user_timeout(stream, millis) {
             tracing::debug!("TCP_USER_TIMEOUT could not be set: {error}");

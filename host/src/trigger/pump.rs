@@ -39,7 +39,7 @@ const INBOUND_QUEUE: usize = 16;
 
 /// How long the host waits for the client to answer a close frame, or for
 /// a close frame to be written, before it drops the connection.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+pub(super) const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// After the closing handshake (or a read error), the host stops writing and
 /// reads and discards what the client still sends for up to this long
@@ -274,7 +274,7 @@ where
             match written {
                 Written::Done(Ok(())) => {}
                 Written::Done(Err(error)) => {
-                    log_error("write", &error);
+                    note_error(self.shared, "write", &error);
                     return false;
                 }
                 Written::Stalled => {
@@ -312,7 +312,7 @@ where
             match watch(&self.progress, abort, deadline, write).await {
                 Written::Done(Ok(())) => drop(charge),
                 Written::Done(Err(error)) => {
-                    log_error("write", &error);
+                    note_error(self.shared, "write", &error);
                     return;
                 }
                 Written::Stalled => self.shared.close_slow_client(&format!(
@@ -468,6 +468,8 @@ where
             }
             Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => {}
             Err(error) => {
+                // First: a send still waiting is told why the connection ends.
+                note_error(shared, "read", &error);
                 match close_for(&error) {
                     Some(close) => {
                         shared.close(close);
@@ -475,7 +477,6 @@ where
                     // Nothing more can be sent or received.
                     None => shared.abort(),
                 }
-                log_error("read", &error);
                 break;
             }
         }
@@ -499,19 +500,19 @@ fn close_for(error: &tungstenite::Error) -> Option<Close> {
     }
 }
 
-/// One place decides what is worth logging: a peer going away is normal.
-fn log_error(side: &str, error: &tungstenite::Error) {
+/// One place decides what a failed read or write means and what is worth
+/// logging: a peer going away is normal; a socket the kernel gave up on
+/// (see `progress::give_up_after`) is a client that does not read.
+fn note_error(shared: &ConnectionShared, side: &str, error: &tungstenite::Error) {
     use tungstenite::Error;
     match error {
         Error::ConnectionClosed | Error::AlreadyClosed => {}
         Error::Io(io) if is_disconnect(io) => {}
-        // The kernel gave up on bytes the client did not take (see
-        // `progress::give_up_after`).
         Error::Io(io) if io.kind() == std::io::ErrorKind::TimedOut => {
-            tracing::info!(
-                "{side}: client does not read: what was sent to it went unacknowledged for \
-                 slow_client_timeout; connection dropped"
-            );
+            shared.close_slow_client(&format!(
+                "what was sent to it went unacknowledged for {:?} (the kernel gave up)",
+                shared.app.limits.slow_client_timeout
+            ));
         }
         Error::Protocol(tungstenite::error::ProtocolError::ResetWithoutClosingHandshake) => {}
         Error::Protocol(_) | Error::Utf8(_) | Error::Capacity(_) => {
