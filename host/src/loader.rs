@@ -102,8 +102,8 @@ pub fn load(paths: &[PathBuf], options: &LoadOptions) -> anyhow::Result<LoadedAp
 
 /// Compile an app's flows and set up its triggers.
 fn load_app(runtime: &Runtime, host: &HostHubs, spec: AppSpec) -> anyhow::Result<LoadedApp> {
-    let info = Arc::new(AppInfo::in_host(&spec, host));
     let lane = runtime.lane();
+    let info = Arc::new(AppInfo::in_host(&spec, host, &lane));
     let flows = compile_flows(runtime, &info, &lane, &spec)?;
     let slots = Arc::new(AppFlows::default());
     let triggers = spec

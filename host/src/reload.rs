@@ -223,6 +223,7 @@ impl Live {
         {
             let live = &mut self.apps[app];
             live.flows.install(&flows);
+            live.info.follow_triggers(&spec);
             for ((_, listening), trigger) in live.listeners.iter().zip(triggers) {
                 listening.replace(trigger);
             }
@@ -293,6 +294,8 @@ fn needs_restart(current: &AppSpec, new: &AppSpec) -> Option<&'static str> {
         Some("its `[limits]`")
     } else if current.properties != new.properties {
         Some("its `[properties]`")
+    } else if current.api != new.api {
+        Some("its `[api]`")
     } else {
         None
     }

@@ -34,6 +34,27 @@ pub(crate) struct Manifest {
     /// `[[triggers]]`: one WebSocket listener each.
     #[serde(default)]
     pub(crate) triggers: Vec<TriggerSection>,
+    /// `[api]`: the app on the server API (`wsflow up --api`).
+    pub(crate) api: Option<ApiSection>,
+}
+
+/// `[api]`: backends may reach the app through the server API with this
+/// bearer token, within these limits.
+///
+/// ```toml
+/// [api]
+/// token = "${API_TOKEN}"         # 16 characters or more; WSFLOW_PROP_API_TOKEN supplies it
+/// requests_per_second = 100      # sustained, with bursts of `burst`
+/// burst = 200
+/// max_in_flight = 32             # requests answered at once
+/// ```
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ApiSection {
+    pub(crate) token: Spanned<String>,
+    pub(crate) requests_per_second: Option<Scalar>,
+    pub(crate) burst: Option<Scalar>,
+    pub(crate) max_in_flight: Option<Scalar>,
 }
 
 /// `[app]`
@@ -238,6 +259,7 @@ pub(crate) struct TlsSection {
 /// flow = "orders"
 /// on_connect = "gate"
 /// on_close = "gate"
+/// unique_attachment = true
 /// query_params = [
 ///   { name = "user", type = "string", required = true },
 ///   { name = "tag", repeating = true },
@@ -274,6 +296,10 @@ pub(crate) struct HandlerSection {
     /// A flow whose `on-connect` hook decides, before the upgrade, whether
     /// a client may connect.
     pub(crate) on_connect: Option<Spanned<String>>,
+    /// No two connections `on_connect` accepted into the same group may
+    /// have the same attachment (a user name in a room, say): the second
+    /// is refused with 409 before the upgrade.
+    pub(crate) unique_attachment: Option<Spanned<bool>>,
     /// A flow whose `on-close` hook runs once after each connection ends.
     pub(crate) on_close: Option<Spanned<String>>,
     #[serde(default)]
