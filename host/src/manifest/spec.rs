@@ -141,7 +141,8 @@ pub(crate) struct AppLimits {
     /// Outbound HTTP requests of the app waiting for or reading a response
     /// at once; more are refused (`connection-limit-reached`), not queued.
     pub(crate) max_outbound_requests_in_flight: usize,
-    /// Outbound HTTP requests one execution may make; more are refused.
+    /// Outbound HTTP requests one execution may make (a connection-mode
+    /// session is one execution); more are refused.
     pub(crate) max_outbound_requests_per_execution: usize,
     /// Time to resolve, connect to and (for `https`) shake hands with an
     /// outbound host.
