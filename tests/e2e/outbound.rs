@@ -347,3 +347,59 @@ async fn waiting_on_the_network_is_wall_time_not_cpu_time() {
     assert_eq!(stats.executions_limit_exceeded, 0);
     assert_eq!(stats.outbound_requests_timeout, 3);
 }
+
+#[tokio::test]
+async fn https_verifies_the_server_against_the_webpki_roots() {
+    use rustls_pki_types::pem::PemObject as _;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+    // A TLS server whose certificate is signed by a test CA no public
+    // root vouches for.
+    let dir = tempfile::tempdir().unwrap();
+    let pki = wsflow_tests::pki::Pki::generate(dir.path());
+    let chain: Vec<CertificateDer> =
+        CertificateDer::pem_slice_iter(pki.server_chain_pem.as_bytes())
+            .map(Result::unwrap)
+            .collect();
+    let key = PrivateKeyDer::from_pem_slice(pki.server_key_pem.as_bytes()).unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (hello, mut hellos) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            let hello = hello.clone();
+            tokio::spawn(async move {
+                let _ = hello.send(());
+                let _ = acceptor.accept(stream).await;
+            });
+        }
+    });
+
+    let url = format!("https://127.0.0.1:{port}/ok");
+    let server = TestServer::start(&fetch_app(
+        &[format!("https://127.0.0.1:{port}")],
+        Table::new(),
+    ))
+    .await;
+    let mut client = fetch_client(&server).await;
+    let refused = ask(&mut client, json!({ "get": url })).await;
+    assert_eq!(refused["error"], "Failed", "{refused}");
+    assert!(
+        refused["message"].as_str().unwrap().contains("Tls"),
+        "{refused}"
+    );
+    hellos
+        .recv()
+        .await
+        .expect("the host connected and spoke TLS");
+    assert_eq!(server.app_stats("fetch").outbound_requests_failed, 1);
+}

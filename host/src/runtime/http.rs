@@ -43,6 +43,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Sleep;
 use wasmtime::component::Linker;
 use wasmtime_wasi_http::io::TokioIo;
+use wasmtime_wasi_http::p2::bindings::http::types::ErrorCode;
 use wasmtime_wasi_http::{
     Error, RequestOptions, WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView,
 };
@@ -173,6 +174,35 @@ impl WasiHttpHooks for OutboundHooks {
             Ok(admitted) => Box::new(admitted.send(request, options)),
             Err(refused) => Box::new(std::future::ready(Err(refused))),
         }
+    }
+
+    // How failures reach the guest. wasmtime-wasi-http's defaults log each
+    // at `warn` outside the app's log budget; a flow decides how many
+    // requests fail, so these log at `debug` only.
+
+    fn p2_error_from_hyper(&mut self, error: &hyper::Error) -> ErrorCode {
+        tracing::debug!(target: "wsflow::outbound", "outbound HTTP error: {error}");
+        if error.is_timeout() {
+            return ErrorCode::HttpResponseTimeout;
+        }
+        std::error::Error::source(error)
+            .and_then(|cause| cause.downcast_ref::<ErrorCode>())
+            .cloned()
+            .unwrap_or(ErrorCode::HttpProtocolError)
+    }
+
+    fn p2_error_from_connect(&mut self, error: &io::Error) -> ErrorCode {
+        tracing::debug!(target: "wsflow::outbound", "outbound connect error: {error}");
+        match error.kind() {
+            io::ErrorKind::ConnectionRefused => ErrorCode::ConnectionRefused,
+            io::ErrorKind::TimedOut => ErrorCode::ConnectionTimeout,
+            _ => ErrorCode::DestinationUnavailable,
+        }
+    }
+
+    fn p2_error_from_tls(&mut self, error: &io::Error) -> ErrorCode {
+        tracing::debug!(target: "wsflow::outbound", "outbound TLS error: {error}");
+        ErrorCode::TlsProtocolError
     }
 }
 
