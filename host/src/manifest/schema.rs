@@ -122,9 +122,9 @@ pub(crate) struct FlowSection {
 /// max_attachment_size = "2KiB"
 /// max_outbound_requests_in_flight = 32   # outbound HTTP requests of the app at once
 /// max_outbound_requests_per_execution = 100
-/// outbound_connect_timeout = "5s"        # name lookup, TCP and TLS
-/// outbound_first_byte_timeout = "10s"    # request sent to response headers
-/// outbound_between_bytes_timeout = "10s" # between chunks of the response body
+/// outbound_connect_timeout = "2s"        # name lookup, TCP and TLS
+/// outbound_first_byte_timeout = "5s"     # request sent to response headers
+/// outbound_between_bytes_timeout = "5s"  # between chunks of the response body
 /// max_outbound_response_size = "4MiB"    # response body bytes
 /// ```
 #[derive(Debug, Default, Deserialize)]

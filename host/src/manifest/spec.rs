@@ -202,12 +202,13 @@ impl Default for AppLimits {
             // A handful of calls per message is plenty; a loop that makes
             // thousands is stopped long before it floods the service.
             max_outbound_requests_per_execution: 100,
-            // Within the default `wall_time` of 10s: a service that cannot
-            // be reached or does not answer fails the call, not the
-            // execution.
-            outbound_connect_timeout: Duration::from_secs(5),
-            outbound_first_byte_timeout: Duration::from_secs(10),
-            outbound_between_bytes_timeout: Duration::from_secs(10),
+            // Connecting and the first byte together stay within the
+            // default `wall_time` of 10s: a service that cannot be reached
+            // or does not answer fails the call with an error value the
+            // flow can act on, not the execution.
+            outbound_connect_timeout: Duration::from_secs(2),
+            outbound_first_byte_timeout: Duration::from_secs(5),
+            outbound_between_bytes_timeout: Duration::from_secs(5),
             // A JSON answer with room to spare, a small fraction of the
             // default `max_memory` the flow reads it into.
             max_outbound_response_size: 4 << 20,
