@@ -13,6 +13,7 @@ use crate::cluster::Cluster;
 use crate::hub::{ConnectionId, ConnectionIds, HostId, HubLimits, LocalHub, Transport};
 use crate::manifest::spec::{AppLimits, AppSpec, DEFAULT_MAX_MESSAGE_SIZE};
 use crate::runtime::AppMemory;
+use crate::runtime::keyvalue::AppKeyValue;
 pub(crate) use crate::stats::{AppStats, StatsSnapshot};
 
 /// What the host knows about a running app.
@@ -44,6 +45,9 @@ pub(crate) struct AppInfo {
     /// export (wasmtime's hostcall fuel): the largest thing the contract
     /// takes from it, with room to spare (see [`hostcall_fuel`]).
     pub(crate) hostcall_fuel: usize,
+    /// The app's key-value stores, and the names it declared.
+    pub(crate) key_value: AppKeyValue,
+    pub(crate) key_value_stores: Vec<String>,
 }
 
 /// Room for what a call carries besides its largest payload: names, ids,
@@ -56,8 +60,9 @@ const GROUP_NAME_COST: usize = 128 + 16;
 
 /// The hostcall fuel of an app whose triggers take messages of up to
 /// `max_message_size` bytes: the largest payload a flow sends or publishes,
-/// or what `on_connect` may hand back (an attachment and its groups),
-/// whichever is larger, and [`HOSTCALL_FUEL_SLACK`]. wasmtime's default
+/// what `on_connect` may hand back (an attachment and its groups), or a
+/// key-value entry a flow writes, whichever is larger, and
+/// [`HOSTCALL_FUEL_SLACK`]. (A batch of entries larger than that traps.) wasmtime's default
 /// (128 MiB) would let a flow make the host allocate that much in one call
 /// before the host could check what it was given.
 pub(crate) fn hostcall_fuel(limits: &AppLimits, max_message_size: usize) -> usize {
@@ -66,8 +71,12 @@ pub(crate) fn hostcall_fuel(limits: &AppLimits, max_message_size: usize) -> usiz
             .max_groups_per_connection
             .saturating_mul(GROUP_NAME_COST),
     );
+    let entry = limits
+        .max_kv_key_size
+        .saturating_add(limits.max_kv_value_size);
     max_message_size
         .max(opening)
+        .max(entry)
         .saturating_add(HOSTCALL_FUEL_SLACK)
 }
 
@@ -101,11 +110,16 @@ impl AppInfo {
     /// An app on a host of its own, outside any cluster.
     #[cfg(test)]
     pub(crate) fn new(spec: &AppSpec) -> Self {
-        Self::in_host(spec, &HostHubs::new(None))
+        Self::in_host(spec, &HostHubs::new(None), None)
     }
 
-    /// An app on the host whose apps share `host`.
-    pub(crate) fn in_host(spec: &AppSpec, host: &HostHubs) -> Self {
+    /// An app on the host whose apps share `host`, keeping its key-value
+    /// stores in `data_dir` (in memory without one).
+    pub(crate) fn in_host(
+        spec: &AppSpec,
+        host: &HostHubs,
+        data_dir: Option<&std::path::Path>,
+    ) -> Self {
         let limits = spec.limits.clone();
         let max_message_size = spec
             .triggers
@@ -129,6 +143,8 @@ impl AppInfo {
             inbound_budget: ByteBudget::new(limits.queue_per_app),
             memory: Arc::new(AppMemory::new(limits.app_memory)),
             hostcall_fuel: hostcall_fuel(&limits, max_message_size),
+            key_value: AppKeyValue::new(&spec.name, data_dir, &limits),
+            key_value_stores: spec.key_value_stores.clone(),
             limits,
             stats: AppStats::default(),
         }
@@ -144,6 +160,7 @@ impl AppInfo {
     pub(crate) fn snapshot(&self) -> StatsSnapshot {
         let own = self.stats.snapshot();
         let remote = self.hub.counts();
+        let key_value = self.key_value.usage();
         own + StatsSnapshot {
             group_messages_delivered: remote.received_fanout.delivered,
             group_messages_dropped: remote.received_fanout.dropped,
@@ -154,6 +171,8 @@ impl AppInfo {
             queued_bytes_out: self.outbound_budget.queued() as u64,
             queued_bytes_in: self.inbound_budget.queued() as u64,
             guest_memory: self.memory.held() as u64,
+            kv_keys: key_value.keys,
+            kv_bytes: key_value.bytes,
             ..StatsSnapshot::default()
         }
     }

@@ -283,6 +283,7 @@ mod tests {
             limits: Default::default(),
             flows: Vec::new(),
             triggers: Vec::new(),
+            key_value_stores: Vec::new(),
         });
         let spec = TriggerSpec {
             addr: "127.0.0.1:0".parse().unwrap(),
