@@ -11,6 +11,7 @@ mod examples;
 mod failures;
 mod groups;
 mod hooks;
+mod keyvalue;
 mod limits;
 mod manifests;
 mod params;
