@@ -219,8 +219,8 @@ impl Database {
         let old = self.size(store, key)?;
         let after = Usage {
             keys: self.usage.keys + u64::from(old.is_none()),
-            bytes: self.usage.bytes - old.map_or(0, |old| Usage::entry(key, old))
-                + Usage::entry(key, value.len()),
+            bytes: (self.usage.bytes + Usage::entry(key, value.len()))
+                .saturating_sub(old.map_or(0, |old| Usage::entry(key, old))),
         };
         self.quotas.check_usage(self.usage, after).map_err(KvError::from)?;
         self.conn
@@ -240,8 +240,8 @@ impl Database {
         self.conn
             .prepare_cached("DELETE FROM entries WHERE store = ?1 AND key = ?2")?
             .execute(params![store, key])?;
-        self.usage.keys -= 1;
-        self.usage.bytes -= Usage::entry(key, old);
+        self.usage.keys = self.usage.keys.saturating_sub(1);
+        self.usage.bytes = self.usage.bytes.saturating_sub(Usage::entry(key, old));
         Ok(())
     }
 
