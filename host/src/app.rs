@@ -48,6 +48,11 @@ pub(crate) struct AppInfo {
     /// The app's key-value stores, and the names it declared.
     pub(crate) key_value: AppKeyValue,
     pub(crate) key_value_stores: Vec<String>,
+    /// How backends reach the app through the server API, if they may.
+    pub(crate) api: Option<crate::manifest::spec::ApiSpec>,
+    /// The largest `max_message_size` of the app's triggers: the largest
+    /// message a group or connection can be sent.
+    pub(crate) max_message_size: usize,
 }
 
 /// Room for what a call carries besides its largest payload: names, ids,
@@ -145,6 +150,8 @@ impl AppInfo {
             hostcall_fuel: hostcall_fuel(&limits, max_message_size),
             key_value: AppKeyValue::new(&spec.name, data_dir, &limits),
             key_value_stores: spec.key_value_stores.clone(),
+            api: spec.api.clone(),
+            max_message_size,
             limits,
             stats: AppStats::default(),
         }

@@ -42,6 +42,11 @@ enum Command {
         /// (Prometheus text format), `/healthz` and `/readyz`.
         #[arg(long, value_name = "ADDR")]
         admin: Option<std::net::SocketAddr>,
+        /// Serve the server API on this address, e.g. 127.0.0.1:9091: backends
+        /// publish to an app's groups and send to its connections with the
+        /// bearer token of the app's `[api]` section.
+        #[arg(long, value_name = "ADDR")]
+        api: Option<std::net::SocketAddr>,
         /// Where compiled components are cached [default: $WSFLOW_CACHE_DIR,
         /// else $XDG_CACHE_HOME/wsflow, else ~/.cache/wsflow].
         #[arg(long, value_name = "DIR", conflicts_with = "no_cache")]
@@ -174,6 +179,7 @@ impl Cli {
             Command::Up {
                 manifests,
                 admin,
+                api,
                 cache_dir,
                 no_cache,
                 data_dir,
@@ -196,7 +202,8 @@ impl Cli {
                             .context("--data-dir: HOME is not set; give a directory")?,
                     ),
                 };
-                up(manifests, admin, options, watch, cluster.options()).await
+                let endpoints = Endpoints { admin, api };
+                up(manifests, endpoints, options, watch, cluster.options()).await
             }
             Command::Check { manifests } => check(&manifests, &Environment::from_process()),
             Command::Build {
@@ -232,9 +239,15 @@ impl Cli {
     }
 }
 
+/// The host's own HTTP endpoints `up` serves, if asked.
+struct Endpoints {
+    admin: Option<std::net::SocketAddr>,
+    api: Option<std::net::SocketAddr>,
+}
+
 async fn up(
     manifests: Vec<PathBuf>,
-    admin: Option<std::net::SocketAddr>,
+    endpoints: Endpoints,
     mut options: LoadOptions,
     watch: bool,
     cluster: Option<ClusterOptions>,
@@ -243,7 +256,7 @@ async fn up(
     // Up before the apps load, so health checks answer during a build.
     let admin_state = Arc::new(AdminState::new(shutdown.clone()));
     let admin_stop = CancellationToken::new();
-    let admin = match admin {
+    let admin = match endpoints.admin {
         Some(addr) => {
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
@@ -257,6 +270,15 @@ async fn up(
     };
     // Stops the admin endpoint however `up` ends.
     let _admin_stop = admin_stop.drop_guard();
+    // Bound before the apps load, so a taken address fails at once.
+    let api = match endpoints.api {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("--api: cannot listen on {addr}"))?,
+        ),
+        None => None,
+    };
 
     let cluster = match cluster {
         Some(cluster) => Some(Cluster::join(&cluster).await?),
@@ -272,6 +294,17 @@ async fn up(
 
     let server = Server::bind(apps).await?;
     admin_state.serving(server.stats());
+    // The API stops taking requests when shutdown begins.
+    let api = match api {
+        Some(listener) => {
+            let url = format!("http://{}/v1/apps/", listener.local_addr()?);
+            let stats = server.stats();
+            let stop = shutdown.child_token();
+            tokio::spawn(async move { crate::server::serve_api(listener, &stats, stop).await });
+            Some(url)
+        }
+        None => None,
+    };
     // Handlers are installed before the ready line, so a SIGTERM sent as
     // soon as it appears shuts down gracefully instead of killing us.
     let signals = ShutdownSignals::install().context("installing signal handlers")?;
@@ -290,6 +323,9 @@ async fn up(
     }
     if let Some(url) = admin {
         writeln!(stdout, "stats on {url}")?;
+    }
+    if let Some(url) = api {
+        writeln!(stdout, "server API on {url}")?;
     }
     stdout.flush()?;
     drop(stdout);

@@ -11,11 +11,13 @@
 #![deny(missing_docs)]
 
 mod admin;
+mod api;
 mod app;
 mod builder;
 pub mod cli;
 mod close;
 pub mod cluster;
+mod http_endpoint;
 mod hub;
 pub mod loader;
 pub mod manifest;

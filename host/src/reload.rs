@@ -293,6 +293,8 @@ fn needs_restart(current: &AppSpec, new: &AppSpec) -> Option<&'static str> {
         Some("its `[limits]`")
     } else if current.properties != new.properties {
         Some("its `[properties]`")
+    } else if current.api != new.api {
+        Some("its `[api]`")
     } else {
         None
     }

@@ -40,6 +40,14 @@ impl Endpoint {
     }
 }
 
+/// Serve the server API for the apps of `stats` that set `[api] token`,
+/// on `listener`, until `stop` (see the `api` module for what it serves).
+pub async fn serve_api(listener: TcpListener, stats: &StatsHandle, stop: CancellationToken) {
+    let state = Arc::new(crate::api::ApiState::default());
+    state.serving(stats);
+    crate::api::serve(listener, state, stop).await;
+}
+
 /// Apps with their listeners bound, ready to serve.
 pub struct Server {
     apps: Vec<Arc<AppInfo>>,

@@ -171,6 +171,16 @@ counters! {
     kv_keys: Gauge "wsflow_kv_keys";
     /// Bytes (keys and values) the app's key-value stores hold now.
     kv_bytes: Gauge "wsflow_kv_bytes";
+    /// Server API publishes to a group.
+    api_publish: Counter "wsflow_api_requests_total" { "operation" = "publish" };
+    /// Server API sends to a connection.
+    api_send: Counter "wsflow_api_requests_total" { "operation" = "send" };
+    /// Server API group listings.
+    api_group: Counter "wsflow_api_requests_total" { "operation" = "group" };
+    /// Server API batches of publishes.
+    api_batch: Counter "wsflow_api_requests_total" { "operation" = "batch" };
+    /// Server API requests refused over the app's limits (413, 429).
+    api_refused: Counter "wsflow_api_refused_total";
 }
 
 /// The help of series whose samples are several counters (told apart by
@@ -192,6 +202,10 @@ pub(crate) const FAMILIES: &[(&str, &str)] = &[
     (
         "wsflow_kv_operations_total",
         "Key-value operations by outcome: ok, failed (an error value, quotas included).",
+    ),
+    (
+        "wsflow_api_requests_total",
+        "Server API requests by operation: publish, send, group, batch.",
     ),
     (
         "wsflow_queued_bytes",

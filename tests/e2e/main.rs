@@ -1,6 +1,7 @@
 //! Integration tests: the real server on port 0, a real WebSocket client,
 //! guest programs compiled to components by the harness.
 
+mod api;
 mod backpressure;
 mod closing;
 mod cluster;

@@ -134,6 +134,12 @@ impl Manifest {
         self
     }
 
+    /// Set `[api]`.
+    pub fn api(mut self, api: Table) -> Self {
+        insert_new(&mut self.table, "api", api.into());
+        self
+    }
+
     /// Add `[schemas.NAME]`.
     pub fn schema(mut self, name: &str, schema: Table) -> Self {
         insert_new(self.section("schemas"), name, schema.into());

@@ -14,29 +14,22 @@
 //! most [`CONNECTION_TIMEOUT`], so a flood of admin clients cannot take the
 //! descriptors the apps' clients need. Clients that hold every place
 //! cannot keep a health check out either: a new client always gets in, in
-//! the place of the oldest one ([`Places`]). A load balancer's check sends
-//! its request at once and is answered in microseconds; only a client
-//! that holds its place long, or a flood faster than requests are sent,
-//! loses it.
+//! the place of the oldest one (see [`http_endpoint`]).
 
 mod metrics;
 
-use std::collections::VecDeque;
-use std::convert::Infallible;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::http_endpoint::{self, Limits};
 use crate::server::StatsHandle;
-use crate::sockets::AcceptBackoff;
 
 /// Admin clients served at once: a scraper and a few people. They count
 /// against the descriptors the host keeps for itself (`sockets.rs`: at
@@ -80,125 +73,32 @@ impl AdminState {
     }
 }
 
-/// How long an admin client may take, and how many are served at once.
-#[derive(Debug, Clone, Copy)]
-struct Timing {
-    header_read: Duration,
-    connection: Duration,
-}
-
-const TIMING: Timing = Timing {
+/// How the admin endpoint serves its clients.
+const LIMITS: Limits = Limits {
+    name: "admin",
+    places: MAX_CONNECTIONS,
     header_read: HEADER_READ_TIMEOUT,
     connection: CONNECTION_TIMEOUT,
+    keep_alive: false,
 };
-
-/// The places of the clients being served, oldest first. Taking a place
-/// when all are held ends the oldest client's connection (its task drops
-/// its socket when told), so the number of admin sockets stays bounded and
-/// the newest client is always served.
-#[derive(Default)]
-struct Places {
-    held: Mutex<VecDeque<(u64, CancellationToken)>>,
-    next: AtomicU64,
-}
-
-/// A place among [`Places`], given back when dropped.
-struct Place {
-    places: Arc<Places>,
-    id: u64,
-    /// Cancelled when a newer client takes this place.
-    evicted: CancellationToken,
-}
-
-impl Places {
-    fn take(self: &Arc<Self>) -> Place {
-        let id = self.next.fetch_add(1, Ordering::Relaxed);
-        let evicted = CancellationToken::new();
-        let mut held = self.held.lock().expect("not poisoned");
-        if held.len() >= MAX_CONNECTIONS
-            && let Some((_, oldest)) = held.pop_front()
-        {
-            oldest.cancel();
-        }
-        held.push_back((id, evicted.clone()));
-        Place {
-            places: Arc::clone(self),
-            id,
-            evicted,
-        }
-    }
-}
-
-impl Drop for Place {
-    fn drop(&mut self) {
-        let mut held = self.places.held.lock().expect("not poisoned");
-        held.retain(|(id, _)| *id != self.id);
-    }
-}
 
 /// Serve the admin endpoint on `listener` until `stop`. Connections
 /// already accepted finish (each within [`CONNECTION_TIMEOUT`]).
 pub(crate) async fn serve(listener: TcpListener, state: Arc<AdminState>, stop: CancellationToken) {
-    serve_with(listener, state, stop, TIMING).await;
+    serve_with(listener, state, stop, LIMITS).await;
 }
 
 async fn serve_with(
     listener: TcpListener,
     state: Arc<AdminState>,
     stop: CancellationToken,
-    timing: Timing,
+    limits: Limits,
 ) {
-    let places = Arc::new(Places::default());
-    let mut backoff = AcceptBackoff::default();
-    let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new())
-        .header_read_timeout(timing.header_read)
-        .keep_alive(false);
-    loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            () = stop.cancelled() => return,
-        };
-        let stream = match accepted {
-            Ok((stream, _)) => {
-                backoff.succeeded();
-                stream
-            }
-            Err(error) => {
-                let pause = backoff.failed(&error);
-                tokio::select! {
-                    () = tokio::time::sleep(pause) => continue,
-                    () = stop.cancelled() => return,
-                }
-            }
-        };
-        let state = Arc::clone(&state);
-        let connection = http.serve_connection(
-            TokioIo::new(stream),
-            hyper::service::service_fn(move |request| {
-                let response = respond(&state, &request);
-                async move { Ok::<_, Infallible>(response) }
-            }),
-        );
-        let place = places.take();
-        let limit = timing.connection;
-        tokio::spawn(async move {
-            let served = tokio::select! {
-                served = tokio::time::timeout(limit, connection) => served,
-                () = place.evicted.cancelled() => {
-                    tracing::debug!("admin connection closed: a newer client took its place");
-                    return;
-                }
-            };
-            match served {
-                Ok(Ok(())) => {}
-                Ok(Err(error)) => tracing::debug!("admin connection: {error}"),
-                Err(_elapsed) => {
-                    tracing::debug!("admin connection closed: not done within {limit:?}")
-                }
-            }
-        });
-    }
+    http_endpoint::serve(listener, stop, limits, move |request| {
+        let response = respond(&state, &request);
+        async move { response }
+    })
+    .await;
 }
 
 /// The paths served, for the 404 answer.
@@ -366,9 +266,10 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let stop = CancellationToken::new();
         // Clients that would hold their places for an hour.
-        let patient = Timing {
+        let patient = Limits {
             header_read: Duration::from_secs(3600),
             connection: Duration::from_secs(3600),
+            ..LIMITS
         };
         tokio::spawn(serve_with(listener, state, stop.clone(), patient));
         let mut hoarders = Vec::new();

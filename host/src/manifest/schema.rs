@@ -37,6 +37,27 @@ pub(crate) struct Manifest {
     /// The app's key-value stores.
     #[serde(default)]
     pub(crate) key_value: KeyValueSection,
+    /// `[api]`: the app on the server API (`wsflow up --api`).
+    pub(crate) api: Option<ApiSection>,
+}
+
+/// `[api]`: backends may reach the app through the server API with this
+/// bearer token, within these limits.
+///
+/// ```toml
+/// [api]
+/// token = "${API_TOKEN}"         # 16 characters or more; WSFLOW_PROP_API_TOKEN supplies it
+/// requests_per_second = 100      # sustained, with bursts of `burst`
+/// burst = 200
+/// max_in_flight = 32             # requests answered at once
+/// ```
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ApiSection {
+    pub(crate) token: Spanned<String>,
+    pub(crate) requests_per_second: Option<Scalar>,
+    pub(crate) burst: Option<Scalar>,
+    pub(crate) max_in_flight: Option<Scalar>,
 }
 
 /// `[key_value]`: the app's key-value stores, by name. Flows open only

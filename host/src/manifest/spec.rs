@@ -27,6 +27,47 @@ pub struct AppSpec {
     pub(crate) triggers: Vec<TriggerSpec>,
     /// The app's key-value stores (`[key_value.stores]`), by name.
     pub(crate) key_value_stores: Vec<String>,
+    /// How backends reach the app through the server API, if they may.
+    pub(crate) api: Option<ApiSpec>,
+}
+
+/// The app on the server API.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct ApiSpec {
+    /// The bearer token requests must carry.
+    pub(crate) token: String,
+    /// Requests per second, sustained.
+    pub(crate) requests_per_second: u32,
+    /// Requests that may come at once after a quiet time.
+    pub(crate) burst: u32,
+    /// Requests answered at once; more get 429.
+    pub(crate) max_in_flight: usize,
+}
+
+impl std::fmt::Debug for ApiSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiSpec")
+            .field("token", &"<hidden>")
+            .field("requests_per_second", &self.requests_per_second)
+            .field("burst", &self.burst)
+            .field("max_in_flight", &self.max_in_flight)
+            .finish()
+    }
+}
+
+impl ApiSpec {
+    /// The shortest token accepted.
+    pub(crate) const MIN_TOKEN: usize = 16;
+
+    /// The limits of an app that sets only its token.
+    pub(crate) fn with_token(token: String) -> Self {
+        Self {
+            token,
+            requests_per_second: 100,
+            burst: 200,
+            max_in_flight: 32,
+        }
+    }
 }
 
 impl AppSpec {
@@ -127,8 +168,8 @@ impl Default for AppLimits {
             // flight only adds memory.
             max_executions: 256,
             max_connections: 10_000,
-            // As many as executions: guest memory stays within
-            // (max_executions + max_reused_instances) x max_memory.
+            // As many as executions; their memory counts against
+            // `app_memory` with everything else the app runs.
             max_reused_instances: 256,
             slow_client_timeout: Duration::from_secs(30),
             // One message of the default maximum size, or many small ones:

@@ -227,6 +227,7 @@ mod tests {
             flows: Vec::new(),
             triggers: Vec::new(),
             key_value_stores: Vec::new(),
+            api: None,
         })
     }
 

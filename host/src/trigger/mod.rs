@@ -30,6 +30,12 @@ use crate::runtime::{ConnectionShared, FlowPre, Outcome, Role, guest_line};
 
 pub(crate) use listener::Listening;
 
+/// A path segment or query value, percent-decoded (`+` kept as is); `None`
+/// if it is not valid percent-encoded UTF-8.
+pub(crate) fn percent_decode(raw: &str) -> Option<String> {
+    handshake::percent_decode(raw, false)
+}
+
 /// A path served by a flow.
 pub(crate) struct Handler {
     spec: HandlerSpec,
@@ -284,6 +290,7 @@ mod tests {
             flows: Vec::new(),
             triggers: Vec::new(),
             key_value_stores: Vec::new(),
+            api: None,
         });
         let spec = TriggerSpec {
             addr: "127.0.0.1:0".parse().unwrap(),

@@ -15,7 +15,7 @@ use toml::Spanned;
 use scalar::{Count, Scalar, Size};
 
 use super::schema::{self, FlowSection, LimitsSection, Manifest, SchemaSource};
-use super::spec::{AppLimits, AppSpec, BuildSpec, FlowGrants, FlowSpec, SchemaSpec};
+use super::spec::{ApiSpec, AppLimits, AppSpec, BuildSpec, FlowGrants, FlowSpec, SchemaSpec};
 use super::{Environment, ManifestError, Properties};
 
 const NAME_HELP: &str = "use letters, digits, `-` and `_`, starting with a letter";
@@ -168,6 +168,11 @@ pub(super) fn resolve(source: &Source<'_>, manifest: &Manifest) -> Result<AppSpe
         flows,
         triggers,
         key_value_stores,
+        api: manifest
+            .api
+            .as_ref()
+            .map(|api| resolve_api(source, api))
+            .transpose()?,
     })
 }
 
@@ -185,6 +190,44 @@ fn resolve_stores(source: &Source<'_>, manifest: &Manifest) -> Result<Vec<String
         stores.push(name.clone());
     }
     Ok(stores)
+}
+
+fn resolve_api(
+    source: &Source<'_>,
+    section: &schema::ApiSection,
+) -> Result<ApiSpec, ManifestError> {
+    let token = source.text("api.token", &section.token)?;
+    if token.len() < ApiSpec::MIN_TOKEN
+        || token.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Err(source
+            .error_at(
+                section.token.span(),
+                format!(
+                    "api.token: a token has at least {} characters and no spaces",
+                    ApiSpec::MIN_TOKEN
+                ),
+            )
+            .help("generate one (e.g. `openssl rand -hex 32`) and supply it as `token = \"${API_TOKEN}\"` with WSFLOW_PROP_API_TOKEN set"));
+    }
+    let mut api = ApiSpec::with_token(token);
+    let count =
+        |key: &str, value: &Option<schema::Scalar>| -> Result<Option<usize>, ManifestError> {
+            value
+                .as_ref()
+                .map(|value| source.positive(key, value))
+                .transpose()
+        };
+    if let Some(n) = count("api.requests_per_second", &section.requests_per_second)? {
+        api.requests_per_second = u32::try_from(n).unwrap_or(u32::MAX);
+    }
+    if let Some(n) = count("api.burst", &section.burst)? {
+        api.burst = u32::try_from(n).unwrap_or(u32::MAX);
+    }
+    if let Some(n) = count("api.max_in_flight", &section.max_in_flight)? {
+        api.max_in_flight = n;
+    }
+    Ok(api)
 }
 
 fn resolve_flow(
