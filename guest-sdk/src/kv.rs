@@ -153,7 +153,9 @@ impl Store {
 
     /// Set `key` to `value`. Once this returns `Ok`, the value is on disk.
     pub fn set(&self, key: &str, value: &[u8]) -> Result<(), KvError> {
-        self.bucket.set(key, value).map_err(|error| self.error(error))
+        self.bucket
+            .set(key, value)
+            .map_err(|error| self.error(error))
     }
 
     /// Set `key` to `value` as JSON.

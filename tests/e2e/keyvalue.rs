@@ -20,7 +20,11 @@ use wsflow_tests::{
 fn kv_app(name: &str, stores: &[&str], granted: &[&str], limits: Table) -> Manifest {
     let grants = table([(
         "key_value_stores",
-        granted.iter().map(|store| (*store).into()).collect::<Vec<toml::Value>>().into(),
+        granted
+            .iter()
+            .map(|store| (*store).into())
+            .collect::<Vec<toml::Value>>()
+            .into(),
     )]);
     let handler = table([("path", "/kv".into()), ("flow", "kv".into())]);
     Manifest::app(name)
@@ -63,7 +67,11 @@ async fn values_outlive_connections_and_a_host_restart() {
     assert_eq!(ask(&mut cid, "del default topic").await, "ok");
     assert_eq!(ask(&mut cid, "get default topic").await, "none");
     let database = data.path().join(format!("{}.sqlite3", app.name()));
-    assert!(database.is_file(), "{} holds the app's data", database.display());
+    assert!(
+        database.is_file(),
+        "{} holds the app's data",
+        database.display()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -100,7 +108,10 @@ async fn increments_from_many_concurrent_executions_add_up_exactly() {
     assert_eq!(seen, expected, "every increment saw a value of its own");
     let mut check = client(&server, "count").await;
     let total = CLIENTS * EACH;
-    assert_eq!(ask(&mut check, "get default n").await, format!("value {total}"));
+    assert_eq!(
+        ask(&mut check, "get default n").await,
+        format!("value {total}")
+    );
 }
 
 #[tokio::test]
@@ -130,7 +141,11 @@ async fn an_app_never_reads_another_apps_store_of_the_same_name() {
     assert_eq!(ask(&mut second, "get default secret").await, "value 2");
     for app in [&one, &two] {
         let database = data.path().join(format!("{}.sqlite3", app.name()));
-        assert!(database.is_file(), "{} is the app's own", database.display());
+        assert!(
+            database.is_file(),
+            "{} is the app's own",
+            database.display()
+        );
     }
 }
 
@@ -153,7 +168,10 @@ async fn a_store_not_granted_or_not_declared_is_an_error_value() {
     // No trap: the same connection goes on.
     assert_eq!(ask(&mut client, "set default k v").await, "ok");
     server
-        .wait_for_app_log("grant", "key-value store `private` refused: the flow is not granted")
+        .wait_for_app_log(
+            "grant",
+            "key-value store `private` refused: the flow is not granted",
+        )
         .await;
     let stats = server.app_stats("grant");
     assert_eq!(stats.kv_denied, 2, "{stats:?}");
@@ -171,11 +189,20 @@ async fn every_quota_over_is_an_error_value_and_counted() {
     let server = TestServer::start(&kv_app("quota", &["default"], &["default"], limits)).await;
     let mut client = client(&server, "quota").await;
     let key = ask(&mut client, "set default #17 v").await;
-    assert!(key.contains("a key of 17 bytes is over the app's max_kv_key_size of 16"), "{key}");
+    assert!(
+        key.contains("a key of 17 bytes is over the app's max_kv_key_size of 16"),
+        "{key}"
+    );
     let value = ask(&mut client, "set default k #65").await;
-    assert!(value.contains("a value of 65 bytes is over the app's max_kv_value_size of 64"), "{value}");
+    assert!(
+        value.contains("a value of 65 bytes is over the app's max_kv_value_size of 64"),
+        "{value}"
+    );
     for key in ["a", "b", "c"] {
-        assert_eq!(ask(&mut client, &format!("set default {key} v")).await, "ok");
+        assert_eq!(
+            ask(&mut client, &format!("set default {key} v")).await,
+            "ok"
+        );
     }
     let keys = ask(&mut client, "set default d v").await;
     assert!(keys.contains("4 keys, over its max_kv_keys of 3"), "{keys}");
@@ -183,7 +210,10 @@ async fn every_quota_over_is_an_error_value_and_counted() {
     assert_eq!(ask(&mut client, "set default a #64").await, "ok");
     assert_eq!(ask(&mut client, "set default b #64").await, "ok");
     let bytes = ask(&mut client, "set default c #64").await;
-    assert!(bytes.contains("would hold 195 bytes, over its max_kv_bytes of 150"), "{bytes}");
+    assert!(
+        bytes.contains("would hold 195 bytes, over its max_kv_bytes of 150"),
+        "{bytes}"
+    );
     // Nothing over a quota was written; the rest still works.
     assert_eq!(ask(&mut client, "get default c").await, "value v");
     assert_eq!(ask(&mut client, "get default d").await, "none");
@@ -241,7 +271,10 @@ async fn a_hostile_app_stays_within_its_quotas_and_does_not_stall_another_apps_s
     let stats = server.app_stats("hog");
     assert!(stats.kv_bytes <= 1 << 20, "{stats:?}");
     assert!(stats.kv_keys <= 100, "{stats:?}");
-    assert!(stats.kv_quota_exceeded > 0, "the hog met its quota: {stats:?}");
+    assert!(
+        stats.kv_quota_exceeded > 0,
+        "the hog met its quota: {stats:?}"
+    );
     eprintln!(
         "calm app's slowest set+get: {before:?} alone, {during:?} beside the hog \
          ({} rounds; hog wrote {} entries)",
@@ -324,7 +357,10 @@ async fn a_write_acknowledged_to_a_client_survives_kill_9_of_the_host() {
     let mut client = connect(&host.url).await;
     assert_eq!(ask(&mut client, "incr default n 7").await, "ok 7");
     for i in 0..20 {
-        assert_eq!(ask(&mut client, &format!("set default k{i} v{i}")).await, "ok");
+        assert_eq!(
+            ask(&mut client, &format!("set default k{i} v{i}")).await,
+            "ok"
+        );
     }
     // SIGKILL as soon as the last write is acknowledged: no shutdown, no
     // flush, no checkpoint.

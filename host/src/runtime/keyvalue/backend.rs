@@ -63,7 +63,9 @@ pub(crate) enum KvError {
     #[error("{0}")]
     Quota(#[from] QuotaError),
     /// `increment` of a value that is not the decimal text of a `u64`.
-    #[error("the value of `{0}` is not a number to increment (decimal text of an unsigned 64-bit integer)")]
+    #[error(
+        "the value of `{0}` is not a number to increment (decimal text of an unsigned 64-bit integer)"
+    )]
     NotANumber(String),
     #[error("incrementing `{0}` would overflow an unsigned 64-bit integer")]
     Overflow(String),
@@ -79,9 +81,7 @@ pub(crate) enum KvError {
 pub(crate) enum QuotaError {
     #[error("quota: a key of {size} bytes is over the app's max_kv_key_size of {limit} bytes")]
     KeySize { size: usize, limit: usize },
-    #[error(
-        "quota: a value of {size} bytes is over the app's max_kv_value_size of {limit} bytes"
-    )]
+    #[error("quota: a value of {size} bytes is over the app's max_kv_value_size of {limit} bytes")]
     ValueSize { size: usize, limit: usize },
     #[error(
         "quota: the app's stores would hold {size} bytes, over its max_kv_bytes of {limit} bytes"
@@ -161,9 +161,10 @@ impl Quotas {
             Op::Get(key) | Op::Delete(key) | Op::Exists(key) | Op::Increment(key, _) => {
                 self.check_key(key)
             }
-            Op::Set(key, value) | Op::CompareAndSwap { key, new: value, .. } => {
-                self.check_entry(key, value)
-            }
+            Op::Set(key, value)
+            | Op::CompareAndSwap {
+                key, new: value, ..
+            } => self.check_entry(key, value),
             Op::ListKeys(_) => Ok(()),
             Op::GetMany(keys) | Op::DeleteMany(keys) => {
                 keys.iter().try_for_each(|key| self.check_key(key))

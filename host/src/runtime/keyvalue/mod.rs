@@ -230,7 +230,11 @@ impl store::Host for FlowCtx {
 }
 
 impl store::HostBucket for FlowCtx {
-    async fn get(&mut self, bucket: Resource<HostBucket>, key: String) -> Answered<Option<Vec<u8>>> {
+    async fn get(
+        &mut self,
+        bucket: Resource<HostBucket>,
+        key: String,
+    ) -> Answered<Option<Vec<u8>>> {
         Ok(match self.key_value(&bucket, Op::Get(key)).await? {
             Ok(Answer::Value(value)) => Ok(value),
             Ok(other) => return Err(unexpected(&other)),
@@ -238,7 +242,12 @@ impl store::HostBucket for FlowCtx {
         })
     }
 
-    async fn set(&mut self, bucket: Resource<HostBucket>, key: String, value: Vec<u8>) -> Answered<()> {
+    async fn set(
+        &mut self,
+        bucket: Resource<HostBucket>,
+        key: String,
+        value: Vec<u8>,
+    ) -> Answered<()> {
         Ok(match self.key_value(&bucket, Op::Set(key, value)).await? {
             Ok(Answer::Done) => Ok(()),
             Ok(other) => return Err(unexpected(&other)),
@@ -287,11 +296,13 @@ impl atomics::Host for FlowCtx {
         key: String,
         delta: u64,
     ) -> Answered<u64> {
-        Ok(match self.key_value(&bucket, Op::Increment(key, delta)).await? {
-            Ok(Answer::Number(value)) => Ok(value),
-            Ok(other) => return Err(unexpected(&other)),
-            Err(error) => Err(error),
-        })
+        Ok(
+            match self.key_value(&bucket, Op::Increment(key, delta)).await? {
+                Ok(Answer::Number(value)) => Ok(value),
+                Ok(other) => return Err(unexpected(&other)),
+                Err(error) => Err(error),
+            },
+        )
     }
 }
 
@@ -313,14 +324,20 @@ impl batch::Host for FlowCtx {
         bucket: Resource<HostBucket>,
         key_values: Vec<(String, Vec<u8>)>,
     ) -> Answered<()> {
-        Ok(match self.key_value(&bucket, Op::SetMany(key_values)).await? {
-            Ok(Answer::Done) => Ok(()),
-            Ok(other) => return Err(unexpected(&other)),
-            Err(error) => Err(error),
-        })
+        Ok(
+            match self.key_value(&bucket, Op::SetMany(key_values)).await? {
+                Ok(Answer::Done) => Ok(()),
+                Ok(other) => return Err(unexpected(&other)),
+                Err(error) => Err(error),
+            },
+        )
     }
 
-    async fn delete_many(&mut self, bucket: Resource<HostBucket>, keys: Vec<String>) -> Answered<()> {
+    async fn delete_many(
+        &mut self,
+        bucket: Resource<HostBucket>,
+        keys: Vec<String>,
+    ) -> Answered<()> {
         Ok(match self.key_value(&bucket, Op::DeleteMany(keys)).await? {
             Ok(Answer::Done) => Ok(()),
             Ok(other) => return Err(unexpected(&other)),

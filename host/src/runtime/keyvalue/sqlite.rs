@@ -122,13 +122,15 @@ impl Database {
     /// Answer requests until every sender is gone (the app is unloaded).
     fn serve(mut self, mut queue: mpsc::Receiver<Request>) {
         while let Some(request) = queue.blocking_recv() {
-            let answer = self.apply(&request.store, request.op).map_err(|error| match error {
-                Failure::Kv(error) => error,
-                Failure::Sqlite(error) => {
-                    tracing::error!("key-value store `{}`: {error}", request.store);
-                    KvError::Unavailable("the database failed; the host's log says why".into())
-                }
-            });
+            let answer = self
+                .apply(&request.store, request.op)
+                .map_err(|error| match error {
+                    Failure::Kv(error) => error,
+                    Failure::Sqlite(error) => {
+                        tracing::error!("key-value store `{}`: {error}", request.store);
+                        KvError::Unavailable("the database failed; the host's log says why".into())
+                    }
+                });
             self.shared.store(self.usage);
             // The flow may have stopped waiting (a limit ended it).
             let _ = request.answer.send(answer);
@@ -222,7 +224,9 @@ impl Database {
             bytes: (self.usage.bytes + Usage::entry(key, value.len()))
                 .saturating_sub(old.map_or(0, |old| Usage::entry(key, old))),
         };
-        self.quotas.check_usage(self.usage, after).map_err(KvError::from)?;
+        self.quotas
+            .check_usage(self.usage, after)
+            .map_err(KvError::from)?;
         self.conn
             .prepare_cached(
                 "INSERT INTO entries (store, key, value) VALUES (?1, ?2, ?3)
@@ -252,10 +256,9 @@ impl Database {
         )?;
         // One more than a page says whether another page follows.
         let keys = statement
-            .query_map(
-                params![store, LIST_PAGE as i64 + 1, offset as i64],
-                |row| row.get::<_, String>(0),
-            )?
+            .query_map(params![store, LIST_PAGE as i64 + 1, offset as i64], |row| {
+                row.get::<_, String>(0)
+            })?
             .collect::<Result<Vec<_>, _>>()?;
         let mut keys = keys;
         let next = (keys.len() > LIST_PAGE).then(|| {
@@ -360,9 +363,18 @@ mod tests {
             expected: expected.map(<[u8]>::to_vec),
             new: new.to_vec(),
         };
-        assert_eq!(run(&backend, "s", cas(Some(b"4"), b"x")).await, Ok(Answer::Swapped(false)));
-        assert_eq!(run(&backend, "s", cas(Some(b"5"), b"x")).await, Ok(Answer::Swapped(true)));
-        assert_eq!(run(&backend, "s", cas(None, b"y")).await, Ok(Answer::Swapped(false)));
+        assert_eq!(
+            run(&backend, "s", cas(Some(b"4"), b"x")).await,
+            Ok(Answer::Swapped(false))
+        );
+        assert_eq!(
+            run(&backend, "s", cas(Some(b"5"), b"x")).await,
+            Ok(Answer::Swapped(true))
+        );
+        assert_eq!(
+            run(&backend, "s", cas(None, b"y")).await,
+            Ok(Answer::Swapped(false))
+        );
         let not_a_number = run(&backend, "s", incr(1)).await;
         assert_eq!(not_a_number, Err(KvError::NotANumber("n".into())));
     }
@@ -400,7 +412,10 @@ mod tests {
         let entries = (0..LIST_PAGE + 5)
             .map(|i| (format!("k{i:05}"), Vec::new()))
             .collect();
-        assert_eq!(run(&backend, "s", Op::SetMany(entries)).await, Ok(Answer::Done));
+        assert_eq!(
+            run(&backend, "s", Op::SetMany(entries)).await,
+            Ok(Answer::Done)
+        );
         let Ok(Answer::Keys(first, Some(cursor))) = run(&backend, "s", Op::ListKeys(None)).await
         else {
             panic!("a first page with a cursor")
