@@ -22,7 +22,8 @@
 //! ```
 //!
 //! Connections of one app reach each other through [`groups`]: join named
-//! groups, publish to them, send to a connection by id.
+//! groups, publish to them, send to a connection by id. State that outlives
+//! an execution goes in the app's key-value stores ([`kv`]).
 //!
 //! Build it with `cargo build --release --target wasm32-wasip2`; the
 //! resulting `.wasm` file is a component that a `wsflow.toml` manifest names
@@ -33,6 +34,7 @@ mod connection;
 mod error;
 mod event;
 pub mod groups;
+pub mod kv;
 pub mod lifecycle;
 pub mod log;
 mod param;
@@ -59,6 +61,8 @@ pub mod bindings {
         pub_export_macro: true,
         export_macro_name: "__export_flow_world",
         default_bindings_module: "wsflow_sdk::bindings",
+        // The vendored `wasi:keyvalue` interfaces are generated here too.
+        generate_all,
     });
 }
 

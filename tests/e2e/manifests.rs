@@ -59,21 +59,34 @@ fn the_examples_are_valid() {
 fn the_sdk_carries_the_same_wit_as_the_host() {
     let host = Path::new("../wit");
     let sdk = Path::new("../guest-sdk/wit");
+    /// Every file under `dir` (the vendored `deps/` included), relative.
+    fn files(dir: &Path, under: &Path, found: &mut Vec<std::path::PathBuf>) {
+        for entry in std::fs::read_dir(dir.join(under)).unwrap() {
+            let relative = under.join(entry.unwrap().file_name());
+            if dir.join(&relative).is_dir() {
+                files(dir, &relative, found);
+            } else {
+                found.push(relative);
+            }
+        }
+    }
     let names = |dir: &Path| {
-        let mut names: Vec<_> = std::fs::read_dir(dir)
-            .unwrap()
-            .map(|entry| entry.unwrap().file_name())
-            .collect();
+        let mut names = Vec::new();
+        files(dir, Path::new(""), &mut names);
         names.sort();
         names
     };
     assert_eq!(names(host), names(sdk), "the same WIT files");
+    assert!(
+        names(host).contains(&Path::new("deps/keyvalue/store.wit").to_path_buf()),
+        "wasi:keyvalue is vendored"
+    );
     for name in names(host) {
         assert_eq!(
             std::fs::read_to_string(host.join(&name)).unwrap(),
             std::fs::read_to_string(sdk.join(&name)).unwrap(),
             "guest-sdk/wit/{} differs from wit/: copy wit/ into guest-sdk/wit/",
-            name.to_string_lossy()
+            name.display()
         );
     }
 }

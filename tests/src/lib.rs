@@ -102,10 +102,31 @@ impl TestServer {
             .expect("starting a test server in the cluster")
     }
 
+    /// Serve `manifest` with its key-value stores in `data_dir`, as `wsflow
+    /// up --data-dir DATA_DIR` does: a server started again on the same
+    /// directory with the same manifest finds the same data. Panics on any
+    /// error.
+    pub async fn start_with_data(manifest: &Manifest, data_dir: &std::path::Path) -> Self {
+        Self::try_start_with(std::slice::from_ref(manifest), None, Some(data_dir))
+            .await
+            .expect("starting the test server")
+    }
+
     /// Serve `manifests`, in the cluster of `cluster` if given.
     pub async fn try_start_in(
         manifests: &[Manifest],
         cluster: Option<ClusterOptions>,
+    ) -> anyhow::Result<Self> {
+        Self::try_start_with(manifests, cluster, None).await
+    }
+
+    /// Serve `manifests`, in the cluster of `cluster` if given, with their
+    /// key-value stores in `data_dir` (default: a directory of this server's
+    /// own, removed with it).
+    pub async fn try_start_with(
+        manifests: &[Manifest],
+        cluster: Option<ClusterOptions>,
+        data_dir: Option<&std::path::Path>,
     ) -> anyhow::Result<Self> {
         logs::init();
         let logs = LogView::new();
@@ -125,6 +146,7 @@ impl TestServer {
             cache_dir: Some(component_cache()),
             env: Environment::default(),
             cluster: cluster.clone(),
+            data_dir: Some(data_dir.map_or_else(|| dir.path().join("data"), Into::into)),
         };
         let apps = tokio::task::spawn_blocking(move || loader::load(&paths, &options)).await??;
         let server = Server::bind(apps).await?;

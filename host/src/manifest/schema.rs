@@ -34,6 +34,9 @@ pub(crate) struct Manifest {
     /// `[[triggers]]`: one WebSocket listener each.
     #[serde(default)]
     pub(crate) triggers: Vec<TriggerSection>,
+    /// The app's key-value stores.
+    #[serde(default)]
+    pub(crate) key_value: KeyValueSection,
     /// `[api]`: the app on the server API (`wsflow up --api`).
     pub(crate) api: Option<ApiSection>,
 }
@@ -56,6 +59,28 @@ pub(crate) struct ApiSection {
     pub(crate) burst: Option<Scalar>,
     pub(crate) max_in_flight: Option<Scalar>,
 }
+
+/// `[key_value]`: the app's key-value stores, by name. Flows open only
+/// the stores their `[flows.NAME] key_value_stores` grants, and only the
+/// app's own: the same name in another app is another store.
+///
+/// ```toml
+/// [key_value.stores]
+/// default = {}
+/// scores = {}
+/// ```
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct KeyValueSection {
+    #[serde(default)]
+    pub(crate) stores: BTreeMap<String, StoreSection>,
+}
+
+/// `[key_value.stores.NAME]`: one store. No settings yet; the quotas are
+/// the app's (`[limits]`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct StoreSection {}
 
 /// `[app]`
 ///
@@ -94,6 +119,9 @@ pub(crate) struct FlowSection {
     pub(crate) env: BTreeMap<String, Spanned<String>>,
     /// A directory (relative to the manifest) the flow may read, at `/data`.
     pub(crate) read_only_dir: Option<Spanned<String>>,
+    /// The app's key-value stores (`[key_value.stores]`) the flow may open.
+    #[serde(default)]
+    pub(crate) key_value_stores: Vec<Spanned<String>>,
 }
 
 /// `[limits]`: what one app's executions and connections may use.
@@ -115,6 +143,10 @@ pub(crate) struct FlowSection {
 /// max_groups_per_connection = 32
 /// max_group_members = 10000
 /// max_attachment_size = "2KiB"
+/// max_kv_key_size = 512        # key-value: bytes of one key
+/// max_kv_value_size = "128KiB" # key-value: bytes of one value
+/// max_kv_bytes = "64MiB"       # key-value: keys and values of all the app's stores
+/// max_kv_keys = 100000         # key-value: keys of all the app's stores
 /// ```
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -133,6 +165,10 @@ pub(crate) struct LimitsSection {
     pub(crate) max_groups_per_connection: Option<Scalar>,
     pub(crate) max_group_members: Option<Scalar>,
     pub(crate) max_attachment_size: Option<Scalar>,
+    pub(crate) max_kv_key_size: Option<Scalar>,
+    pub(crate) max_kv_value_size: Option<Scalar>,
+    pub(crate) max_kv_bytes: Option<Scalar>,
+    pub(crate) max_kv_keys: Option<Scalar>,
 }
 
 /// Where a JSON schema comes from: exactly one of `inline` (JSON text),

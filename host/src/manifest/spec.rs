@@ -25,6 +25,8 @@ pub struct AppSpec {
     pub(crate) limits: AppLimits,
     pub(crate) flows: Vec<FlowSpec>,
     pub(crate) triggers: Vec<TriggerSpec>,
+    /// The app's key-value stores (`[key_value.stores]`), by name.
+    pub(crate) key_value_stores: Vec<String>,
     /// How backends reach the app through the server API, if they may.
     pub(crate) api: Option<ApiSpec>,
 }
@@ -137,6 +139,14 @@ pub(crate) struct AppLimits {
     pub(crate) max_group_members: usize,
     /// Bytes a connection's attachment (`groups.set-attachment`) may have.
     pub(crate) max_attachment_size: usize,
+    /// Bytes of one key-value key.
+    pub(crate) max_kv_key_size: usize,
+    /// Bytes of one key-value value.
+    pub(crate) max_kv_value_size: usize,
+    /// Bytes of keys and values of all the app's stores together.
+    pub(crate) max_kv_bytes: usize,
+    /// Keys of all the app's stores together.
+    pub(crate) max_kv_keys: usize,
 }
 
 impl Default for AppLimits {
@@ -180,6 +190,17 @@ impl Default for AppLimits {
             // `serializeAttachment` (2,048 bytes); a listing of 1,000
             // members then stays within 2 MiB of the flow's memory.
             max_attachment_size: 2048,
+            // A path-like name with room to spare, as Cloudflare KV's 512.
+            max_kv_key_size: 512,
+            // A document or a small list, as a Durable Object's 128 KiB
+            // per value; a flow holds a value in its memory whole.
+            max_kv_value_size: 128 << 10,
+            // What one tenant may keep on the host's disk (or in a
+            // cluster's JetStream) without asking.
+            max_kv_bytes: 64 << 20,
+            // A store is not a database: listing stays cheap and one app's
+            // index stays small.
+            max_kv_keys: 100_000,
         }
     }
 }
@@ -212,6 +233,9 @@ pub(crate) struct FlowGrants {
     pub(crate) env: Vec<(String, String)>,
     /// A host directory the flow may read, at `/data` in the sandbox.
     pub(crate) read_only_dir: Option<PathBuf>,
+    /// The app's key-value stores the flow may open, each declared in
+    /// `[key_value.stores]`.
+    pub(crate) key_value_stores: Vec<String>,
 }
 
 /// A WebSocket listener and its handlers.

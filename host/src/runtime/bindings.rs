@@ -12,6 +12,7 @@ wasmtime::component::bindgen!({
     exports: { default: async },
     with: {
         "wsflow:flow/connection.connection": crate::runtime::connection::HostConnection,
+        "wasi:keyvalue/store.bucket": crate::runtime::keyvalue::HostBucket,
     },
 });
 
@@ -24,6 +25,7 @@ pub mod hooks {
         exports: { default: async },
         with: {
             "wsflow:flow": super::wsflow::flow,
+            "wasi:keyvalue": super::wasi::keyvalue,
         },
     });
 

@@ -12,6 +12,7 @@
 //! | [`log`](super::log) | `wsflow:flow/log` | — (the app's log budget) | every flow |
 //! | [`properties`](super::properties) | `wsflow:flow/properties` | — (the app's properties) | every flow |
 //! | [`groups`](super::groups) | `wsflow:flow/groups` | — (the app's hub) | every flow |
+//! | [`keyvalue`](super::keyvalue) | `wasi:keyvalue/store`, `atomics`, `batch` (0.2.0-draft), `wsflow:flow/keyvalue-cas` | the flow's grants; open stores in the resource table | `[key_value.stores]`, `[flows.NAME] key_value_stores` |
 //! | [`wasi`](super::wasi) | `wasi:cli`, `wasi:clocks`, `wasi:filesystem`, `wasi:io`, `wasi:random`, `wasi:sockets` (denied) | a WASI context, built on first use | `[flows.NAME] env`, `read_only_dir` |
 //!
 //! The lifecycle hooks are exports, not capabilities: a flow provides
@@ -37,6 +38,7 @@ pub(crate) const ALL: &[Capability] = &[
     super::log::CAPABILITY,
     super::properties::CAPABILITY,
     super::groups::CAPABILITY,
+    super::keyvalue::CAPABILITY,
     super::wasi::CAPABILITY,
 ];
 

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use wasmtime::component::ResourceTable;
 
 use super::cpu::CpuMeter;
+use super::keyvalue::ExecutionKeyValue;
 use super::limits::ExecutionLimiter;
 use super::wasi::ExecutionWasi;
 use crate::app::AppInfo;
@@ -19,6 +20,8 @@ use crate::manifest::spec::FlowGrants;
 pub(crate) struct FlowCtx {
     /// The `wasi` capability's state.
     pub(super) wasi: ExecutionWasi,
+    /// The `keyvalue` capability's state.
+    pub(super) key_value: ExecutionKeyValue,
     /// Resources the flow holds handles to (its connection, WASI's).
     pub(super) table: ResourceTable,
     pub(super) limiter: ExecutionLimiter,
@@ -31,6 +34,7 @@ impl FlowCtx {
         let cpu = Arc::new(CpuMeter::new(app.limits.cpu_time));
         Ok(Self {
             wasi: ExecutionWasi::new(&app, grants, &cpu)?,
+            key_value: ExecutionKeyValue::new(grants),
             table: ResourceTable::new(),
             limiter: ExecutionLimiter::new(app.limits.max_memory, Arc::clone(&app.memory)),
             cpu,
