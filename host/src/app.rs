@@ -12,7 +12,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::cluster::Cluster;
 use bytes::Bytes;
 
-use crate::hub::{ConnectionId, ConnectionIds, GroupName, HostId, HubLimits, LocalHub, Transport};
+use crate::hub::{
+    ConnectionId, ConnectionIds, GroupName, HostId, HubLimits, LargestMessage, LocalHub, Transport,
+};
 use crate::manifest::spec::{AppLimits, AppSpec, DEFAULT_MAX_MESSAGE_SIZE};
 use crate::runtime::{AppMemory, Lane};
 pub(crate) use crate::stats::{AppStats, StatsSnapshot};
@@ -32,6 +34,8 @@ pub(crate) struct AppInfo {
     pub(crate) log_budget: LogBudget,
     /// Where the app's group operations go; its connections attach here.
     pub(crate) hub: Arc<dyn Transport>,
+    /// The largest message its groups carry, as its hub sees it.
+    pub(crate) largest_message: LargestMessage,
     /// Hands out the ids of the host's connections.
     ids: Arc<ConnectionIds>,
     /// Bytes of messages flows have sent that wait for the app's clients
@@ -42,15 +46,8 @@ pub(crate) struct AppInfo {
     pub(crate) inbound_budget: ByteBudget,
     /// Linear memory of all the app's instances (`limits.app_memory`).
     pub(crate) memory: Arc<AppMemory>,
-    /// Bytes a guest may hand the host in one call, or return from one
-    /// export (wasmtime's hostcall fuel): the largest thing the contract
-    /// takes from it, with room to spare (see [`hostcall_fuel`]).
-    pub(crate) hostcall_fuel: usize,
     /// How backends reach the app through the server API, if they may.
     pub(crate) api: Option<crate::manifest::spec::ApiSpec>,
-    /// The largest `max_message_size` of the app's triggers: the largest
-    /// message a group or connection can be sent.
-    pub(crate) max_message_size: usize,
     /// Attachments held unique per group (`unique_attachment`).
     pub(crate) claims: Arc<AttachmentClaims>,
 }
@@ -164,15 +161,10 @@ impl AppInfo {
     /// `turns`.
     pub(crate) fn in_host(spec: &AppSpec, host: &HostHubs, turns: &Lane) -> Self {
         let limits = spec.limits.clone();
-        let max_message_size = spec
-            .triggers
-            .iter()
-            .map(|trigger| trigger.limits.max_message_size)
-            .max()
-            .unwrap_or(DEFAULT_MAX_MESSAGE_SIZE);
+        let largest_message = LargestMessage::new(largest_message(spec));
         let hub = host.hub(
             spec.name.as_str(),
-            HubLimits::new(&limits, max_message_size),
+            HubLimits::new(&limits, largest_message.clone()),
             turns,
         );
         Self {
@@ -182,17 +174,29 @@ impl AppInfo {
             reused_instances: Arc::new(Semaphore::new(limits.max_reused_instances)),
             log_budget: LogBudget::new(limits.log_lines_per_second),
             hub,
+            largest_message,
             ids: Arc::clone(&host.ids),
             outbound_budget: ByteBudget::new(limits.queue_per_app),
             inbound_budget: ByteBudget::new(limits.queue_per_app),
             memory: Arc::new(AppMemory::new(limits.app_memory)),
-            hostcall_fuel: hostcall_fuel(&limits, max_message_size),
             api: spec.api.clone(),
-            max_message_size,
             claims: Arc::default(),
             limits,
             stats: AppStats::default(),
         }
+    }
+
+    /// Bytes a guest may hand the host in one call, or return from one
+    /// export (wasmtime's hostcall fuel): the largest thing the contract
+    /// takes from it, with room to spare (see [`hostcall_fuel`]).
+    pub(crate) fn hostcall_fuel(&self) -> usize {
+        hostcall_fuel(&self.limits, self.largest_message.get())
+    }
+
+    /// Follow a new version's triggers (after a reload): the largest
+    /// message its groups carry is the largest they now accept.
+    pub(crate) fn follow_triggers(&self, spec: &AppSpec) {
+        self.largest_message.set(largest_message(spec));
     }
 
     /// A new connection's id.
@@ -209,6 +213,7 @@ impl AppInfo {
             group_messages_delivered: remote.received_fanout.delivered,
             group_messages_dropped: remote.received_fanout.dropped,
             slow_members_closed: remote.received_fanout.closed,
+            group_messages_too_large: remote.received_fanout.too_large,
             cluster_messages_in: remote.received,
             cluster_messages_out: remote.forwarded,
             cluster_unavailable: remote.unavailable,
@@ -222,6 +227,15 @@ impl AppInfo {
             ..StatsSnapshot::default()
         }
     }
+}
+
+/// The largest `max_message_size` of the app's triggers.
+fn largest_message(spec: &AppSpec) -> usize {
+    spec.triggers
+        .iter()
+        .map(|trigger| trigger.limits.max_message_size)
+        .max()
+        .unwrap_or(DEFAULT_MAX_MESSAGE_SIZE)
 }
 
 /// Bytes of queued messages that one connection, or all connections of an
@@ -271,16 +285,16 @@ impl ByteBudget {
     }
 }
 
-/// What one queued message holds of its connection's budget and, unless
-/// it is a group message, of its app's; dropping it gives the bytes back.
+/// What one queued message holds of its connection's budget and of its
+/// app's; dropping it gives the bytes back.
 #[derive(Debug)]
 pub(crate) struct Charge {
     _connection: OwnedSemaphorePermit,
-    _app: Option<OwnedSemaphorePermit>,
+    _app: OwnedSemaphorePermit,
 }
 
 impl Charge {
-    pub(crate) fn new(connection: OwnedSemaphorePermit, app: Option<OwnedSemaphorePermit>) -> Self {
+    pub(crate) fn new(connection: OwnedSemaphorePermit, app: OwnedSemaphorePermit) -> Self {
         Self {
             _connection: connection,
             _app: app,

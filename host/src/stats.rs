@@ -141,6 +141,10 @@ counters! {
     /// Group members closed (1008) because their queue was full
     /// (`slow_member = "close"`).
     slow_members_closed: Counter "wsflow_slow_members_closed_total";
+    /// Group messages not queued for a member because they are larger
+    /// than its trigger's `max_message_size` (the member stays; a
+    /// `send_to` is answered `too-large` instead).
+    group_messages_too_large: Counter "wsflow_group_messages_too_large_total";
     /// Group messages and sends that came from other hosts of the cluster.
     cluster_messages_in: Counter "wsflow_cluster_messages_in_total";
     /// Group messages and sends handed to the broker for other hosts.
@@ -159,8 +163,9 @@ counters! {
     /// Bytes of group messages from other hosts waiting for the app's
     /// members, now.
     cluster_queued_bytes_in: Gauge "wsflow_cluster_queued_bytes" { "direction" = "in" };
-    /// Bytes of messages flows sent that wait for the app's clients, now
-    /// (group messages not included).
+    /// Bytes of messages flows sent that wait for the app's clients, now:
+    /// group messages once per member they wait for, and each message
+    /// with its overhead in the queue.
     queued_bytes_out: Gauge "wsflow_queued_bytes" { "direction" = "out" };
     /// Bytes of messages read from the app's clients that wait for its
     /// flows, now.

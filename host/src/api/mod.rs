@@ -341,7 +341,7 @@ fn except(query: Option<&str>) -> Result<Option<u64>, Failure> {
 
 /// The request's body, at most the app's largest message.
 async fn body_bytes(app: &AppInfo, request: Request<Incoming>) -> Result<Bytes, Failure> {
-    let max = app.max_message_size;
+    let max = app.largest_message.get();
     let too_large = || {
         Failure::new(
             StatusCode::PAYLOAD_TOO_LARGE,

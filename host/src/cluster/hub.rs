@@ -34,8 +34,8 @@ use super::outbox::Lane;
 use super::questions::{Answer, Question, Questions};
 use super::wire::{self, Op, Outcome, Subjects, header};
 use crate::hub::{
-    ConnectionId, Fanout, GroupName, HostId, HubError, HubLimits, HubResult, LocalHub, MemberInfo,
-    Outlet, Pending, Transport, TransportCounts,
+    ConnectionId, DuplicateId, Fanout, GroupName, HostId, HubError, HubLimits, HubResult, LocalHub,
+    MemberInfo, Outlet, Pending, Transport, TransportCounts,
 };
 use crate::manifest::spec::SlowMember;
 
@@ -95,6 +95,7 @@ struct Counters {
     received_delivered: AtomicU64,
     received_dropped: AtomicU64,
     received_closed: AtomicU64,
+    received_too_large: AtomicU64,
     forwarded: AtomicU64,
     unavailable: AtomicU64,
 }
@@ -109,6 +110,7 @@ impl Counters {
         Self::add(&self.received_delivered, fanout.delivered);
         Self::add(&self.received_dropped, fanout.dropped);
         Self::add(&self.received_closed, fanout.closed);
+        Self::add(&self.received_too_large, fanout.too_large);
     }
 }
 
@@ -128,7 +130,7 @@ impl ClusterHub {
         let shared = Arc::new(Shared {
             app: Arc::clone(&app),
             me: link.host(),
-            local: LocalHub::new(limits),
+            local: LocalHub::new(limits.clone()),
             limits,
             link: Arc::clone(link),
             lane: Lane::App(Arc::clone(&app)),
@@ -141,13 +143,13 @@ impl ClusterHub {
             counters: Counters::default(),
             warned_too_large: AtomicBool::new(false),
         });
-        if shared.limits.max_message_size > link.max_payload() && link.is_connected() {
+        if shared.limits.max_message_size.get() > link.max_payload() && link.is_connected() {
             tracing::warn!(
                 app = &*app,
                 "cluster: the app takes messages of up to {} bytes, but NATS at {} takes at most \
                  {}: a group message larger than that answers `too-large`; raise `max_payload` in \
                  the NATS server's configuration",
-                shared.limits.max_message_size,
+                shared.limits.max_message_size.get(),
                 link.servers(),
                 link.max_payload()
             );
@@ -226,7 +228,7 @@ impl Shared {
     /// The size check of a message that may go to other hosts with
     /// `headers`: the app's limit, and what the broker takes.
     fn check_size(&self, message: &Message, headers: &HeaderMap) -> HubResult<()> {
-        if message.len() > self.limits.max_message_size {
+        if message.len() > self.limits.max_message_size.get() {
             return Err(HubError::TooLarge);
         }
         let max_payload = self.link.max_payload();
@@ -736,8 +738,8 @@ fn group_of(headers: Option<&HeaderMap>) -> Option<GroupName> {
 }
 
 impl Transport for ClusterHub {
-    fn attach(&self, outlet: Box<dyn Outlet>, policy: SlowMember) {
-        self.shared.local.attach(outlet, policy);
+    fn attach(&self, outlet: Box<dyn Outlet>, policy: SlowMember) -> Result<(), DuplicateId> {
+        self.shared.local.attach(outlet, policy)
     }
 
     fn detach(&self, id: ConnectionId) -> u64 {
@@ -861,6 +863,7 @@ impl Transport for ClusterHub {
                 delivered: get(&counters.received_delivered),
                 dropped: get(&counters.received_dropped),
                 closed: get(&counters.received_closed),
+                too_large: get(&counters.received_too_large),
                 unreached: false,
             },
             forwarded: get(&counters.forwarded),

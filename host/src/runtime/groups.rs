@@ -76,6 +76,7 @@ impl FlowCtx {
         AppStats::add(&stats.group_messages_delivered, fanout.delivered);
         AppStats::add(&stats.group_messages_dropped, fanout.dropped);
         AppStats::add(&stats.slow_members_closed, fanout.closed);
+        AppStats::add(&stats.group_messages_too_large, fanout.too_large);
     }
 }
 

@@ -32,11 +32,6 @@ use crate::runtime::flag::Flag;
 use crate::runtime::queue;
 use crate::runtime::{ConnectionShared, Outbound};
 
-/// Messages a connection may have queued towards the client, whatever
-/// their size (the byte budgets bound them further): enough to batch
-/// writes.
-const OUTBOUND_QUEUE: usize = 64;
-
 /// Messages read ahead of the flow side, whatever their size (the byte
 /// budgets bound them further). Reading stops (and TCP pushes back on the
 /// client) while the queue is full.
@@ -76,7 +71,7 @@ where
     F: FnOnce(Arc<ConnectionShared>, Inbound) -> Fut,
     Fut: Future<Output = Option<Close>>,
 {
-    let (out_tx, out_rx) = queue::channel(OUTBOUND_QUEUE);
+    let (out_tx, out_rx) = queue::channel(Outbound::slots(app.limits.queue_per_connection));
     let (in_tx, in_rx) = Inbound::channel(INBOUND_QUEUE);
     let shared = Arc::new(ConnectionShared::new(
         id,
@@ -452,7 +447,7 @@ where
                 let deliver = async {
                     let own = budget.take(len).await;
                     let app = shared.app.inbound_budget.take(len).await;
-                    inbound.send((message, Charge::new(own, Some(app)))).await
+                    inbound.send((message, Charge::new(own, app))).await
                 };
                 // Delivery first: one that needs no wait registers none.
                 tokio::select! {
@@ -510,6 +505,14 @@ fn log_error(side: &str, error: &tungstenite::Error) {
     match error {
         Error::ConnectionClosed | Error::AlreadyClosed => {}
         Error::Io(io) if is_disconnect(io) => {}
+        // The kernel gave up on bytes the client did not take (see
+        // `progress::give_up_after`).
+        Error::Io(io) if io.kind() == std::io::ErrorKind::TimedOut => {
+            tracing::info!(
+                "{side}: client does not read: what was sent to it went unacknowledged for \
+                 slow_client_timeout; connection dropped"
+            );
+        }
         Error::Protocol(tungstenite::error::ProtocolError::ResetWithoutClosingHandshake) => {}
         Error::Protocol(_) | Error::Utf8(_) | Error::Capacity(_) => {
             tracing::debug!("{side}: client broke the protocol: {error}");
