@@ -22,7 +22,8 @@
 //! ```
 //!
 //! Connections of one app reach each other through [`groups`]: join named
-//! groups, publish to them, send to a connection by id.
+//! groups, publish to them, send to a connection by id. State that outlives
+//! an execution goes in the app's key-value stores ([`kv`]).
 //!
 //! Build it with `cargo build --release --target wasm32-wasip2`; the
 //! resulting `.wasm` file is a component that a `wsflow.toml` manifest names
@@ -34,6 +35,7 @@ mod error;
 mod event;
 pub mod groups;
 pub mod http;
+pub mod kv;
 pub mod lifecycle;
 pub mod log;
 mod param;
@@ -60,7 +62,8 @@ pub mod bindings {
         pub_export_macro: true,
         export_macro_name: "__export_flow_world",
         default_bindings_module: "wsflow_sdk::bindings",
-        // The WASI interfaces `wasi:http` uses (`io`, `clocks`) too.
+        // The WASI interfaces `wasi:http` uses (`io`, `clocks`) and the
+        // vendored `wasi:keyvalue` interfaces are generated here too.
         generate_all,
     });
 }

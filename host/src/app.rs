@@ -17,6 +17,7 @@ use crate::hub::{
 };
 use crate::manifest::spec::{AppLimits, AppSpec, DEFAULT_MAX_MESSAGE_SIZE};
 use crate::runtime::http::{AppOutbound, Resolver};
+use crate::runtime::keyvalue::AppKeyValue;
 use crate::runtime::{AppMemory, Lane};
 pub(crate) use crate::stats::{AppStats, StatsSnapshot};
 
@@ -49,6 +50,9 @@ pub(crate) struct AppInfo {
     pub(crate) memory: Arc<AppMemory>,
     /// What the app's outbound HTTP requests share.
     pub(crate) outbound: AppOutbound,
+    /// The app's key-value stores, and the names it declared.
+    pub(crate) key_value: AppKeyValue,
+    pub(crate) key_value_stores: Vec<String>,
     /// How backends reach the app through the server API, if they may.
     pub(crate) api: Option<crate::manifest::spec::ApiSpec>,
     /// Attachments held unique per group (`unique_attachment`).
@@ -112,8 +116,9 @@ const GROUP_NAME_COST: usize = 128 + 16;
 
 /// The hostcall fuel of an app whose triggers take messages of up to
 /// `max_message_size` bytes: the largest payload a flow sends or publishes,
-/// or what `on_connect` may hand back (an attachment and its groups),
-/// whichever is larger, and [`HOSTCALL_FUEL_SLACK`]. wasmtime's default
+/// what `on_connect` may hand back (an attachment and its groups), or a
+/// key-value entry a flow writes, whichever is larger, and
+/// [`HOSTCALL_FUEL_SLACK`]. (A batch of entries larger than that traps.) wasmtime's default
 /// (128 MiB) would let a flow make the host allocate that much in one call
 /// before the host could check what it was given.
 pub(crate) fn hostcall_fuel(limits: &AppLimits, max_message_size: usize) -> usize {
@@ -122,8 +127,12 @@ pub(crate) fn hostcall_fuel(limits: &AppLimits, max_message_size: usize) -> usiz
             .max_groups_per_connection
             .saturating_mul(GROUP_NAME_COST),
     );
+    let entry = limits
+        .max_kv_key_size
+        .saturating_add(limits.max_kv_value_size);
     max_message_size
         .max(opening)
+        .max(entry)
         .saturating_add(HOSTCALL_FUEL_SLACK)
 }
 
@@ -160,12 +169,18 @@ impl AppInfo {
     /// An app on a host of its own, outside any cluster.
     #[cfg(test)]
     pub(crate) fn new(spec: &AppSpec) -> Self {
-        Self::in_host(spec, &HostHubs::new(None), &Lane::of_its_own())
+        Self::in_host(spec, &HostHubs::new(None), &Lane::of_its_own(), None)
     }
 
     /// An app on the host whose apps share `host`, whose work runs in
-    /// `turns`.
-    pub(crate) fn in_host(spec: &AppSpec, host: &HostHubs, turns: &Lane) -> Self {
+    /// `turns`, keeping its key-value stores in `data_dir` (in memory
+    /// without one).
+    pub(crate) fn in_host(
+        spec: &AppSpec,
+        host: &HostHubs,
+        turns: &Lane,
+        data_dir: Option<&std::path::Path>,
+    ) -> Self {
         let limits = spec.limits.clone();
         let largest_message = LargestMessage::new(largest_message(spec));
         let hub = host.hub(
@@ -186,6 +201,8 @@ impl AppInfo {
             inbound_budget: ByteBudget::new(limits.queue_per_app),
             memory: Arc::new(AppMemory::new(limits.app_memory)),
             outbound: AppOutbound::new(&limits, host.resolver.clone()),
+            key_value: AppKeyValue::new(&spec.name, data_dir, &limits),
+            key_value_stores: spec.key_value_stores.clone(),
             api: spec.api.clone(),
             claims: Arc::default(),
             limits,
@@ -216,6 +233,7 @@ impl AppInfo {
     pub(crate) fn snapshot(&self) -> StatsSnapshot {
         let own = self.stats.snapshot();
         let remote = self.hub.counts();
+        let key_value = self.key_value.usage();
         own + StatsSnapshot {
             group_messages_delivered: remote.received_fanout.delivered,
             group_messages_dropped: remote.received_fanout.dropped,
@@ -231,6 +249,8 @@ impl AppInfo {
             queued_bytes_out: self.outbound_budget.queued() as u64,
             queued_bytes_in: self.inbound_budget.queued() as u64,
             guest_memory: self.memory.held() as u64,
+            kv_keys: key_value.keys,
+            kv_bytes: key_value.bytes,
             ..StatsSnapshot::default()
         }
     }

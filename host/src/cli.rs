@@ -55,6 +55,11 @@ enum Command {
         /// Compile every component at startup; read and write no cache.
         #[arg(long)]
         no_cache: bool,
+        /// Where apps keep their key-value stores, one SQLite database per
+        /// app (APP.sqlite3) [default: $XDG_DATA_HOME/wsflow, else
+        /// ~/.local/share/wsflow].
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
         /// Reload when a manifest, a component or a flow's build sources
         /// change (SIGHUP always reloads): open connections stay open, new
         /// executions run the new version.
@@ -178,6 +183,7 @@ impl Cli {
                 api,
                 cache_dir,
                 no_cache,
+                data_dir,
                 watch,
                 cluster,
             } => {
@@ -192,6 +198,11 @@ impl Cli {
                     env: Environment::from_process(),
                     cluster: None,
                     resolver: Resolver::default(),
+                    data_dir: Some(
+                        data_dir
+                            .or_else(LoadOptions::default_data_dir)
+                            .context("--data-dir: HOME is not set; give a directory")?,
+                    ),
                 };
                 let endpoints = Endpoints { admin, api };
                 up(manifests, endpoints, options, watch, cluster.options()).await
@@ -276,6 +287,9 @@ async fn up(
         None => None,
     };
     options.cluster.clone_from(&cluster);
+    if let Some(dir) = &options.data_dir {
+        tracing::info!("key-value stores in {}", dir.display());
+    }
     let apps = tokio::task::spawn_blocking(move || loader::load(&manifests, &options))
         .await
         .context("loading apps")??;

@@ -41,6 +41,9 @@ pub struct LoadOptions {
     /// How flows' outbound HTTP resolves host names (the system's
     /// resolver by default).
     pub resolver: Resolver,
+    /// Where apps keep their key-value stores (one SQLite database per
+    /// app); `None`: in memory, gone when the host stops.
+    pub data_dir: Option<PathBuf>,
 }
 
 impl LoadOptions {
@@ -48,6 +51,18 @@ impl LoadOptions {
     /// `$XDG_CACHE_HOME/wsflow`, else `$HOME/.cache/wsflow`.
     pub fn default_cache_dir() -> Option<PathBuf> {
         RuntimeOptions::default_cache_dir()
+    }
+
+    /// The default data directory: `$XDG_DATA_HOME/wsflow`, else
+    /// `$HOME/.local/share/wsflow`.
+    pub fn default_data_dir() -> Option<PathBuf> {
+        let xdg = std::env::var_os("XDG_DATA_HOME").filter(|dir| !dir.is_empty());
+        match xdg {
+            Some(dir) => Some(PathBuf::from(dir).join("wsflow")),
+            None => std::env::var_os("HOME")
+                .filter(|dir| !dir.is_empty())
+                .map(|home| PathBuf::from(home).join(".local/share/wsflow")),
+        }
     }
 }
 
@@ -90,7 +105,7 @@ pub fn load(paths: &[PathBuf], options: &LoadOptions) -> anyhow::Result<LoadedAp
     host.resolver = options.resolver.clone();
     let apps = specs
         .into_iter()
-        .map(|spec| load_app(&runtime, &host, spec))
+        .map(|spec| load_app(&runtime, &host, options.data_dir.as_deref(), spec))
         .collect::<anyhow::Result<_>>()?;
     Ok(LoadedApps {
         paths: paths.to_vec(),
@@ -101,9 +116,21 @@ pub fn load(paths: &[PathBuf], options: &LoadOptions) -> anyhow::Result<LoadedAp
 }
 
 /// Compile an app's flows and set up its triggers.
-fn load_app(runtime: &Runtime, host: &HostHubs, spec: AppSpec) -> anyhow::Result<LoadedApp> {
+fn load_app(
+    runtime: &Runtime,
+    host: &HostHubs,
+    data_dir: Option<&std::path::Path>,
+    spec: AppSpec,
+) -> anyhow::Result<LoadedApp> {
     let lane = runtime.lane();
-    let info = Arc::new(AppInfo::in_host(&spec, host, &lane));
+    let info = Arc::new(AppInfo::in_host(&spec, host, &lane, data_dir));
+    if !spec.key_value_stores.is_empty() {
+        // A data directory that cannot be used stops the start, not a
+        // flow's first write.
+        info.key_value
+            .open_now()
+            .with_context(|| app_context(&spec))?;
+    }
     let flows = compile_flows(runtime, &info, &lane, &spec)?;
     let slots = Arc::new(AppFlows::default());
     let triggers = spec

@@ -187,6 +187,20 @@ counters! {
     /// Bytes of linear memory the app's instances hold now, against its
     /// `app_memory`.
     guest_memory: Gauge "wsflow_guest_memory_bytes";
+    /// Key-value operations that succeeded.
+    kv_operations_ok: Counter "wsflow_kv_operations_total" { "outcome" = "ok" };
+    /// Key-value operations answered with an error (quotas included).
+    kv_operations_failed: Counter "wsflow_kv_operations_total" { "outcome" = "failed" };
+    /// Key-value writes refused because they would take the app over a
+    /// `max_kv_*` quota.
+    kv_quota_exceeded: Counter "wsflow_kv_quota_exceeded_total";
+    /// Key-value stores a flow asked to open and was refused: not granted
+    /// to it, or not declared by its app.
+    kv_denied: Counter "wsflow_kv_denied_total";
+    /// Keys the app's key-value stores hold now.
+    kv_keys: Gauge "wsflow_kv_keys";
+    /// Bytes (keys and values) the app's key-value stores hold now.
+    kv_bytes: Gauge "wsflow_kv_bytes";
     /// Server API publishes to a group.
     api_publish: Counter "wsflow_api_requests_total" { "operation" = "publish" };
     /// Server API sends to a connection.
@@ -222,6 +236,10 @@ pub(crate) const FAMILIES: &[(&str, &str)] = &[
         "Outbound HTTP requests by outcome: ok (a response came), denied (no grant, or a \
          forbidden address), limited (over an app limit), timeout (connecting or waiting for \
          the headers), failed.",
+    ),
+    (
+        "wsflow_kv_operations_total",
+        "Key-value operations by outcome: ok, failed (an error value, quotas included).",
     ),
     (
         "wsflow_api_requests_total",

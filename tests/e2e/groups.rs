@@ -117,6 +117,24 @@ impl Peer {
         text
     }
 
+    /// The code and reason of the close the server sends next; messages
+    /// before it go to the inbox.
+    pub(crate) async fn server_close(&mut self) -> (u16, String) {
+        loop {
+            let message = tokio::time::timeout(TIMEOUT, self.client.next())
+                .await
+                .expect("a close within the timeout");
+            match message {
+                Some(Ok(Message::Close(Some(frame)))) => {
+                    return (u16::from(frame.code), frame.reason.as_str().to_owned());
+                }
+                Some(Ok(Message::Text(text))) => self.inbox.push_back(text.as_str().to_owned()),
+                Some(Ok(_)) => {}
+                other => panic!("expected a close frame, got {other:?}"),
+            }
+        }
+    }
+
     /// Close from the client side and wait for the server's answer.
     pub(crate) async fn close(mut self) {
         self.client.close(None).await.unwrap();

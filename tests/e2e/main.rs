@@ -12,6 +12,7 @@ mod examples;
 mod failures;
 mod groups;
 mod hooks;
+mod keyvalue;
 mod limits;
 mod manifests;
 mod outbound;

@@ -57,7 +57,9 @@ fn the_examples_are_valid() {
 
 #[test]
 fn the_sdk_carries_the_same_wit_as_the_host() {
-    /// Every file under `dir`, as paths relative to it, sorted.
+    let host = Path::new("../wit");
+    let sdk = Path::new("../guest-sdk/wit");
+    /// Every file under `dir` (the vendored `deps/` included), relative.
     fn files(dir: &Path, under: &Path, found: &mut Vec<std::path::PathBuf>) {
         for entry in std::fs::read_dir(dir.join(under)).unwrap() {
             let relative = under.join(entry.unwrap().file_name());
@@ -68,17 +70,22 @@ fn the_sdk_carries_the_same_wit_as_the_host() {
             }
         }
     }
-    let host = Path::new("../wit");
-    let sdk = Path::new("../guest-sdk/wit");
-    let listed = |dir: &Path| {
-        let mut found = Vec::new();
-        files(dir, Path::new(""), &mut found);
-        found.sort();
-        found
+    let names = |dir: &Path| {
+        let mut names = Vec::new();
+        files(dir, Path::new(""), &mut names);
+        names.sort();
+        names
     };
-    assert_eq!(listed(host), listed(sdk), "the same WIT files");
-    assert!(listed(host).iter().any(|path| path.starts_with("deps")));
-    for name in listed(host) {
+    assert_eq!(names(host), names(sdk), "the same WIT files");
+    assert!(
+        names(host).contains(&Path::new("deps/keyvalue/store.wit").to_path_buf()),
+        "wasi:keyvalue is vendored"
+    );
+    assert!(
+        names(host).contains(&Path::new("deps/http.wit").to_path_buf()),
+        "wasi:http is vendored"
+    );
+    for name in names(host) {
         assert_eq!(
             std::fs::read_to_string(host.join(&name)).unwrap(),
             std::fs::read_to_string(sdk.join(&name)).unwrap(),

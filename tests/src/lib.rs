@@ -103,27 +103,49 @@ impl TestServer {
             .expect("starting a test server in the cluster")
     }
 
+    /// Serve `manifest` with its key-value stores in `data_dir`, as `wsflow
+    /// up --data-dir DATA_DIR` does: a server started again on the same
+    /// directory with the same manifest finds the same data. Panics on any
+    /// error.
+    pub async fn start_with_data(manifest: &Manifest, data_dir: &std::path::Path) -> Self {
+        Self::try_start_with(std::slice::from_ref(manifest), None, Some(data_dir))
+            .await
+            .expect("starting the test server")
+    }
+
     /// Serve `manifests`, in the cluster of `cluster` if given.
     pub async fn try_start_in(
         manifests: &[Manifest],
         cluster: Option<ClusterOptions>,
     ) -> anyhow::Result<Self> {
-        Self::try_start_with(manifests, cluster, Resolver::default()).await
+        Self::try_start_with(manifests, cluster, None).await
     }
 
     /// Serve `manifest`, its flows' outbound HTTP resolving names with
     /// `resolver`. Panics on any error.
     pub async fn start_resolving(manifest: &Manifest, resolver: Resolver) -> Self {
-        Self::try_start_with(std::slice::from_ref(manifest), None, resolver)
+        Self::try_start_resolving(std::slice::from_ref(manifest), None, None, resolver)
             .await
             .expect("starting the test server")
     }
 
-    /// Serve `manifests`, in the cluster of `cluster` if given, resolving
-    /// outbound HTTP's names with `resolver`.
+    /// Serve `manifests`, in the cluster of `cluster` if given, with their
+    /// key-value stores in `data_dir` (default: a directory of this server's
+    /// own, removed with it).
     pub async fn try_start_with(
         manifests: &[Manifest],
         cluster: Option<ClusterOptions>,
+        data_dir: Option<&std::path::Path>,
+    ) -> anyhow::Result<Self> {
+        Self::try_start_resolving(manifests, cluster, data_dir, Resolver::default()).await
+    }
+
+    /// As [`TestServer::try_start_with`], outbound HTTP resolving names
+    /// with `resolver`.
+    pub async fn try_start_resolving(
+        manifests: &[Manifest],
+        cluster: Option<ClusterOptions>,
+        data_dir: Option<&std::path::Path>,
         resolver: Resolver,
     ) -> anyhow::Result<Self> {
         logs::init();
@@ -144,6 +166,7 @@ impl TestServer {
             cache_dir: Some(component_cache()),
             env: Environment::default(),
             cluster: cluster.clone(),
+            data_dir: Some(data_dir.map_or_else(|| dir.path().join("data"), Into::into)),
             resolver,
         };
         let apps = tokio::task::spawn_blocking(move || loader::load(&paths, &options)).await??;

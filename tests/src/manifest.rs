@@ -146,6 +146,20 @@ impl Manifest {
         self
     }
 
+    /// Declare the key-value stores `names` (`[key_value.stores]`).
+    pub fn key_value_stores(mut self, names: &[&str]) -> Self {
+        let key_value = self
+            .section("key_value")
+            .entry("stores")
+            .or_insert_with(|| Table::new().into())
+            .as_table_mut()
+            .expect("key_value.stores is a table");
+        for name in names {
+            key_value.insert((*name).to_owned(), Table::new().into());
+        }
+        self
+    }
+
     /// The name the test asked for.
     pub fn asked_name(&self) -> &str {
         &self.asked

@@ -106,6 +106,17 @@ pub(super) fn render(stats: Option<&StatsHandle>, ready: bool) -> String {
             out.histogram(name, &labels, &histogram.snapshot());
         }
     }
+
+    let name = "wsflow_kv_operation_duration_seconds";
+    out.family(
+        name,
+        "histogram",
+        "Time of key-value operations, from the flow's call to the store's answer.",
+    );
+    for (app, _) in &snapshots {
+        let snapshot = app.stats.metrics.kv_operation_time.snapshot();
+        out.histogram(name, &[("app", &app.name)], &snapshot);
+    }
     out.text
 }
 

@@ -33,11 +33,11 @@ use super::link::{Link, Outgoing, Unreachable};
 use super::outbox::Lane;
 use super::questions::{Answer, Question, Questions};
 use super::wire::{self, Op, Outcome, Subjects, header};
+use crate::close::Close;
 use crate::hub::{
     ConnectionId, DuplicateId, Fanout, GroupName, HostId, HubError, HubLimits, HubResult, LocalHub,
     MemberInfo, Outlet, Pending, Transport, TransportCounts,
 };
-use crate::close::Close;
 use crate::manifest::spec::SlowMember;
 
 /// How long an operation waits for other hosts: their answers to a count,
@@ -623,7 +623,12 @@ impl Shared {
         headers.insert(header::CODE, close.code().to_string());
         let reason = Bytes::from(close.reason().to_owned());
         let answers = self
-            .ask("close a connection of another host", &[host], &headers, &reason)
+            .ask(
+                "close a connection of another host",
+                &[host],
+                &headers,
+                &reason,
+            )
             .await?;
         let outcome = match answers.get(&host) {
             Some(Answer::Parts(parts)) => parts

@@ -34,6 +34,9 @@ pub(crate) struct Manifest {
     /// `[[triggers]]`: one WebSocket listener each.
     #[serde(default)]
     pub(crate) triggers: Vec<TriggerSection>,
+    /// The app's key-value stores.
+    #[serde(default)]
+    pub(crate) key_value: KeyValueSection,
     /// `[api]`: the app on the server API (`wsflow up --api`).
     pub(crate) api: Option<ApiSection>,
 }
@@ -56,6 +59,28 @@ pub(crate) struct ApiSection {
     pub(crate) burst: Option<Scalar>,
     pub(crate) max_in_flight: Option<Scalar>,
 }
+
+/// `[key_value]`: the app's key-value stores, by name. Flows open only
+/// the stores their `[flows.NAME] key_value_stores` grants, and only the
+/// app's own: the same name in another app is another store.
+///
+/// ```toml
+/// [key_value.stores]
+/// default = {}
+/// scores = {}
+/// ```
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct KeyValueSection {
+    #[serde(default)]
+    pub(crate) stores: BTreeMap<String, StoreSection>,
+}
+
+/// `[key_value.stores.NAME]`: one store. No settings yet; the quotas are
+/// the app's (`[limits]`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct StoreSection {}
 
 /// `[app]`
 ///
@@ -99,6 +124,9 @@ pub(crate) struct FlowSection {
     /// "https://*.example.org"]`.
     #[serde(default)]
     pub(crate) allowed_outbound_hosts: Vec<Spanned<String>>,
+    /// The app's key-value stores (`[key_value.stores]`) the flow may open.
+    #[serde(default)]
+    pub(crate) key_value_stores: Vec<Spanned<String>>,
 }
 
 /// `[limits]`: what one app's executions and connections may use.
@@ -126,6 +154,10 @@ pub(crate) struct FlowSection {
 /// outbound_first_byte_timeout = "5s"     # request sent to response headers
 /// outbound_between_bytes_timeout = "5s"  # between chunks of the response body
 /// max_outbound_response_size = "4MiB"    # response body bytes
+/// max_kv_key_size = 512        # key-value: bytes of one key
+/// max_kv_value_size = "128KiB" # key-value: bytes of one value
+/// max_kv_bytes = "64MiB"       # key-value: keys and values of all the app's stores
+/// max_kv_keys = 100000         # key-value: keys of all the app's stores
 /// ```
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -150,6 +182,10 @@ pub(crate) struct LimitsSection {
     pub(crate) outbound_first_byte_timeout: Option<Scalar>,
     pub(crate) outbound_between_bytes_timeout: Option<Scalar>,
     pub(crate) max_outbound_response_size: Option<Scalar>,
+    pub(crate) max_kv_key_size: Option<Scalar>,
+    pub(crate) max_kv_value_size: Option<Scalar>,
+    pub(crate) max_kv_bytes: Option<Scalar>,
+    pub(crate) max_kv_keys: Option<Scalar>,
 }
 
 /// Where a JSON schema comes from: exactly one of `inline` (JSON text),

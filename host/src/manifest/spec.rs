@@ -26,6 +26,8 @@ pub struct AppSpec {
     pub(crate) limits: AppLimits,
     pub(crate) flows: Vec<FlowSpec>,
     pub(crate) triggers: Vec<TriggerSpec>,
+    /// The app's key-value stores (`[key_value.stores]`), by name.
+    pub(crate) key_value_stores: Vec<String>,
     /// How backends reach the app through the server API, if they may.
     pub(crate) api: Option<ApiSpec>,
 }
@@ -153,6 +155,14 @@ pub(crate) struct AppLimits {
     pub(crate) outbound_between_bytes_timeout: Duration,
     /// Bytes of an outbound response's body a flow may read.
     pub(crate) max_outbound_response_size: usize,
+    /// Bytes of one key-value key.
+    pub(crate) max_kv_key_size: usize,
+    /// Bytes of one key-value value.
+    pub(crate) max_kv_value_size: usize,
+    /// Bytes of keys and values of all the app's stores together.
+    pub(crate) max_kv_bytes: usize,
+    /// Keys of all the app's stores together.
+    pub(crate) max_kv_keys: usize,
 }
 
 impl Default for AppLimits {
@@ -212,6 +222,17 @@ impl Default for AppLimits {
             // A JSON answer with room to spare, a small fraction of the
             // default `max_memory` the flow reads it into.
             max_outbound_response_size: 4 << 20,
+            // A path-like name with room to spare, as Cloudflare KV's 512.
+            max_kv_key_size: 512,
+            // A document or a small list, as a Durable Object's 128 KiB
+            // per value; a flow holds a value in its memory whole.
+            max_kv_value_size: 128 << 10,
+            // What one tenant may keep on the host's disk (or in a
+            // cluster's JetStream) without asking.
+            max_kv_bytes: 64 << 20,
+            // A store is not a database: listing stays cheap and one app's
+            // index stays small.
+            max_kv_keys: 100_000,
         }
     }
 }
@@ -246,6 +267,9 @@ pub(crate) struct FlowGrants {
     pub(crate) read_only_dir: Option<PathBuf>,
     /// The hosts the flow may call over HTTP.
     pub(crate) outbound_hosts: Vec<AllowedHost>,
+    /// The app's key-value stores the flow may open, each declared in
+    /// `[key_value.stores]`.
+    pub(crate) key_value_stores: Vec<String>,
 }
 
 /// A WebSocket listener and its handlers.

@@ -17,6 +17,7 @@ wasmtime::component::bindgen!({
         "wasi:http": wasmtime_wasi_http::p2::bindings::http,
         "wasi:io": wasmtime_wasi::p2::bindings::io,
         "wasi:clocks": wasmtime_wasi::p2::bindings::clocks,
+        "wasi:keyvalue/store.bucket": crate::runtime::keyvalue::HostBucket,
     },
 });
 
@@ -32,6 +33,7 @@ pub mod hooks {
             "wasi:http": wasmtime_wasi_http::p2::bindings::http,
             "wasi:io": wasmtime_wasi::p2::bindings::io,
             "wasi:clocks": wasmtime_wasi::p2::bindings::clocks,
+            "wasi:keyvalue": super::wasi::keyvalue,
         },
     });
 

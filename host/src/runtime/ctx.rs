@@ -8,6 +8,7 @@ use wasmtime::component::ResourceTable;
 
 use super::cpu::CpuMeter;
 use super::http::ExecutionHttp;
+use super::keyvalue::ExecutionKeyValue;
 use super::limits::ExecutionLimiter;
 use super::wasi::ExecutionWasi;
 use crate::app::AppInfo;
@@ -22,6 +23,8 @@ pub(crate) struct FlowCtx {
     pub(super) wasi: ExecutionWasi,
     /// The `http` capability's state.
     pub(super) http: ExecutionHttp,
+    /// The `keyvalue` capability's state.
+    pub(super) key_value: ExecutionKeyValue,
     /// Resources the flow holds handles to (its connection, WASI's).
     pub(super) table: ResourceTable,
     pub(super) limiter: ExecutionLimiter,
@@ -35,6 +38,7 @@ impl FlowCtx {
         Ok(Self {
             wasi: ExecutionWasi::new(&app, grants, &cpu)?,
             http: ExecutionHttp::new(&app, grants),
+            key_value: ExecutionKeyValue::new(grants),
             table: ResourceTable::new(),
             limiter: ExecutionLimiter::new(app.limits.max_memory, Arc::clone(&app.memory)),
             cpu,

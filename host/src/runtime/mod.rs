@@ -9,6 +9,7 @@ mod ctx;
 pub(crate) mod flag;
 mod groups;
 pub(crate) mod http;
+pub(crate) mod keyvalue;
 mod limits;
 mod log;
 mod properties;

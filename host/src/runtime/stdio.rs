@@ -226,6 +226,7 @@ mod tests {
             limits,
             flows: Vec::new(),
             triggers: Vec::new(),
+            key_value_stores: Vec::new(),
             api: None,
         })
     }

@@ -289,6 +289,7 @@ mod tests {
             limits: Default::default(),
             flows: Vec::new(),
             triggers: Vec::new(),
+            key_value_stores: Vec::new(),
             api: None,
         });
         let spec = TriggerSpec {

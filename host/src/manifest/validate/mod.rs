@@ -137,10 +137,11 @@ pub(super) fn resolve(source: &Source<'_>, manifest: &Manifest) -> Result<AppSpe
             )
             .help(NAME_HELP));
     }
+    let key_value_stores = resolve_stores(source, manifest)?;
     let flows = manifest
         .flows
         .iter()
-        .map(|(flow_name, flow)| resolve_flow(source, flow_name, flow))
+        .map(|(flow_name, flow)| resolve_flow(source, flow_name, flow, &key_value_stores))
         .collect::<Result<Vec<_>, _>>()?;
 
     let mut schemas = BTreeMap::new();
@@ -167,12 +168,29 @@ pub(super) fn resolve(source: &Source<'_>, manifest: &Manifest) -> Result<AppSpe
         limits: resolve_limits(source, &manifest.limits)?,
         flows,
         triggers,
+        key_value_stores,
         api: manifest
             .api
             .as_ref()
             .map(|api| resolve_api(source, api))
             .transpose()?,
     })
+}
+
+/// The names of `[key_value.stores]`.
+fn resolve_stores(source: &Source<'_>, manifest: &Manifest) -> Result<Vec<String>, ManifestError> {
+    let mut stores = Vec::new();
+    for name in manifest.key_value.stores.keys() {
+        if !is_valid_name(name) {
+            return Err(source
+                .error(format!(
+                    "key_value.stores.{name}: `{name}` is not a valid store name"
+                ))
+                .help(NAME_HELP));
+        }
+        stores.push(name.clone());
+    }
+    Ok(stores)
 }
 
 fn resolve_api(
@@ -217,6 +235,7 @@ fn resolve_flow(
     source: &Source<'_>,
     name: &str,
     flow: &FlowSection,
+    declared_stores: &[String],
 ) -> Result<FlowSpec, ManifestError> {
     let key = format!("flows.{name}");
     if !is_valid_name(name) {
@@ -273,6 +292,25 @@ fn resolve_flow(
             })
         })
         .collect::<Result<Vec<_>, ManifestError>>()?;
+    let mut key_value_stores = Vec::new();
+    for store in &flow.key_value_stores {
+        let granted = source.text(&format!("{key}.key_value_stores"), store)?;
+        if !declared_stores.contains(&granted) {
+            return Err(source
+                .error_at(
+                    store.span(),
+                    format!(
+                        "{key}.key_value_stores: the app declares no key-value store `{granted}`"
+                    ),
+                )
+                .help(format!(
+                    "declare it: add `{granted} = {{}}` under [key_value.stores]"
+                )));
+        }
+        if !key_value_stores.contains(&granted) {
+            key_value_stores.push(granted);
+        }
+    }
     let build = flow.build.as_ref().map(|command| BuildSpec {
         command: command.clone(),
         dir: source.dir.to_path_buf(),
@@ -288,6 +326,7 @@ fn resolve_flow(
             env,
             read_only_dir,
             outbound_hosts,
+            key_value_stores,
         },
         build,
     })
@@ -374,6 +413,18 @@ fn resolve_limits(
     if let Some(value) = &section.max_outbound_response_size {
         limits.max_outbound_response_size =
             source.bytes("limits.max_outbound_response_size", value)?;
+    }
+    if let Some(value) = &section.max_kv_key_size {
+        limits.max_kv_key_size = source.bytes("limits.max_kv_key_size", value)?;
+    }
+    if let Some(value) = &section.max_kv_value_size {
+        limits.max_kv_value_size = source.bytes("limits.max_kv_value_size", value)?;
+    }
+    if let Some(value) = &section.max_kv_bytes {
+        limits.max_kv_bytes = source.bytes("limits.max_kv_bytes", value)?;
+    }
+    if let Some(value) = &section.max_kv_keys {
+        limits.max_kv_keys = source.positive("limits.max_kv_keys", value)?;
     }
     Ok(limits)
 }
