@@ -34,6 +34,7 @@ mod connection;
 mod error;
 mod event;
 pub mod groups;
+pub mod http;
 pub mod kv;
 pub mod lifecycle;
 pub mod log;
@@ -61,7 +62,8 @@ pub mod bindings {
         pub_export_macro: true,
         export_macro_name: "__export_flow_world",
         default_bindings_module: "wsflow_sdk::bindings",
-        // The vendored `wasi:keyvalue` interfaces are generated here too.
+        // The WASI interfaces `wasi:http` uses (`io`, `clocks`) and the
+        // vendored `wasi:keyvalue` interfaces are generated here too.
         generate_all,
     });
 }

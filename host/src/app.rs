@@ -16,6 +16,7 @@ use crate::hub::{
     ConnectionId, ConnectionIds, GroupName, HostId, HubLimits, LargestMessage, LocalHub, Transport,
 };
 use crate::manifest::spec::{AppLimits, AppSpec, DEFAULT_MAX_MESSAGE_SIZE};
+use crate::runtime::http::{AppOutbound, Resolver};
 use crate::runtime::keyvalue::AppKeyValue;
 use crate::runtime::{AppMemory, Lane};
 pub(crate) use crate::stats::{AppStats, StatsSnapshot};
@@ -47,6 +48,8 @@ pub(crate) struct AppInfo {
     pub(crate) inbound_budget: ByteBudget,
     /// Linear memory of all the app's instances (`limits.app_memory`).
     pub(crate) memory: Arc<AppMemory>,
+    /// What the app's outbound HTTP requests share.
+    pub(crate) outbound: AppOutbound,
     /// The app's key-value stores, and the names it declared.
     pub(crate) key_value: AppKeyValue,
     pub(crate) key_value_stores: Vec<String>,
@@ -139,6 +142,8 @@ pub(crate) fn hostcall_fuel(limits: &AppLimits, max_message_size: usize) -> usiz
 pub(crate) struct HostHubs {
     ids: Arc<ConnectionIds>,
     cluster: Option<Cluster>,
+    /// How the apps' outbound HTTP resolves host names.
+    pub(crate) resolver: Resolver,
 }
 
 impl HostHubs {
@@ -148,6 +153,7 @@ impl HostHubs {
         Self {
             ids: Arc::new(ConnectionIds::new(host)),
             cluster: cluster.cloned(),
+            resolver: Resolver::default(),
         }
     }
 
@@ -194,6 +200,7 @@ impl AppInfo {
             outbound_budget: ByteBudget::new(limits.queue_per_app),
             inbound_budget: ByteBudget::new(limits.queue_per_app),
             memory: Arc::new(AppMemory::new(limits.app_memory)),
+            outbound: AppOutbound::new(&limits, host.resolver.clone()),
             key_value: AppKeyValue::new(&spec.name, data_dir, &limits),
             key_value_stores: spec.key_value_stores.clone(),
             api: spec.api.clone(),

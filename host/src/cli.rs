@@ -13,6 +13,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
+use crate::Resolver;
 use crate::admin::{self, AdminState};
 use crate::cluster::{Cluster, ClusterOptions};
 use crate::loader::{self, LoadOptions};
@@ -196,6 +197,7 @@ impl Cli {
                     cache_dir,
                     env: Environment::from_process(),
                     cluster: None,
+                    resolver: Resolver::default(),
                     data_dir: Some(
                         data_dir
                             .or_else(LoadOptions::default_data_dir)

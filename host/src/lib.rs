@@ -30,4 +30,5 @@ mod sockets;
 mod stats;
 mod trigger;
 
+pub use runtime::http::{Resolve, Resolver};
 pub use stats::StatsSnapshot;

@@ -20,6 +20,7 @@ use crate::app::{AppInfo, HostHubs};
 use crate::builder;
 use crate::cluster::Cluster;
 use crate::manifest::{self, AppSpec, Environment};
+use crate::runtime::http::Resolver;
 use crate::runtime::{FlowPre, Lane, PoolSize, Runtime, RuntimeOptions};
 use crate::trigger::{AppFlows, WsTrigger};
 
@@ -37,6 +38,9 @@ pub struct LoadOptions {
     /// The cluster this host serves its apps in, if any: their groups,
     /// ids and counts then span its hosts.
     pub cluster: Option<Cluster>,
+    /// How flows' outbound HTTP resolves host names (the system's
+    /// resolver by default).
+    pub resolver: Resolver,
     /// Where apps keep their key-value stores (one SQLite database per
     /// app); `None`: in memory, gone when the host stops.
     pub data_dir: Option<PathBuf>,
@@ -97,7 +101,8 @@ pub fn load(paths: &[PathBuf], options: &LoadOptions) -> anyhow::Result<LoadedAp
         cache_dir: options.cache_dir.clone(),
         pool: PoolSize::for_apps(&specs),
     })?;
-    let host = HostHubs::new(options.cluster.as_ref());
+    let mut host = HostHubs::new(options.cluster.as_ref());
+    host.resolver = options.resolver.clone();
     let apps = specs
         .into_iter()
         .map(|spec| load_app(&runtime, &host, options.data_dir.as_deref(), spec))

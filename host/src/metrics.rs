@@ -199,6 +199,9 @@ pub(crate) struct AppMetrics {
     pub(crate) message_size_out: Histogram<Bytes>,
     /// Executions stopped by each [`Limit`], in its order.
     limit_hits: [AtomicU64; 5],
+    /// Time outbound HTTP requests took to their response's headers (or
+    /// their failure), denied ones not included.
+    pub(crate) outbound_request_time: Histogram<Seconds>,
     /// Time of key-value operations, from the flow's call to the
     /// backend's answer.
     pub(crate) kv_operation_time: Histogram<Seconds>,

@@ -152,6 +152,20 @@ counters! {
     /// Group operations answered `unavailable`: the other hosts could not
     /// be reached, or not in time.
     cluster_unavailable: Counter "wsflow_cluster_unavailable_total";
+    /// Outbound HTTP requests that got a response.
+    outbound_requests_ok: Counter "wsflow_outbound_requests_total" { "outcome" = "ok" };
+    /// Outbound HTTP requests refused: no grant names the destination, or
+    /// it resolves to an address the flow may not reach.
+    outbound_requests_denied: Counter "wsflow_outbound_requests_total" { "outcome" = "denied" };
+    /// Outbound HTTP requests refused over the app's in-flight or
+    /// per-execution limit.
+    outbound_requests_limited: Counter "wsflow_outbound_requests_total" { "outcome" = "limited" };
+    /// Outbound HTTP requests that timed out connecting or waiting for
+    /// the response's headers.
+    outbound_requests_timeout: Counter "wsflow_outbound_requests_total" { "outcome" = "timeout" };
+    /// Outbound HTTP requests that failed otherwise (name lookup,
+    /// connection, TLS, protocol).
+    outbound_requests_failed: Counter "wsflow_outbound_requests_total" { "outcome" = "failed" };
     /// Publishes and requests for other hosts refused because the app's
     /// lane of the link held its share (answered `unavailable`).
     cluster_over_share: Counter "wsflow_cluster_over_share_total";
@@ -216,6 +230,12 @@ pub(crate) const FAMILIES: &[(&str, &str)] = &[
     (
         "wsflow_message_bytes_total",
         "Payload bytes of data messages by direction.",
+    ),
+    (
+        "wsflow_outbound_requests_total",
+        "Outbound HTTP requests by outcome: ok (a response came), denied (no grant, or a \
+         forbidden address), limited (over an app limit), timeout (connecting or waiting for \
+         the headers), failed.",
     ),
     (
         "wsflow_kv_operations_total",

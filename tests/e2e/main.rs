@@ -15,6 +15,7 @@ mod hooks;
 mod keyvalue;
 mod limits;
 mod manifests;
+mod outbound;
 mod params;
 mod reload;
 mod shutdown;

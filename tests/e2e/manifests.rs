@@ -81,6 +81,10 @@ fn the_sdk_carries_the_same_wit_as_the_host() {
         names(host).contains(&Path::new("deps/keyvalue/store.wit").to_path_buf()),
         "wasi:keyvalue is vendored"
     );
+    assert!(
+        names(host).contains(&Path::new("deps/http.wit").to_path_buf()),
+        "wasi:http is vendored"
+    );
     for name in names(host) {
         assert_eq!(
             std::fs::read_to_string(host.join(&name)).unwrap(),

@@ -10,16 +10,17 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
-use wsflow::StatsSnapshot;
 use wsflow::cluster::{Cluster, ClusterOptions};
 use wsflow::loader::{self, LoadOptions};
 use wsflow::manifest::Environment;
 use wsflow::reload::{ReloadReport, Reloader};
 use wsflow::server::{Endpoint, Server, StatsHandle};
+use wsflow::{Resolver, StatsSnapshot};
 
 use logs::LogView;
 pub use manifest::{Manifest, Trigger, merged, table};
 
+pub mod http_server;
 mod logs;
 pub mod manifest;
 pub mod nats;
@@ -120,6 +121,14 @@ impl TestServer {
         Self::try_start_with(manifests, cluster, None).await
     }
 
+    /// Serve `manifest`, its flows' outbound HTTP resolving names with
+    /// `resolver`. Panics on any error.
+    pub async fn start_resolving(manifest: &Manifest, resolver: Resolver) -> Self {
+        Self::try_start_resolving(std::slice::from_ref(manifest), None, None, resolver)
+            .await
+            .expect("starting the test server")
+    }
+
     /// Serve `manifests`, in the cluster of `cluster` if given, with their
     /// key-value stores in `data_dir` (default: a directory of this server's
     /// own, removed with it).
@@ -127,6 +136,17 @@ impl TestServer {
         manifests: &[Manifest],
         cluster: Option<ClusterOptions>,
         data_dir: Option<&std::path::Path>,
+    ) -> anyhow::Result<Self> {
+        Self::try_start_resolving(manifests, cluster, data_dir, Resolver::default()).await
+    }
+
+    /// As [`TestServer::try_start_with`], outbound HTTP resolving names
+    /// with `resolver`.
+    pub async fn try_start_resolving(
+        manifests: &[Manifest],
+        cluster: Option<ClusterOptions>,
+        data_dir: Option<&std::path::Path>,
+        resolver: Resolver,
     ) -> anyhow::Result<Self> {
         logs::init();
         let logs = LogView::new();
@@ -147,6 +167,7 @@ impl TestServer {
             env: Environment::default(),
             cluster: cluster.clone(),
             data_dir: Some(data_dir.map_or_else(|| dir.path().join("data"), Into::into)),
+            resolver,
         };
         let apps = tokio::task::spawn_blocking(move || loader::load(&paths, &options)).await??;
         let server = Server::bind(apps).await?;

@@ -79,6 +79,17 @@ pub(super) fn render(stats: Option<&StatsHandle>, ready: bool) -> String {
         }
     }
 
+    let name = "wsflow_outbound_request_duration_seconds";
+    out.family(
+        name,
+        "histogram",
+        "Time outbound HTTP requests took to their response's headers or their failure.",
+    );
+    for (app, _) in &snapshots {
+        let snapshot = app.stats.metrics.outbound_request_time.snapshot();
+        out.histogram(name, &[("app", &app.name)], &snapshot);
+    }
+
     let name = "wsflow_message_size_bytes";
     out.family(
         name,

@@ -26,6 +26,7 @@
 //! ```
 
 mod error;
+pub(crate) mod outbound;
 mod path;
 mod properties;
 pub(crate) mod schema;

@@ -119,6 +119,11 @@ pub(crate) struct FlowSection {
     pub(crate) env: BTreeMap<String, Spanned<String>>,
     /// A directory (relative to the manifest) the flow may read, at `/data`.
     pub(crate) read_only_dir: Option<Spanned<String>>,
+    /// The hosts the flow may call over HTTP (it may call no others):
+    /// `["https://api.example.com", "http://127.0.0.1:8080",
+    /// "https://*.example.org"]`.
+    #[serde(default)]
+    pub(crate) allowed_outbound_hosts: Vec<Spanned<String>>,
     /// The app's key-value stores (`[key_value.stores]`) the flow may open.
     #[serde(default)]
     pub(crate) key_value_stores: Vec<Spanned<String>>,
@@ -143,6 +148,12 @@ pub(crate) struct FlowSection {
 /// max_groups_per_connection = 32
 /// max_group_members = 10000
 /// max_attachment_size = "2KiB"
+/// max_outbound_requests_in_flight = 32   # outbound HTTP requests of the app at once
+/// max_outbound_requests_per_execution = 100
+/// outbound_connect_timeout = "2s"        # name lookup, TCP and TLS
+/// outbound_first_byte_timeout = "5s"     # request sent to response headers
+/// outbound_between_bytes_timeout = "5s"  # between chunks of the response body
+/// max_outbound_response_size = "4MiB"    # response body bytes
 /// max_kv_key_size = 512        # key-value: bytes of one key
 /// max_kv_value_size = "128KiB" # key-value: bytes of one value
 /// max_kv_bytes = "64MiB"       # key-value: keys and values of all the app's stores
@@ -165,6 +176,12 @@ pub(crate) struct LimitsSection {
     pub(crate) max_groups_per_connection: Option<Scalar>,
     pub(crate) max_group_members: Option<Scalar>,
     pub(crate) max_attachment_size: Option<Scalar>,
+    pub(crate) max_outbound_requests_in_flight: Option<Scalar>,
+    pub(crate) max_outbound_requests_per_execution: Option<Scalar>,
+    pub(crate) outbound_connect_timeout: Option<Scalar>,
+    pub(crate) outbound_first_byte_timeout: Option<Scalar>,
+    pub(crate) outbound_between_bytes_timeout: Option<Scalar>,
+    pub(crate) max_outbound_response_size: Option<Scalar>,
     pub(crate) max_kv_key_size: Option<Scalar>,
     pub(crate) max_kv_value_size: Option<Scalar>,
     pub(crate) max_kv_bytes: Option<Scalar>,

@@ -13,6 +13,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::PathPattern;
+use super::outbound::AllowedHost;
 
 /// One app (tenant), validated and resolved from its manifest.
 #[derive(Debug, Clone)]
@@ -139,6 +140,21 @@ pub(crate) struct AppLimits {
     pub(crate) max_group_members: usize,
     /// Bytes a connection's attachment (`groups.set-attachment`) may have.
     pub(crate) max_attachment_size: usize,
+    /// Outbound HTTP requests of the app waiting for or reading a response
+    /// at once; more are refused (`connection-limit-reached`), not queued.
+    pub(crate) max_outbound_requests_in_flight: usize,
+    /// Outbound HTTP requests one execution may make (a connection-mode
+    /// session is one execution); more are refused.
+    pub(crate) max_outbound_requests_per_execution: usize,
+    /// Time to resolve, connect to and (for `https`) shake hands with an
+    /// outbound host.
+    pub(crate) outbound_connect_timeout: Duration,
+    /// Time from sending an outbound request to its response's headers.
+    pub(crate) outbound_first_byte_timeout: Duration,
+    /// Time between two chunks of an outbound response's body.
+    pub(crate) outbound_between_bytes_timeout: Duration,
+    /// Bytes of an outbound response's body a flow may read.
+    pub(crate) max_outbound_response_size: usize,
     /// Bytes of one key-value key.
     pub(crate) max_kv_key_size: usize,
     /// Bytes of one key-value value.
@@ -190,6 +206,22 @@ impl Default for AppLimits {
             // `serializeAttachment` (2,048 bytes); a listing of 1,000
             // members then stays within 2 MiB of the flow's memory.
             max_attachment_size: 2048,
+            // Each holds a socket and a buffer; an app waiting on a slow
+            // service should not hold hundreds of either.
+            max_outbound_requests_in_flight: 32,
+            // A handful of calls per message is plenty; a loop that makes
+            // thousands is stopped long before it floods the service.
+            max_outbound_requests_per_execution: 100,
+            // Connecting and the first byte together stay within the
+            // default `wall_time` of 10s: a service that cannot be reached
+            // or does not answer fails the call with an error value the
+            // flow can act on, not the execution.
+            outbound_connect_timeout: Duration::from_secs(2),
+            outbound_first_byte_timeout: Duration::from_secs(5),
+            outbound_between_bytes_timeout: Duration::from_secs(5),
+            // A JSON answer with room to spare, a small fraction of the
+            // default `max_memory` the flow reads it into.
+            max_outbound_response_size: 4 << 20,
             // A path-like name with room to spare, as Cloudflare KV's 512.
             max_kv_key_size: 512,
             // A document or a small list, as a Durable Object's 128 KiB
@@ -233,6 +265,8 @@ pub(crate) struct FlowGrants {
     pub(crate) env: Vec<(String, String)>,
     /// A host directory the flow may read, at `/data` in the sandbox.
     pub(crate) read_only_dir: Option<PathBuf>,
+    /// The hosts the flow may call over HTTP.
+    pub(crate) outbound_hosts: Vec<AllowedHost>,
     /// The app's key-value stores the flow may open, each declared in
     /// `[key_value.stores]`.
     pub(crate) key_value_stores: Vec<String>,

@@ -12,6 +12,11 @@ wasmtime::component::bindgen!({
     exports: { default: async },
     with: {
         "wsflow:flow/connection.connection": crate::runtime::connection::HostConnection,
+        // The WASI interfaces are wasmtime's own (the `http` and `wasi`
+        // capabilities link them).
+        "wasi:http": wasmtime_wasi_http::p2::bindings::http,
+        "wasi:io": wasmtime_wasi::p2::bindings::io,
+        "wasi:clocks": wasmtime_wasi::p2::bindings::clocks,
         "wasi:keyvalue/store.bucket": crate::runtime::keyvalue::HostBucket,
     },
 });
@@ -25,6 +30,9 @@ pub mod hooks {
         exports: { default: async },
         with: {
             "wsflow:flow": super::wsflow::flow,
+            "wasi:http": wasmtime_wasi_http::p2::bindings::http,
+            "wasi:io": wasmtime_wasi::p2::bindings::io,
+            "wasi:clocks": wasmtime_wasi::p2::bindings::clocks,
             "wasi:keyvalue": super::wasi::keyvalue,
         },
     });

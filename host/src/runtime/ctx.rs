@@ -7,6 +7,7 @@ use std::sync::Arc;
 use wasmtime::component::ResourceTable;
 
 use super::cpu::CpuMeter;
+use super::http::ExecutionHttp;
 use super::keyvalue::ExecutionKeyValue;
 use super::limits::ExecutionLimiter;
 use super::wasi::ExecutionWasi;
@@ -20,6 +21,8 @@ use crate::manifest::spec::FlowGrants;
 pub(crate) struct FlowCtx {
     /// The `wasi` capability's state.
     pub(super) wasi: ExecutionWasi,
+    /// The `http` capability's state.
+    pub(super) http: ExecutionHttp,
     /// The `keyvalue` capability's state.
     pub(super) key_value: ExecutionKeyValue,
     /// Resources the flow holds handles to (its connection, WASI's).
@@ -34,6 +37,7 @@ impl FlowCtx {
         let cpu = Arc::new(CpuMeter::new(app.limits.cpu_time));
         Ok(Self {
             wasi: ExecutionWasi::new(&app, grants, &cpu)?,
+            http: ExecutionHttp::new(&app, grants),
             key_value: ExecutionKeyValue::new(grants),
             table: ResourceTable::new(),
             limiter: ExecutionLimiter::new(app.limits.max_memory, Arc::clone(&app.memory)),

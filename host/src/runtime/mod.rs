@@ -8,6 +8,7 @@ mod cpu;
 mod ctx;
 pub(crate) mod flag;
 mod groups;
+pub(crate) mod http;
 pub(crate) mod keyvalue;
 mod limits;
 mod log;

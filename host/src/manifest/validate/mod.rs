@@ -14,6 +14,7 @@ use toml::Spanned;
 
 use scalar::{Count, Scalar, Size};
 
+use super::outbound::AllowedHost;
 use super::schema::{self, FlowSection, LimitsSection, Manifest, SchemaSource};
 use super::spec::{ApiSpec, AppLimits, AppSpec, BuildSpec, FlowGrants, FlowSpec, SchemaSpec};
 use super::{Environment, ManifestError, Properties};
@@ -273,6 +274,24 @@ fn resolve_flow(
             Some(path)
         }
     };
+    let outbound_hosts = flow
+        .allowed_outbound_hosts
+        .iter()
+        .map(|grant| {
+            let text = source.text(&format!("{key}.allowed_outbound_hosts"), grant)?;
+            AllowedHost::parse(text.trim()).map_err(|problem| {
+                source
+                    .error_at(
+                        grant.span(),
+                        format!("{key}.allowed_outbound_hosts: {problem}"),
+                    )
+                    .help(
+                        "write scheme://host[:port], e.g. \"https://api.example.com\", \
+                         \"http://127.0.0.1:8080\" or \"https://*.example.org\"",
+                    )
+            })
+        })
+        .collect::<Result<Vec<_>, ManifestError>>()?;
     let mut key_value_stores = Vec::new();
     for store in &flow.key_value_stores {
         let granted = source.text(&format!("{key}.key_value_stores"), store)?;
@@ -306,6 +325,7 @@ fn resolve_flow(
         grants: FlowGrants {
             env,
             read_only_dir,
+            outbound_hosts,
             key_value_stores,
         },
         build,
@@ -369,6 +389,30 @@ fn resolve_limits(
     if let Some(value) = &section.max_attachment_size {
         let Size(size) = source.scalar("limits.max_attachment_size", value)?;
         limits.max_attachment_size = size;
+    }
+    if let Some(value) = &section.max_outbound_requests_in_flight {
+        limits.max_outbound_requests_in_flight =
+            source.positive("limits.max_outbound_requests_in_flight", value)?;
+    }
+    if let Some(value) = &section.max_outbound_requests_per_execution {
+        limits.max_outbound_requests_per_execution =
+            source.positive("limits.max_outbound_requests_per_execution", value)?;
+    }
+    if let Some(value) = &section.outbound_connect_timeout {
+        limits.outbound_connect_timeout =
+            source.duration("limits.outbound_connect_timeout", value)?;
+    }
+    if let Some(value) = &section.outbound_first_byte_timeout {
+        limits.outbound_first_byte_timeout =
+            source.duration("limits.outbound_first_byte_timeout", value)?;
+    }
+    if let Some(value) = &section.outbound_between_bytes_timeout {
+        limits.outbound_between_bytes_timeout =
+            source.duration("limits.outbound_between_bytes_timeout", value)?;
+    }
+    if let Some(value) = &section.max_outbound_response_size {
+        limits.max_outbound_response_size =
+            source.bytes("limits.max_outbound_response_size", value)?;
     }
     if let Some(value) = &section.max_kv_key_size {
         limits.max_kv_key_size = source.bytes("limits.max_kv_key_size", value)?;
