@@ -148,7 +148,10 @@ impl AppInfo {
             inbound_budget: ByteBudget::new(limits.queue_per_app),
             memory: Arc::new(AppMemory::new(limits.app_memory)),
             hostcall_fuel: hostcall_fuel(&limits, max_message_size),
-            key_value: AppKeyValue::new(&spec.name, data_dir, &limits),
+            key_value: match &host.cluster {
+                Some(cluster) => AppKeyValue::in_cluster(&spec.name, cluster, &limits),
+                None => AppKeyValue::new(&spec.name, data_dir, &limits),
+            },
             key_value_stores: spec.key_value_stores.clone(),
             api: spec.api.clone(),
             max_message_size,

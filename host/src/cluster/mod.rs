@@ -227,6 +227,11 @@ impl Cluster {
         self.link.host()
     }
 
+    /// The cluster's JetStream, where the apps' key-value stores live.
+    pub(crate) fn jetstream(&self) -> async_nats::jetstream::Context {
+        async_nats::jetstream::new(self.link.client().clone())
+    }
+
     /// The hub of app `app` on this host, reaching its other hosts.
     pub(crate) fn hub(&self, app: &str, limits: HubLimits) -> Arc<dyn Transport> {
         Arc::new(hub::ClusterHub::new(&self.link, app, limits))
