@@ -267,6 +267,7 @@ NODE_RATE=
 # The rate the "vs native" column divides by: the first row's, then the
 # native orders server's for the rows of real work.
 BASE_RATE=
+BASE_CPU_US=
 MEASURE_ARGS=()
 ORDERS_NATIVE_RATE=
 ORDERS_RATE=
@@ -308,7 +309,12 @@ measure() {
     LAST_P99=$(field "$out" p99_us)
     [[ -z $NATIVE_RATE ]] && NATIVE_RATE=$rate
     [[ -z $BASE_RATE ]] && BASE_RATE=$rate
-    ROWS+=("$label|$rate|$(field "$out" p50_us)|$(field "$out" p90_us)|$(field "$out" p99_us)|$(field "$out" max_us)|$(awk -v r="$rate" -v n="$BASE_RATE" 'BEGIN { printf "%.2fx", r / n }')|$(awk -v c="$(field "$out" server_cpu)" 'BEGIN { printf "%.0f%%", c * 100 }')|$(awk -v c="$(field "$out" others_cpu)" 'BEGIN { printf "%.0f%%", c * 100 }')")
+    # Server CPU per message, and the baseline's over it: servers that did
+    # not use a whole CPU compare fairly per CPU, not by messages/s.
+    local cpu_us
+    cpu_us=$(awk -v c="$(field "$out" server_cpu)" -v r="$rate" 'BEGIN { if (r > 0) printf "%.1f", c * 1e6 / r; else print "-" }')
+    [[ -z $BASE_CPU_US ]] && BASE_CPU_US=$cpu_us
+    ROWS+=("$label|$rate|$(field "$out" p50_us)|$(field "$out" p90_us)|$(field "$out" p99_us)|$(field "$out" max_us)|$(awk -v r="$rate" -v n="$BASE_RATE" 'BEGIN { printf "%.2fx", r / n }')|$(awk -v c="$(field "$out" server_cpu)" 'BEGIN { printf "%.0f%%", c * 100 }')|$cpu_us|$(awk -v u="$cpu_us" -v b="$BASE_CPU_US" 'BEGIN { if (u > 0) printf "%.2fx", b / u; else print "-" }')|$(awk -v c="$(field "$out" others_cpu)" 'BEGIN { printf "%.0f%%", c * 100 }')")
 }
 
 compare() {
@@ -364,6 +370,7 @@ compare() {
     # a JSON reply computed from it and from the handshake's path and query.
     MEASURE_ARGS=(--message "$ORDER" --reply "$ORDER_REPLY")
     BASE_RATE=
+    BASE_CPU_US=
     start_server native-orders 'listening on' "$BIN/native-orders" --schema "$ROOT/examples/orders/order.schema.json"
     measure "native orders (serde_json, jsonschema)" "$(listening_url)$ORDER_QUERY"
     ORDERS_NATIVE_RATE=$LAST_RATE
@@ -385,15 +392,15 @@ compare() {
     machine
     echo "load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"
     echo
-    printf '| %-40s | %10s | %8s | %8s | %8s | %8s | %9s | %10s | %10s |\n' server 'messages/s' 'p50 µs' 'p90 µs' 'p99 µs' 'max µs' 'vs native' 'server CPU' 'other load'
-    printf '| %-40s | %10s | %8s | %8s | %8s | %8s | %9s | %10s | %10s |\n' :-- --: --: --: --: --: --: --: --:
+    printf '| %-40s | %10s | %8s | %8s | %8s | %8s | %9s | %10s | %9s | %11s | %10s |\n' server 'messages/s' 'p50 µs' 'p90 µs' 'p99 µs' 'max µs' 'vs native' 'server CPU' 'CPU µs/msg' 'per CPU' 'other load'
+    printf '| %-40s | %10s | %8s | %8s | %8s | %8s | %9s | %10s | %9s | %11s | %10s |\n' :-- --: --: --: --: --: --: --: --: --: --:
     local row
     for row in "${ROWS[@]}"; do
         IFS='|' read -r -a cells <<<"$row"
         if ((${#cells[@]} == 2)); then
             printf '| %-40s | %s |\n' "${cells[0]}" "${cells[1]}"
         else
-            printf '| %-40s | %10s | %8s | %8s | %8s | %8s | %9s | %10s | %10s |\n' "${cells[@]}"
+            printf '| %-40s | %10s | %8s | %8s | %8s | %8s | %9s | %10s | %9s | %11s | %10s |\n' "${cells[@]}"
         fi
     done
     echo
@@ -402,6 +409,8 @@ compare() {
     echo "process on the machine meanwhile (not the server, the load generator or interrupts;"
     echo "websocketd's \`cat\` processes count here); 0% on a quiet machine. vs native: the"
     echo "echo rows against the native echo, the orders rows against the native orders server."
+    echo "CPU µs/msg: server CPU time per message (server CPU / messages/s); per CPU: the"
+    echo "baseline's CPU µs/msg over the row's (messages per CPU second, against native)."
     echo
     echo "targets (docs/BENCHMARKS.md; ratios of the rows above):"
     target "wsflow, fresh instance per message / native" "$(ratio "$WSFLOW_RATE" "$NATIVE_RATE")" "x >= 0.5"

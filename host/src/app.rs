@@ -3,17 +3,21 @@
 //! execution and connection holds an `Arc<AppInfo>` of its own app and no
 //! way to reach another's.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::cluster::Cluster;
-use crate::hub::{ConnectionId, ConnectionIds, HostId, HubLimits, LocalHub, Transport};
+use bytes::Bytes;
+
+use crate::hub::{
+    ConnectionId, ConnectionIds, GroupName, HostId, HubLimits, LargestMessage, LocalHub, Transport,
+};
 use crate::manifest::spec::{AppLimits, AppSpec, DEFAULT_MAX_MESSAGE_SIZE};
-use crate::runtime::AppMemory;
 use crate::runtime::keyvalue::AppKeyValue;
+use crate::runtime::{AppMemory, Lane};
 pub(crate) use crate::stats::{AppStats, StatsSnapshot};
 
 /// What the host knows about a running app.
@@ -31,6 +35,8 @@ pub(crate) struct AppInfo {
     pub(crate) log_budget: LogBudget,
     /// Where the app's group operations go; its connections attach here.
     pub(crate) hub: Arc<dyn Transport>,
+    /// The largest message its groups carry, as its hub sees it.
+    pub(crate) largest_message: LargestMessage,
     /// Hands out the ids of the host's connections.
     ids: Arc<ConnectionIds>,
     /// Bytes of messages flows have sent that wait for the app's clients
@@ -41,18 +47,60 @@ pub(crate) struct AppInfo {
     pub(crate) inbound_budget: ByteBudget,
     /// Linear memory of all the app's instances (`limits.app_memory`).
     pub(crate) memory: Arc<AppMemory>,
-    /// Bytes a guest may hand the host in one call, or return from one
-    /// export (wasmtime's hostcall fuel): the largest thing the contract
-    /// takes from it, with room to spare (see [`hostcall_fuel`]).
-    pub(crate) hostcall_fuel: usize,
     /// The app's key-value stores, and the names it declared.
     pub(crate) key_value: AppKeyValue,
     pub(crate) key_value_stores: Vec<String>,
     /// How backends reach the app through the server API, if they may.
     pub(crate) api: Option<crate::manifest::spec::ApiSpec>,
-    /// The largest `max_message_size` of the app's triggers: the largest
-    /// message a group or connection can be sent.
-    pub(crate) max_message_size: usize,
+    /// Attachments held unique per group (`unique_attachment`).
+    pub(crate) claims: Arc<AttachmentClaims>,
+}
+
+/// The (group, attachment) pairs of an app's connections whose handler has
+/// `unique_attachment`, each held from `on_connect`'s decision until the
+/// connection ends. Taking one is atomic: of two connections accepted with
+/// the same attachment into the same group at the same moment, one gets it.
+#[derive(Debug, Default)]
+pub(crate) struct AttachmentClaims(Mutex<HashSet<(GroupName, Bytes)>>);
+
+/// What one connection claimed; given back when dropped.
+#[derive(Debug)]
+pub(crate) struct Claim {
+    claims: Arc<AttachmentClaims>,
+    held: Vec<(GroupName, Bytes)>,
+}
+
+impl AttachmentClaims {
+    /// Claim `attachment` in each of `groups`, all or none; `Err` names the
+    /// first group where another connection holds it.
+    pub(crate) fn claim(
+        self: &Arc<Self>,
+        attachment: &Bytes,
+        groups: &[GroupName],
+    ) -> Result<Claim, GroupName> {
+        let mut claimed = self.0.lock().expect("not poisoned");
+        let pairs: Vec<(GroupName, Bytes)> = groups
+            .iter()
+            .map(|group| (group.clone(), attachment.clone()))
+            .collect();
+        if let Some((taken, _)) = pairs.iter().find(|pair| claimed.contains(*pair)) {
+            return Err(taken.clone());
+        }
+        claimed.extend(pairs.iter().cloned());
+        Ok(Claim {
+            claims: Arc::clone(self),
+            held: pairs,
+        })
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        let mut claimed = self.claims.0.lock().expect("not poisoned");
+        for pair in &self.held {
+            claimed.remove(pair);
+        }
+    }
 }
 
 /// Room for what a call carries besides its largest payload: names, ids,
@@ -103,9 +151,9 @@ impl HostHubs {
         }
     }
 
-    fn hub(&self, app: &str, limits: HubLimits) -> Arc<dyn Transport> {
+    fn hub(&self, app: &str, limits: HubLimits, turns: &Lane) -> Arc<dyn Transport> {
         match &self.cluster {
-            Some(cluster) => cluster.hub(app, limits),
+            Some(cluster) => cluster.hub(app, limits, turns),
             None => Arc::new(LocalHub::new(limits)),
         }
     }
@@ -115,26 +163,24 @@ impl AppInfo {
     /// An app on a host of its own, outside any cluster.
     #[cfg(test)]
     pub(crate) fn new(spec: &AppSpec) -> Self {
-        Self::in_host(spec, &HostHubs::new(None), None)
+        Self::in_host(spec, &HostHubs::new(None), &Lane::of_its_own(), None)
     }
 
-    /// An app on the host whose apps share `host`, keeping its key-value
-    /// stores in `data_dir` (in memory without one).
+    /// An app on the host whose apps share `host`, whose work runs in
+    /// `turns`, keeping its key-value stores in `data_dir` (in memory
+    /// without one) unless the host is in a cluster.
     pub(crate) fn in_host(
         spec: &AppSpec,
         host: &HostHubs,
+        turns: &Lane,
         data_dir: Option<&std::path::Path>,
     ) -> Self {
         let limits = spec.limits.clone();
-        let max_message_size = spec
-            .triggers
-            .iter()
-            .map(|trigger| trigger.limits.max_message_size)
-            .max()
-            .unwrap_or(DEFAULT_MAX_MESSAGE_SIZE);
+        let largest_message = LargestMessage::new(largest_message(spec));
         let hub = host.hub(
             spec.name.as_str(),
-            HubLimits::new(&limits, max_message_size),
+            HubLimits::new(&limits, largest_message.clone()),
+            turns,
         );
         Self {
             name: spec.name.as_str().into(),
@@ -143,21 +189,34 @@ impl AppInfo {
             reused_instances: Arc::new(Semaphore::new(limits.max_reused_instances)),
             log_budget: LogBudget::new(limits.log_lines_per_second),
             hub,
+            largest_message,
             ids: Arc::clone(&host.ids),
             outbound_budget: ByteBudget::new(limits.queue_per_app),
             inbound_budget: ByteBudget::new(limits.queue_per_app),
             memory: Arc::new(AppMemory::new(limits.app_memory)),
-            hostcall_fuel: hostcall_fuel(&limits, max_message_size),
             key_value: match &host.cluster {
                 Some(cluster) => AppKeyValue::in_cluster(&spec.name, cluster, &limits),
                 None => AppKeyValue::new(&spec.name, data_dir, &limits),
             },
             key_value_stores: spec.key_value_stores.clone(),
             api: spec.api.clone(),
-            max_message_size,
+            claims: Arc::default(),
             limits,
             stats: AppStats::default(),
         }
+    }
+
+    /// Bytes a guest may hand the host in one call, or return from one
+    /// export (wasmtime's hostcall fuel): the largest thing the contract
+    /// takes from it, with room to spare (see [`hostcall_fuel`]).
+    pub(crate) fn hostcall_fuel(&self) -> usize {
+        hostcall_fuel(&self.limits, self.largest_message.get())
+    }
+
+    /// Follow a new version's triggers (after a reload): the largest
+    /// message its groups carry is the largest they now accept.
+    pub(crate) fn follow_triggers(&self, spec: &AppSpec) {
+        self.largest_message.set(largest_message(spec));
     }
 
     /// A new connection's id.
@@ -175,9 +234,14 @@ impl AppInfo {
             group_messages_delivered: remote.received_fanout.delivered,
             group_messages_dropped: remote.received_fanout.dropped,
             slow_members_closed: remote.received_fanout.closed,
+            group_messages_too_large: remote.received_fanout.too_large,
             cluster_messages_in: remote.received,
             cluster_messages_out: remote.forwarded,
             cluster_unavailable: remote.unavailable,
+            cluster_over_share: remote.over_share,
+            cluster_messages_shed: remote.shed,
+            cluster_queued_bytes_out: remote.queued_out,
+            cluster_queued_bytes_in: remote.queued_in,
             queued_bytes_out: self.outbound_budget.queued() as u64,
             queued_bytes_in: self.inbound_budget.queued() as u64,
             guest_memory: self.memory.held() as u64,
@@ -186,6 +250,15 @@ impl AppInfo {
             ..StatsSnapshot::default()
         }
     }
+}
+
+/// The largest `max_message_size` of the app's triggers.
+fn largest_message(spec: &AppSpec) -> usize {
+    spec.triggers
+        .iter()
+        .map(|trigger| trigger.limits.max_message_size)
+        .max()
+        .unwrap_or(DEFAULT_MAX_MESSAGE_SIZE)
 }
 
 /// Bytes of queued messages that one connection, or all connections of an
@@ -235,16 +308,16 @@ impl ByteBudget {
     }
 }
 
-/// What one queued message holds of its connection's budget and, unless
-/// it is a group message, of its app's; dropping it gives the bytes back.
+/// What one queued message holds of its connection's budget and of its
+/// app's; dropping it gives the bytes back.
 #[derive(Debug)]
 pub(crate) struct Charge {
     _connection: OwnedSemaphorePermit,
-    _app: Option<OwnedSemaphorePermit>,
+    _app: OwnedSemaphorePermit,
 }
 
 impl Charge {
-    pub(crate) fn new(connection: OwnedSemaphorePermit, app: Option<OwnedSemaphorePermit>) -> Self {
+    pub(crate) fn new(connection: OwnedSemaphorePermit, app: OwnedSemaphorePermit) -> Self {
         Self {
             _connection: connection,
             _app: app,
@@ -258,7 +331,7 @@ impl Charge {
 pub(crate) struct LogBudget {
     per_second: f64,
     burst: f64,
-    state: std::sync::Mutex<Bucket>,
+    state: Mutex<Bucket>,
 }
 
 #[derive(Debug)]
@@ -283,7 +356,7 @@ impl LogBudget {
         Self {
             per_second,
             burst,
-            state: std::sync::Mutex::new(Bucket {
+            state: Mutex::new(Bucket {
                 tokens: burst,
                 refilled: Instant::now(),
                 dropped: 0,

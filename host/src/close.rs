@@ -42,6 +42,8 @@ impl Close {
         Close::fixed(CloseCode::Invalid, "invalid UTF-8 in a text message");
     pub(crate) const TOO_BIG: Close = Close::fixed(CloseCode::Size, "message too big");
     pub(crate) const TRY_AGAIN_LATER: Close = Close::fixed(CloseCode::Again, "a group is full");
+    pub(crate) const ID_IN_USE: Close =
+        Close::fixed(CloseCode::Again, "connection id in use; reconnect");
 
     const fn fixed(code: CloseCode, reason: &'static str) -> Self {
         Self {
@@ -72,6 +74,15 @@ impl Close {
             code: CloseCode::from(code),
             reason: Cow::Owned(reason),
         })
+    }
+
+    /// The close code, as a number.
+    pub(crate) fn code(&self) -> u16 {
+        self.code.into()
+    }
+
+    pub(crate) fn reason(&self) -> &str {
+        &self.reason
     }
 
     /// The frame that carries this close.

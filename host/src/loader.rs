@@ -117,7 +117,8 @@ fn load_app(
     data_dir: Option<&std::path::Path>,
     spec: AppSpec,
 ) -> anyhow::Result<LoadedApp> {
-    let info = Arc::new(AppInfo::in_host(&spec, host, data_dir));
+    let lane = runtime.lane();
+    let info = Arc::new(AppInfo::in_host(&spec, host, &lane, data_dir));
     if !spec.key_value_stores.is_empty() {
         // A data directory that cannot be used stops the start, not a
         // flow's first write.
@@ -125,7 +126,6 @@ fn load_app(
             .open_now()
             .with_context(|| app_context(&spec))?;
     }
-    let lane = runtime.lane();
     let flows = compile_flows(runtime, &info, &lane, &spec)?;
     let slots = Arc::new(AppFlows::default());
     let triggers = spec

@@ -223,6 +223,7 @@ impl Live {
         {
             let live = &mut self.apps[app];
             live.flows.install(&flows);
+            live.info.follow_triggers(&spec);
             for ((_, listening), trigger) in live.listeners.iter().zip(triggers) {
                 listening.replace(trigger);
             }

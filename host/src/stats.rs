@@ -141,6 +141,10 @@ counters! {
     /// Group members closed (1008) because their queue was full
     /// (`slow_member = "close"`).
     slow_members_closed: Counter "wsflow_slow_members_closed_total";
+    /// Group messages not queued for a member because they are larger
+    /// than its trigger's `max_message_size` (the member stays; a
+    /// `send_to` is answered `too-large` instead).
+    group_messages_too_large: Counter "wsflow_group_messages_too_large_total";
     /// Group messages and sends that came from other hosts of the cluster.
     cluster_messages_in: Counter "wsflow_cluster_messages_in_total";
     /// Group messages and sends handed to the broker for other hosts.
@@ -148,8 +152,20 @@ counters! {
     /// Group operations answered `unavailable`: the other hosts could not
     /// be reached, or not in time.
     cluster_unavailable: Counter "wsflow_cluster_unavailable_total";
-    /// Bytes of messages flows sent that wait for the app's clients, now
-    /// (group messages not included).
+    /// Publishes and requests for other hosts refused because the app's
+    /// lane of the link held its share (answered `unavailable`).
+    cluster_over_share: Counter "wsflow_cluster_over_share_total";
+    /// Group messages from other hosts dropped because the app's inbound
+    /// queue was full.
+    cluster_messages_shed: Counter "wsflow_cluster_messages_shed_total";
+    /// Bytes the app's lane of the link holds for other hosts, now.
+    cluster_queued_bytes_out: Gauge "wsflow_cluster_queued_bytes" { "direction" = "out" };
+    /// Bytes of group messages from other hosts waiting for the app's
+    /// members, now.
+    cluster_queued_bytes_in: Gauge "wsflow_cluster_queued_bytes" { "direction" = "in" };
+    /// Bytes of messages flows sent that wait for the app's clients, now:
+    /// group messages once per member they wait for, and each message
+    /// with its overhead in the queue.
     queued_bytes_out: Gauge "wsflow_queued_bytes" { "direction" = "out" };
     /// Bytes of messages read from the app's clients that wait for its
     /// flows, now.
@@ -175,6 +191,8 @@ counters! {
     api_publish: Counter "wsflow_api_requests_total" { "operation" = "publish" };
     /// Server API sends to a connection.
     api_send: Counter "wsflow_api_requests_total" { "operation" = "send" };
+    /// Server API closes of a connection.
+    api_close: Counter "wsflow_api_requests_total" { "operation" = "close" };
     /// Server API group listings.
     api_group: Counter "wsflow_api_requests_total" { "operation" = "group" };
     /// Server API batches of publishes.
@@ -205,11 +223,16 @@ pub(crate) const FAMILIES: &[(&str, &str)] = &[
     ),
     (
         "wsflow_api_requests_total",
-        "Server API requests by operation: publish, send, group, batch.",
+        "Server API requests by operation: publish, send, close, group, batch.",
     ),
     (
         "wsflow_queued_bytes",
         "Message bytes waiting now, by direction: in (for flows), out (for clients).",
+    ),
+    (
+        "wsflow_cluster_queued_bytes",
+        "Cluster bytes waiting now, by direction: out (in the app's lane of the link), in \
+         (from other hosts, for the app's members).",
     ),
 ];
 

@@ -3,6 +3,7 @@
 //! same way.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use toml::{Table, toml};
 use wsflow_tests::{HttpResponse, Manifest, TestServer, http_request};
@@ -295,4 +296,123 @@ async fn a_backend_that_never_finishes_its_body_holds_one_place_in_flight_only()
         tokio::task::yield_now().await;
     };
     assert_eq!(after.json()["delivered"], 0);
+}
+
+#[tokio::test]
+async fn a_backend_closes_a_connection_with_its_code_and_reason() {
+    let server = TestServer::start(&api_app("api-close", TOKEN, Table::new())).await;
+    let app = server.app_name("api-close").to_owned();
+    let api = server.start_api().await;
+    let mut ann = Peer::connect(&server.url("/room")).await;
+    let id = ann.id().await;
+    let path = format!("/v1/apps/{app}/connections/{id}/close");
+    for (body, problem) in [
+        (&br#"{"code": 1005}"#[..], "not a close code"),
+        (br#"{"code": 4000, "reason": "#, "a close is"),
+        (br#"{"code": 4000, "why": "x"}"#, "a close is"),
+    ] {
+        let refused = post(api, &path, TOKEN, "application/json", body).await;
+        assert_eq!(refused.status, 400, "{}", refused.body);
+        assert!(
+            refused.json()["detail"].as_str().unwrap().contains(problem),
+            "{}",
+            refused.body
+        );
+    }
+    let long = format!(r#"{{"code": 4000, "reason": "{}"}}"#, "x".repeat(124));
+    let refused = post(api, &path, TOKEN, "application/json", long.as_bytes()).await;
+    assert_eq!(refused.status, 400, "{}", refused.body);
+
+    let closed = post(
+        api,
+        &path,
+        TOKEN,
+        "application/json",
+        br#"{"code": 4000, "reason": "account suspended"}"#,
+    )
+    .await;
+    assert_eq!(closed.status, 200, "{}", closed.body);
+    assert_eq!(
+        ann.server_close().await,
+        (4000, "account suspended".to_owned())
+    );
+    // Gone: a second close finds nothing.
+    let again = async {
+        loop {
+            let response = post(api, &path, TOKEN, "application/json", b"").await;
+            if response.status == 404 {
+                return response;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let again = tokio::time::timeout(wsflow_tests::TIMEOUT, again)
+        .await
+        .expect("the closed connection is gone from the hub");
+    assert_eq!(again.json()["error"], "not-found");
+    assert!(server.app_stats("api-close").api_close >= 6);
+}
+
+#[tokio::test]
+async fn in_a_cluster_the_api_of_one_host_reaches_connections_on_another() {
+    let Some(nats) = wsflow_tests::nats::NatsServer::start().await else {
+        return;
+    };
+    let manifest = api_app("api-cluster", TOKEN, Table::new());
+    let a = TestServer::start_in_cluster(&manifest, &nats.url()).await;
+    let b = TestServer::start_in_cluster(&manifest, &nats.url()).await;
+    let app = a.app_name("api-cluster").to_owned();
+    let api = a.start_api().await;
+    let mut bob = Peer::connect(&b.app_url("api-cluster", "/room")).await;
+    bob.ok("join lobby").await;
+    let id = bob.id().await;
+    // Host a learns that host b holds `lobby` within a heartbeat or two.
+    let delivered = async {
+        loop {
+            let published = post(
+                api,
+                &format!("/v1/apps/{app}/groups/lobby/publish"),
+                TOKEN,
+                "text/plain",
+                b"from the backend",
+            )
+            .await;
+            assert_eq!(published.status, 200, "{}", published.body);
+            if let Ok(Ok(text)) = tokio::time::timeout(Duration::from_millis(200), async {
+                Ok::<_, ()>(bob.delivery().await)
+            })
+            .await
+            {
+                return text;
+            }
+        }
+    };
+    let text = tokio::time::timeout(wsflow_tests::TIMEOUT, delivered)
+        .await
+        .expect("a publish on host a reaches a member on host b");
+    assert_eq!(text, "from the backend");
+    let sent = post(
+        api,
+        &format!("/v1/apps/{app}/connections/{id}/send"),
+        TOKEN,
+        "text/plain",
+        b"just you",
+    )
+    .await;
+    assert_eq!(sent.status, 200, "{}", sent.body);
+    let closed = post(
+        api,
+        &format!("/v1/apps/{app}/connections/{id}/close"),
+        TOKEN,
+        "application/json",
+        br#"{"code": 4001, "reason": "moved"}"#,
+    )
+    .await;
+    assert_eq!(closed.status, 200, "{}", closed.body);
+    assert_eq!(bob.server_close().await, (4001, "moved".to_owned()));
+    assert!(
+        bob.inbox.iter().any(|text| text == "just you"),
+        "{:?}",
+        bob.inbox
+    );
 }

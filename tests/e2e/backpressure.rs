@@ -207,3 +207,37 @@ async fn an_error_reply_to_a_client_that_does_not_read_cannot_wedge_the_connecti
     assert!(line.contains(&format!("peer={peer}")), "{line}");
     sender.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_client_that_never_reads_is_closed_whether_its_bytes_wait_in_the_host_or_the_kernel()
+{
+    const CLIENTS: usize = 8;
+    let app = "never-read";
+    let server = TestServer::start(&puppet(
+        app,
+        toml! { slow_client_timeout = "1s" cpu_time = "60s" },
+    ))
+    .await;
+    let url = server.url("/puppet");
+    let mut clients = Vec::new();
+    for n in 0..CLIENTS {
+        let mut client = wsflow_tests::connect(&url).await;
+        assert_eq!(next_text(&mut client).await, "ready");
+        // From what the socket buffers hold to far more.
+        let count = 8 << (n % 4);
+        send_text(&mut client, &format!("burst {count} 61440")).await;
+        clients.push(client);
+    }
+    let started = std::time::Instant::now();
+    server
+        .wait_for_stats(app, "every client closed", |s| s.connections_open == 0)
+        .await;
+    eprintln!("closed within {:?}", started.elapsed());
+    // Each as a client that does not read, once.
+    let slow = server
+        .app_log_lines(app)
+        .iter()
+        .filter(|line| line.contains("client does not read"))
+        .count();
+    assert_eq!(slow, CLIENTS);
+}

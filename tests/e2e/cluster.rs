@@ -12,9 +12,13 @@ use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt as _, BufReader};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 use wsflow::cluster::{Cluster, ClusterOptions};
-use wsflow_tests::nats::NatsServer;
-use wsflow_tests::{Manifest, TIMEOUT, TestServer, component_cache};
+use wsflow_tests::nats::{NatsServer, SlowLink};
+use wsflow_tests::{
+    Manifest, TIMEOUT, TestServer, Trigger, component_cache, connect, next_text, programs,
+    send_text,
+};
 
 use crate::groups::{Peer, room};
 
@@ -264,66 +268,347 @@ async fn send_to_reaches_a_connection_on_another_host_by_its_id() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_host_without_members_receives_nothing_for_the_group() {
-    const MESSAGES: u64 = 20;
+async fn a_host_subscribes_once_per_app_whatever_the_number_of_its_groups() {
+    const GROUPS: usize = 30;
     let Some(nats) = NatsServer::start().await else {
         return;
     };
     let app = room("interest", "close");
-    let [a, b, c] = <[TestServer; 3]>::try_from(hosts(&nats, &app, 3).await)
+    let [a, b] = <[TestServer; 2]>::try_from(hosts(&nats, &app, 2).await)
         .ok()
         .unwrap();
     let mut ann = peer_on(&a, "interest").await;
     let mut bob = peer_on(&b, "interest").await;
-    let mut cid = peer_on(&c, "interest").await;
-    ann.ok("join g.1").await;
-    bob.ok("join g.1").await;
-    cid.ok("join other").await;
-    for n in 0..MESSAGES {
-        ann.ok(&format!("pub g.1 m{n}")).await;
+    for n in 0..GROUPS {
+        bob.ok(&format!("join g.{n}")).await;
     }
-    ann.ok("all g.1 end").await;
+    for n in 0..GROUPS {
+        ann.ok(&format!("pub g.{n} m{n}")).await;
+    }
+    let mut received = Vec::new();
+    for _ in 0..GROUPS {
+        received.push(bob.delivery().await);
+    }
+    received.sort_by_key(|text| text[1..].parse::<usize>().unwrap());
     assert_eq!(
-        deliveries_until(&mut bob, "end").await.len(),
-        MESSAGES as usize
+        received,
+        numbered("m", GROUPS)
+            .iter()
+            .map(|m| m.replace('-', ""))
+            .collect::<Vec<_>>()
     );
 
-    // The group's subject is scoped by app and its name encoded (`.` is
-    // a subject's separator).
-    let subject = format!("wsflow.app.{}.group.g~2E1", a.app_name("interest"));
-    let on = |subs: &[(String, u64)]| {
-        subs.iter()
-            .find(|(s, _)| *s == subject)
-            .map(|(_, msgs)| *msgs)
+    // One subscription for all the app's groups (names are encoded into
+    // one subject token each, so `*` covers them all), on both hosts.
+    let prefix = format!("wsflow.app.{}.", a.app_name("interest"));
+    for host in [&a, &b] {
+        let subs = nats.subscriptions_of(&host.nats_name()).await;
+        let groups: Vec<&str> = subs
+            .iter()
+            .map(|(subject, _)| subject.as_str())
+            .filter(|subject| subject.contains(".group."))
+            .collect();
+        assert_eq!(groups, [format!("{prefix}group.*")], "{subs:?}");
+        let apps = subs
+            .iter()
+            .filter(|(subject, _)| subject.starts_with(&prefix))
+            .count();
+        assert_eq!(apps, 4, "four per app, none per group: {subs:?}");
+    }
+}
+
+/// A client of `nats` subscribed to `subject`, to see what crosses.
+async fn spy(nats: &NatsServer, subject: String) -> async_nats::Subscriber {
+    let client = async_nats::connect(nats.url())
+        .await
+        .expect("the spy connects");
+    let spying = client.subscribe(subject).await.unwrap();
+    client.flush().await.unwrap();
+    spying
+}
+
+/// The group a message seen by [`spy`] was published to.
+fn spied_group(message: &async_nats::Message) -> &str {
+    message.subject.rsplit('.').next().unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_to_a_group_no_other_host_holds_is_not_sent() {
+    use futures_util::StreamExt as _;
+    let Some(nats) = NatsServer::start().await else {
+        return;
     };
-    let a_subs = nats.subscriptions_of(&a.nats_name()).await;
-    let b_subs = nats.subscriptions_of(&b.nats_name()).await;
-    let c_subs = nats.subscriptions_of(&c.nats_name()).await;
-    assert_eq!(on(&b_subs), Some(MESSAGES + 1), "bob's host: {b_subs:?}");
-    assert_eq!(
-        on(&a_subs),
-        Some(0),
-        "the publisher's host hears none back: {a_subs:?}"
-    );
-    assert_eq!(on(&c_subs), None, "no member, no subscription: {c_subs:?}");
-    assert!(
-        c_subs.iter().all(|(s, _)| !s.contains(".group.g~2E1")),
-        "{c_subs:?}"
-    );
-    assert_eq!(c.app_stats("interest").cluster_messages_in, 0);
+    let app = room("lonely", "close");
+    let [a, b] = <[TestServer; 2]>::try_from(hosts(&nats, &app, 2).await)
+        .ok()
+        .unwrap();
+    let mut spying = spy(
+        &nats,
+        format!("wsflow.app.{}.group.*", a.app_name("lonely")),
+    )
+    .await;
+    let mut ann = peer_on(&a, "lonely").await;
+    let mut amy = peer_on(&a, "lonely").await;
+    let mut bob = peer_on(&b, "lonely").await;
+    amy.ok("join alone").await;
+    bob.ok("join room").await;
 
-    // Everyone leaves: the subscriptions go too.
-    ann.ok("leave g.1").await;
-    bob.close().await;
+    // A host sends everything until it knows what the others hold (its
+    // first moments); then a publish to `alone`, held on host a only,
+    // stays there, and one to `room` crosses.
     let deadline = Instant::now() + TIMEOUT;
-    loop {
-        let connz = nats.connz().await.to_string();
-        if !connz.contains(&subject) {
+    for round in 0.. {
+        for _ in 0..5 {
+            ann.ok("pub alone x").await;
+        }
+        let end = format!("end-{round}");
+        ann.ok(&format!("pub room {end}")).await;
+        let mut crossed_alone = 0;
+        loop {
+            let message = tokio::time::timeout(TIMEOUT, spying.next())
+                .await
+                .expect("the room's message crosses")
+                .unwrap();
+            if spied_group(&message) == "alone" {
+                crossed_alone += 1;
+            } else if message.payload == end.as_bytes() {
+                break;
+            }
+        }
+        if crossed_alone == 0 {
             break;
         }
-        assert!(Instant::now() < deadline, "still subscribed: {connz}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(
+            Instant::now() < deadline,
+            "publishes to a group no other host holds still cross after {round} rounds"
+        );
     }
+    for _ in 0..5 {
+        assert_eq!(amy.delivery().await, "x", "the local member gets them");
+    }
+
+    // Once a member on host b joined, the next publish crosses, and
+    // reaches it.
+    bob.ok("join alone").await;
+    ann.ok("pub alone held").await;
+    assert!(
+        deliveries_until(&mut bob, "held")
+            .await
+            .iter()
+            .all(|text| text.starts_with("end-")),
+        "nothing but the room's before it"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_right_after_a_remote_join_reaches_the_new_member() {
+    const ROUNDS: usize = 25;
+    let Some(nats) = NatsServer::start().await else {
+        return;
+    };
+    let app = room("fresh", "close");
+    let [a, b] = <[TestServer; 2]>::try_from(hosts(&nats, &app, 2).await)
+        .ok()
+        .unwrap();
+    let mut ann = peer_on(&a, "fresh").await;
+    let mut bob = peer_on(&b, "fresh").await;
+    // Each round a group nobody held: host a skips it until it learns that
+    // host b holds it, which must happen before bob's join returns.
+    for round in 0..ROUNDS {
+        bob.ok(&format!("join g-{round}")).await;
+        ann.ok(&format!("pub g-{round} first-{round}")).await;
+        assert_eq!(bob.delivery().await, format!("first-{round}"));
+    }
+    // Left, published to while nobody else held it, joined again.
+    for round in 0..ROUNDS {
+        let group = format!("g-{round}");
+        bob.ok(&format!("leave {group}")).await;
+        ann.ok(&format!("pub {group} missed")).await;
+        bob.ok(&format!("join {group}")).await;
+        ann.ok(&format!("pub {group} again-{round}")).await;
+        // `missed` may still have been on its way when bob joined again.
+        let before = deliveries_until(&mut bob, &format!("again-{round}")).await;
+        assert!(before.iter().all(|text| text == "missed"), "{before:?}");
+    }
+}
+
+/// An app whose `/blast` handler publishes to a group in a loop (the
+/// `blast` program), four executions at a time, with the room program at
+/// `/room` (a member that does not read loses messages, and stays).
+fn noisy(name: &str) -> Manifest {
+    Manifest::app(name)
+        .flow("blast", programs::BLAST)
+        .flow("room", programs::ROOM)
+        .limits(toml::toml! { max_executions = 4 })
+        .trigger(
+            Trigger::on_port(0)
+                .handler(toml::toml! { path = "/room" flow = "room" slow_member = "drop" })
+                .handler(toml::toml! { path = "/blast" flow = "blast" }),
+        )
+}
+
+/// Publish messages of `size` bytes to `sink` from `url` (`/blast`),
+/// 800 ms per execution, until `stop`; returns the publishes and how many
+/// of them were answered `unavailable`.
+async fn flood(url: String, size: usize, stop: CancellationToken) -> (u64, u64) {
+    let mut client = connect(&url).await;
+    let (mut published, mut unavailable) = (0, 0);
+    while !stop.is_cancelled() {
+        send_text(&mut client, &format!("sink {size} 800")).await;
+        let reply = next_text(&mut client).await;
+        let counts: Vec<u64> = reply
+            .split(|c: char| !c.is_ascii_digit())
+            .filter_map(|n| n.parse().ok())
+            .collect();
+        assert_eq!(counts.len(), 2, "{reply}");
+        published += counts[0];
+        unavailable += counts[1];
+    }
+    (published, unavailable)
+}
+
+/// Four executions of `noisy` on `a` flood `sink` with messages of
+/// `size` bytes while `ann` (on `a`) sends to and publishes for `bob` (on
+/// host b) of another app: every one of those goes through, in order.
+/// With `saturated`, the quiet app's turn comes once the flood has filled
+/// the noisy app's share of the link (its publishes are `unavailable`).
+async fn flood_beside(
+    a: &TestServer,
+    size: usize,
+    saturated: bool,
+    (ann, bob): (&mut Peer, &mut Peer),
+    tag: &str,
+) {
+    const ROUNDS: usize = 10;
+    let bob_id = bob.id().await;
+    let stats = a.app_stats("noisy");
+    let out_before = stats.cluster_messages_out;
+    let tried_before = stats.group_messages_published + stats.cluster_unavailable;
+    let refused_before = stats.cluster_over_share;
+    let stop = CancellationToken::new();
+    let flooders: Vec<_> = (0..4)
+        .map(|_| tokio::spawn(flood(a.app_url("noisy", "/blast"), size, stop.clone())))
+        .collect();
+    a.wait_for_stats("noisy", "the flood to be under way", |stats| {
+        if saturated {
+            stats.cluster_over_share > refused_before
+        } else {
+            stats.group_messages_published + stats.cluster_unavailable > tried_before + 200
+        }
+    })
+    .await;
+    let direct = format!("{tag}direct");
+    let group = format!("{tag}group");
+    for n in 0..ROUNDS {
+        assert_eq!(ann.ok(&format!("to {bob_id} {direct}-{n}")).await, "sent");
+        assert_eq!(ann.ok(&format!("pub room {group}-{n}")).await, "published");
+    }
+    let mut received = Vec::new();
+    while received.len() < 2 * ROUNDS {
+        received.push(bob.delivery().await);
+    }
+    // Sends and publishes travel apart: each kind in order.
+    assert_eq!(from(&received, &direct), numbered(&direct, ROUNDS));
+    assert_eq!(from(&received, &group), numbered(&group, ROUNDS));
+    stop.cancel();
+    let mut published = 0;
+    let mut unavailable = 0;
+    for flooder in flooders {
+        let (p, u) = flooder.await.unwrap();
+        published += p;
+        unavailable += u;
+    }
+    eprintln!(
+        "{tag}flood of {size} bytes: {published} publishes, {unavailable} answered `unavailable`, \
+         {} crossed",
+        a.app_stats("noisy").cluster_messages_out - out_before
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_apps_publish_flood_leaves_another_apps_cross_host_traffic_alone() {
+    const SIZE: usize = 4 << 10;
+    let Some(nats) = NatsServer::start().await else {
+        return;
+    };
+    // Host a's link to the broker is slower than the flood (16 MiB/s).
+    let slow = SlowLink::start(&nats.url(), 16 << 20).await;
+    let apps = [noisy("noisy"), room("quiet", "close")];
+    let mut started = Vec::new();
+    for url in [slow.url(), nats.url()] {
+        let options = ClusterOptions {
+            servers: vec![url],
+            ..ClusterOptions::default()
+        };
+        started.push(
+            TestServer::try_start_in(&apps, Some(options))
+                .await
+                .unwrap(),
+        );
+    }
+    let [a, b] = <[TestServer; 2]>::try_from(started).ok().unwrap();
+    let mut ann = peer_on(&a, "quiet").await;
+    let mut bob = peer_on(&b, "quiet").await;
+    bob.ok("join room").await;
+    until_answer(&mut ann, "count room", "ok count room 1").await;
+
+    // The flood's group has no member anywhere else.
+    flood_beside(&a, SIZE, false, (&mut ann, &mut bob), "alone-").await;
+
+    // Now it has one on host b, which does not read: every publish has to
+    // cross, and the flood gets the noisy app's share of the link.
+    let mut sink = peer_on(&b, "noisy").await;
+    sink.ok("join sink").await;
+    flood_beside(&a, SIZE, true, (&mut ann, &mut bob), "held-").await;
+    let quiet = a.app_stats("quiet");
+    assert_eq!(
+        (quiet.cluster_unavailable, quiet.cluster_over_share),
+        (0, 0)
+    );
+    assert!(a.app_stats("noisy").cluster_over_share > 0);
+    drop(sink);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_host_makes_counts_unavailable_never_smaller() {
+    let Some(nats) = NatsServer::start().await else {
+        return;
+    };
+    let app = room("frozen", "close");
+    let a = TestServer::start_in_cluster(&app, &nats.url()).await;
+    let frozen = HostProcess::start(&app, &nats).await;
+    let mut bob = Peer::connect(&frozen.url).await;
+    let mut ann = peer_on(&a, "frozen").await;
+    ann.ok("join room").await;
+    bob.ok("join room").await;
+    until_answer(&mut ann, "count room", "ok count room 2").await;
+
+    // Stopped, as a frozen VM is: its connection to the broker stays open,
+    // its heartbeats stop, it answers nothing.
+    let pid = frozen.child.id().unwrap().to_string();
+    signal("-STOP", &pid).await;
+    let started = Instant::now();
+    let mut unavailable = 0;
+    // Past the 5 s after which a silent host used to be dropped.
+    while started.elapsed() < Duration::from_secs(8) {
+        match ann.ask("count room").await.as_str() {
+            "error unavailable" => unavailable += 1,
+            "ok count room 2" => {}
+            other => panic!("a count without the frozen host's member: {other}"),
+        }
+    }
+    assert!(unavailable > 0);
+    signal("-CONT", &pid).await;
+    until_answer(&mut ann, "count room", "ok count room 2").await;
+}
+
+async fn signal(signal: &str, pid: &str) {
+    let status = tokio::process::Command::new("kill")
+        .args([signal, pid])
+        .status()
+        .await
+        .unwrap();
+    assert!(status.success(), "kill {signal} {pid}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -589,4 +874,159 @@ async fn a_killed_hosts_members_leave_the_counts() {
     let ann_id = ann.id().await;
     until_answer(&mut ann, "who room", &format!("ok who room {ann_id}=ann")).await;
     assert_eq!(ann.ask(&format!("to {bob_id} hi")).await, "error not-found");
+}
+
+/// Two tenants on one nats-server, each a NATS account of its own (the
+/// isolation docs/CLUSTER.md prescribes): `red` and `blue`.
+const TWO_ACCOUNTS: &str = r#"accounts {
+  RED: { users: [ { user: "red", password: "red-secret" } ] }
+  BLUE: { users: [ { user: "blue", password: "blue-secret" } ] }
+}
+"#;
+
+/// A client of `account` on `nats` that claims every host id and answers
+/// every sync request: what a process with a tenant's credentials could
+/// run against the hosts that share them.
+async fn squatter(nats: &NatsServer, user: &str, password: &str) -> tokio::task::JoinHandle<()> {
+    let client = async_nats::ConnectOptions::with_user_and_password(user.into(), password.into())
+        .connect(nats.url())
+        .await
+        .expect("the squatter connects");
+    let mut claims = client.subscribe("wsflow.host.*").await.unwrap();
+    let mut syncs = client.subscribe("wsflow.sync.*").await.unwrap();
+    client.flush().await.unwrap();
+    tokio::spawn(async move {
+        use futures_util::StreamExt as _;
+        loop {
+            let request = tokio::select! {
+                Some(request) = claims.next() => request,
+                Some(request) = syncs.next() => request,
+                else => break,
+            };
+            if let Some(reply) = request.reply {
+                let _ = client.publish(reply, "mine".into()).await;
+            }
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_a_nats_account_keeps_a_tenant_from_claiming_anothers_host_ids() {
+    let Some(nats) = NatsServer::start_with(TWO_ACCOUNTS).await else {
+        return;
+    };
+    let join_as = |user: &str, password: &str| ClusterOptions {
+        servers: vec![
+            nats.url()
+                .replace("nats://", &format!("nats://{user}:{password}@")),
+        ],
+        ..ClusterOptions::default()
+    };
+    let squatting = squatter(&nats, "blue", "blue-secret").await;
+
+    // Within its own account the squatter holds every host id: a blue host
+    // cannot start.
+    let error = Cluster::join(&join_as("blue", "blue-secret"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("no free host id"), "{error}");
+
+    // The red tenant's account shares no subject with blue's: red hosts
+    // start, and chat through their broker as if blue were not there.
+    let app = room("tenant", "close");
+    let mut red = Vec::new();
+    for _ in 0..2 {
+        red.push(
+            TestServer::try_start_in(
+                std::slice::from_ref(&app),
+                Some(join_as("red", "red-secret")),
+            )
+            .await
+            .unwrap(),
+        );
+    }
+    let mut ann = peer_on(&red[0], "tenant").await;
+    let mut bob = peer_on(&red[1], "tenant").await;
+    bob.ok("join room").await;
+    until_answer(&mut ann, "count room", "ok count room 1").await;
+    assert_eq!(ann.ok("pub room across").await, "published");
+    assert_eq!(bob.delivery().await, "across");
+    squatting.abort();
+}
+
+/// The resident memory of process `pid` (`self` for this one), in KiB.
+fn resident_kib(pid: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|kib| kib.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Connect `CONNECTIONS` clients to `url` and have each join
+/// `GROUPS_EACH` groups of its own; returns them (still members) and the
+/// growth of this process's resident memory meanwhile, in KiB.
+async fn join_many(url: &str, connections: usize, groups_each: usize) -> (Vec<Peer>, u64) {
+    let mut members = Vec::new();
+    for _ in 0..connections {
+        members.push(Peer::connect(url).await);
+    }
+    let before = resident_kib("self");
+    let mut joining = tokio::task::JoinSet::new();
+    let mut joined = Vec::new();
+    for (n, mut member) in members.into_iter().enumerate() {
+        joining.spawn(async move {
+            for g in 0..groups_each {
+                member.ok(&format!("join g-{n}-{g}")).await;
+            }
+            member
+        });
+        while joining.len() >= 8 {
+            joined.push(joining.join_next().await.unwrap().unwrap());
+        }
+    }
+    joined.extend(joining.join_all().await);
+    (joined, resident_kib("self").saturating_sub(before))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement: run with --ignored --nocapture"]
+async fn measure_the_memory_of_subscribed_groups() {
+    const CONNECTIONS: usize = 320;
+    const GROUPS_EACH: usize = 32;
+    let groups = (CONNECTIONS * GROUPS_EACH) as u64;
+    let Some(nats) = NatsServer::start().await else {
+        return;
+    };
+    let app = room("measure", "close");
+
+    // The same joins on a host of its own, for what a group costs anyway.
+    let alone = TestServer::start(&app).await;
+    let (members, local) =
+        join_many(&alone.app_url("measure", "/room"), CONNECTIONS, GROUPS_EACH).await;
+    drop(members);
+
+    let [a, b] = <[TestServer; 2]>::try_from(hosts(&nats, &app, 2).await)
+        .ok()
+        .unwrap();
+    let broker = nats.pid().unwrap().to_string();
+    let broker_before = resident_kib(&broker);
+    let (members, clustered) =
+        join_many(&b.app_url("measure", "/room"), CONNECTIONS, GROUPS_EACH).await;
+    // Host a holds the groups' names too: wait until it counts them.
+    let mut ann = peer_on(&a, "measure").await;
+    until_answer(&mut ann, "count g-0-0", "ok count g-0-0 1").await;
+    let broker_grew = resident_kib(&broker).saturating_sub(broker_before);
+    eprintln!(
+        "{groups} groups: on a host of its own +{local} KiB ({} bytes a group); on a host of a \
+         cluster of two, both hosts +{clustered} KiB ({} bytes a group); nats-server \
+         +{broker_grew} KiB ({} bytes a group); host b's subscriptions: {}",
+        local * 1024 / groups,
+        clustered * 1024 / groups,
+        broker_grew * 1024 / groups,
+        nats.subscriptions_of(&b.nats_name()).await.len()
+    );
+    drop(members);
 }

@@ -26,6 +26,10 @@ fn example_manifest(example: &str, flow: &str, component: &str) -> Manifest {
     let triggers = manifest["triggers"].as_array_mut().expect("[[triggers]]");
     for trigger in triggers {
         trigger["port"] = 0.into();
+        if let Some(static_dir) = trigger.get("static_dir").and_then(|dir| dir.as_str()) {
+            let static_dir = dir.join(static_dir).display().to_string();
+            trigger["static_dir"] = static_dir.into();
+        }
     }
     if let Some(schemas) = manifest.get_mut("schemas") {
         let schemas = schemas.as_table_mut().expect("[schemas]");
@@ -126,4 +130,27 @@ async fn chat_session_example_holds_a_conversation() {
     send_text(&mut client, "bye").await;
     assert_eq!(next_text(&mut client).await, "goodbye, ann: 1 message(s)");
     assert_eq!(u16::from(next_close(&mut client).await.code), 1000);
+}
+
+#[tokio::test]
+async fn chat_lets_one_of_many_clients_asking_for_one_name_at_once_in() {
+    let server = TestServer::start(&example_manifest("chat", "chat", programs::EXAMPLE_CHAT)).await;
+    let url = format!("{}?name=ann", server.url("/chat/lobby"));
+    let attempts: Vec<_> = (0..12)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move { try_connect(request(&url, &[])).await })
+        })
+        .collect();
+    let mut admitted = Vec::new();
+    for attempt in attempts {
+        match attempt.await.unwrap() {
+            Ok(client) => admitted.push(client),
+            Err(refused) => assert_eq!(refused.status, 409, "{}", refused.body),
+        }
+    }
+    assert_eq!(admitted.len(), 1, "one name, one connection");
+    // The same name in another room is another matter.
+    let elsewhere = format!("{}?name=ann", server.url("/chat/kitchen"));
+    let _other = connect(&elsewhere).await;
 }

@@ -14,6 +14,8 @@ use wsflow_tests::{
     send_text, table,
 };
 
+use crate::backpressure::connect_with_small_window;
+
 /// An app serving the room program in data mode at `/room` (slow members
 /// handled by `slow_member`) and in connection mode at `/session`, with
 /// `limits` and more `trigger` settings.
@@ -48,8 +50,13 @@ pub(crate) struct Peer {
 
 impl Peer {
     pub(crate) async fn connect(url: &str) -> Self {
+        Self::over(connect(url).await)
+    }
+
+    /// A peer over a client connected already.
+    pub(crate) fn over(client: Client) -> Self {
         Self {
-            client: connect(url).await,
+            client,
             inbox: VecDeque::new(),
         }
     }
@@ -108,6 +115,24 @@ impl Peer {
             "expected a delivery, got the reply {text}"
         );
         text
+    }
+
+    /// The code and reason of the close the server sends next; messages
+    /// before it go to the inbox.
+    pub(crate) async fn server_close(&mut self) -> (u16, String) {
+        loop {
+            let message = tokio::time::timeout(TIMEOUT, self.client.next())
+                .await
+                .expect("a close within the timeout");
+            match message {
+                Some(Ok(Message::Close(Some(frame)))) => {
+                    return (u16::from(frame.code), frame.reason.as_str().to_owned());
+                }
+                Some(Ok(Message::Text(text))) => self.inbox.push_back(text.as_str().to_owned()),
+                Some(Ok(_)) => {}
+                other => panic!("expected a close frame, got {other:?}"),
+            }
+        }
     }
 
     /// Close from the client side and wait for the server's answer.
@@ -522,4 +547,166 @@ async fn a_component_built_against_the_first_wit_still_serves_next_to_groups() {
     let mut room = Peer::connect(&server.app_url("mixed", "/room")).await;
     assert_eq!(room.ok(&format!("to {id} from-room")).await, "sent");
     assert_eq!(next_text(&mut legacy).await, "from-room");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_that_keeps_reading_gets_every_message_of_a_burst_that_fits_its_budget() {
+    /// Messages per burst: far more than the host ever held per member by
+    /// count, and (at 64 KiB) far more bytes than the socket buffers take,
+    /// yet well within the member's byte budget.
+    const BURST: usize = 400;
+    const SIZE: usize = 64 * 1024;
+    const BURSTS: usize = 3;
+    let limits = toml! { queue_per_connection = "64MiB" queue_per_app = "256MiB" };
+    let server = TestServer::start(&room_app("burst", "close", limits, Table::new())).await;
+    let url = server.app_url("burst", "/room");
+    let mut publisher = Peer::connect(&url).await;
+    let mut fast = Peer::connect(&url).await;
+    // A small receive window and a pause after each message: the host's
+    // writer waits for this member all through a burst, while it reads.
+    let mut steady = Peer::over(connect_with_small_window(&url).await);
+    for peer in [&mut publisher, &mut fast, &mut steady] {
+        peer.ok("join g").await;
+    }
+    // Each reader says when it has read a whole burst; the next burst
+    // starts once both have, so each burst alone fits the budget.
+    let (read_one, mut bursts_read) = tokio::sync::mpsc::unbounded_channel();
+    let read_bursts = |mut peer: Peer, pause: Duration| {
+        let read_one = read_one.clone();
+        tokio::spawn(async move {
+            for _ in 0..BURSTS {
+                for i in 0..BURST {
+                    let text = peer.delivery().await;
+                    let tag = text.split(' ').next().unwrap_or_default();
+                    assert_eq!(tag, format!("b-{i}"));
+                    tokio::time::sleep(pause).await;
+                }
+                read_one.send(()).unwrap();
+            }
+            peer
+        })
+    };
+    let fast = read_bursts(fast, Duration::ZERO);
+    let steady = read_bursts(steady, Duration::from_millis(1));
+    for _ in 0..BURSTS {
+        let reply = publisher.ok(&format!("burst g {BURST} {SIZE}")).await;
+        assert_eq!(reply, format!("burst {BURST}"));
+        for _reader in 0..2 {
+            let read = tokio::time::timeout(TIMEOUT, bursts_read.recv()).await;
+            assert!(read.is_ok(), "a member stopped reading the burst");
+        }
+    }
+    let mut fast = fast.await.expect("the fast member got every message");
+    let mut steady = steady.await.expect("the steady member got every message");
+    fast.ok("id").await;
+    steady.ok("id").await;
+    let stats = server.app_stats("burst");
+    assert_eq!(stats.group_messages_delivered, (2 * BURST * BURSTS) as u64);
+    assert_eq!(stats.group_messages_dropped, 0);
+    assert_eq!(stats.slow_members_closed, 0);
+}
+
+#[tokio::test]
+async fn group_messages_wait_in_the_apps_queue_budget_once_per_member() {
+    const MEMBERS: usize = 6;
+    // A member's own budget is the app's: the first message dropped is
+    // one the app's budget could not take.
+    let limits = toml! {
+        queue_per_connection = "4MiB"
+        queue_per_app = "4MiB"
+        slow_client_timeout = "2s"
+    };
+    let server = TestServer::start(&room_app("budgeted", "drop", limits, Table::new())).await;
+    let url = server.app_url("budgeted", "/room");
+    let mut publisher = Peer::connect(&url).await;
+    let mut members = Vec::new();
+    for _ in 0..MEMBERS {
+        let mut member = Peer::over(connect_with_small_window(&url).await);
+        member.ok("join g").await;
+        members.push(member);
+    }
+    // No member reads. Their own budgets hold 24 MiB together; the app's
+    // holds 4 MiB, and a group message is charged to it for every member
+    // it waits for.
+    let mut published = 0;
+    let stats = loop {
+        assert!(
+            published < 400,
+            "nothing was dropped after {published} publishes"
+        );
+        publisher.ok(&format!("big g 262144 m-{published}")).await;
+        published += 1;
+        let stats = server.app_stats("budgeted");
+        if stats.group_messages_dropped > 0 {
+            break stats;
+        }
+    };
+    assert!(
+        (3 << 20..=4 << 20).contains(&stats.queued_bytes_out),
+        "the app's budget is full of group messages: {stats:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_group_message_too_large_for_a_members_trigger_is_refused_for_that_member() {
+    let manifest = Manifest::app("sizes")
+        .flow("room", programs::ROOM)
+        .trigger(
+            Trigger::on_port(0)
+                .with(toml! { max_message_size = 1024 })
+                .handler(toml! { path = "/room" flow = "room" }),
+        )
+        .trigger(Trigger::on_port(0).handler(toml! { path = "/room" flow = "room" }));
+    let server = TestServer::start(&manifest).await;
+    let url = |trigger: usize| format!("ws://{}/room", server.endpoints()[trigger].addr);
+    let mut small = Peer::connect(&url(0)).await;
+    let mut large = Peer::connect(&url(1)).await;
+    let mut publisher = Peer::connect(&url(1)).await;
+    let small_id = small.id().await;
+    small.ok("join g").await;
+    large.ok("join g").await;
+    // The app carries 4 KiB; the first trigger's clients take 1 KiB.
+    assert_eq!(publisher.ok("big g 4096 too-big").await, "published");
+    assert!(large.delivery().await.starts_with("too-big "));
+    assert_eq!(
+        publisher
+            .ask(&format!("to {small_id} {}", "y".repeat(2000)))
+            .await,
+        "error too-large"
+    );
+    // The small member was neither dropped nor closed: it hears the next.
+    assert_eq!(publisher.ok("pub g after").await, "published");
+    assert_eq!(small.delivery().await, "after");
+    assert_eq!(large.delivery().await, "after");
+    assert_eq!(small.ok("count g").await, "count g 2");
+    let stats = server.app_stats("sizes");
+    assert_eq!(stats.group_messages_delivered, 3);
+    assert_eq!(stats.group_messages_too_large, 1);
+    assert_eq!(stats.slow_members_closed, 0);
+}
+
+#[tokio::test]
+async fn after_a_reload_groups_carry_what_the_new_triggers_accept() {
+    let manifest = |max: i64| {
+        room_app(
+            "resized",
+            "close",
+            Table::new(),
+            toml! { max_message_size = max },
+        )
+    };
+    let server = TestServer::start(&manifest(1024)).await;
+    let url = server.app_url("resized", "/room");
+    let mut before = Peer::connect(&url).await;
+    before.ok("join g").await;
+    let report = server.reload_with(0, &manifest(8192)).await.unwrap();
+    assert!(report.needs_restart.is_empty(), "{report:?}");
+    let mut after = Peer::connect(&url).await;
+    let mut publisher = Peer::connect(&url).await;
+    after.ok("join g").await;
+    assert_eq!(publisher.ok("big g 4096 big").await, "published");
+    assert!(after.delivery().await.starts_with("big "));
+    // A connection made before keeps its trigger's 1 KiB.
+    assert_eq!(publisher.ok("pub g small").await, "published");
+    assert_eq!(before.delivery().await, "small");
 }

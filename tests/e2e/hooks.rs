@@ -111,7 +111,11 @@ async fn on_connect_chooses_the_subprotocol_attachment_and_groups() {
     let mut bob = join(&server, "name=bob&room=r1").await;
     assert_eq!(next_text(&mut ann).await, "joined bob");
     send_text(&mut bob, "who").await;
-    assert_eq!(next_text(&mut bob).await, "who ann,bob");
+    // Listed in id order; ids are not handed out in connection order.
+    let who = next_text(&mut bob).await;
+    let mut names: Vec<&str> = who.strip_prefix("who ").unwrap().split(',').collect();
+    names.sort_unstable();
+    assert_eq!(names, ["ann", "bob"]);
     // Another room hears nothing of r1.
     let mut cy = join(&server, "name=cy&room=r2").await;
     send_text(&mut cy, "who").await;
@@ -298,4 +302,59 @@ async fn what_on_connect_hands_back_is_capped_before_the_host_copies_it() {
     let mut client = join(&server, "name=after").await;
     send_text(&mut client, "hi").await;
     assert_eq!(next_text(&mut client).await, "echo hi");
+}
+
+#[tokio::test]
+async fn with_unique_attachment_one_name_gets_into_a_room_once() {
+    let app = "gate-unique";
+    let manifest =
+        Manifest::app(app)
+            .flow("gate", programs::GATE)
+            .trigger(Trigger::on_port(0).handler(toml! {
+                path = "/gate"
+                flow = "gate"
+                on_connect = "gate"
+                unique_attachment = true
+            }));
+    let server = TestServer::start(&manifest).await;
+    let url = format!("{}?name=ann&room=lobby", server.url("/gate"));
+    // `gate` accepts every name; the host keeps the second `ann` out of
+    // the room, however close together they come.
+    let attempts: Vec<_> = (0..12)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move { try_connect(request(&url, &[])).await })
+        })
+        .collect();
+    let mut admitted = Vec::new();
+    for attempt in attempts {
+        match attempt.await.unwrap() {
+            Ok(client) => admitted.push(client),
+            Err(refused) => {
+                assert_eq!(refused.status, 409);
+                assert!(
+                    refused.body.contains("`lobby` has the same attachment"),
+                    "{}",
+                    refused.body
+                );
+            }
+        }
+    }
+    assert_eq!(admitted.len(), 1);
+    // Another room, or another name, is fine.
+    let _kitchen = join(&server, "name=ann&room=kitchen").await;
+    let _bob = join(&server, "name=bob&room=lobby").await;
+    // The name is free again once its connection has ended.
+    drop(admitted);
+    let again = async {
+        loop {
+            match try_connect(request(&url, &[])).await {
+                Ok(client) => return client,
+                Err(refused) => assert_eq!(refused.status, 409),
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let again = tokio::time::timeout(wsflow_tests::TIMEOUT, again).await;
+    assert!(again.is_ok(), "the name was never given back");
 }

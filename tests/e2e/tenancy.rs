@@ -184,24 +184,34 @@ async fn a_send_flood_to_a_client_that_never_reads_is_cut_off() {
     let mut sink = connect(&server.app_url("hostile-a-send-flood", "/flood")).await;
     send_text(&mut sink, "100000 65536").await;
     // The client never reads; the flow fills the queue and waits in send.
-    let line = victim_answers_while(
-        &mut victim,
-        server.wait_for_app_log("hostile-a-send-flood", "execution stopped: slow client"),
-    )
+    // Whichever notices first cuts it off: the send that waited
+    // `slow_client_timeout` (the execution stops, limit exceeded), or the
+    // connection whose bytes went unacknowledged that long (dropped; the
+    // flow's send then returns `closed`).
+    let app = server.app_name("hostile-a-send-flood").to_owned();
+    let cut_off = async {
+        loop {
+            let lines = server.app_log_lines("hostile-a-send-flood");
+            if let Some(line) = lines.into_iter().find(|line| {
+                line.contains("execution stopped: slow client")
+                    || line.contains("client does not read")
+            }) {
+                return line;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let line = victim_answers_while(&mut victim, async {
+        tokio::time::timeout(TIMEOUT, cut_off)
+            .await
+            .expect("the flood is cut off")
+    })
     .await;
-    assert!(
-        line.contains(&format!(
-            "app=\"{}\"",
-            server.app_name("hostile-a-send-flood")
-        )),
-        "{line}"
-    );
-    assert_eq!(
-        server
-            .app_stats("hostile-a-send-flood")
-            .executions_limit_exceeded,
-        1
-    );
+    assert!(line.contains(&format!("app=\"{app}\"")), "{line}");
+    let stats = server.app_stats("hostile-a-send-flood");
+    if line.contains("execution stopped") {
+        assert_eq!(stats.executions_limit_exceeded, 1, "{stats:?}");
+    }
     // The connection was dropped: reading drains what was buffered, then ends.
     let drained = tokio::time::timeout(TIMEOUT, async {
         use futures_util::StreamExt;

@@ -100,6 +100,11 @@ impl NatsServer {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
+    /// The server's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(Child::id)
+    }
+
     /// Kill the server (as a crash would) and wait until it is gone.
     pub async fn stop(&mut self) {
         let mut child = self.child.take().expect("running");
@@ -218,4 +223,83 @@ async fn read_ports(dir: &Path, child: &mut Child) -> std::io::Result<(u16, u16)
         // The server writes the file once it listens; nothing to await.
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// A TCP proxy on a free loopback port to `target`, passing what clients
+/// send at most `bytes_per_second` (what the server sends back passes
+/// freely): a host behind it has a slow link to its broker. Stops when
+/// dropped.
+pub struct SlowLink {
+    port: u16,
+    _accepting: tokio_util::sync::DropGuard,
+}
+
+impl SlowLink {
+    pub async fn start(target: &str, bytes_per_second: usize) -> Self {
+        let target = target.strip_prefix("nats://").unwrap_or(target).to_owned();
+        let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+        // Little buffered on the way in, so the host feels the slowness.
+        socket
+            .set_recv_buffer_size(64 << 10)
+            .expect("a buffer size");
+        socket
+            .bind("127.0.0.1:0".parse().expect("an address"))
+            .expect("binding the proxy");
+        let listener = socket.listen(16).expect("listening");
+        let port = listener.local_addr().expect("an address").port();
+        let stop = tokio_util::sync::CancellationToken::new();
+        let accepting = stop.clone();
+        tokio::spawn(async move {
+            loop {
+                let accepted = tokio::select! {
+                    () = accepting.cancelled() => break,
+                    accepted = listener.accept() => accepted,
+                };
+                let Ok((client, _)) = accepted else { break };
+                let target = target.clone();
+                let stop = accepting.clone();
+                tokio::spawn(async move {
+                    let Ok(server) = TcpStream::connect(&target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        () = stop.cancelled() => {}
+                        () = relay(client, server, bytes_per_second) => {}
+                    }
+                });
+            }
+        });
+        Self {
+            port,
+            _accepting: stop.drop_guard(),
+        }
+    }
+
+    /// `nats://127.0.0.1:PORT`
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+}
+
+async fn relay(client: TcpStream, server: TcpStream, bytes_per_second: usize) {
+    let (mut client_in, mut client_out) = client.into_split();
+    let (mut server_in, mut server_out) = server.into_split();
+    let upstream = async {
+        let mut buffer = vec![0; 16 << 10];
+        let started = tokio::time::Instant::now();
+        let mut passed = 0usize;
+        while let Ok(n) = client_in.read(&mut buffer).await {
+            if n == 0 || server_out.write_all(&buffer[..n]).await.is_err() {
+                break;
+            }
+            passed += n;
+            // The rate, kept on average since the start.
+            let due = started + Duration::from_secs_f64(passed as f64 / bytes_per_second as f64);
+            tokio::time::sleep_until(due).await;
+        }
+    };
+    let downstream = async {
+        let _ = tokio::io::copy(&mut server_in, &mut client_out).await;
+    };
+    tokio::join!(upstream, downstream);
 }

@@ -12,6 +12,7 @@
 //! | --- | --- |
 //! | `POST /v1/apps/{app}/groups/{group}/publish[?except=ID]` | publish the body to the group |
 //! | `POST /v1/apps/{app}/connections/{id}/send` | send the body to one connection |
+//! | `POST /v1/apps/{app}/connections/{id}/close` | close one connection: `{"code": 4000, "reason": "..."}` (both optional: 1000, no reason) |
 //! | `GET /v1/apps/{app}/groups/{group}` | the group's member count, and its members with their attachments (up to 1,000) |
 //! | `POST /v1/apps/{app}/batch` | several publishes: `[{"group": G, "text": T}` or `"binary": BASE64`, optional `"except": ID}, ...]` |
 //!
@@ -41,6 +42,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::{AppInfo, AppStats};
+use crate::close::{Close, InvalidClose, MAX_CLOSE_REASON};
 use crate::http_endpoint::{self, Limits};
 use crate::hub::{Fanout, GroupName, HubError, MAX_LISTED_MEMBERS};
 use crate::manifest::spec::ApiSpec;
@@ -169,6 +171,7 @@ fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Full<
 enum Operation {
     Publish { group: String },
     Send { id: String },
+    Close { id: String },
     Group { group: String },
     Batch,
 }
@@ -178,6 +181,7 @@ impl Operation {
         match self {
             Operation::Publish { .. } => "publish",
             Operation::Send { .. } => "send",
+            Operation::Close { .. } => "close",
             Operation::Group { .. } => "group",
             Operation::Batch => "batch",
         }
@@ -193,7 +197,7 @@ fn route(method: &Method, path: &str) -> Result<(String, Operation), Failure> {
             format!(
                 "{method} {path} is not an API request; see \
                  POST /v1/apps/APP/groups/GROUP/publish, POST /v1/apps/APP/connections/ID/send, \
-                 GET /v1/apps/APP/groups/GROUP, POST /v1/apps/APP/batch"
+                 POST /v1/apps/APP/connections/ID/close, GET /v1/apps/APP/groups/GROUP, POST /v1/apps/APP/batch"
             ),
         )
     };
@@ -216,6 +220,7 @@ fn route(method: &Method, path: &str) -> Result<(String, Operation), Failure> {
             group: decode(group)?,
         },
         (&Method::POST, [_, "connections", id, "send"]) => Operation::Send { id: decode(id)? },
+        (&Method::POST, [_, "connections", id, "close"]) => Operation::Close { id: decode(id)? },
         (&Method::GET, [_, "groups", group]) => Operation::Group {
             group: decode(group)?,
         },
@@ -285,14 +290,15 @@ async fn answer(
             let fanout = publish(&app.info, &group, message, except)?;
             Ok(json_response(StatusCode::OK, &fanout_json(fanout)))
         }
+        Operation::Close { id } => {
+            let id = connection_id(&id)?;
+            let body = body_bytes(&app.info, request).await.map_err(refused)?;
+            let close = close_of(&body)?;
+            app.info.hub.close(id, close).await.map_err(Failure::hub)?;
+            Ok(json_response(StatusCode::OK, &json!({ "closing": true })))
+        }
         Operation::Send { id } => {
-            let id: u64 = id.parse().map_err(|_| {
-                Failure::new(
-                    StatusCode::BAD_REQUEST,
-                    "bad-id",
-                    format!("`{id}` is not a connection id (a number)"),
-                )
-            })?;
+            let id = connection_id(&id)?;
             let message = body_message(&app.info, request).await.map_err(refused)?;
             let fanout = app
                 .info
@@ -314,9 +320,53 @@ fn counter<'a>(stats: &'a AppStats, operation: &Operation) -> &'a std::sync::ato
     match operation {
         Operation::Publish { .. } => &stats.api_publish,
         Operation::Send { .. } => &stats.api_send,
+        Operation::Close { .. } => &stats.api_close,
         Operation::Group { .. } => &stats.api_group,
         Operation::Batch => &stats.api_batch,
     }
+}
+
+fn connection_id(id: &str) -> Result<u64, Failure> {
+    id.parse().map_err(|_| {
+        Failure::new(
+            StatusCode::BAD_REQUEST,
+            "bad-id",
+            format!("`{id}` is not a connection id (a number)"),
+        )
+    })
+}
+
+/// How to close, from a close request's body: `{"code": N, "reason": R}`,
+/// both optional; an empty body is 1000 with no reason.
+fn close_of(body: &[u8]) -> Result<Close, Failure> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Request {
+        code: Option<u16>,
+        reason: Option<String>,
+    }
+    let bad = |detail: String| Failure::new(StatusCode::BAD_REQUEST, "bad-body", detail);
+    let request = if body.iter().all(u8::is_ascii_whitespace) {
+        Request {
+            code: None,
+            reason: None,
+        }
+    } else {
+        serde_json::from_slice(body).map_err(|error| {
+            bad(format!(
+                "a close is {{\"code\": N, \"reason\": TEXT}}, both optional: {error}"
+            ))
+        })?
+    };
+    let code = request.code.unwrap_or(1000);
+    Close::requested(code, request.reason.unwrap_or_default()).map_err(|invalid| match invalid {
+        InvalidClose::Code => bad(format!(
+            "{code} is not a close code an endpoint may send: use 1000, 1001, 1003, 1007-1014 or 3000-4999"
+        )),
+        InvalidClose::ReasonTooLong => bad(format!(
+            "a close reason is at most {MAX_CLOSE_REASON} bytes"
+        )),
+    })
 }
 
 /// The connection `except=ID` names, if any.
@@ -341,7 +391,7 @@ fn except(query: Option<&str>) -> Result<Option<u64>, Failure> {
 
 /// The request's body, at most the app's largest message.
 async fn body_bytes(app: &AppInfo, request: Request<Incoming>) -> Result<Bytes, Failure> {
-    let max = app.max_message_size;
+    let max = app.largest_message.get();
     let too_large = || {
         Failure::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -428,6 +478,7 @@ fn count_fanout(app: &AppInfo, fanout: Fanout) {
     AppStats::add(&stats.group_messages_delivered, fanout.delivered);
     AppStats::add(&stats.group_messages_dropped, fanout.dropped);
     AppStats::add(&stats.slow_members_closed, fanout.closed);
+    AppStats::add(&stats.group_messages_too_large, fanout.too_large);
 }
 
 fn fanout_json(fanout: Fanout) -> serde_json::Value {
@@ -435,6 +486,7 @@ fn fanout_json(fanout: Fanout) -> serde_json::Value {
         "delivered": fanout.delivered,
         "dropped": fanout.dropped,
         "closed": fanout.closed,
+        "too_large": fanout.too_large,
         "other_hosts_reached": !fanout.unreached,
     })
 }

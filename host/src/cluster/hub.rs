@@ -1,15 +1,16 @@
 //! One app's hub in a cluster: its [`LocalHub`] for the connections this
 //! host holds, and NATS for those the other hosts hold.
 //!
-//! - `publish` offers the message to the local members, then puts it in the
-//!   link's outbox for the group's subject; hosts with members in the
-//!   group are subscribed to it and offer it to theirs. The broker does not
-//!   echo a host's own messages back (`no_echo`), so every member gets a
-//!   message once.
-//! - A host subscribes to a group's subject while it has members in it
-//!   ([`super::interest`]); the first local `join` waits until the broker
-//!   has the subscription, so a publish made on any host after the join
-//!   returned reaches the new member.
+//! - `publish` offers the message to the local members, then, when another
+//!   host may hold members of the group ([`Directory::may_hold`]), puts it
+//!   in the app's lane of the link's outbox for the group's subject; every
+//!   host of the app subscribes to the app's groups and offers it to its
+//!   members. The broker does not echo a host's own messages back
+//!   (`no_echo`), so every member gets a message once.
+//! - A host tells the others which groups it holds members in
+//!   ([`super::interest`]); the first local `join` of a group waits until
+//!   they have it, so a publish made on any host after the join returned
+//!   is sent, and reaches the new member.
 //! - `send_to` a connection of another host (its id names the host), and
 //!   `member_count` / `members`, are requests to the hosts of the app
 //!   ([`Directory`]) with a bounded wait ([`super::questions`]).
@@ -26,13 +27,16 @@ use tokio_tungstenite::tungstenite::{Bytes, Message};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::directory::{Directory, HEARTBEAT};
+use super::inbound::{FANOUT_SLICE, Inbound};
 use super::interest::Interest;
-use super::link::{Link, Outgoing};
-use super::questions::{Answer, Questions};
+use super::link::{Link, Outgoing, Unreachable};
+use super::outbox::Lane;
+use super::questions::{Answer, Question, Questions};
 use super::wire::{self, Op, Outcome, Subjects, header};
+use crate::close::Close;
 use crate::hub::{
-    ConnectionId, Fanout, GroupName, HostId, HubError, HubLimits, HubResult, LocalHub, MemberInfo,
-    Outlet, Pending, Transport, TransportCounts,
+    ConnectionId, DuplicateId, Fanout, GroupName, HostId, HubError, HubLimits, HubResult, LocalHub,
+    MemberInfo, Outlet, Pending, Transport, TransportCounts,
 };
 use crate::manifest::spec::SlowMember;
 
@@ -61,13 +65,20 @@ impl fmt::Debug for ClusterHub {
 /// What the hub and its tasks share.
 pub(super) struct Shared {
     pub(super) app: Arc<str>,
-    me: HostId,
+    pub(super) me: HostId,
     local: LocalHub,
     limits: HubLimits,
     pub(super) link: Arc<Link>,
+    /// The app's lane of the link's outbox.
+    pub(super) lane: Lane,
     pub(super) subjects: Subjects,
-    peers: Directory,
+    pub(super) peers: Directory,
     pub(super) interest: Interest,
+    /// Group messages from other hosts waiting for the local members.
+    inbound: Inbound,
+    /// The app's lane of the host's fair scheduler: the fan-out of those
+    /// messages runs in the app's turns.
+    turns: crate::runtime::Lane,
     questions: Questions,
     counters: Counters,
     /// Whether a message too large for the broker has been logged.
@@ -76,10 +87,16 @@ pub(super) struct Shared {
 
 #[derive(Debug, Default)]
 struct Counters {
+    /// Group messages from other hosts dropped: the app's inbound queue
+    /// was full.
+    shed: AtomicU64,
+    /// Publishes and requests refused: the app's lane held its share.
+    over_share: AtomicU64,
     received: AtomicU64,
     received_delivered: AtomicU64,
     received_dropped: AtomicU64,
     received_closed: AtomicU64,
+    received_too_large: AtomicU64,
     forwarded: AtomicU64,
     unavailable: AtomicU64,
 }
@@ -94,36 +111,46 @@ impl Counters {
         Self::add(&self.received_delivered, fanout.delivered);
         Self::add(&self.received_dropped, fanout.dropped);
         Self::add(&self.received_closed, fanout.closed);
+        Self::add(&self.received_too_large, fanout.too_large);
     }
 }
 
 impl ClusterHub {
     /// The hub of app `app` on this host, reaching the app's other hosts
     /// through `link`. Its tasks run until the hub is dropped.
-    pub(super) fn new(link: &Arc<Link>, app: &str, limits: HubLimits) -> Self {
+    pub(super) fn new(
+        link: &Arc<Link>,
+        app: &str,
+        limits: HubLimits,
+        turns: crate::runtime::Lane,
+    ) -> Self {
         let stop = CancellationToken::new();
         let subjects = Subjects::new(app);
-        link.register(app, &subjects);
+        let app: Arc<str> = app.into();
+        link.register(&app, &subjects);
         let shared = Arc::new(Shared {
-            app: app.into(),
+            app: Arc::clone(&app),
             me: link.host(),
-            local: LocalHub::new(limits),
+            local: LocalHub::new(limits.clone()),
             limits,
             link: Arc::clone(link),
+            lane: Lane::App(Arc::clone(&app)),
             subjects,
             peers: Directory::default(),
             interest: Interest::default(),
+            inbound: Inbound::default(),
+            turns,
             questions: Questions::default(),
             counters: Counters::default(),
             warned_too_large: AtomicBool::new(false),
         });
-        if shared.limits.max_message_size > link.max_payload() && link.is_connected() {
+        if shared.limits.max_message_size.get() > link.max_payload() && link.is_connected() {
             tracing::warn!(
-                app,
+                app = &*app,
                 "cluster: the app takes messages of up to {} bytes, but NATS at {} takes at most \
                  {}: a group message larger than that answers `too-large`; raise `max_payload` in \
                  the NATS server's configuration",
-                shared.limits.max_message_size,
+                shared.limits.max_message_size.get(),
                 link.servers(),
                 link.max_payload()
             );
@@ -145,17 +172,18 @@ impl Drop for ClusterHub {
 
 impl Shared {
     /// Subscribe to what every host of the app needs (its own requests,
-    /// the answers to its questions, the app's announcements), say hello,
-    /// then serve until `stop`.
+    /// the answers to its questions, the app's announcements, its groups),
+    /// say hello, then serve until `stop`.
     async fn serve(self: Arc<Self>, stop: CancellationToken) {
         let client = self.link.client().clone();
         let subscribed = async {
             let requests = client.subscribe(self.subjects.host(self.me)).await?;
             let answers = client.subscribe(self.subjects.replies(self.me)).await?;
             let hosts = client.subscribe(self.subjects.hosts()).await?;
-            Ok::<_, async_nats::SubscribeError>((requests, answers, hosts))
+            let groups = client.subscribe(self.subjects.groups()).await?;
+            Ok::<_, async_nats::SubscribeError>((requests, answers, hosts, groups))
         };
-        let (requests, answers, hosts) = tokio::select! {
+        let (requests, answers, hosts, groups) = tokio::select! {
             subscribed = subscribed => match subscribed {
                 Ok(subscriptions) => subscriptions,
                 Err(error) => {
@@ -173,7 +201,8 @@ impl Shared {
             Arc::clone(&self).answer_requests(requests, stop.clone()),
             Arc::clone(&self).route_answers(answers, stop.clone()),
             Arc::clone(&self).keep_presence(hosts, stop.clone()),
-            Arc::clone(&self).keep_interest(stop),
+            Arc::clone(&self).keep_interest(stop.clone()),
+            Arc::clone(&self).read_groups(groups, stop),
         );
     }
 
@@ -200,7 +229,7 @@ impl Shared {
     /// The size check of a message that may go to other hosts with
     /// `headers`: the app's limit, and what the broker takes.
     fn check_size(&self, message: &Message, headers: &HeaderMap) -> HubResult<()> {
-        if message.len() > self.limits.max_message_size {
+        if message.len() > self.limits.max_message_size.get() {
             return Err(HubError::TooLarge);
         }
         let max_payload = self.link.max_payload();
@@ -223,7 +252,7 @@ impl Shared {
 
     /// Bytes one part of an answer may hold: what the broker takes, less
     /// the largest headers of a part.
-    fn part_budget(&self) -> usize {
+    pub(super) fn part_budget(&self) -> usize {
         let mut headers = HeaderMap::new();
         headers.insert(header::OUTCOME, Outcome::TooManyToList.as_str());
         headers.insert(header::MORE, "1");
@@ -232,7 +261,7 @@ impl Shared {
             .saturating_sub(wire::headers_len(&headers))
     }
 
-    fn headers(&self, op: Op) -> HeaderMap {
+    pub(super) fn headers(&self, op: Op) -> HeaderMap {
         let mut headers = wire::headers(op);
         headers.insert(header::HOST, self.me.to_string());
         headers
@@ -240,12 +269,15 @@ impl Shared {
 
     /// Announce this host on the app's `hosts` subject.
     fn announce(&self, op: Op) {
-        let _ = self.link.send(Outgoing {
-            subject: self.subjects.hosts(),
-            reply: None,
-            headers: self.headers(op),
-            payload: Bytes::new(),
-        });
+        let _ = self.link.send(
+            &Lane::Control,
+            Outgoing {
+                subject: self.subjects.hosts(),
+                reply: None,
+                headers: self.headers(op),
+                payload: Bytes::new(),
+            },
+        );
     }
 
     /// Heartbeats out, announcements in: keep [`Shared::peers`] current.
@@ -253,17 +285,29 @@ impl Shared {
         let mut state = self.link.watch_state();
         let mut heartbeat = tokio::time::interval(HEARTBEAT);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        self.interest.connected();
         self.announce(Op::Hello);
         loop {
             tokio::select! {
                 () = stop.cancelled() => break,
-                _ = heartbeat.tick() => self.announce(Op::Here),
+                _ = heartbeat.tick() => {
+                    if self.interest.resend.swap(false, Ordering::Relaxed) {
+                        self.announce(Op::Hello);
+                    } else {
+                        self.announce(Op::Here);
+                    }
+                    self.probe_silent();
+                }
                 changed = state.changed() => {
                     if changed.is_err() {
                         break;
                     }
                     if state.borrow_and_update().connected {
-                        // Back: tell the others, and hear from them at once.
+                        // Back: what the others hold may have changed
+                        // unseen, and they may have given this host up.
+                        // Tell them, and hear from them at once.
+                        self.peers.forget_groups();
+                        self.interest.connected();
                         self.announce(Op::Hello);
                     }
                 }
@@ -278,12 +322,14 @@ impl Shared {
                     }
                     match wire::op(headers) {
                         Some(Op::Hello) => {
-                            self.peers.heard(host);
+                            self.peers.hello(host);
                             self.announce(Op::Here);
+                            if self.peers.heard(host) {
+                                self.ask_groups(host);
+                            }
                         }
-                        Some(Op::Here) => {
-                            self.peers.heard(host);
-                        }
+                        // Its groups are not known yet: ask (again).
+                        Some(Op::Here) if self.peers.heard(host) => self.ask_groups(host),
                         Some(Op::Bye) => self.peers.forget(host),
                         _ => {}
                     }
@@ -307,13 +353,24 @@ impl Shared {
     }
 
     async fn answer(&self, request: async_nats::Message) {
+        let headers = request.headers.as_ref();
+        let Some(from) = wire::number(headers, header::HOST).and_then(HostId::new) else {
+            return;
+        };
+        match wire::op(headers) {
+            Some(Op::AskGroups) => return self.send_groups(from),
+            Some(Op::Groups) => return self.take_groups(from, &request),
+            _ => {}
+        }
         let Some(reply) = request.reply.clone() else {
             return;
         };
-        let headers = request.headers.as_ref();
         let mut parts = Vec::new();
         let outcome = match wire::op(headers) {
+            Some(Op::Ping) => Outcome::Ok,
+            Some(Op::GroupsChanged) => self.take_changes(from, &request),
             Some(Op::Send) => self.answer_send(&request).await,
+            Some(Op::Close) => self.answer_close(&request),
             Some(Op::Count) => match group_of(headers) {
                 Some(group) => {
                     parts.push(Bytes::from(self.local_count(&group).to_string()));
@@ -350,12 +407,15 @@ impl Shared {
             if n < last {
                 headers.insert(header::MORE, "1");
             }
-            let _ = self.link.send(Outgoing {
-                subject: reply.clone(),
-                reply: None,
-                headers,
-                payload,
-            });
+            let _ = self.link.send(
+                &Lane::Control,
+                Outgoing {
+                    subject: reply.clone(),
+                    reply: None,
+                    headers,
+                    payload,
+                },
+            );
         }
     }
 
@@ -379,6 +439,25 @@ impl Shared {
         }
     }
 
+    /// Close the connection of this host a `close` request names.
+    fn answer_close(&self, request: &async_nats::Message) -> Outcome {
+        let headers = request.headers.as_ref();
+        let (Some(id), Some(code)) = (
+            wire::number::<ConnectionId>(headers, header::TO),
+            wire::number::<u16>(headers, header::CODE),
+        ) else {
+            return Outcome::NotFound;
+        };
+        let reason = String::from_utf8_lossy(&request.payload).into_owned();
+        let Ok(close) = Close::requested(code, reason) else {
+            return Outcome::NotFound;
+        };
+        match self.local.close_now(id, close) {
+            Ok(()) => Outcome::Ok,
+            Err(_) => Outcome::NotFound,
+        }
+    }
+
     /// Pass every answer to the request waiting for it.
     async fn route_answers(self: Arc<Self>, mut answers: Subscriber, stop: CancellationToken) {
         loop {
@@ -395,10 +474,9 @@ impl Shared {
         }
     }
 
-    /// Ask `peers` (`op` with `headers` and `payload`) and wait for every
-    /// one's answer, up to [`QUERY_TIMEOUT`]. A peer with no subscription
-    /// left (the broker says no one responds) is gone: forgotten, and its
-    /// answer is [`Answer::Gone`].
+    /// Ask `peers` (`op` with `headers` and `payload`) in the app's lane
+    /// and wait for every one's answer, up to [`QUERY_TIMEOUT`]; then
+    /// `unavailable`.
     async fn ask(
         &self,
         what: &str,
@@ -406,7 +484,24 @@ impl Shared {
         headers: &HeaderMap,
         payload: &Bytes,
     ) -> HubResult<BTreeMap<HostId, Answer>> {
-        let mut question = self.questions.open();
+        let question = self
+            .put_question(&self.lane, peers, headers, payload)
+            .map_err(|why| self.refused(what, why))?;
+        self.answers(question, peers)
+            .await
+            .ok_or_else(|| self.unavailable(what))
+    }
+
+    /// Queue a question for `peers` in `lane`, without waiting; `Err` if
+    /// the link could not take it for every one.
+    pub(super) fn put_question(
+        &self,
+        lane: &Lane,
+        peers: &[HostId],
+        headers: &HeaderMap,
+        payload: &Bytes,
+    ) -> Result<Question, Unreachable> {
+        let question = self.questions.open();
         for &peer in peers {
             let request = Outgoing {
                 subject: self.subjects.host(peer),
@@ -414,10 +509,28 @@ impl Shared {
                 headers: headers.clone(),
                 payload: payload.clone(),
             };
-            if self.link.send(request).is_err() {
-                return Err(self.unavailable(what));
-            }
+            self.link.send(lane, request)?;
         }
+        Ok(question)
+    }
+
+    /// Count and log an operation the link could not take.
+    fn refused(&self, what: &str, why: Unreachable) -> HubError {
+        if why == Unreachable::OverShare {
+            Counters::add(&self.counters.over_share, 1);
+        }
+        self.unavailable(what)
+    }
+
+    /// Wait for every one of `peers`' answers to `question`, up to
+    /// [`QUERY_TIMEOUT`]; `None` if one stays silent. A peer with no
+    /// subscription left (the broker says no one responds) is gone:
+    /// forgotten, and its answer is [`Answer::Gone`].
+    pub(super) async fn answers(
+        &self,
+        mut question: Question,
+        peers: &[HostId],
+    ) -> Option<BTreeMap<HostId, Answer>> {
         let mut waiting: BTreeSet<HostId> = peers.iter().copied().collect();
         let mut answers = BTreeMap::new();
         let deadline = tokio::time::Instant::now() + QUERY_TIMEOUT;
@@ -431,7 +544,7 @@ impl Shared {
                     "cluster: no answer from host(s) {} within {QUERY_TIMEOUT:?}",
                     silent.join(", ")
                 );
-                return Err(self.unavailable(what));
+                return None;
             };
             if !waiting.contains(&peer) {
                 continue;
@@ -454,7 +567,7 @@ impl Shared {
                 waiting.remove(&peer);
             }
         }
-        Ok(answers)
+        Some(answers)
     }
 
     /// The other hosts to ask; `unavailable` when the broker cannot be
@@ -496,6 +609,35 @@ impl Shared {
         match outcome {
             Some(Outcome::Ok) => Ok(Fanout::default()),
             Some(Outcome::TooLarge) => Err(HubError::TooLarge),
+            _ => Err(HubError::NotFound),
+        }
+    }
+
+    async fn remote_close(&self, id: ConnectionId, close: Close) -> HubResult<()> {
+        let host = HostId::of(id);
+        if host == HostId::LOCAL {
+            return Err(HubError::NotFound);
+        }
+        let mut headers = self.headers(Op::Close);
+        headers.insert(header::TO, id.to_string());
+        headers.insert(header::CODE, close.code().to_string());
+        let reason = Bytes::from(close.reason().to_owned());
+        let answers = self
+            .ask(
+                "close a connection of another host",
+                &[host],
+                &headers,
+                &reason,
+            )
+            .await?;
+        let outcome = match answers.get(&host) {
+            Some(Answer::Parts(parts)) => parts
+                .first()
+                .and_then(|part| wire::outcome(part.headers.as_ref())),
+            _ => None,
+        };
+        match outcome {
+            Some(Outcome::Ok) => Ok(()),
             _ => Err(HubError::NotFound),
         }
     }
@@ -564,9 +706,64 @@ impl Shared {
         Ok(members)
     }
 
+    /// Take the app's group messages from other hosts off their
+    /// subscription into [`Shared::inbound`], and offer them to this
+    /// host's members in the app's turns, until `stop`.
+    async fn read_groups(self: Arc<Self>, mut groups: Subscriber, stop: CancellationToken) {
+        let intake = async {
+            while let Some(message) = groups.next().await {
+                if !self.inbound.push(message) {
+                    Counters::add(&self.counters.shed, 1);
+                }
+            }
+        };
+        let fanout = self.turns.run(async {
+            loop {
+                let message = self.inbound.next().await;
+                let started = std::time::Instant::now();
+                self.deliver(&message);
+                while started.elapsed() < FANOUT_SLICE
+                    && let Some(message) = self.inbound.take()
+                {
+                    self.deliver(&message);
+                }
+                // The turn goes to the next app with work waiting.
+                tokio::task::yield_now().await;
+            }
+        });
+        tokio::select! {
+            () = stop.cancelled() => {}
+            () = intake => {}
+            () = fanout => {}
+        }
+    }
+
+    /// Probe the hosts not heard from for a while: one that is gone (no
+    /// responders) is forgotten; one that answers stays.
+    fn probe_silent(self: &Arc<Self>) {
+        let silent = self.peers.silent();
+        if silent.is_empty() {
+            return;
+        }
+        let shared = Arc::clone(self);
+        self.link.runtime().spawn(async move {
+            let headers = shared.headers(Op::Ping);
+            let Ok(question) =
+                shared.put_question(&Lane::Control, &silent, &headers, &Bytes::new())
+            else {
+                return;
+            };
+            // Gone peers are forgotten by `answers`; silence changes nothing.
+            let _ = shared.answers(question, &silent).await;
+        });
+    }
+
     /// A group message from another host, for this host's members.
-    pub(super) fn deliver(&self, group: &GroupName, message: &async_nats::Message) {
+    pub(super) fn deliver(&self, message: &async_nats::Message) {
         let headers = message.headers.as_ref();
+        let Some(group) = group_of(headers) else {
+            return;
+        };
         let Some(content) = wire::join(wire::get(headers, header::KIND), message.payload.clone())
         else {
             tracing::debug!(
@@ -576,7 +773,7 @@ impl Shared {
             return;
         };
         let except = wire::number(headers, header::EXCEPT);
-        match self.local.publish(group, content, except) {
+        match self.local.publish(&group, content, except) {
             Ok(fanout) => self.counters.received(fanout),
             Err(error) => tracing::debug!(
                 app = &*self.app,
@@ -591,8 +788,8 @@ fn group_of(headers: Option<&HeaderMap>) -> Option<GroupName> {
 }
 
 impl Transport for ClusterHub {
-    fn attach(&self, outlet: Box<dyn Outlet>, policy: SlowMember) {
-        self.shared.local.attach(outlet, policy);
+    fn attach(&self, outlet: Box<dyn Outlet>, policy: SlowMember) -> Result<(), DuplicateId> {
+        self.shared.local.attach(outlet, policy)
     }
 
     fn detach(&self, id: ConnectionId) -> u64 {
@@ -657,6 +854,7 @@ impl Transport for ClusterHub {
         };
         let mut headers = HeaderMap::new();
         headers.insert(header::KIND, kind);
+        headers.insert(header::GROUP, group.as_str());
         if let Some(except) = except {
             headers.insert(header::EXCEPT, except.to_string());
         }
@@ -664,16 +862,23 @@ impl Transport for ClusterHub {
         // a message that only some hosts could deliver.
         shared.check_size(&message, &headers)?;
         let mut fanout = shared.local.publish(group, message, except)?;
-        let forwarded = shared.link.send(Outgoing {
-            subject: shared.subjects.group(group),
-            reply: None,
-            headers,
-            payload,
-        });
+        if shared.link.is_connected() && !shared.others_may_hold(group) {
+            // No other host holds a member: the broker would drop it.
+            return Ok(fanout);
+        }
+        let forwarded = shared.link.send(
+            &shared.lane,
+            Outgoing {
+                subject: shared.subjects.group(group),
+                reply: None,
+                headers,
+                payload,
+            },
+        );
         match forwarded {
             Ok(()) => Counters::add(&shared.counters.forwarded, 1),
-            Err(_) => {
-                shared.unavailable("publish to the other hosts");
+            Err(why) => {
+                shared.refused("publish to the other hosts", why);
                 fanout.unreached = true;
             }
         }
@@ -686,6 +891,15 @@ impl Transport for ClusterHub {
                 return self.shared.local.send_to(id, message).await;
             }
             self.shared.remote_send_to(id, message).await
+        })
+    }
+
+    fn close(&self, id: ConnectionId, close: Close) -> Pending<'_, ()> {
+        Box::pin(async move {
+            if HostId::of(id) == self.shared.me {
+                return self.shared.local.close_now(id, close);
+            }
+            self.shared.remote_close(id, close).await
         })
     }
 
@@ -708,10 +922,15 @@ impl Transport for ClusterHub {
                 delivered: get(&counters.received_delivered),
                 dropped: get(&counters.received_dropped),
                 closed: get(&counters.received_closed),
+                too_large: get(&counters.received_too_large),
                 unreached: false,
             },
             forwarded: get(&counters.forwarded),
             unavailable: get(&counters.unavailable),
+            over_share: get(&counters.over_share),
+            shed: get(&counters.shed),
+            queued_out: self.shared.link.queued(&self.shared.app) as u64,
+            queued_in: self.shared.inbound.bytes() as u64,
         }
     }
 }

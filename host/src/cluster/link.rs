@@ -1,32 +1,44 @@
 //! The host's one connection to NATS, shared by all its apps, and its
-//! outbox: whatever a flow sends to other hosts is put in the outbox
-//! without waiting and a single task hands it to the client in order, so a
-//! publisher's messages leave in the order it published them. A full
-//! outbox, or a link that is down, is an immediate `unavailable`.
+//! outbox ([`super::outbox`]): whatever a flow sends to other hosts is put
+//! in its app's lane without waiting and a single task hands the lanes'
+//! messages to the client, each lane in order, so a publisher's messages
+//! leave in the order it published them. An app over its share of the
+//! outbox, a full outbox, or a link that is down, is an immediate
+//! `unavailable`.
+//!
+//! The client's own queues are bounded too: its command queue
+//! ([`CLIENT_CAPACITY`]) and each subscription's ([`SUBSCRIPTION_CAPACITY`]).
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_nats::client::RequestErrorKind;
 use async_nats::connection::State;
 use async_nats::{Client, Event, HeaderMap, Subject, Subscriber};
 use futures_util::StreamExt as _;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::Bytes;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
+use super::outbox::{Lane, Next, Outbox, Refused};
 use super::wire::{self, Op, Subjects};
 use crate::hub::HostId;
 
-/// Messages the outbox holds at most: room for bursts while the broker is
-/// briefly slower than the flows.
-const OUTBOX_MESSAGES: usize = 8192;
+/// Commands (publishes, subscriptions) the NATS client queues between the
+/// outbox and its socket: beyond the outbox, the client holds at most this
+/// many messages of at most the broker's `max_payload` each (32 MiB at the
+/// default 1 MiB), where its default (2,048) would hold 2 GiB. Enough to
+/// keep the socket busy: the client writes whatever it has queued at once.
+pub(super) const CLIENT_CAPACITY: usize = 32;
 
-/// Payload bytes the outbox holds at most, so a stalled broker cannot
-/// grow the host.
-const OUTBOX_BYTES: usize = 64 << 20;
+/// Messages the NATS client holds for one subscription until the task
+/// reading it takes them (its default is 65,536); more are dropped by the
+/// client (and logged: "came faster than this host took them"). A host
+/// subscribes a few subjects per app, so per app this bounds what waits
+/// in the client to a few times this many messages of at most the app's
+/// `max_message_size` (as the other hosts check it) each.
+pub(super) const SUBSCRIPTION_CAPACITY: usize = 256;
 
 /// How long leaving waits for the outbox and the broker to take what is
 /// queued.
@@ -41,16 +53,16 @@ pub(super) struct Outgoing {
     pub(super) payload: Bytes,
 }
 
-/// What the outbox holds: messages, and marks that say when everything
-/// before them has been handed to the client.
-enum Queued {
-    Message(Outgoing),
-    Mark(oneshot::Sender<()>),
-}
-
-/// The link could not take a message now.
+/// Why the link could not take a message now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Unreachable;
+pub(super) enum Unreachable {
+    /// The connection to NATS is down (or the host left).
+    Down,
+    /// The app's lane holds its share of the outbox.
+    OverShare,
+    /// The outbox is full.
+    Full,
+}
 
 /// Whether the link is up, and how many times it came up.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -65,8 +77,7 @@ pub(crate) struct Link {
     client: Client,
     /// The servers, as the log names them.
     servers: String,
-    outbox: mpsc::Sender<Queued>,
-    outbox_bytes: Arc<AtomicUsize>,
+    outbox: Arc<Outbox>,
     state: watch::Receiver<LinkState>,
     /// Operations answered `unavailable` since the link went down.
     failed_while_down: Arc<AtomicU64>,
@@ -175,16 +186,14 @@ impl Link {
     ) -> Arc<Self> {
         let runtime = tokio::runtime::Handle::current();
         let stop = CancellationToken::new();
-        let (outbox, queued) = mpsc::channel(OUTBOX_MESSAGES);
-        let outbox_bytes = Arc::new(AtomicUsize::new(0));
-        runtime.spawn(forward(client.clone(), queued, Arc::clone(&outbox_bytes)));
+        let outbox = Arc::new(Outbox::default());
+        runtime.spawn(forward(client.clone(), Arc::clone(&outbox), stop.clone()));
         runtime.spawn(hold_claim(client.clone(), claim, stop.clone()));
         Arc::new(Self {
             host,
             client,
             servers: events.servers.clone(),
             outbox,
-            outbox_bytes,
             state,
             failed_while_down: Arc::clone(&events.failed_while_down),
             apps: Mutex::default(),
@@ -223,32 +232,22 @@ impl Link {
         self.client.max_payload()
     }
 
-    /// Put `message` in the outbox, without waiting.
-    pub(super) fn send(&self, message: Outgoing) -> Result<(), Unreachable> {
+    /// Put `message` in `lane` of the outbox, without waiting.
+    pub(super) fn send(&self, lane: &Lane, message: Outgoing) -> Result<(), Unreachable> {
         if !self.is_connected() {
-            return Err(Unreachable);
+            return Err(Unreachable::Down);
         }
-        let len = message.payload.len();
-        if self.outbox_bytes.fetch_add(len, Ordering::Relaxed) + len > OUTBOX_BYTES {
-            self.outbox_bytes.fetch_sub(len, Ordering::Relaxed);
-            return Err(Unreachable);
-        }
-        self.outbox.try_send(Queued::Message(message)).map_err(|_| {
-            self.outbox_bytes.fetch_sub(len, Ordering::Relaxed);
-            Unreachable
-        })
+        self.outbox
+            .push(lane, message)
+            .map_err(|refused| match refused {
+                Refused::OverShare => Unreachable::OverShare,
+                Refused::Full => Unreachable::Full,
+            })
     }
 
-    /// Wait (at most `timeout`) until the broker has handled everything
-    /// sent through the client before: a request to a subject nobody
-    /// subscribes to comes back as "no responders" only once the broker
-    /// has got that far on this connection. Returns whether it did.
-    pub(super) async fn sync(&self, timeout: Duration) -> bool {
-        let asked = self.client.request(wire::sync(self.host), Bytes::new());
-        matches!(
-            tokio::time::timeout(timeout, asked).await,
-            Ok(Err(error)) if error.kind() == RequestErrorKind::NoResponders
-        )
+    /// Bytes waiting in `app`'s lane of the outbox.
+    pub(super) fn queued(&self, app: &str) -> usize {
+        self.outbox.queued(app)
     }
 
     /// Count an operation answered `unavailable`, for the line logged when
@@ -257,14 +256,17 @@ impl Link {
         self.failed_while_down.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub(super) fn register(&self, app: &str, subjects: &Subjects) {
+    /// Serve `app`: it gets a lane of the outbox, and a `bye` on leaving.
+    pub(super) fn register(&self, app: &Arc<str>, subjects: &Subjects) {
+        self.outbox.open(app);
         self.apps
             .lock()
             .expect("not poisoned")
-            .insert(app.to_owned(), subjects.clone());
+            .insert(app.to_string(), subjects.clone());
     }
 
     pub(super) fn unregister(&self, app: &str) {
+        self.outbox.close(app);
         self.apps.lock().expect("not poisoned").remove(app);
     }
 
@@ -282,19 +284,19 @@ impl Link {
         for subjects in apps {
             let mut headers = wire::headers(Op::Bye);
             headers.insert(wire::header::HOST, self.host.to_string());
-            let _ = self.send(Outgoing {
-                subject: subjects.hosts(),
-                reply: None,
-                headers,
-                payload: Bytes::new(),
-            });
+            let _ = self.send(
+                &Lane::Control,
+                Outgoing {
+                    subject: subjects.hosts(),
+                    reply: None,
+                    headers,
+                    payload: Bytes::new(),
+                },
+            );
         }
         self.left.store(true, Ordering::Relaxed);
         let drained = async {
-            let (mark, handed_over) = oneshot::channel();
-            if self.outbox.send(Queued::Mark(mark)).await.is_ok() {
-                let _ = handed_over.await;
-            }
+            let _ = self.outbox.mark().await;
             let _ = self.client.flush().await;
         };
         if tokio::time::timeout(LEAVE_TIMEOUT, drained).await.is_err() {
@@ -306,18 +308,20 @@ impl Link {
     }
 }
 
-/// Hand the outbox's messages to the client, in order, until the link is
-/// dropped.
-async fn forward(client: Client, mut queued: mpsc::Receiver<Queued>, bytes: Arc<AtomicUsize>) {
-    while let Some(item) = queued.recv().await {
-        let message = match item {
-            Queued::Message(message) => message,
-            Queued::Mark(mark) => {
+/// Hand the outbox's messages to the client, until `stop`.
+async fn forward(client: Client, outbox: Arc<Outbox>, stop: CancellationToken) {
+    loop {
+        let next = tokio::select! {
+            () = stop.cancelled() => break,
+            next = outbox.next() => next,
+        };
+        let message = match next {
+            Next::Message(message) => message,
+            Next::Mark(mark) => {
                 let _ = mark.send(());
                 continue;
             }
         };
-        bytes.fetch_sub(message.payload.len(), Ordering::Relaxed);
         let Outgoing {
             subject,
             reply,

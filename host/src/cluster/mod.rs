@@ -23,8 +23,10 @@
 
 mod directory;
 mod hub;
+mod inbound;
 mod interest;
 mod link;
+mod outbox;
 mod questions;
 mod wire;
 
@@ -153,7 +155,7 @@ impl Cluster {
         for _ in 0..HOST_ID_ATTEMPTS {
             let host = HostId::random();
             let (events, state) = Events::new(host, &shown);
-            let connected = connect_options(options, host, &events)
+            let connected = connect_options(options, &servers, host, &events)
                 .await?
                 .connect(servers.clone())
                 .await;
@@ -177,7 +179,7 @@ impl Cluster {
                          group operations that need other hosts answer `unavailable` until it \
                          can; connecting in the background"
                     );
-                    connect_options(options, host, &events)
+                    connect_options(options, &servers, host, &events)
                         .await?
                         .retry_on_initial_connect()
                         .connect(servers.clone())
@@ -232,9 +234,15 @@ impl Cluster {
         async_nats::jetstream::new(self.link.client().clone())
     }
 
-    /// The hub of app `app` on this host, reaching its other hosts.
-    pub(crate) fn hub(&self, app: &str, limits: HubLimits) -> Arc<dyn Transport> {
-        Arc::new(hub::ClusterHub::new(&self.link, app, limits))
+    /// The hub of app `app` on this host, reaching its other hosts; what
+    /// it does for the app's members runs in the app's `turns`.
+    pub(crate) fn hub(
+        &self,
+        app: &str,
+        limits: HubLimits,
+        turns: &crate::runtime::Lane,
+    ) -> Arc<dyn Transport> {
+        Arc::new(hub::ClusterHub::new(&self.link, app, limits, turns.clone()))
     }
 }
 
@@ -304,10 +312,23 @@ fn check_files(options: &ClusterOptions) -> Result<(), ClusterError> {
 
 async fn connect_options(
     options: &ClusterOptions,
+    servers: &[ServerAddr],
     host: HostId,
     events: &Events,
 ) -> Result<ConnectOptions, ClusterError> {
     let mut connect = ConnectOptions::new();
+    // The client reads no credentials from the URLs itself: a user and
+    // password (`nats://USER:PASS@HOST`) or a token (`nats://TOKEN@HOST`)
+    // given in the first URL that has one are passed on here.
+    if let Some(server) = servers.iter().find(|server| server.has_user_pass()) {
+        match (server.username(), server.password()) {
+            (Some(user), Some(password)) => {
+                connect = connect.user_and_password(user.to_owned(), password.to_owned());
+            }
+            (Some(token), None) => connect = connect.token(token.to_owned()),
+            _ => {}
+        }
+    }
     if let Some(path) = &options.credentials {
         connect =
             connect
@@ -333,6 +354,8 @@ async fn connect_options(
         // This host delivers its own messages itself; the broker must not
         // hand them back.
         .no_echo()
+        .client_capacity(link::CLIENT_CAPACITY)
+        .subscription_capacity(link::SUBSCRIPTION_CAPACITY)
         .connection_timeout(CONNECT_TIMEOUT)
         .ping_interval(PING_INTERVAL)
         .reconnect_delay_callback(|attempts| {

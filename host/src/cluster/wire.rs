@@ -2,13 +2,13 @@
 //! what a message is, and the one binary body (a member listing).
 //!
 //! ```text
-//! wsflow.app.APP.group.GROUP        a publish to GROUP; subscribed by hosts with members in it
-//! wsflow.app.APP.host.HOST          a request to one host: send to a connection, count, list
+//! wsflow.app.APP.group.GROUP        a publish to GROUP; every host of APP subscribes to
+//!                                   `group.*`, and it is sent only while a host holds GROUP
+//! wsflow.app.APP.host.HOST          a request to one host: send to a connection, count, list,
+//!                                   the groups a host holds and their changes
 //! wsflow.app.APP.reply.HOST.Q.PEER  PEER's answer to HOST's request Q
 //! wsflow.app.APP.hosts              hello / here / bye: which hosts serve APP
 //! wsflow.host.HOST                  the claim on a host id
-//! wsflow.sync.HOST                  nobody's: a request there comes back once the broker
-//!                                   has handled all that HOST sent before it
 //! ```
 //!
 //! APP and GROUP are names turned into one subject token each by
@@ -32,9 +32,11 @@ pub(super) mod header {
     pub(crate) const KIND: &str = "Wsflow-Kind";
     /// A publish's excepted connection id.
     pub(crate) const EXCEPT: &str = "Wsflow-Except";
-    /// The connection a `send` is for.
+    /// The connection a `send` or a `close` is for.
     pub(crate) const TO: &str = "Wsflow-To";
-    /// The group a `count` or `members` request is about.
+    /// A `close`'s close code (its reason is the payload).
+    pub(crate) const CODE: &str = "Wsflow-Code";
+    /// The group a publish, a `count` or a `members` request is about.
     pub(crate) const GROUP: &str = "Wsflow-Group";
     /// How many members a `members` answer may hold.
     pub(crate) const LIMIT: &str = "Wsflow-Limit";
@@ -65,11 +67,6 @@ pub(super) fn host_claim(host: HostId) -> Subject {
     format!("wsflow.host.{host}").into()
 }
 
-/// A subject nobody subscribes to, for [`super::link::Link::sync`].
-pub(super) fn sync(host: HostId) -> Subject {
-    format!("wsflow.sync.{host}").into()
-}
-
 /// The subjects of one app.
 #[derive(Debug, Clone)]
 pub(super) struct Subjects {
@@ -86,6 +83,11 @@ impl Subjects {
 
     pub(super) fn group(&self, group: &GroupName) -> Subject {
         format!("{}.group.{}", self.prefix, token(group.as_str())).into()
+    }
+
+    /// Every group of the app: what a host subscribes to.
+    pub(super) fn groups(&self) -> Subject {
+        format!("{}.group.*", self.prefix).into()
     }
 
     pub(super) fn hosts(&self) -> Subject {
@@ -127,10 +129,23 @@ pub(super) enum Op {
     Bye,
     /// Request: queue a message for one connection.
     Send,
+    /// Request: close one connection (after what was queued for it).
+    Close,
     /// Request: how many members a group has on the host.
     Count,
     /// Request: the members a group has on the host.
     Members,
+    /// Request: is the host there (answered `ok`)? For a silent host.
+    Ping,
+    /// Request: send me the groups you hold members in (as `groups`
+    /// requests, in parts).
+    AskGroups,
+    /// Request: one part of the groups the sender holds members in, one
+    /// name a line; the last part has no `Wsflow-More`.
+    Groups,
+    /// Request: the groups the sender holds members in changed (`+GROUP`,
+    /// `-GROUP`, one a line); answered once applied.
+    GroupsChanged,
 }
 
 impl Op {
@@ -140,8 +155,13 @@ impl Op {
             Self::Here => "here",
             Self::Bye => "bye",
             Self::Send => "send",
+            Self::Close => "close",
             Self::Count => "count",
             Self::Members => "members",
+            Self::Ping => "ping",
+            Self::AskGroups => "ask-groups",
+            Self::Groups => "groups",
+            Self::GroupsChanged => "groups-changed",
         }
     }
 
@@ -151,8 +171,13 @@ impl Op {
             Self::Here,
             Self::Bye,
             Self::Send,
+            Self::Close,
             Self::Count,
             Self::Members,
+            Self::Ping,
+            Self::AskGroups,
+            Self::Groups,
+            Self::GroupsChanged,
         ]
         .into_iter()
         .find(|known| known.as_str() == op)

@@ -1,13 +1,21 @@
 //! Connection ids: unique in the host and, in a cluster, across its hosts,
-//! because every id names the host that holds its connection.
+//! because every id names the host that holds its connection; and
+//! unguessable, so an id tells a tenant nothing about the host's other
+//! connections.
 //!
 //! ```text
 //! bit 63 ........ 53 | 52 ......... 33 | 32 ............ 0
-//!       always 0     |  host id (20)    |  count (33)
+//!       always 0     |  host id (20)    |  count (33), permuted
 //! ```
 //!
 //! Ids stay below 2^53, so a JavaScript number (a browser client that
 //! reads an id from JSON) holds every one of them exactly.
+//!
+//! The count part is the host's connection count passed through a keyed
+//! permutation ([`Permutation`]) chosen at random when the host starts:
+//! distinct counts give distinct ids, as a counter does, but an id does
+//! not reveal how many connections the host (all its apps) made before or
+//! since, nor the id the next connection gets.
 
 use std::fmt;
 use std::hash::{BuildHasher as _, Hash as _, Hasher as _};
@@ -16,8 +24,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use super::ConnectionId;
 
 /// Bits of an id that count a host's connections: 2^33 - 1 (8.6 billion)
-/// ids before the count starts again at 1, by which time the connection
-/// that had an id is long gone.
+/// ids before the count starts again, by which time the connection that
+/// had an id is long gone (and an app's hub refuses to attach a second
+/// connection under a live id).
 const COUNT_BITS: u32 = 33;
 
 /// Bits of an id that name its host: room for a million host ids, so a
@@ -74,6 +83,7 @@ impl fmt::Display for HostId {
 pub(crate) struct ConnectionIds {
     host: HostId,
     counted: AtomicU64,
+    shuffle: Permutation,
 }
 
 impl ConnectionIds {
@@ -81,19 +91,79 @@ impl ConnectionIds {
         Self {
             host,
             counted: AtomicU64::new(0),
+            shuffle: Permutation::random(COUNT_BITS.div_ceil(2), COUNT_SPAN),
         }
     }
 
-    /// A new id: the host's id and the next count (never 0).
+    /// A new id: the host's id and the next count, permuted (never 0).
     pub(crate) fn next(&self) -> ConnectionId {
-        let n = self.counted.fetch_add(1, Ordering::Relaxed);
-        let count = n % COUNT_SPAN + 1;
+        let n = self.counted.fetch_add(1, Ordering::Relaxed) % COUNT_SPAN;
+        let count = self.shuffle.apply(n) + 1;
         (u64::from(self.host.0) << COUNT_BITS) | count
+    }
+}
+
+/// A keyed permutation of `0..span`: a four-round Feistel network over
+/// two halves of `half_bits` bits each (a permutation of
+/// `0..2^(2 * half_bits)`, with SipHash under random keys as its round
+/// function), walked until it lands in `0..span` again. Walking a
+/// permutation of a larger set that way is a permutation of the smaller
+/// one; with `span` over half the larger set, a walk takes two steps on
+/// average.
+struct Permutation {
+    keys: std::collections::hash_map::RandomState,
+    half_bits: u32,
+    span: u64,
+}
+
+/// Keys are random and not shown.
+impl fmt::Debug for Permutation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Permutation")
+            .field("span", &self.span)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Permutation {
+    /// Four rounds: the fewest for which a Feistel network with random
+    /// round functions is indistinguishable from a random permutation.
+    const ROUNDS: u8 = 4;
+
+    fn random(half_bits: u32, span: u64) -> Self {
+        assert!(span <= 1 << (2 * half_bits), "the span fits the network");
+        Self {
+            keys: std::collections::hash_map::RandomState::new(),
+            half_bits,
+            span,
+        }
+    }
+
+    /// Where `n` (below the span) goes.
+    fn apply(&self, n: u64) -> u64 {
+        debug_assert!(n < self.span);
+        let mut x = self.feistel(n);
+        while x >= self.span {
+            x = self.feistel(x);
+        }
+        x
+    }
+
+    fn feistel(&self, x: u64) -> u64 {
+        let mask = (1 << self.half_bits) - 1;
+        let (mut left, mut right) = (x >> self.half_bits, x & mask);
+        for round in 0..Self::ROUNDS {
+            let mixed = self.keys.hash_one((round, right)) & mask;
+            (left, right) = (right, left ^ mixed);
+        }
+        (left << self.half_bits) | right
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashSet;
+
     use super::*;
 
     #[test]
@@ -108,7 +178,41 @@ mod tests {
             }
         }
         let local = ConnectionIds::new(HostId::LOCAL);
-        assert_eq!([local.next(), local.next()], [1, 2]);
+        let id = local.next();
+        assert!((1..=COUNT_SPAN).contains(&id), "{id}");
+    }
+
+    #[test]
+    fn ids_are_distinct_and_do_not_count_the_hosts_connections() {
+        let ids = ConnectionIds::new(HostId::new(5).unwrap());
+        let handed: Vec<ConnectionId> = (0..100_000).map(|_| ids.next()).collect();
+        let distinct: HashSet<_> = handed.iter().collect();
+        assert_eq!(distinct.len(), handed.len());
+        // A counter's ids rise by one; these are spread over the whole
+        // count: neither their order nor their gaps tell how many
+        // connections came between two of them.
+        let rising = handed.windows(2).filter(|w| w[1] > w[0]).count();
+        assert!(
+            (40_000..60_000).contains(&rising),
+            "{rising} of 99,999 rise"
+        );
+        let counts = handed.iter().map(|id| id & COUNT_SPAN);
+        assert!(counts.clone().any(|count| count > COUNT_SPAN / 2));
+        assert!(counts.clone().any(|count| count < COUNT_SPAN / 2));
+        // Another host start, another order.
+        let again = ConnectionIds::new(HostId::new(5).unwrap());
+        let other: Vec<ConnectionId> = (0..8).map(|_| again.next()).collect();
+        assert_ne!(other, handed[..8]);
+    }
+
+    #[test]
+    fn the_permutation_is_one_to_one_on_its_span() {
+        for (half_bits, span) in [(4, 256), (4, 200), (5, 600), (3, 33)] {
+            let shuffle = Permutation::random(half_bits, span);
+            let images: HashSet<u64> = (0..span).map(|n| shuffle.apply(n)).collect();
+            assert_eq!(images.len() as u64, span);
+            assert!(images.iter().all(|image| *image < span));
+        }
     }
 
     #[test]
@@ -117,8 +221,9 @@ mod tests {
         ids.counted.store(COUNT_SPAN - 1, Ordering::Relaxed);
         let last = ids.next();
         let first_again = ids.next();
-        assert_eq!(last & COUNT_SPAN, COUNT_SPAN);
-        assert_eq!(first_again & COUNT_SPAN, 1);
+        ids.counted.store(0, Ordering::Relaxed);
+        assert_eq!(first_again, ids.next(), "the count wrapped to its start");
+        assert_ne!(last, first_again);
         assert_eq!(HostId::of(last).get(), 5);
         assert_eq!(HostId::of(first_again).get(), 5);
     }

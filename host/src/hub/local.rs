@@ -2,12 +2,19 @@
 //! outlet, slow-member policy, groups and attachment, and its groups by
 //! name.
 //!
-//! A publish holds the registry's read lock while it offers the message to
-//! each member (`try_send`, never a wait), so publishes run side by side
-//! and a join or leave waits at most for one fan-out. Every member gets a
-//! clone of the one message: the payload is shared by reference count.
+//! A publish takes the group's members from the registry under its read
+//! lock (a reference-counted snapshot: one increment) and offers the
+//! message to each of them (`try_send`, never a wait) after the lock is
+//! released. So a fan-out to 10,000 members never holds up an attach, a
+//! join, a leave or a detach, nor a worker thread that waits for one. A
+//! change to a group that a fan-out still reads copies the group's list
+//! first (`Arc::make_mut`: one reference count per member, no allocation
+//! per member), and the fan-out goes on with the members it started with.
+//! Every member gets a clone of the one message: the payload is shared by
+//! reference count.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::future::ready;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,9 +23,10 @@ use std::sync::{Arc, Mutex, RwLock};
 use tokio_tungstenite::tungstenite::{Bytes, Message};
 
 use super::{
-    ConnectionId, Delivery, Fanout, GroupName, HubError, HubLimits, HubResult, MemberInfo, Outlet,
-    Pending, Transport,
+    ConnectionId, Delivery, DuplicateId, Fanout, GroupName, HubError, HubLimits, HubResult,
+    MemberInfo, Outlet, Pending, Transport,
 };
+use crate::close::Close;
 use crate::manifest::spec::SlowMember;
 
 /// The local hub of one app.
@@ -44,9 +52,17 @@ impl fmt::Debug for LocalHub {
 #[derive(Default)]
 struct Registry {
     connections: HashMap<ConnectionId, Attached>,
-    /// Members of each group by id (listings come out in id order). A
-    /// group without members is removed.
-    groups: HashMap<GroupName, BTreeMap<ConnectionId, Arc<Member>>>,
+    /// Members of each group. A group without members is removed.
+    groups: HashMap<GroupName, Members>,
+}
+
+/// A group's members in id order (listings come out in it), shared with
+/// the fan-outs and listings that read it outside the registry's lock.
+type Members = Arc<Vec<(ConnectionId, Arc<Member>)>>;
+
+/// Where member `id` is in `members`, or would be.
+fn position(members: &[(ConnectionId, Arc<Member>)], id: ConnectionId) -> Result<usize, usize> {
+    members.binary_search_by_key(&id, |(member, _)| *member)
 }
 
 /// An attached connection and the groups it is in.
@@ -71,10 +87,12 @@ impl Member {
             Delivery::Queued => fanout.delivered += 1,
             // Leaving: not a member any more, nothing to count.
             Delivery::Closed => {}
+            // Its client would not take it; it is not slow.
+            Delivery::TooLarge => fanout.too_large += 1,
             Delivery::Full => {
                 fanout.dropped += 1;
                 self.dropped.fetch_add(1, Ordering::Relaxed);
-                if self.policy == SlowMember::Close && self.outlet.close_slow() {
+                if self.policy == SlowMember::Close && self.outlet.close(Close::SLOW_MEMBER) {
                     fanout.closed += 1;
                     tracing::info!(
                         member = self.outlet.id(),
@@ -107,7 +125,7 @@ impl LocalHub {
     }
 
     fn check_size(&self, message: &Message) -> HubResult<()> {
-        if message.len() > self.limits.max_message_size {
+        if message.len() > self.limits.max_message_size.get() {
             return Err(HubError::TooLarge);
         }
         Ok(())
@@ -136,7 +154,9 @@ impl LocalHub {
             }
             return Err(HubError::GroupFull);
         }
-        members.insert(id, Arc::clone(&attached.member));
+        if let Err(at) = position(members, id) {
+            Arc::make_mut(members).insert(at, (id, Arc::clone(&attached.member)));
+        }
         attached.groups.insert(group);
         Ok(())
     }
@@ -155,33 +175,46 @@ impl LocalHub {
 
     fn send_to_now(&self, id: ConnectionId, message: Message) -> HubResult<Fanout> {
         self.check_size(&message)?;
-        let registry = self.read();
-        let member = registry
-            .connections
-            .get(&id)
-            .map(|attached| &attached.member)
-            .filter(|member| member.is_open())
-            .ok_or(HubError::NotFound)?;
+        let member = self.member(id)?;
+        if !member.is_open() {
+            return Err(HubError::NotFound);
+        }
         let mut fanout = Fanout::default();
         member.offer(&message, &mut fanout);
+        if fanout.too_large > 0 {
+            return Err(HubError::TooLarge);
+        }
         Ok(fanout)
     }
 
+    /// Close connection `id` of this host; `NotFound` if it is not open.
+    pub(crate) fn close_now(&self, id: ConnectionId, close: Close) -> HubResult<()> {
+        let member = self.member(id)?;
+        if !member.is_open() {
+            return Err(HubError::NotFound);
+        }
+        member.outlet.close(close);
+        Ok(())
+    }
+
+    /// The members of `group` now, read outside the lock.
+    fn snapshot(&self, group: &GroupName) -> Option<Members> {
+        self.read().groups.get(group).map(Arc::clone)
+    }
+
     fn member_count_now(&self, group: &GroupName) -> u32 {
-        let registry = self.read();
-        let open = registry.groups.get(group).map_or(0, |members| {
-            members.values().filter(|m| m.is_open()).count()
+        let open = self.snapshot(group).map_or(0, |members| {
+            members.iter().filter(|(_, m)| m.is_open()).count()
         });
         u32::try_from(open).unwrap_or(u32::MAX)
     }
 
     fn members_now(&self, group: &GroupName, limit: usize) -> HubResult<Vec<MemberInfo>> {
-        let registry = self.read();
-        let Some(members) = registry.groups.get(group) else {
+        let Some(members) = self.snapshot(group) else {
             return Ok(Vec::new());
         };
         let mut listed = Vec::new();
-        for (id, member) in members {
+        for (id, member) in members.iter() {
             if !member.is_open() {
                 continue;
             }
@@ -206,13 +239,11 @@ impl LocalHub {
 }
 
 /// Take `id` out of `group`, and the group out of the map once empty.
-fn remove_member(
-    groups: &mut HashMap<GroupName, BTreeMap<ConnectionId, Arc<Member>>>,
-    group: &GroupName,
-    id: ConnectionId,
-) {
+fn remove_member(groups: &mut HashMap<GroupName, Members>, group: &GroupName, id: ConnectionId) {
     if let Some(members) = groups.get_mut(group) {
-        members.remove(&id);
+        if let Ok(at) = position(members, id) {
+            Arc::make_mut(members).remove(at);
+        }
         if members.is_empty() {
             groups.remove(group);
         }
@@ -220,7 +251,7 @@ fn remove_member(
 }
 
 impl Transport for LocalHub {
-    fn attach(&self, outlet: Box<dyn Outlet>, policy: SlowMember) {
+    fn attach(&self, outlet: Box<dyn Outlet>, policy: SlowMember) -> Result<(), DuplicateId> {
         let id = outlet.id();
         let member = Arc::new(Member {
             outlet,
@@ -232,8 +263,13 @@ impl Transport for LocalHub {
             member,
             groups: BTreeSet::new(),
         };
-        let earlier = self.write().connections.insert(id, attached);
-        debug_assert!(earlier.is_none(), "connection {id} attached twice");
+        match self.write().connections.entry(id) {
+            Entry::Occupied(_) => Err(DuplicateId(id)),
+            Entry::Vacant(vacant) => {
+                vacant.insert(attached);
+                Ok(())
+            }
+        }
     }
 
     fn detach(&self, id: ConnectionId) -> u64 {
@@ -286,9 +322,8 @@ impl Transport for LocalHub {
     ) -> HubResult<Fanout> {
         self.check_size(&message)?;
         let mut fanout = Fanout::default();
-        let registry = self.read();
-        if let Some(members) = registry.groups.get(group) {
-            for (id, member) in members {
+        if let Some(members) = self.snapshot(group) {
+            for (id, member) in members.iter() {
                 if Some(*id) != except {
                     member.offer(&message, &mut fanout);
                 }
@@ -299,6 +334,10 @@ impl Transport for LocalHub {
 
     fn send_to(&self, id: ConnectionId, message: Message) -> Pending<'_, Fanout> {
         Box::pin(ready(self.send_to_now(id, message)))
+    }
+
+    fn close(&self, id: ConnectionId, close: Close) -> Pending<'_, ()> {
+        Box::pin(ready(self.close_now(id, close)))
     }
 
     fn member_count(&self, group: &GroupName) -> Pending<'_, u32> {
@@ -313,8 +352,11 @@ impl Transport for LocalHub {
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::AtomicBool;
+    use std::sync::mpsc;
+    use std::time::Duration;
 
     use super::*;
+    use crate::hub::LargestMessage;
 
     /// An outlet with a queue of `capacity` messages that nobody drains.
     #[derive(Debug)]
@@ -323,6 +365,8 @@ mod tests {
         capacity: usize,
         queued: Arc<Mutex<Vec<Message>>>,
         closed: Arc<AtomicBool>,
+        /// The connection's `max_message_size`, if the test sets one.
+        limit: Arc<Mutex<Option<usize>>>,
     }
 
     impl Outlet for FakeOutlet {
@@ -333,6 +377,14 @@ mod tests {
         fn try_send(&self, message: Message) -> Delivery {
             if self.is_closed() {
                 return Delivery::Closed;
+            }
+            if self
+                .limit
+                .lock()
+                .unwrap()
+                .is_some_and(|max| message.len() > max)
+            {
+                return Delivery::TooLarge;
             }
             let mut queued = self.queued.lock().unwrap();
             if queued.len() == self.capacity {
@@ -346,7 +398,7 @@ mod tests {
             self.closed.load(Ordering::Acquire)
         }
 
-        fn close_slow(&self) -> bool {
+        fn close(&self, _close: Close) -> bool {
             !self.closed.swap(true, Ordering::AcqRel)
         }
     }
@@ -355,6 +407,7 @@ mod tests {
     struct Probe {
         queued: Arc<Mutex<Vec<Message>>>,
         closed: Arc<AtomicBool>,
+        limit: Arc<Mutex<Option<usize>>>,
     }
 
     impl Probe {
@@ -372,21 +425,27 @@ mod tests {
             max_groups_per_connection: 2,
             max_group_members: 3,
             max_attachment_size: 8,
-            max_message_size: 64,
+            max_message_size: LargestMessage::new(64),
         }
     }
 
     fn attach(hub: &LocalHub, id: ConnectionId, capacity: usize, policy: SlowMember) -> Probe {
         let queued = Arc::default();
         let closed = Arc::default();
+        let limit = Arc::default();
         let outlet = FakeOutlet {
             id,
             capacity,
             queued: Arc::clone(&queued),
             closed: Arc::clone(&closed),
+            limit: Arc::clone(&limit),
         };
-        hub.attach(Box::new(outlet), policy);
-        Probe { queued, closed }
+        hub.attach(Box::new(outlet), policy).unwrap();
+        Probe {
+            queued,
+            closed,
+            limit,
+        }
     }
 
     fn group(name: &str) -> GroupName {
@@ -474,6 +533,7 @@ mod tests {
                 delivered: 5 + 2 + 2,
                 dropped: 3 + 1,
                 closed: 1,
+                too_large: 0,
                 unreached: false,
             }
         );
@@ -588,5 +648,252 @@ mod tests {
             Err(HubError::NotFound)
         );
         assert_eq!(join(&hub, 1, "b"), Err(HubError::Closed));
+    }
+
+    /// An outlet whose first offer waits until the test lets it go: a
+    /// fan-out caught in the middle.
+    struct GateOutlet {
+        id: ConnectionId,
+        entered: Mutex<Option<mpsc::Sender<()>>>,
+        release: Mutex<mpsc::Receiver<()>>,
+    }
+
+    impl Outlet for GateOutlet {
+        fn id(&self) -> ConnectionId {
+            self.id
+        }
+
+        fn try_send(&self, _message: Message) -> Delivery {
+            if let Some(entered) = self.entered.lock().unwrap().take() {
+                entered.send(()).unwrap();
+                let _ = self.release.lock().unwrap().recv();
+            }
+            Delivery::Queued
+        }
+
+        fn is_closed(&self) -> bool {
+            false
+        }
+
+        fn close(&self, _close: Close) -> bool {
+            false
+        }
+    }
+
+    #[test]
+    fn a_fan_out_in_progress_holds_up_no_attach_join_leave_or_detach() {
+        let hub = Arc::new(LocalHub::new(HubLimits {
+            max_group_members: 100,
+            ..limits()
+        }));
+        let (entered_tx, entered) = mpsc::channel();
+        let (release, release_rx) = mpsc::channel();
+        let gate = GateOutlet {
+            id: 1,
+            entered: Mutex::new(Some(entered_tx)),
+            release: Mutex::new(release_rx),
+        };
+        hub.attach(Box::new(gate), SlowMember::Close).unwrap();
+        join(&hub, 1, "room").unwrap();
+        let others: Vec<Probe> = (2..=3)
+            .map(|id| attach(&hub, id, 10, SlowMember::Close))
+            .collect();
+        join(&hub, 2, "room").unwrap();
+        join(&hub, 3, "room").unwrap();
+        let publisher = {
+            let hub = Arc::clone(&hub);
+            std::thread::spawn(move || hub.publish(&group("room"), Message::text("hi"), None))
+        };
+        // The fan-out is at its first member, and waits there.
+        entered.recv().unwrap();
+        let (done_tx, done) = mpsc::channel();
+        let changes = {
+            let hub = Arc::clone(&hub);
+            std::thread::spawn(move || {
+                let late = attach(&hub, 50, 10, SlowMember::Close);
+                join(&hub, 50, "room").unwrap();
+                hub.leave_now(3, &group("room")).unwrap();
+                hub.detach(2);
+                done_tx.send(()).unwrap();
+                late
+            })
+        };
+        // Only a hub that waits for the fan-out takes this long; the
+        // changes themselves take microseconds.
+        let went_on = done.recv_timeout(Duration::from_secs(20)).is_ok();
+        release.send(()).unwrap();
+        let fanout = publisher.join().unwrap().unwrap();
+        let late = changes.join().unwrap();
+        assert!(
+            went_on,
+            "attach, join, leave and detach waited for a fan-out"
+        );
+        // The fan-out went on with the members it started with.
+        assert_eq!(fanout.delivered, 3);
+        assert_eq!(others[0].texts(), ["hi"]);
+        assert_eq!(others[1].texts(), ["hi"]);
+        assert!(late.texts().is_empty());
+        assert_eq!(hub.member_count_now(&group("room")), 2);
+    }
+
+    #[test]
+    fn a_second_connection_under_a_live_id_is_refused_and_the_first_keeps_it() {
+        let hub = LocalHub::new(limits());
+        let first = attach(&hub, 7, 10, SlowMember::Close);
+        join(&hub, 7, "a").unwrap();
+        let second = FakeOutlet {
+            id: 7,
+            capacity: 10,
+            queued: Arc::default(),
+            closed: Arc::default(),
+            limit: Arc::default(),
+        };
+        assert_eq!(
+            hub.attach(Box::new(second), SlowMember::Close),
+            Err(DuplicateId(7))
+        );
+        hub.send_to_now(7, Message::text("still you")).unwrap();
+        assert_eq!(first.texts(), ["still you"]);
+        assert_eq!(hub.joined(7), [group("a")]);
+    }
+
+    #[test]
+    fn a_message_too_large_for_a_member_is_refused_for_it_alone() {
+        let hub = LocalHub::new(limits());
+        let small = attach(&hub, 1, 10, SlowMember::Close);
+        let large = attach(&hub, 2, 10, SlowMember::Close);
+        // The first member's trigger takes at most 4 bytes.
+        *small.limit.lock().unwrap() = Some(4);
+        join(&hub, 1, "a").unwrap();
+        join(&hub, 2, "a").unwrap();
+        let fanout = hub
+            .publish(&group("a"), Message::text("hello"), None)
+            .unwrap();
+        assert_eq!((fanout.delivered, fanout.too_large), (1, 1));
+        assert_eq!(
+            hub.send_to_now(1, Message::text("hello")),
+            Err(HubError::TooLarge)
+        );
+        hub.publish(&group("a"), Message::text("hi"), None).unwrap();
+        assert_eq!(small.texts(), ["hi"]);
+        assert!(!small.closed.load(Ordering::Acquire));
+        assert_eq!(large.texts(), ["hello", "hi"]);
+        // The app's largest is checked before any member.
+        hub.limits.max_message_size.set(4);
+        assert_eq!(
+            hub.publish(&group("a"), Message::text("hello"), None),
+            Err(HubError::TooLarge)
+        );
+    }
+
+    /// Takes every message and keeps none: a member that reads at once.
+    struct Counting(ConnectionId, AtomicU64);
+
+    impl Outlet for Counting {
+        fn id(&self) -> ConnectionId {
+            self.0
+        }
+
+        fn try_send(&self, _message: Message) -> Delivery {
+            self.1.fetch_add(1, Ordering::Relaxed);
+            Delivery::Queued
+        }
+
+        fn is_closed(&self) -> bool {
+            false
+        }
+
+        fn close(&self, _close: Close) -> bool {
+            false
+        }
+    }
+
+    /// The 50th, 99th percentile and the largest of `samples`.
+    fn spread(mut samples: Vec<Duration>) -> String {
+        samples.sort();
+        let at = |q: f64| samples[((samples.len() - 1) as f64 * q) as usize];
+        format!(
+            "p50 {:?}, p99 {:?}, max {:?} ({} samples)",
+            at(0.5),
+            at(0.99),
+            samples[samples.len() - 1],
+            samples.len()
+        )
+    }
+
+    /// Not a test but a measurement; run it with
+    /// `cargo test --release -p wsflow --lib fan_out_beside -- --ignored --nocapture`.
+    /// On two worker threads: one tenant publishes to a group of 10,000
+    /// members in a loop; beside it, connections of the same app attach,
+    /// join and detach, and an unrelated task wakes every millisecond.
+    /// Prints how long an attach-join-detach takes and how late the
+    /// unrelated task wakes.
+    #[ignore = "a measurement that prints figures"]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn fan_out_beside_attach_detach_and_an_unrelated_task() {
+        const MEMBERS: u64 = 10_000;
+        const RUN: Duration = Duration::from_secs(5);
+        let hub = Arc::new(LocalHub::new(HubLimits {
+            max_group_members: MEMBERS as usize + 10,
+            ..limits()
+        }));
+        for id in 0..MEMBERS {
+            let _ = hub.attach(Box::new(Counting(id, AtomicU64::new(0))), SlowMember::Drop);
+            join(&hub, id, "all").unwrap();
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let publisher = tokio::spawn({
+            let (hub, stop) = (Arc::clone(&hub), Arc::clone(&stop));
+            async move {
+                let mut published = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    hub.publish(&group("all"), Message::text("tick"), None)
+                        .unwrap();
+                    published += 1;
+                    tokio::task::yield_now().await;
+                }
+                published
+            }
+        });
+        let churn = tokio::spawn({
+            let (hub, stop) = (Arc::clone(&hub), Arc::clone(&stop));
+            async move {
+                let mut took = Vec::new();
+                let mut id = MEMBERS;
+                while !stop.load(Ordering::Relaxed) {
+                    let started = std::time::Instant::now();
+                    let _ = hub.attach(Box::new(Counting(id, AtomicU64::new(0))), SlowMember::Drop);
+                    join(&hub, id, "all").unwrap();
+                    hub.detach(id);
+                    took.push(started.elapsed());
+                    id += 1;
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                took
+            }
+        });
+        let unrelated = tokio::spawn({
+            let stop = Arc::clone(&stop);
+            async move {
+                let mut late = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let started = std::time::Instant::now();
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    late.push(started.elapsed().saturating_sub(Duration::from_millis(1)));
+                }
+                late
+            }
+        });
+        tokio::time::sleep(RUN).await;
+        stop.store(true, Ordering::Relaxed);
+        let published = publisher.await.unwrap();
+        let churned = churn.await.unwrap();
+        let late = unrelated.await.unwrap();
+        println!(
+            "{published} publishes to {MEMBERS} members in {RUN:?} ({:.1} ms each)",
+            RUN.as_secs_f64() * 1000.0 / published as f64
+        );
+        println!("attach + join + detach: {}", spread(churned));
+        println!("an unrelated 1 ms sleep wakes late by: {}", spread(late));
     }
 }

@@ -30,10 +30,12 @@ mod name;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use tokio_tungstenite::tungstenite::{Bytes, Message};
 
+use crate::close::Close;
 use crate::manifest::spec::{AppLimits, SlowMember};
 
 pub(crate) use ids::{ConnectionIds, HostId};
@@ -85,6 +87,9 @@ pub(crate) struct Fanout {
     pub(crate) dropped: u64,
     /// Members closed (1008) because their queue was full.
     pub(crate) closed: u64,
+    /// Not queued: larger than the member's own trigger accepts
+    /// (`max_message_size`). The member stays open and is not told.
+    pub(crate) too_large: u64,
     /// The other hosts of the cluster could not be reached: only this
     /// host's members were offered the message.
     pub(crate) unreached: bool,
@@ -103,6 +108,15 @@ pub(crate) struct TransportCounts {
     /// Operations answered `unavailable`: the other hosts could not be
     /// reached, or not in time.
     pub(crate) unavailable: u64,
+    /// Of those, the ones refused because the app's share of the link was
+    /// full.
+    pub(crate) over_share: u64,
+    /// Messages from other hosts dropped: the app's inbound queue was full.
+    pub(crate) shed: u64,
+    /// Bytes waiting now: for other hosts (out), for this host's members
+    /// (in).
+    pub(crate) queued_out: u64,
+    pub(crate) queued_in: u64,
 }
 
 /// A member of a group, as a listing shows it.
@@ -118,6 +132,8 @@ pub(crate) enum Delivery {
     Queued,
     /// The outbound queue has no room now.
     Full,
+    /// Larger than the connection's trigger lets it carry.
+    TooLarge,
     /// The connection is closed or closing.
     Closed,
 }
@@ -130,23 +146,23 @@ pub(crate) trait Outlet: Send + Sync {
     /// (its payload is shared by reference count), never a copy.
     fn try_send(&self, message: Message) -> Delivery;
     fn is_closed(&self) -> bool;
-    /// Start closing with 1008 without waiting; returns whether this call
-    /// started the close.
-    fn close_slow(&self) -> bool;
+    /// Start closing with `close` without waiting (what was queued before
+    /// goes first); returns whether this call started the close.
+    fn close(&self, close: Close) -> bool;
 }
 
 /// The caps the hub enforces for one app.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub(crate) struct HubLimits {
     pub(crate) max_groups_per_connection: usize,
     pub(crate) max_group_members: usize,
     pub(crate) max_attachment_size: usize,
     /// The largest `max_message_size` of the app's triggers.
-    pub(crate) max_message_size: usize,
+    pub(crate) max_message_size: LargestMessage,
 }
 
 impl HubLimits {
-    pub(crate) fn new(limits: &AppLimits, max_message_size: usize) -> Self {
+    pub(crate) fn new(limits: &AppLimits, max_message_size: LargestMessage) -> Self {
         Self {
             max_groups_per_connection: limits.max_groups_per_connection,
             max_group_members: limits.max_group_members,
@@ -156,13 +172,42 @@ impl HubLimits {
     }
 }
 
+/// The largest message an app's groups carry: the largest
+/// `max_message_size` of its triggers. Shared by the app, which sets it
+/// again when a reload changes its triggers, and its hub, which refuses a
+/// larger message before any member sees it. Each member checks its own
+/// trigger's limit as well ([`Delivery::TooLarge`]).
+#[derive(Debug, Clone)]
+pub(crate) struct LargestMessage(Arc<AtomicUsize>);
+
+impl LargestMessage {
+    pub(crate) fn new(bytes: usize) -> Self {
+        Self(Arc::new(AtomicUsize::new(bytes)))
+    }
+
+    pub(crate) fn get(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set(&self, bytes: usize) {
+        self.0.store(bytes, Ordering::Relaxed);
+    }
+}
+
+/// A connection was attached under an id a connection of the app still
+/// holds: it is refused rather than let it take the other's place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("connection id {0} is held by another open connection of the app")]
+pub(crate) struct DuplicateId(pub(crate) ConnectionId);
+
 /// Where an app's group operations go: the local hub, or a transport that
 /// also reaches other hosts. Every method is scoped to the one app the
 /// transport was made for.
 pub(crate) trait Transport: Send + Sync + fmt::Debug {
     /// A connection was upgraded: from now on it can be addressed by id and
-    /// join groups. A full queue is handled by `policy`.
-    fn attach(&self, outlet: Box<dyn Outlet>, policy: SlowMember);
+    /// join groups. A full queue is handled by `policy`. Refused if a
+    /// connection of the app still holds the id.
+    fn attach(&self, outlet: Box<dyn Outlet>, policy: SlowMember) -> Result<(), DuplicateId>;
 
     /// The connection ended: it leaves every group and can no longer be
     /// addressed. Returns how many messages were dropped for it.
@@ -190,6 +235,9 @@ pub(crate) trait Transport: Send + Sync + fmt::Debug {
     ) -> HubResult<Fanout>;
 
     fn send_to(&self, id: ConnectionId, message: Message) -> Pending<'_, Fanout>;
+
+    /// Close connection `id` with `close`, after what was queued for it.
+    fn close(&self, id: ConnectionId, close: Close) -> Pending<'_, ()>;
 
     fn member_count(&self, group: &GroupName) -> Pending<'_, u32>;
 
@@ -222,18 +270,20 @@ pub(crate) struct Membership {
 }
 
 impl Membership {
+    /// Attach the connection behind `outlet`; refused (and nothing to
+    /// detach) if another connection of the app holds its id.
     pub(crate) fn attach(
         hub: &Arc<dyn Transport>,
         outlet: Box<dyn Outlet>,
         policy: SlowMember,
-    ) -> Self {
+    ) -> Result<Self, DuplicateId> {
         let id = outlet.id();
-        hub.attach(outlet, policy);
-        Self {
+        hub.attach(outlet, policy)?;
+        Ok(Self {
             hub: Arc::clone(hub),
             id,
             farewell: None,
-        }
+        })
     }
 
     /// Keep what the connection holds in the hub when it detaches in

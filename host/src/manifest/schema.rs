@@ -278,6 +278,7 @@ pub(crate) struct TlsSection {
 /// flow = "orders"
 /// on_connect = "gate"
 /// on_close = "gate"
+/// unique_attachment = true
 /// query_params = [
 ///   { name = "user", type = "string", required = true },
 ///   { name = "tag", repeating = true },
@@ -314,6 +315,10 @@ pub(crate) struct HandlerSection {
     /// A flow whose `on-connect` hook decides, before the upgrade, whether
     /// a client may connect.
     pub(crate) on_connect: Option<Spanned<String>>,
+    /// No two connections `on_connect` accepted into the same group may
+    /// have the same attachment (a user name in a room, say): the second
+    /// is refused with 409 before the upgrade.
+    pub(crate) unique_attachment: Option<Spanned<bool>>,
     /// A flow whose `on-close` hook runs once after each connection ends.
     pub(crate) on_close: Option<Spanned<String>>,
     #[serde(default)]

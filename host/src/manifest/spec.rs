@@ -328,6 +328,9 @@ pub(crate) struct HandlerSpec {
     pub(crate) flow: String,
     /// The flow whose `on-connect` hook admits clients, if any.
     pub(crate) on_connect: Option<String>,
+    /// Whether connections accepted into the same group must have distinct
+    /// attachments (`unique_attachment`).
+    pub(crate) unique_attachment: bool,
     /// The flow whose `on-close` hook runs after each connection, if any.
     pub(crate) on_close: Option<String>,
     pub(crate) path_params: Vec<ParamSpec>,

@@ -26,11 +26,33 @@ use crate::close::{Close, InvalidClose};
 use crate::hub::Delivery;
 
 /// A message waiting for the connection's writer, with the bytes it holds
-/// of the connection's (and the app's) outbound budget.
+/// of the connection's and the app's outbound budgets.
 #[derive(Debug)]
 pub(crate) struct Outbound {
     pub(crate) message: tungstenite::Message,
     pub(crate) charge: Charge,
+}
+
+impl Outbound {
+    /// What a queued message costs the host beyond its payload: its entry
+    /// in the queue and its largest frame header. Charged to the budgets
+    /// with the payload, so the budgets bound the queue whatever the
+    /// messages' sizes, empty ones included.
+    pub(crate) const OVERHEAD: usize = size_of::<Self>() + 14;
+
+    /// The bytes a message of `len` bytes takes from the budgets.
+    pub(crate) fn cost(len: usize) -> usize {
+        len.saturating_add(Self::OVERHEAD)
+    }
+
+    /// Slots for a connection's outbound queue. Every queued message holds
+    /// at least [`Outbound::OVERHEAD`] bytes of the connection's budget, so
+    /// the budget, not this count, is what bounds the queue: a client that
+    /// reads is never closed because of how many messages a burst holds,
+    /// only for bytes or for taking none.
+    pub(crate) fn slots(queue_per_connection: usize) -> usize {
+        queue_per_connection / Self::OVERHEAD + 1
+    }
 }
 
 /// Where the reader puts messages for the flow side.
@@ -208,20 +230,20 @@ impl ConnectionShared {
             return Err(SendFailure::Closed);
         }
         let started = Instant::now();
-        let len = message.len();
+        let len = Outbound::cost(message.len());
         // Room now (the usual case): nothing to wait for or register.
         if let Some(own) = self.outbound_budget.try_take(len)
             && let Some(app) = self.app.outbound_budget.try_take(len)
             && let Ok(slot) = self.outbound.try_reserve()
         {
-            return self.queue(slot, message, Charge::new(own, Some(app)), started);
+            return self.queue(slot, message, Charge::new(own, app), started);
         }
         let patience = self.app.limits.slow_client_timeout;
         let room = async {
             let own = tokio::time::timeout(patience, self.outbound_budget.take(len)).await?;
             let app = self.app.outbound_budget.take(len).await;
             let slot = tokio::time::timeout(patience, self.outbound.reserve()).await?;
-            let room = slot.map(|slot| (slot, Charge::new(own, Some(app))));
+            let room = slot.map(|slot| (slot, Charge::new(own, app)));
             Ok::<_, tokio::time::error::Elapsed>(room)
         };
         let room = tokio::select! {
@@ -257,14 +279,25 @@ impl ConnectionShared {
         Ok(())
     }
 
-    /// Queue a message if there is room now (in the queue and in this
-    /// connection's budget); never waits. A group message: it is charged to
-    /// this connection only, its payload being shared by every member.
+    /// Queue a message if there is room now (in this connection's budget
+    /// and its app's); never waits. A group message: its payload is shared
+    /// by every member's queue, but each member's writer copies it into
+    /// its WebSocket's buffer, so it is charged in full to each member and,
+    /// for each member, to the app. A message larger than this
+    /// connection's trigger accepts is refused: its client could not be
+    /// sent it.
     pub(crate) fn try_send(&self, message: tungstenite::Message) -> Delivery {
         if self.is_closed() {
             return Delivery::Closed;
         }
-        let Some(own) = self.outbound_budget.try_take(message.len()) else {
+        if message.len() > self.max_message_size {
+            return Delivery::TooLarge;
+        }
+        let cost = Outbound::cost(message.len());
+        let Some(own) = self.outbound_budget.try_take(cost) else {
+            return Delivery::Full;
+        };
+        let Some(app) = self.app.outbound_budget.try_take(cost) else {
             return Delivery::Full;
         };
         let _requested = self.requested.lock().expect("not poisoned");
@@ -273,7 +306,7 @@ impl ConnectionShared {
         }
         match self.outbound.try_reserve() {
             Ok(slot) => {
-                let charge = Charge::new(own, None);
+                let charge = Charge::new(own, app);
                 slot.send(Outbound { message, charge });
                 Delivery::Queued
             }

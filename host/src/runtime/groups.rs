@@ -50,10 +50,10 @@ impl Outlet for Arc<ConnectionShared> {
         ConnectionShared::is_closed(self)
     }
 
-    fn close_slow(&self) -> bool {
+    fn close(&self, close: Close) -> bool {
         // Never waits: the writer delivers what was queued before the
         // close, within `slow_client_timeout`, then the close frame.
-        self.close(Close::SLOW_MEMBER)
+        ConnectionShared::close(self, close)
     }
 }
 
@@ -76,6 +76,7 @@ impl FlowCtx {
         AppStats::add(&stats.group_messages_delivered, fanout.delivered);
         AppStats::add(&stats.group_messages_dropped, fanout.dropped);
         AppStats::add(&stats.slow_members_closed, fanout.closed);
+        AppStats::add(&stats.group_messages_too_large, fanout.too_large);
     }
 }
 

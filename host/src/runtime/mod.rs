@@ -702,7 +702,7 @@ impl FlowPre {
         let ctx = FlowCtx::new(Arc::clone(&self.app), &self.grants)?;
         let mut store = Store::new(self.pre.engine(), ctx);
         store.limiter(|ctx| &mut ctx.limiter);
-        store.set_hostcall_fuel(self.app.hostcall_fuel);
+        store.set_hostcall_fuel(self.app.hostcall_fuel());
         // Runs inside a poll: the meter counts that poll up to now. At
         // every tick the execution gives its turn to the next in line (see
         // `scheduler`).

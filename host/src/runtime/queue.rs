@@ -59,13 +59,27 @@ impl<T> Shared<T> {
     }
 
     fn pop(&self) -> Option<T> {
-        let value = self.queue().pop_front();
+        let value = {
+            let mut queue = self.queue();
+            let value = queue.pop_front();
+            // A burst grows the buffer; an emptied queue gives it back, so
+            // a connection that once queued thousands of messages does not
+            // keep room for them while it idles.
+            if queue.is_empty() && queue.capacity() > KEPT_CAPACITY {
+                queue.shrink_to(KEPT_CAPACITY);
+            }
+            value
+        };
         if value.is_some() {
             self.slots.add_permits(1);
         }
         value
     }
 }
+
+/// Room an emptied queue keeps: a queue that holds a few values at a time
+/// never reallocates, one that held a burst shrinks back to this.
+const KEPT_CAPACITY: usize = 64;
 
 /// The sending half.
 pub(crate) struct Sender<T> {
@@ -377,6 +391,17 @@ mod tests {
         assert!(refused.is_err());
         drop(refused);
         assert_eq!(dropped.load(Ordering::Relaxed), 4);
+    }
+
+    #[tokio::test]
+    async fn an_emptied_queue_gives_back_what_a_burst_grew() {
+        let (tx, mut rx) = channel(100_000);
+        for value in 0..10_000u64 {
+            tx.send(value).await.unwrap();
+        }
+        assert!(tx.shared.queue().capacity() >= 10_000);
+        while rx.try_recv().is_ok() {}
+        assert!(tx.shared.queue().capacity() <= KEPT_CAPACITY);
     }
 
     #[test]

@@ -208,6 +208,15 @@ impl Grant {
     }
 }
 
+#[cfg(test)]
+impl Lane {
+    /// A lane of a scheduler of its own, with one turn: for tests of code
+    /// that takes a lane and runs little in it.
+    pub(crate) fn of_its_own() -> Self {
+        Scheduler::new(1).lane()
+    }
+}
+
 impl Lane {
     /// Run `work`, polling it only while holding a turn. Guest code in
     /// `work` yields at ticks with [`yield_turn`].

@@ -9,7 +9,8 @@
 //! 3. the trigger's and the app's connection caps and reused-instance slots
 //!    (counted as open from here, [`OpenGuard`]);
 //! 4. the handler's `on_connect` hook, if it has one, within the handshake
-//!    deadline.
+//!    deadline; with `unique_attachment`, the attachment it chose is
+//!    claimed in the groups it chose (409 if another connection holds it).
 //!
 //! The result is an [`Admission`]: admitted (with its id, its place among
 //! the open connections and how `on_connect` started it), refused with a
@@ -26,7 +27,7 @@ use super::WsTrigger;
 use super::handshake::{self, Refusal, Routed};
 use super::hooks::{self, Opening};
 use super::listener::Client;
-use crate::app::{AppInfo, AppStats};
+use crate::app::{AppInfo, AppStats, Claim};
 use crate::manifest::spec::Mode;
 
 /// How an upgrade request was decided.
@@ -56,6 +57,8 @@ pub(super) struct OpenGuard {
     trigger: Arc<AtomicUsize>,
     app: Arc<AppInfo>,
     _reused_instance: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// Its attachment in its first groups, with `unique_attachment`.
+    _claim: Option<Claim>,
 }
 
 impl Drop for OpenGuard {
@@ -166,12 +169,29 @@ impl WsTrigger {
             () = client.shutdown.cancelled() => return Admission::Abandoned,
         };
         match decided {
-            Ok(Ok(opening)) => Admission::Admitted(Admitted {
-                routed,
-                open,
-                id,
-                opening,
-            }),
+            Ok(Ok(opening)) => {
+                let mut open = open;
+                if routed.handler.spec.unique_attachment && !opening.attachment.is_empty() {
+                    match self.app.claims.claim(&opening.attachment, &opening.groups) {
+                        Ok(claim) => open._claim = Some(claim),
+                        Err(group) => {
+                            return Admission::Refused(Refusal {
+                                status: StatusCode::CONFLICT,
+                                body: format!(
+                                    "another connection in `{}` has the same attachment; choose another",
+                                    group.as_str()
+                                ),
+                            });
+                        }
+                    }
+                }
+                Admission::Admitted(Admitted {
+                    routed,
+                    open,
+                    id,
+                    opening,
+                })
+            }
             Ok(Err(refusal)) => Admission::Refused(refusal),
             Err(_elapsed) => {
                 tracing::warn!("on_connect did not decide within the handshake timeout");
@@ -213,6 +233,7 @@ impl WsTrigger {
             trigger: Arc::clone(&self.open),
             app: Arc::clone(&self.app),
             _reused_instance: None,
+            _claim: None,
         };
         let trigger_full = self.limits.max_connections.filter(|max| open >= *max);
         let app_max = self.app.limits.max_connections;

@@ -194,11 +194,18 @@ impl WsTrigger {
         let flow_side = |shared: Arc<ConnectionShared>, inbound| async move {
             // Addressable and able to join groups until the flow side ends,
             // however it ends.
-            let mut membership = Membership::attach(
+            let attached = Membership::attach(
                 &shared.app.hub,
                 Box::new(Arc::clone(&shared)),
                 handler.spec.slow_member,
             );
+            let mut membership = match attached {
+                Ok(membership) => membership,
+                Err(error) => {
+                    tracing::warn!("{error}: closing this one (1013)");
+                    return Some(Close::ID_IN_USE);
+                }
+            };
             if let Some(farewell) = farewell {
                 membership.keep_farewell(farewell);
             }

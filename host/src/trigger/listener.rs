@@ -17,7 +17,7 @@ use super::WsTrigger;
 use super::admission::Admission;
 use super::connection::Serving;
 use super::http1::{self, Head, Replay};
-use super::progress::{Watched, WriteProgress};
+use super::progress::{self, Watched, WriteProgress};
 use crate::manifest::spec::MAX_DURATION;
 use crate::sockets::{AcceptBackoff, HandshakeSlot, HostSockets};
 
@@ -171,6 +171,7 @@ impl WsTrigger {
     /// connection from then on, if it was upgraded.
     async fn handshake(&self, stream: TcpStream, client: Client) -> Option<Serving<'_>> {
         let _ = stream.set_nodelay(true);
+        progress::give_up_after(&stream, self.app.limits.slow_client_timeout);
         // Under TLS, so the writer sees bytes reach the socket.
         let stream = Watched::new(stream, Arc::clone(&client.progress));
         match &self.tls {

@@ -1,6 +1,12 @@
 //! The byte stream under a WebSocket connection, watched: it records when
 //! the client last took bytes, so the writer can tell a client that reads
 //! slowly (still making progress) from one that has stopped reading.
+//!
+//! The writer sees only what waits in the host. Bytes the kernel took
+//! already but the client has not (a send buffer of up to 4 MiB on Linux)
+//! wait too, and once the host has nothing left to write, no write can
+//! stall on them: the kernel is told to give up on them instead
+//! ([`give_up_after`]).
 
 use std::io;
 use std::pin::Pin;
@@ -10,7 +16,31 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
 use tokio::time::Instant;
+
+/// Have the kernel drop the connection once bytes it holds for the client
+/// have gone unacknowledged, or waited for the client's receive window to
+/// open, for `patience` (`slow_client_timeout`) and the close timeout
+/// (`TCP_USER_TIMEOUT`): a client that stops reading after the host wrote
+/// its last bytes is dropped as late as one that stops while more wait in
+/// the host (closed with 1008 after `patience`, dropped once the close
+/// frame has waited the close timeout). The host's own check comes first
+/// whenever it can see the client stall, so it is the one that closes and
+/// counts. A client that reads, however slowly, acknowledges what it takes
+/// and opens its window.
+pub(super) fn give_up_after(stream: &TcpStream, patience: Duration) {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        let patience = patience.saturating_add(super::pump::CLOSE_TIMEOUT);
+        let millis = u32::try_from(patience.as_millis()).unwrap_or(u32::MAX);
+        if let Err(error) = rustix::net::sockopt::set_tcp_user_timeout(stream, millis) {
+            tracing::debug!("TCP_USER_TIMEOUT could not be set: {error}");
+        }
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let _ = (stream, patience);
+}
 
 /// When bytes were last written to a connection's socket.
 #[derive(Debug)]

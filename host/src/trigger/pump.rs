@@ -32,11 +32,6 @@ use crate::runtime::flag::Flag;
 use crate::runtime::queue;
 use crate::runtime::{ConnectionShared, Outbound};
 
-/// Messages a connection may have queued towards the client, whatever
-/// their size (the byte budgets bound them further): enough to batch
-/// writes.
-const OUTBOUND_QUEUE: usize = 64;
-
 /// Messages read ahead of the flow side, whatever their size (the byte
 /// budgets bound them further). Reading stops (and TCP pushes back on the
 /// client) while the queue is full.
@@ -44,7 +39,7 @@ const INBOUND_QUEUE: usize = 16;
 
 /// How long the host waits for the client to answer a close frame, or for
 /// a close frame to be written, before it drops the connection.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+pub(super) const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// After the closing handshake (or a read error), the host stops writing and
 /// reads and discards what the client still sends for up to this long
@@ -76,7 +71,7 @@ where
     F: FnOnce(Arc<ConnectionShared>, Inbound) -> Fut,
     Fut: Future<Output = Option<Close>>,
 {
-    let (out_tx, out_rx) = queue::channel(OUTBOUND_QUEUE);
+    let (out_tx, out_rx) = queue::channel(Outbound::slots(app.limits.queue_per_connection));
     let (in_tx, in_rx) = Inbound::channel(INBOUND_QUEUE);
     let shared = Arc::new(ConnectionShared::new(
         id,
@@ -279,7 +274,7 @@ where
             match written {
                 Written::Done(Ok(())) => {}
                 Written::Done(Err(error)) => {
-                    log_error("write", &error);
+                    note_error(self.shared, "write", &error);
                     return false;
                 }
                 Written::Stalled => {
@@ -317,7 +312,7 @@ where
             match watch(&self.progress, abort, deadline, write).await {
                 Written::Done(Ok(())) => drop(charge),
                 Written::Done(Err(error)) => {
-                    log_error("write", &error);
+                    note_error(self.shared, "write", &error);
                     return;
                 }
                 Written::Stalled => self.shared.close_slow_client(&format!(
@@ -452,7 +447,7 @@ where
                 let deliver = async {
                     let own = budget.take(len).await;
                     let app = shared.app.inbound_budget.take(len).await;
-                    inbound.send((message, Charge::new(own, Some(app)))).await
+                    inbound.send((message, Charge::new(own, app))).await
                 };
                 // Delivery first: one that needs no wait registers none.
                 tokio::select! {
@@ -473,6 +468,8 @@ where
             }
             Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => {}
             Err(error) => {
+                // First: a send still waiting is told why the connection ends.
+                note_error(shared, "read", &error);
                 match close_for(&error) {
                     Some(close) => {
                         shared.close(close);
@@ -480,7 +477,6 @@ where
                     // Nothing more can be sent or received.
                     None => shared.abort(),
                 }
-                log_error("read", &error);
                 break;
             }
         }
@@ -504,12 +500,20 @@ fn close_for(error: &tungstenite::Error) -> Option<Close> {
     }
 }
 
-/// One place decides what is worth logging: a peer going away is normal.
-fn log_error(side: &str, error: &tungstenite::Error) {
+/// One place decides what a failed read or write means and what is worth
+/// logging: a peer going away is normal; a socket the kernel gave up on
+/// (see `progress::give_up_after`) is a client that does not read.
+fn note_error(shared: &ConnectionShared, side: &str, error: &tungstenite::Error) {
     use tungstenite::Error;
     match error {
         Error::ConnectionClosed | Error::AlreadyClosed => {}
         Error::Io(io) if is_disconnect(io) => {}
+        Error::Io(io) if io.kind() == std::io::ErrorKind::TimedOut => {
+            shared.close_slow_client(&format!(
+                "what was sent to it went unacknowledged for {:?} (the kernel gave up)",
+                shared.app.limits.slow_client_timeout
+            ));
+        }
         Error::Protocol(tungstenite::error::ProtocolError::ResetWithoutClosingHandshake) => {}
         Error::Protocol(_) | Error::Utf8(_) | Error::Capacity(_) => {
             tracing::debug!("{side}: client broke the protocol: {error}");

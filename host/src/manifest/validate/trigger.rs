@@ -351,6 +351,24 @@ fn resolve_handler(
         Some(instance) => *instance.get_ref(),
     };
 
+    let unique_attachment = handler
+        .unique_attachment
+        .as_ref()
+        .is_some_and(|unique| *unique.get_ref());
+    if let Some(unique) = &handler.unique_attachment
+        && unique_attachment
+        && on_connect.is_none()
+    {
+        return Err(source
+            .error_at(
+                unique.span(),
+                format!("{key}.unique_attachment: applies to what `on_connect` chooses"),
+            )
+            .help(
+                "name an `on_connect` flow that sets the attachment, or remove `unique_attachment`",
+            ));
+    }
+
     Ok(HandlerSpec {
         path,
         instance,
@@ -361,6 +379,7 @@ fn resolve_handler(
         slow_member: handler.slow_member,
         flow,
         on_connect,
+        unique_attachment,
         on_close,
         path_params,
         query_params,

@@ -13,6 +13,7 @@
 //! all G TEXT         -> ok published                 (everyone in G)
 //! big G SIZE TEXT    -> ok published                 (TEXT and SIZE bytes of padding, but me)
 //! bin G TEXT         -> ok published                 (TEXT as a binary message, but me)
+//! burst G N SIZE     -> ok burst N                   (`b-I` and SIZE bytes of padding, I = 0..N, but me)
 //! to ID TEXT         -> ok sent
 //! count G            -> ok count G N
 //! who G              -> ok who G ID=NAME ID=NAME ...
@@ -80,6 +81,15 @@ fn run(conn: &Connection, command: &str) -> Result<String, GroupError> {
             let padded = format!("{text} {}", "x".repeat(size));
             groups::publish_except(first, padded, conn.id())?;
             "published".into()
+        }
+        "burst" => {
+            let (count, size) = rest.split_once(' ').unwrap_or((rest, "0"));
+            let count: usize = count.parse().unwrap_or(0);
+            let padding = "x".repeat(size.parse().unwrap_or(0));
+            for i in 0..count {
+                groups::publish_except(first, format!("b-{i} {padding}"), conn.id())?;
+            }
+            format!("burst {count}")
         }
         "bin" => {
             groups::publish_except(first, rest.as_bytes(), conn.id())?;
