@@ -541,3 +541,21 @@ async fn in_a_cluster_quotas_are_error_values_and_counted() {
     let stats = server.app_stats("full");
     assert_eq!(stats.kv_quota_exceeded, 2, "{stats:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_cluster_without_jetstream_stores_are_unavailable_and_nothing_traps() {
+    let Some(nats) = NatsServer::start().await else {
+        return;
+    };
+    let server = TestServer::start_in_cluster(&default_app("no-js"), &nats.url()).await;
+    let mut client = client(&server, "no-js").await;
+    let answer = ask(&mut client, "set default k v").await;
+    assert!(
+        answer.starts_with("error key-value store `default`: the key-value store is unavailable"),
+        "{answer}"
+    );
+    assert_eq!(ask(&mut client, "open default").await, "ok");
+    let stats = server.app_stats("no-js");
+    assert_eq!(stats.kv_operations_failed, 1, "{stats:?}");
+    assert_eq!(stats.executions_trapped, 0, "{stats:?}");
+}
