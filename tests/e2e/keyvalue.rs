@@ -559,3 +559,30 @@ async fn in_a_cluster_without_jetstream_stores_are_unavailable_and_nothing_traps
     assert_eq!(stats.kv_operations_failed, 1, "{stats:?}");
     assert_eq!(stats.executions_trapped, 0, "{stats:?}");
 }
+
+#[tokio::test]
+async fn a_reload_that_changes_the_declared_stores_waits_for_a_restart() {
+    let app = default_app("redeclare");
+    let server = TestServer::start(&app).await;
+    let mut client = client(&server, "redeclare").await;
+    assert_eq!(ask(&mut client, "set default k v").await, "ok");
+    let more = kv_app(
+        "redeclare",
+        &["default", "extra"],
+        &["default", "extra"],
+        Table::new(),
+    );
+    let report = server.reload_with(0, &more).await.unwrap();
+    assert!(report.reloaded.is_empty(), "{report:?}");
+    assert!(
+        report.needs_restart[0].contains("its `[key_value.stores]` changed"),
+        "{report:?}"
+    );
+    // The running version, and its grants, stay as they were.
+    let missing = ask(&mut client, "open extra").await;
+    assert!(
+        missing.starts_with("error the app has no key-value store `extra`"),
+        "{missing}"
+    );
+    assert_eq!(ask(&mut client, "get default k").await, "value v");
+}
