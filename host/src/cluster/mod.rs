@@ -3,17 +3,21 @@
 //!
 //! ```text
 //! flow ──groups──> ClusterHub (one per app) ──> LocalHub: this host's connections
-//!                        │
-//!                        └──> Link (one per host): NATS client + outbox ──> other hosts
+//!                        │        ^
+//!                        │        └── inbound queue, fanned out in the app's turns
+//!                        └──> Link (one per host): outbox lanes + NATS client ──> other hosts
 //! ```
 //!
 //! A host joins with a random host id ([`HostId`], claimed on the broker
 //! so two live hosts do not share one), which every connection id it hands
 //! out carries; each app gets a [`hub::ClusterHub`] in place of a bare
 //! `LocalHub`. What crosses the broker, and under which subjects, is in
-//! [`wire`]; which hosts serve an app is in [`directory`]; which groups a
-//! host subscribes to is in [`interest`]; requests waiting for other
-//! hosts' answers are in [`questions`]. docs/CLUSTER.md
+//! [`wire`]; the link's lanes (one per app, and a control lane) are in
+//! [`outbox`]; which hosts serve an app, and which groups each holds, is
+//! in [`directory`]; how a host tells the others which groups it holds is
+//! in [`interest`]; messages from other hosts waiting for the app's turn
+//! are in [`inbound`]; requests waiting for other hosts' answers are in
+//! [`questions`]. docs/CLUSTER.md
 //! describes the design for users: consistency, failure behaviour, how to
 //! run it.
 //!
