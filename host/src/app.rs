@@ -174,7 +174,7 @@ impl AppInfo {
 
     /// An app on the host whose apps share `host`, whose work runs in
     /// `turns`, keeping its key-value stores in `data_dir` (in memory
-    /// without one).
+    /// without one) unless the host is in a cluster.
     pub(crate) fn in_host(
         spec: &AppSpec,
         host: &HostHubs,
@@ -201,7 +201,10 @@ impl AppInfo {
             inbound_budget: ByteBudget::new(limits.queue_per_app),
             memory: Arc::new(AppMemory::new(limits.app_memory)),
             outbound: AppOutbound::new(&limits, host.resolver.clone()),
-            key_value: AppKeyValue::new(&spec.name, data_dir, &limits),
+            key_value: match &host.cluster {
+                Some(cluster) => AppKeyValue::in_cluster(&spec.name, cluster, &limits),
+                None => AppKeyValue::new(&spec.name, data_dir, &limits),
+            },
             key_value_stores: spec.key_value_stores.clone(),
             api: spec.api.clone(),
             claims: Arc::default(),

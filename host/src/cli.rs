@@ -287,8 +287,10 @@ async fn up(
         None => None,
     };
     options.cluster.clone_from(&cluster);
-    if let Some(dir) = &options.data_dir {
-        tracing::info!("key-value stores in {}", dir.display());
+    match (&cluster, &options.data_dir) {
+        (Some(_), _) => tracing::info!("key-value stores in the cluster's JetStream"),
+        (None, Some(dir)) => tracing::info!("key-value stores in {}", dir.display()),
+        (None, None) => {}
     }
     let apps = tokio::task::spawn_blocking(move || loader::load(&manifests, &options))
         .await

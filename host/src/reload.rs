@@ -10,9 +10,10 @@
 //! ```
 //!
 //! What a running host cannot change in place is reported, not applied:
-//! apps added or removed, an app's listen addresses, its `[limits]` and its
-//! properties (the app's counters, budgets and hub live on across reloads,
-//! and the pool was sized for its limits). Such an app keeps serving its
+//! apps added or removed, an app's listen addresses, its `[limits]`, its
+//! properties and its key-value stores (the app's counters, budgets, hub
+//! and stores live on across reloads, and the pool was sized for its
+//! limits). Such an app keeps serving its
 //! current version until the host restarts. A connection-mode flow runs to
 //! its end on the version it started with; an `instance = "reuse"`
 //! connection keeps its instance; a data-mode connection's next message
@@ -296,6 +297,8 @@ fn needs_restart(current: &AppSpec, new: &AppSpec) -> Option<&'static str> {
         Some("its `[properties]`")
     } else if current.api != new.api {
         Some("its `[api]`")
+    } else if current.key_value_stores != new.key_value_stores {
+        Some("its `[key_value.stores]`")
     } else {
         None
     }

@@ -2,7 +2,9 @@
 //! and the host, atomic operations are exact under concurrency, apps never
 //! see each other's stores, grants and quotas are error values (counted),
 //! an acknowledged write survives `kill -9`, and a hostile app stays in its
-//! quotas without stalling another app's stores.
+//! quotas without stalling another app's stores. With `--cluster` the
+//! stores are JetStream buckets that every host shares (these tests need
+//! `nats-server` on PATH, as the cluster tests do).
 
 use std::path::Path;
 use std::process::Stdio;
@@ -10,6 +12,8 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
 use toml::{Table, toml};
+use wsflow::cluster::ClusterOptions;
+use wsflow_tests::nats::NatsServer;
 use wsflow_tests::{
     Client, Manifest, TIMEOUT, TestServer, component_cache, connect, next_text, programs,
     send_text, table,
@@ -383,4 +387,202 @@ async fn a_write_acknowledged_to_a_client_survives_kill_9_of_the_host() {
     ] {
         assert!(metrics.contains(&sample), "{sample} in:\n{metrics}");
     }
+}
+
+/// Start `wsflow up --cluster URL` serving `manifest`, as a process.
+async fn cluster_host_process(
+    manifest: &Path,
+    nats: &NatsServer,
+) -> (tokio::process::Child, String) {
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_wsflow-host"))
+        .arg("up")
+        .arg(manifest)
+        .arg("--cluster")
+        .arg(nats.url())
+        .arg("--cache-dir")
+        .arg(component_cache())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("starting wsflow-host");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(TIMEOUT * 20, lines.next_line())
+        .await
+        .expect("wsflow printed no line in time")
+        .unwrap()
+        .expect("wsflow ended before it was ready");
+    let url = line
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("not the ready line: {line}"))
+        .to_owned();
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, url)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hosts_of_a_cluster_share_key_value_state_in_jetstream() {
+    let Some(nats) = NatsServer::start_jetstream().await else {
+        return;
+    };
+    let app = default_app("shared");
+    let other = default_app("other");
+    let a = TestServer::try_start_in(
+        &[app.clone(), other.clone()],
+        Some(ClusterOptions {
+            servers: vec![nats.url()],
+            ..ClusterOptions::default()
+        }),
+    )
+    .await
+    .unwrap();
+    let b = TestServer::start_in_cluster(&app, &nats.url()).await;
+    let mut on_a = client(&a, "shared").await;
+    let mut on_b = client(&b, "shared").await;
+    assert_eq!(ask(&mut on_a, "set default topic rust").await, "ok");
+    assert_eq!(ask(&mut on_b, "get default topic").await, "value rust");
+    assert_eq!(ask(&mut on_b, "set default topic wasm").await, "ok");
+    assert_eq!(ask(&mut on_a, "get default topic").await, "value wasm");
+    // The same store name in another app is another bucket.
+    let mut stranger = client(&a, "other").await;
+    assert_eq!(ask(&mut stranger, "get default topic").await, "none");
+
+    // Compare-and-swap and increments by revision, across the hosts.
+    assert_eq!(ask(&mut on_a, "cas default owner - ann").await, "swapped");
+    assert_eq!(ask(&mut on_b, "cas default owner - bob").await, "conflict");
+    assert_eq!(ask(&mut on_b, "cas default owner ann bob").await, "swapped");
+    assert_eq!(ask(&mut on_a, "get default owner").await, "value bob");
+    const EACH: usize = 10;
+    let mut tasks = Vec::new();
+    for server in [&a, &b, &a, &b] {
+        let mut client = client(server, "shared").await;
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..EACH {
+                send_text(&mut client, "incr default n 1").await;
+            }
+            let mut seen = Vec::new();
+            for _ in 0..EACH {
+                let answer = next_text(&mut client).await;
+                let n: u64 = answer
+                    .strip_prefix("ok ")
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or_else(|| panic!("not a count: {answer}"));
+                seen.push(n);
+            }
+            seen
+        }));
+    }
+    let mut seen = Vec::new();
+    for task in tasks {
+        seen.extend(task.await.unwrap());
+    }
+    seen.sort_unstable();
+    assert_eq!(seen, (1..=(4 * EACH) as u64).collect::<Vec<_>>());
+    assert_eq!(
+        ask(&mut on_b, "get default n").await,
+        format!("value {}", 4 * EACH)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_cluster_a_write_acknowledged_survives_kill_9_of_its_host() {
+    let Some(nats) = NatsServer::start_jetstream().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let app = default_app("lost-host");
+    let manifest = dir.path().join("wsflow.toml");
+    std::fs::write(&manifest, app.to_toml()).unwrap();
+    let (mut doomed, url) = cluster_host_process(&manifest, &nats).await;
+    let mut client = connect(&url).await;
+    for i in 0..10 {
+        assert_eq!(
+            ask(&mut client, &format!("set default k{i} v{i}")).await,
+            "ok"
+        );
+    }
+    doomed.kill().await.unwrap();
+    drop(client);
+
+    let survivor = TestServer::start_in_cluster(&app, &nats.url()).await;
+    let mut client = self::client(&survivor, "lost-host").await;
+    for i in 0..10 {
+        let answer = ask(&mut client, &format!("get default k{i}")).await;
+        assert_eq!(answer, format!("value v{i}"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_cluster_quotas_are_error_values_and_counted() {
+    let Some(nats) = NatsServer::start_jetstream().await else {
+        return;
+    };
+    let limits = toml! {
+        max_kv_value_size = 64
+        max_kv_bytes = 4096
+    };
+    let app = kv_app("full", &["default"], &["default"], limits);
+    let server = TestServer::start_in_cluster(&app, &nats.url()).await;
+    let mut client = client(&server, "full").await;
+    let value = ask(&mut client, "set default k #65").await;
+    assert!(
+        value.contains("over the app's max_kv_value_size of 64"),
+        "{value}"
+    );
+    let filled = ask(&mut client, "fill default f 1000 #64").await;
+    assert!(
+        filled.contains("error key-value store `default`: quota: the store is full"),
+        "{filled}"
+    );
+    assert_eq!(
+        ask(&mut client, "get default f0").await,
+        format!("value {}", "v".repeat(64))
+    );
+    let stats = server.app_stats("full");
+    assert_eq!(stats.kv_quota_exceeded, 2, "{stats:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_cluster_without_jetstream_stores_are_unavailable_and_nothing_traps() {
+    let Some(nats) = NatsServer::start().await else {
+        return;
+    };
+    let server = TestServer::start_in_cluster(&default_app("no-js"), &nats.url()).await;
+    let mut client = client(&server, "no-js").await;
+    let answer = ask(&mut client, "set default k v").await;
+    assert!(
+        answer.starts_with("error key-value store `default`: the key-value store is unavailable"),
+        "{answer}"
+    );
+    assert_eq!(ask(&mut client, "open default").await, "ok");
+    let stats = server.app_stats("no-js");
+    assert_eq!(stats.kv_operations_failed, 1, "{stats:?}");
+    assert_eq!(stats.executions_trapped, 0, "{stats:?}");
+}
+
+#[tokio::test]
+async fn a_reload_that_changes_the_declared_stores_waits_for_a_restart() {
+    let app = default_app("redeclare");
+    let server = TestServer::start(&app).await;
+    let mut client = client(&server, "redeclare").await;
+    assert_eq!(ask(&mut client, "set default k v").await, "ok");
+    let more = kv_app(
+        "redeclare",
+        &["default", "extra"],
+        &["default", "extra"],
+        Table::new(),
+    );
+    let report = server.reload_with(0, &more).await.unwrap();
+    assert!(report.reloaded.is_empty(), "{report:?}");
+    assert!(
+        report.needs_restart[0].contains("its `[key_value.stores]` changed"),
+        "{report:?}"
+    );
+    // The running version, and its grants, stay as they were.
+    let missing = ask(&mut client, "open extra").await;
+    assert!(
+        missing.starts_with("error the app has no key-value store `extra`"),
+        "{missing}"
+    );
+    assert_eq!(ask(&mut client, "get default k").await, "value v");
 }

@@ -36,11 +36,18 @@ impl NatsServer {
         Self::start_with("").await
     }
 
+    /// A server with JetStream, its data in files of its own directory
+    /// (`nats-server -js -sd DIR`).
+    pub async fn start_jetstream() -> Option<Self> {
+        Self::start_with("jetstream { store_dir: \"{dir}/jetstream\" }\n").await
+    }
+
     /// A server with `config` (nats-server configuration lines, e.g.
-    /// `max_payload: 4096`).
+    /// `max_payload: 4096`; `{dir}` is the server's own directory).
     pub async fn start_with(config: &str) -> Option<Self> {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let config_path = dir.path().join("nats.conf");
+        let config = config.replace("{dir}", &dir.path().display().to_string());
         std::fs::write(&config_path, config).expect("writing nats.conf");
         let mut server = Self {
             child: None,

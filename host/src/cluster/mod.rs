@@ -233,6 +233,11 @@ impl Cluster {
         self.link.host()
     }
 
+    /// The cluster's JetStream, where the apps' key-value stores live.
+    pub(crate) fn jetstream(&self) -> async_nats::jetstream::Context {
+        async_nats::jetstream::new(self.link.client().clone())
+    }
+
     /// The hub of app `app` on this host, reaching its other hosts; what
     /// it does for the app's members runs in the app's `turns`.
     pub(crate) fn hub(

@@ -89,6 +89,9 @@ pub(crate) enum QuotaError {
     Bytes { size: u64, limit: u64 },
     #[error("quota: the app's stores would hold {count} keys, over its max_kv_keys of {limit}")]
     Keys { count: u64, limit: u64 },
+    /// JetStream: the store's bucket is at the app's `max_kv_bytes`.
+    #[error("quota: the store is full: its bucket holds the app's max_kv_bytes of {limit} bytes")]
+    StoreFull { limit: u64 },
 }
 
 /// The quotas of one app's stores, from its `[limits]`.

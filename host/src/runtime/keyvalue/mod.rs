@@ -13,9 +13,11 @@
 //!   database; a store name selects a keyspace inside it.
 //! - Quotas: the app's `[limits]` `max_kv_*`; a write over one is an
 //!   error value naming the limit, counted, and nothing is written.
-//! - Backends ([`backend::Backend`]): SQLite per app ([`sqlite`]).
+//! - Backends ([`backend::Backend`]): SQLite per app ([`sqlite`]) on a
+//!   host of its own; JetStream key-value ([`jetstream`]) with `--cluster`.
 
 pub(crate) mod backend;
+pub(crate) mod jetstream;
 pub(crate) mod sqlite;
 
 use std::path::{Path, PathBuf};
@@ -26,6 +28,7 @@ use anyhow::Context as _;
 use wasmtime::component::{HasSelf, Linker, Resource};
 
 use self::backend::{Answer, Backend, KvError, Op, Quotas, Usage};
+use self::jetstream::JetStreamBackend;
 use self::sqlite::SqliteBackend;
 use super::bindings::wasi::keyvalue::{atomics, batch, store};
 use super::bindings::wsflow::flow::keyvalue_cas;
@@ -58,10 +61,18 @@ pub(crate) fn database_file(data_dir: &Path, app: &str) -> PathBuf {
 #[derive(Debug)]
 pub(crate) struct AppKeyValue {
     app: Arc<str>,
-    /// The database file; `None`: in memory (nothing kept).
-    path: Option<PathBuf>,
+    place: Place,
     quotas: Quotas,
     backend: tokio::sync::OnceCell<Arc<dyn Backend>>,
+}
+
+/// Where an app's stores are.
+#[derive(Debug, Clone)]
+enum Place {
+    /// A SQLite database file; `None`: in memory (nothing kept).
+    Sqlite(Option<PathBuf>),
+    /// The cluster's JetStream.
+    JetStream(async_nats::jetstream::Context),
 }
 
 impl AppKeyValue {
@@ -69,7 +80,22 @@ impl AppKeyValue {
     pub(crate) fn new(app: &str, data_dir: Option<&Path>, limits: &AppLimits) -> Self {
         Self {
             app: app.into(),
-            path: data_dir.map(|dir| database_file(dir, app)),
+            place: Place::Sqlite(data_dir.map(|dir| database_file(dir, app))),
+            quotas: Quotas::of(limits),
+            backend: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    /// The stores of `app` on a host of `cluster`: its JetStream buckets,
+    /// shared by every host.
+    pub(crate) fn in_cluster(
+        app: &str,
+        cluster: &crate::cluster::Cluster,
+        limits: &AppLimits,
+    ) -> Self {
+        Self {
+            app: app.into(),
+            place: Place::JetStream(cluster.jetstream()),
             quotas: Quotas::of(limits),
             backend: tokio::sync::OnceCell::new(),
         }
@@ -88,15 +114,25 @@ impl AppKeyValue {
     }
 
     fn open(&self) -> anyhow::Result<Arc<dyn Backend>> {
-        if let Some(dir) = self.path.as_deref().and_then(Path::parent) {
+        let path = match &self.place {
+            Place::Sqlite(path) => path,
+            // Buckets are opened by their first operation: the broker
+            // may not be up yet.
+            Place::JetStream(context) => {
+                let backend = JetStreamBackend::new(&self.app, context.clone(), self.quotas);
+                return Ok(Arc::new(backend));
+            }
+        };
+        if let Some(dir) = path.as_deref().and_then(Path::parent) {
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("creating the data directory {}", dir.display()))?;
         }
-        let backend = SqliteBackend::open(&self.app, self.path.as_deref(), self.quotas)
-            .with_context(|| match &self.path {
+        let backend = SqliteBackend::open(&self.app, path.as_deref(), self.quotas).with_context(
+            || match path {
                 Some(path) => format!("opening the key-value database {}", path.display()),
                 None => "opening an in-memory key-value database".to_owned(),
-            })?;
+            },
+        )?;
         Ok(Arc::new(backend))
     }
 
@@ -107,7 +143,7 @@ impl AppKeyValue {
             .get_or_try_init(|| async {
                 let this = AppKeyValue {
                     app: Arc::clone(&self.app),
-                    path: self.path.clone(),
+                    place: self.place.clone(),
                     quotas: self.quotas,
                     backend: tokio::sync::OnceCell::new(),
                 };
