@@ -6,8 +6,8 @@ use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 use toml::Table;
 use wsflow_tests::{
-    Manifest, Refused, TestServer, connect, next_close, next_json, next_text, programs, request,
-    send_text, try_connect,
+    Manifest, Refused, TestServer, connect, connect_at_once, next_close, next_json, next_text,
+    programs, request, send_text, try_connect,
 };
 
 /// Example `example`'s manifest with its flow `flow` pointed at the
@@ -136,19 +136,7 @@ async fn chat_session_example_holds_a_conversation() {
 async fn chat_lets_one_of_many_clients_asking_for_one_name_at_once_in() {
     let server = TestServer::start(&example_manifest("chat", "chat", programs::EXAMPLE_CHAT)).await;
     let url = format!("{}?name=ann", server.url("/chat/lobby"));
-    let attempts: Vec<_> = (0..12)
-        .map(|_| {
-            let url = url.clone();
-            tokio::spawn(async move { try_connect(request(&url, &[])).await })
-        })
-        .collect();
-    let mut admitted = Vec::new();
-    for attempt in attempts {
-        match attempt.await.unwrap() {
-            Ok(client) => admitted.push(client),
-            Err(refused) => assert_eq!(refused.status, 409, "{}", refused.body),
-        }
-    }
+    let admitted = connect_at_once(&url, 12, 409).await;
     assert_eq!(admitted.len(), 1, "one name, one connection");
     // The same name in another room is another matter.
     let elsewhere = format!("{}?name=ann", server.url("/chat/kitchen"));

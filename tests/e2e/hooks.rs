@@ -10,8 +10,8 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use toml::toml;
 use wsflow_tests::{
-    Client, Manifest, TestServer, Trigger, connect, next_close, next_text, programs, request,
-    send_text, try_connect,
+    Client, Manifest, TestServer, Trigger, connect, connect_at_once, next_close, next_text,
+    programs, request, send_text, try_connect,
 };
 
 /// An app whose `/gate` handler runs the gate program as flow and hooks.
@@ -320,26 +320,13 @@ async fn with_unique_attachment_one_name_gets_into_a_room_once() {
     let url = format!("{}?name=ann&room=lobby", server.url("/gate"));
     // `gate` accepts every name; the host keeps the second `ann` out of
     // the room, however close together they come.
-    let attempts: Vec<_> = (0..12)
-        .map(|_| {
-            let url = url.clone();
-            tokio::spawn(async move { try_connect(request(&url, &[])).await })
-        })
-        .collect();
-    let mut admitted = Vec::new();
-    for attempt in attempts {
-        match attempt.await.unwrap() {
-            Ok(client) => admitted.push(client),
-            Err(refused) => {
-                assert_eq!(refused.status, 409);
-                assert!(
-                    refused.body.contains("`lobby` has the same attachment"),
-                    "{}",
-                    refused.body
-                );
-            }
-        }
-    }
+    let admitted = connect_at_once(&url, 12, 409).await;
+    let refusal = try_connect(request(&url, &[])).await.unwrap_err();
+    assert!(
+        refusal.body.contains("`lobby` has the same attachment"),
+        "{}",
+        refusal.body
+    );
     assert_eq!(admitted.len(), 1);
     // Another room, or another name, is fine.
     let _kitchen = join(&server, "name=ann&room=kitchen").await;

@@ -1,70 +1,19 @@
 //! `static_dir` on a trigger: plain HTTP requests get files, upgrade
 //! requests on the same port still reach their handlers.
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use toml::toml;
 use wsflow_tests::{
-    Manifest, TIMEOUT, TestServer, Trigger, connect, next_text, programs, send_text, table,
+    HttpResponse, Manifest, TestServer, Trigger, connect, http_request, next_text, programs,
+    send_text, table,
 };
 
-/// A response: status, lower-case headers, body.
-struct Response {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: String,
+async fn http(server: &TestServer, method: &str, path: &str, body: &[u8]) -> HttpResponse {
+    http_request(server.endpoints()[0].addr, method, path, &[], body).await
 }
 
-impl Response {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(header, _)| header == name)
-            .map(|(_, value)| value.as_str())
-    }
-}
-
-/// Send `request` (an HTTP/1.1 request head) and read until the server
-/// closes.
-async fn http(server: &TestServer, request: &str) -> Response {
-    let mut tcp = tokio::net::TcpStream::connect(server.endpoints()[0].addr)
-        .await
-        .unwrap();
-    tcp.write_all(request.as_bytes()).await.unwrap();
-    let mut raw = Vec::new();
-    tokio::time::timeout(TIMEOUT, tcp.read_to_end(&mut raw))
-        .await
-        .expect("the server closes after the response")
-        .unwrap();
-    let raw = String::from_utf8(raw).unwrap();
-    let (head, body) = raw.split_once("\r\n\r\n").expect("a complete response");
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .unwrap()
-        .split(' ')
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
-    let headers = lines
-        .map(|line| {
-            let (name, value) = line.split_once(':').unwrap();
-            (name.to_ascii_lowercase(), value.trim().to_owned())
-        })
-        .collect();
-    Response {
-        status,
-        headers,
-        body: body.to_owned(),
-    }
-}
-
-async fn get(server: &TestServer, path: &str) -> Response {
-    http(
-        server,
-        &format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n"),
-    )
-    .await
+async fn get(server: &TestServer, path: &str) -> HttpResponse {
+    http(server, "GET", path, b"").await
 }
 
 #[tokio::test]
@@ -97,7 +46,7 @@ async fn plain_requests_get_files_and_upgrades_reach_their_handler() {
         script.header("content-type"),
         Some("text/javascript; charset=utf-8")
     );
-    let head = http(&server, "HEAD /js/app.js HTTP/1.1\r\nHost: test\r\n\r\n").await;
+    let head = http(&server, "HEAD", "/js/app.js", b"").await;
     assert_eq!(head.status, 200);
     assert_eq!(head.header("content-length"), Some("9"));
     assert_eq!(head.body, "");
@@ -115,11 +64,7 @@ async fn plain_requests_get_files_and_upgrades_reach_their_handler() {
         assert_eq!(response.status, 404, "{outside}");
         assert!(!response.body.contains("outside") && !response.body.contains("hidden"));
     }
-    let post = http(
-        &server,
-        "POST / HTTP/1.1\r\nHost: test\r\ncontent-length: 0\r\n\r\n",
-    )
-    .await;
+    let post = http(&server, "POST", "/", b"").await;
     assert_eq!(post.status, 405);
     assert_eq!(post.header("allow"), Some("GET, HEAD"));
 
@@ -183,7 +128,7 @@ async fn clients_that_never_read_a_large_file_hold_no_handshake_slot() {
         "{}",
         huge.body
     );
-    let head = http(&server, "HEAD /huge.bin HTTP/1.1\r\nHost: test\r\n\r\n").await;
+    let head = http(&server, "HEAD", "/huge.bin", b"").await;
     assert_eq!(head.status, 403);
     drop(hoarders);
 }

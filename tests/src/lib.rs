@@ -448,6 +448,25 @@ pub fn local_addr(client: &Client) -> std::net::SocketAddr {
     }
 }
 
+/// Try `n` upgrades to `url` at once; the connections admitted, after
+/// asserting that every other one was refused with `status`.
+pub async fn connect_at_once(url: &str, n: usize, status: u16) -> Vec<Client> {
+    let attempts: Vec<_> = (0..n)
+        .map(|_| {
+            let url = url.to_owned();
+            tokio::spawn(async move { try_connect(request(&url, &[])).await })
+        })
+        .collect();
+    let mut admitted = Vec::new();
+    for attempt in attempts {
+        match attempt.await.unwrap() {
+            Ok(client) => admitted.push(client),
+            Err(refused) => assert_eq!(refused.status, status, "{}", refused.body),
+        }
+    }
+    admitted
+}
+
 /// An HTTP/1.1 response: status, lower-case headers, body.
 #[derive(Debug)]
 pub struct HttpResponse {
