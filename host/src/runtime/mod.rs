@@ -19,11 +19,10 @@ mod stdio;
 mod wasi;
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::hash::{Hash as _, Hasher};
 use std::num::NonZero;
 use std::path::Path;
-use std::pin::{Pin, pin};
+use std::pin::pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -35,7 +34,6 @@ use wasmtime::{
 };
 
 pub(crate) use connection::{ConnectionShared, HostConnection, Outbound};
-use cpu::CpuMeter;
 use ctx::FlowCtx;
 pub(crate) use limits::{AppMemory, LimitExceeded};
 pub(crate) use scheduler::Lane;
@@ -558,16 +556,13 @@ impl FlowPre {
                 Ok(store) => store,
                 Err(error) => return self.finish(Err(error), None, clock),
             };
-            let cpu = Arc::clone(&store.data().cpu);
-            let result = {
-                let call = pin!(async {
-                    start_slice(&mut store);
-                    let flow = self.instantiate_handle(&mut store).await?;
+            let result = self
+                .run_guest(&mut store, wall_time, async |store| {
+                    let flow = self.instantiate_handle(store).await?;
                     let handle = store.data_mut().table.push(connection)?;
-                    flow.call_handle(&mut store, event, handle).await
-                });
-                with_wall_time(self.run_guest(&cpu, call), wall_time).await
-            };
+                    flow.call_handle(store, event, handle).await
+                })
+                .await;
             self.finish(result, Some(store.data()), clock)
         }
     }
@@ -585,16 +580,13 @@ impl FlowPre {
         let mut store = self
             .new_store()
             .map_err(|error| self.finish(Err(error), None, clock))?;
-        let cpu = Arc::clone(&store.data().cpu);
-        let prepared = {
-            let prepared = pin!(async {
-                start_slice(&mut store);
-                let flow = self.instantiate_handle(&mut store).await?;
+        let prepared = self
+            .run_guest(&mut store, None, async |store| {
+                let flow = self.instantiate_handle(store).await?;
                 let handle = store.data_mut().table.push(connection)?;
-                wasmtime::Result::Ok((flow, handle.rep()))
-            });
-            self.run_guest(&cpu, prepared).await
-        };
+                Ok((flow, handle.rep()))
+            })
+            .await;
         match prepared {
             Ok((flow, handle)) => Ok(FlowInstance {
                 pre: self.clone(),
@@ -652,18 +644,15 @@ impl FlowPre {
                 Ok(store) => store,
                 Err(error) => return self.finish(Err(error), None, clock),
             };
-            let cpu = Arc::clone(&store.data().cpu);
-            let result = {
-                let run = pin!(async {
-                    start_slice(&mut store);
+            let wall_time = Some(self.app.limits.wall_time);
+            let result = self
+                .run_guest(&mut store, wall_time, async |store| {
                     let hooks = self.hooks.as_ref().expect("checked by `role`");
-                    let instance = self.pre.instantiate_async(&mut store).await?;
-                    let hooks = hooks.load(&mut store, &instance)?;
-                    call(hooks, &mut store).await
-                });
-                let wall_time = Some(self.app.limits.wall_time);
-                with_wall_time(self.run_guest(&cpu, run), wall_time).await
-            };
+                    let instance = self.pre.instantiate_async(&mut *store).await?;
+                    let hooks = hooks.load(&mut *store, &instance)?;
+                    call(hooks, store).await
+                })
+                .await;
             self.finish(result, Some(store.data()), clock)
         }
         .instrument(span)
@@ -680,15 +669,33 @@ impl FlowPre {
         handle.load(store, &instance)
     }
 
-    /// Run guest work on the app's lane, charging every poll to `cpu`. The
-    /// work stays where its caller pinned it: the wrappers around it hold a
-    /// pointer, not a copy of a large future.
+    /// The one way guest work runs: on the app's lane, every poll charged
+    /// to the store's CPU meter, its first poll starting the time slice
+    /// ([`start_slice`]), within `wall_time` if it has one. Every kind of
+    /// execution (a fresh instance, a reused one, a hook) and the
+    /// instantiation of a reused instance go through here; what differs is
+    /// only `work`, whether it holds an execution slot and how it is
+    /// counted ([`FlowPre::finish`]). The work is pinned here, once: the
+    /// wrappers around it hold a pointer, not a copy of a large future.
     async fn run_guest<T>(
         &self,
-        cpu: &CpuMeter,
-        work: Pin<&mut impl Future<Output = wasmtime::Result<T>>>,
+        store: &mut Store<FlowCtx>,
+        wall_time: Option<Duration>,
+        work: impl AsyncFnOnce(&mut Store<FlowCtx>) -> wasmtime::Result<T>,
     ) -> wasmtime::Result<T> {
-        self.lane.run(cpu.run(work)).await
+        let cpu = Arc::clone(&store.data().cpu);
+        let work = pin!(async {
+            start_slice(store);
+            work(store).await
+        });
+        let run = self.lane.run(cpu.run(work));
+        match wall_time {
+            None => run.await,
+            Some(limit) => match tokio::time::timeout(limit, run).await {
+                Ok(result) => result,
+                Err(_elapsed) => Err(wasmtime::Error::new(LimitExceeded::WallTime { limit })),
+            },
+        }
     }
 
     async fn execution_slot(&self) -> tokio::sync::OwnedSemaphorePermit {
@@ -775,17 +782,14 @@ impl FlowInstance {
             let ctx = self.store.data_mut();
             ctx.cpu.reset();
             ctx.limiter.exceeded = None;
-            let cpu = Arc::clone(&ctx.cpu);
             let connection = wasmtime::component::Resource::new_borrow(self.handle);
-            let result = {
-                let call = pin!(async {
-                    start_slice(&mut self.store);
-                    self.flow
-                        .call_handle(&mut self.store, event, connection)
-                        .await
-                });
-                with_wall_time(self.pre.run_guest(&cpu, call), Some(wall_time)).await
-            };
+            let flow = &self.flow;
+            let result = self
+                .pre
+                .run_guest(&mut self.store, Some(wall_time), async |store| {
+                    flow.call_handle(store, event, connection).await
+                })
+                .await;
             self.pre.finish(result, Some(self.store.data()), clock)
         }
         .await;
@@ -822,23 +826,6 @@ impl ExecutionClock {
             kind,
             started: Instant::now(),
         }
-    }
-}
-
-/// Run `call`, turning an overrun of `wall_time` into a limit error.
-async fn with_wall_time<F>(
-    call: F,
-    wall_time: Option<Duration>,
-) -> wasmtime::Result<Result<(), String>>
-where
-    F: Future<Output = wasmtime::Result<Result<(), String>>>,
-{
-    match wall_time {
-        None => call.await,
-        Some(limit) => match tokio::time::timeout(limit, call).await {
-            Ok(result) => result,
-            Err(_elapsed) => Err(wasmtime::Error::new(LimitExceeded::WallTime { limit })),
-        },
     }
 }
 
