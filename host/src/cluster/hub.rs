@@ -591,21 +591,15 @@ impl Shared {
         headers.insert(header::TO, id.to_string());
         headers.insert(header::KIND, kind);
         self.check_size(&message, &headers)?;
-        let answers = self
-            .ask(
+        let outcome = self
+            .ask_host(
                 "send to a connection of another host",
-                &[host],
+                host,
                 &headers,
                 &payload,
             )
             .await?;
         Counters::add(&self.counters.forwarded, 1);
-        let outcome = match answers.get(&host) {
-            Some(Answer::Parts(parts)) => parts
-                .first()
-                .and_then(|part| wire::outcome(part.headers.as_ref())),
-            _ => None,
-        };
         match outcome {
             Some(Outcome::Ok) => Ok(Fanout::default()),
             Some(Outcome::TooLarge) => Err(HubError::TooLarge),
@@ -622,24 +616,36 @@ impl Shared {
         headers.insert(header::TO, id.to_string());
         headers.insert(header::CODE, close.code().to_string());
         let reason = Bytes::from(close.reason().to_owned());
-        let answers = self
-            .ask(
+        let outcome = self
+            .ask_host(
                 "close a connection of another host",
-                &[host],
+                host,
                 &headers,
                 &reason,
             )
             .await?;
-        let outcome = match answers.get(&host) {
-            Some(Answer::Parts(parts)) => parts
-                .first()
-                .and_then(|part| wire::outcome(part.headers.as_ref())),
-            _ => None,
-        };
         match outcome {
             Some(Outcome::Ok) => Ok(()),
             _ => Err(HubError::NotFound),
         }
+    }
+
+    /// Ask one `host` about one of its connections; the outcome its answer
+    /// names, if it names one.
+    async fn ask_host(
+        &self,
+        what: &str,
+        host: HostId,
+        headers: &HeaderMap,
+        payload: &Bytes,
+    ) -> HubResult<Option<Outcome>> {
+        let answers = self.ask(what, &[host], headers, payload).await?;
+        Ok(match answers.get(&host) {
+            Some(Answer::Parts(parts)) => parts
+                .first()
+                .and_then(|part| wire::outcome(part.headers.as_ref())),
+            _ => None,
+        })
     }
 
     async fn cluster_count(&self, group: &GroupName) -> HubResult<u32> {

@@ -162,38 +162,10 @@ impl Database {
             Op::SetMany(entries) => {
                 // One transaction, one sync: what was set before an error
                 // stays set, as `wasi:keyvalue/batch` allows.
-                let before = self.usage;
-                self.conn.execute_batch("BEGIN IMMEDIATE")?;
-                let mut result = Ok(());
-                for (key, value) in &entries {
-                    result = self.set(store, key, value);
-                    if result.is_err() {
-                        break;
-                    }
-                }
-                if let Err(error) = self.conn.execute_batch("COMMIT") {
-                    let _ = self.conn.execute_batch("ROLLBACK");
-                    self.usage = before;
-                    return Err(error.into());
-                }
-                result.map(|()| Answer::Done)
+                self.in_one_transaction(&entries, |this, (key, value)| this.set(store, key, value))
             }
             Op::DeleteMany(keys) => {
-                let before = self.usage;
-                self.conn.execute_batch("BEGIN IMMEDIATE")?;
-                let mut result = Ok(());
-                for key in &keys {
-                    result = self.delete(store, key);
-                    if result.is_err() {
-                        break;
-                    }
-                }
-                if let Err(error) = self.conn.execute_batch("COMMIT") {
-                    let _ = self.conn.execute_batch("ROLLBACK");
-                    self.usage = before;
-                    return Err(error.into());
-                }
-                result.map(|()| Answer::Done)
+                self.in_one_transaction(&keys, |this, key| this.delete(store, key))
             }
         }
     }
@@ -217,6 +189,31 @@ impl Database {
     }
 
     /// Set `key` to `value` if the app's quotas allow it.
+    /// Run `each` over `items` in one transaction: all of them or, if one
+    /// fails, those before it (committed), the usage totals kept in step
+    /// with what was committed.
+    fn in_one_transaction<T>(
+        &mut self,
+        items: &[T],
+        mut each: impl FnMut(&mut Self, &T) -> Result<(), Failure>,
+    ) -> Result<Answer, Failure> {
+        let before = self.usage;
+        self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        let mut result = Ok(());
+        for item in items {
+            result = each(self, item);
+            if result.is_err() {
+                break;
+            }
+        }
+        if let Err(error) = self.conn.execute_batch("COMMIT") {
+            let _ = self.conn.execute_batch("ROLLBACK");
+            self.usage = before;
+            return Err(error.into());
+        }
+        result.map(|()| Answer::Done)
+    }
+
     fn set(&mut self, store: &str, key: &str, value: &[u8]) -> Result<(), Failure> {
         let old = self.size(store, key)?;
         let after = Usage {
