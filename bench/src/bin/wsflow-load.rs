@@ -53,6 +53,10 @@ struct Args {
     /// The reply every message must get (default: the message itself).
     #[arg(long)]
     reply: Option<String>,
+    /// Every reply is the number of messages its connection has sent so
+    /// far, in decimal (a server counting each connection's messages).
+    #[arg(long, conflicts_with = "reply")]
+    reply_count: bool,
     /// Seconds measured (after the warm-up); in hold mode, how long to hold.
     #[arg(short, long, default_value_t = 10.0)]
     duration: f64,
@@ -180,9 +184,10 @@ async fn run(args: Args, threads: usize) -> anyhow::Result<()> {
         Some(text) => Message::text(text.as_str()),
         None => payload(args.size, args.binary),
     };
-    let expected = match &args.reply {
-        Some(text) => Message::text(text.as_str()),
-        None => payload.clone(),
+    let expected = match (&args.reply, args.reply_count) {
+        (_, true) => Expect::Count,
+        (Some(text), false) => Expect::Message(Message::text(text.as_str())),
+        (None, false) => Expect::Message(payload.clone()),
     };
     let start = Instant::now();
     let plan = Plan {
@@ -340,7 +345,21 @@ where
     }
 }
 
-fn check_reply(reply: &Message, expected: &Message) -> anyhow::Result<()> {
+/// What the replies must be.
+#[derive(Debug, Clone)]
+enum Expect {
+    /// This message, every time.
+    Message(Message),
+    /// The number of messages the connection has sent, counting this one.
+    Count,
+}
+
+/// Check the reply to the `nth` message of a connection (from 1).
+fn check_reply(reply: &Message, expected: &Expect, nth: u64) -> anyhow::Result<()> {
+    let expected = match expected {
+        Expect::Message(message) => message,
+        Expect::Count => &Message::text(nth.to_string()),
+    };
     if reply != expected {
         let shown = |message: &Message| match message {
             Message::Text(text) if text.len() <= 200 => format!("{:?}", text.as_str()),
@@ -355,10 +374,11 @@ fn check_reply(reply: &Message, expected: &Message) -> anyhow::Result<()> {
 async fn ping_pong(
     mut ws: Ws,
     payload: Message,
-    expected: Message,
+    expected: Expect,
     plan: Plan,
 ) -> anyhow::Result<Samples> {
     let mut samples = Samples::default();
+    let mut nth = 0;
     loop {
         let sent = Instant::now();
         if sent >= plan.end {
@@ -369,7 +389,8 @@ async fn ping_pong(
             .await
             .context("no echo: the server is stuck")??;
         let received = Instant::now();
-        check_reply(&reply, &expected)?;
+        nth += 1;
+        check_reply(&reply, &expected, nth)?;
         samples.record(&plan, sent, received);
     }
     let _ = timeout(Duration::from_secs(1), ws.close(None)).await;
@@ -381,7 +402,7 @@ async fn ping_pong(
 async fn pipelined(
     ws: Ws,
     payload: Message,
-    expected: Message,
+    expected: Expect,
     window: usize,
     plan: Plan,
 ) -> anyhow::Result<Samples> {
@@ -410,13 +431,15 @@ async fn pipelined(
         }
     });
     let mut samples = Samples::default();
+    let mut nth = 0;
     while let Some(sent) = sent_rx.recv().await {
         let reply = timeout_at(plan.end + GRACE, next_data(&mut stream))
             .await
             .context("no echo: the server is stuck")??;
         let received = Instant::now();
         room.add_permits(1);
-        check_reply(&reply, &expected)?;
+        nth += 1;
+        check_reply(&reply, &expected, nth)?;
         samples.record(&plan, sent, received);
     }
     let sink = writer.await.context("the writer panicked")??;
