@@ -67,7 +67,7 @@ enum Kind {
 #[derive(Clone)]
 enum Work {
     Sqlite(mpsc::Sender<Request>),
-    JetStream(kv::Store),
+    JetStream(Arc<kv::Store>),
     Http(Arc<Service>),
 }
 
@@ -232,7 +232,7 @@ async fn count_in_sqlite(database: &mpsc::Sender<Request>, key: &str) -> anyhow:
 
 /// The bucket, created as the host creates an app's (one value per key, on
 /// file).
-async fn open_bucket(url: &str) -> anyhow::Result<kv::Store> {
+async fn open_bucket(url: &str) -> anyhow::Result<Arc<kv::Store>> {
     let client = async_nats::connect(url)
         .await
         .with_context(|| format!("connecting to {url}"))?;
@@ -246,6 +246,7 @@ async fn open_bucket(url: &str) -> anyhow::Result<kv::Store> {
     context
         .create_key_value(config)
         .await
+        .map(Arc::new)
         .with_context(|| format!("creating the bucket {BUCKET} on {url}"))
 }
 
