@@ -42,9 +42,9 @@ cd "$ROOT"
 
 WHAT=${1:-compare}
 case $WHAT in
-compare | scale | all | fairness | fanout | cluster) ;;
+compare | scale | all | fairness | fanout | cluster | history) ;;
 *)
-    echo "usage: bench/run.sh [compare|scale|all|fairness|fanout|cluster]" >&2
+    echo "usage: bench/run.sh [compare|scale|all|fairness|fanout|cluster|history]" >&2
     exit 2
     ;;
 esac
