@@ -929,7 +929,7 @@ impl Transport for ClusterHub {
                 dropped: get(&counters.received_dropped),
                 closed: get(&counters.received_closed),
                 too_large: get(&counters.received_too_large),
-                unreached: false,
+                ..Fanout::default()
             },
             forwarded: get(&counters.forwarded),
             unavailable: get(&counters.unavailable),
@@ -937,6 +937,7 @@ impl Transport for ClusterHub {
             shed: get(&counters.shed),
             queued_out: self.shared.link.queued(&self.shared.app) as u64,
             queued_in: self.shared.inbound.bytes() as u64,
+            ..TransportCounts::default()
         }
     }
 }

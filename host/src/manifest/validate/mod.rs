@@ -16,7 +16,11 @@ use scalar::{Count, Scalar, Size};
 
 use super::outbound::AllowedHost;
 use super::schema::{self, FlowSection, LimitsSection, Manifest, SchemaSource};
-use super::spec::{ApiSpec, AppLimits, AppSpec, BuildSpec, FlowGrants, FlowSpec, SchemaSpec};
+use super::spec::{
+    ApiSpec, AppLimits, AppSpec, BuildSpec, FlowGrants, FlowSpec, GroupPattern, HistorySpec,
+    SchemaSpec,
+};
+use crate::hub::GroupName;
 use super::{Environment, ManifestError, Properties};
 
 const NAME_HELP: &str = "use letters, digits, `-` and `_`, starting with a letter";
@@ -174,6 +178,12 @@ pub(super) fn resolve(source: &Source<'_>, manifest: &Manifest) -> Result<AppSpe
             .as_ref()
             .map(|api| resolve_api(source, api))
             .transpose()?,
+        history: manifest
+            .history
+            .iter()
+            .enumerate()
+            .map(|(at, history)| resolve_history(source, at, history))
+            .collect::<Result<_, _>>()?,
     })
 }
 
@@ -191,6 +201,77 @@ fn resolve_stores(source: &Source<'_>, manifest: &Manifest) -> Result<Vec<String
         stores.push(name.clone());
     }
     Ok(stores)
+}
+
+/// One `[[history]]`.
+fn resolve_history(
+    source: &Source<'_>,
+    at: usize,
+    section: &schema::HistorySection,
+) -> Result<HistorySpec, ManifestError> {
+    let key = |name: &str| format!("history[{at}].{name}");
+    let written = source.text(&key("groups"), &section.groups)?;
+    let (name, pattern) = match written.strip_suffix('*') {
+        Some(prefix) => (prefix, GroupPattern::Prefix(prefix.to_owned())),
+        None => (written.as_str(), GroupPattern::Exact(written.clone())),
+    };
+    // A prefix is part of a name: check it as one (an empty prefix, `*`,
+    // names every group).
+    if !(name.is_empty() && matches!(pattern, GroupPattern::Prefix(_)))
+        && GroupName::parse(name).is_err()
+    {
+        return Err(source
+            .error_at(
+                section.groups.span(),
+                format!("{}: `{written}` is not a group name or a name ending in `*`", key("groups")),
+            )
+            .help("a group name is 1 to 128 ASCII letters, digits and - _ . : /, e.g. \"room:*\" or \"news\""));
+    }
+    let mut spec = HistorySpec {
+        groups: pattern,
+        size: 100,
+        ttl: Duration::from_secs(3600),
+        position_field: None,
+    };
+    if let Some(value) = &section.size {
+        let size = source.positive(&key("size"), value)?;
+        if size > HistorySpec::MAX_SIZE {
+            return Err(source
+                .error_at(
+                    value.span(),
+                    format!("{}: {size} is more than {}", key("size"), HistorySpec::MAX_SIZE),
+                )
+                .help("history is for the recent messages a reconnecting client missed; keep an archive in a key-value store or a database"));
+        }
+        spec.size = size;
+    }
+    if let Some(value) = &section.ttl {
+        let ttl = source.duration(&key("ttl"), value)?;
+        if ttl > HistorySpec::MAX_TTL {
+            return Err(source
+                .error_at(value.span(), format!("{}: longer than 24h", key("ttl")))
+                .help("history is for the recent messages a reconnecting client missed"));
+        }
+        spec.ttl = ttl;
+    }
+    if let Some(field) = &section.position_field {
+        let name = source.text(&key("position_field"), field)?;
+        let plain = !name.is_empty()
+            && name.len() <= 32
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        if !plain {
+            return Err(source
+                .error_at(
+                    field.span(),
+                    format!("{}: `{name}` is not a plain field name", key("position_field")),
+                )
+                .help("use 1 to 32 ASCII letters, digits, `_` or `-`, e.g. \"pos\""));
+        }
+        spec.position_field = Some(name);
+    }
+    Ok(spec)
 }
 
 fn resolve_api(
@@ -428,6 +509,12 @@ fn resolve_limits(
     }
     if let Some(value) = &section.max_kv_keys {
         limits.max_kv_keys = source.positive("limits.max_kv_keys", value)?;
+    }
+    if let Some(value) = &section.max_history_bytes {
+        limits.max_history_bytes = source.bytes("limits.max_history_bytes", value)?;
+    }
+    if let Some(value) = &section.max_history_groups {
+        limits.max_history_groups = source.positive("limits.max_history_groups", value)?;
     }
     Ok(limits)
 }
