@@ -1,6 +1,7 @@
 // Two headless Chromium pages open the chat page, join the same room, and
 // talk: what one sends must show up in the other's DOM, and so must the
-// room's topic one of them sets; /stats counts the room's messages. Usage:
+// room's topic one of them sets, which a third page that joins later shows
+// at once; /stats counts the room's messages. Usage:
 //
 //   node tests/browser/chat.mjs PAGE_URL [SECOND_PAGE_URL]
 //
@@ -61,6 +62,11 @@ try {
   await bob.click("#send");
   await ann.waitForSelector('#topic:has-text("Topic: browsers welcome")', { timeout });
   await bob.waitForSelector('#topic:has-text("Topic: browsers welcome")', { timeout });
+  // A newcomer's page shows the topic at once: it is the first message
+  // the server sends it.
+  const cid = await join(second, "cid");
+  await cid.waitForSelector('#topic:has-text("Topic: browsers welcome")', { timeout });
+  await cid.click("#join");
   // The room's count: Ann's one message.
   await bob.fill("#text", "/stats");
   await bob.click("#send");

@@ -5,6 +5,7 @@
 //! them.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde_json::{Value, json};
@@ -30,13 +31,22 @@ fn chat(properties: &[(&str, &str)]) -> Manifest {
     Manifest::from_table(table)
 }
 
-/// `name` in `room` on `server`.
+/// `name` in `room` on `server`, past the room's topic that a newcomer
+/// gets first.
 async fn join(server: &TestServer, room: &str, name: &str) -> Client {
-    connect(&format!(
+    join_seeing(server, room, name).await.0
+}
+
+/// `name` in `room` on `server`, and the first message it got.
+async fn join_seeing(server: &TestServer, room: &str, name: &str) -> (Client, Value) {
+    let url = format!(
         "{}?name={name}",
         server.app_url("chat", &format!("/chat/{room}"))
-    ))
-    .await
+    );
+    let mut client = connect(&url).await;
+    let first = next_json(&mut client).await;
+    assert_eq!(first["type"], "topic", "{name}'s first message: {first}");
+    (client, first)
 }
 
 /// The next message that is not someone joining or leaving.
@@ -122,6 +132,46 @@ async fn a_topic_is_set_told_to_the_room_and_read_back() {
     assert_eq!(ask(&mut cid, "/stats").await, stats(0));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newcomer_gets_the_topic_first_while_the_room_talks() {
+    let server = TestServer::start(&chat(&[])).await;
+    let (mut ann, first) = join_seeing(&server, "lobby", "ann").await;
+    assert_eq!(first, no_topic());
+    let mut bob = join(&server, "lobby", "bob").await;
+    send_text(&mut ann, "/topic read me first").await;
+    assert_eq!(next_said(&mut ann).await, topic("read me first", "ann"));
+    assert_eq!(next_said(&mut bob).await, topic("read me first", "ann"));
+
+    // Bob talks without pause (each message once Ann has it, so no
+    // queue fills) until every newcomer has come in.
+    let done = Arc::new(AtomicBool::new(false));
+    let talking = tokio::spawn({
+        let done = Arc::clone(&done);
+        async move {
+            let mut n = 0;
+            while !done.load(Ordering::SeqCst) {
+                n += 1;
+                send_text(&mut bob, &format!("live {n}")).await;
+                assert_eq!(next_said(&mut ann).await, said("bob", &format!("live {n}")));
+            }
+            n
+        }
+    });
+    const NEWCOMERS: usize = 10;
+    for i in 0..NEWCOMERS {
+        let (mut newcomer, first) = join_seeing(&server, "lobby", &format!("new{i}")).await;
+        assert_eq!(first, topic("read me first", "ann"), "newcomer {i}");
+        // The room was talking as it came in: live messages follow.
+        assert_eq!(next_said(&mut newcomer).await["from"], "bob");
+    }
+    done.store(true, Ordering::SeqCst);
+    let sent = talking.await.unwrap();
+    assert!(
+        sent >= NEWCOMERS,
+        "Bob sent {sent} messages while the newcomers came in"
+    );
+}
+
 #[tokio::test]
 async fn topic_and_count_survive_a_host_restart() {
     let data = tempfile::tempdir().unwrap();
@@ -137,7 +187,8 @@ async fn topic_and_count_survive_a_host_restart() {
     server.stop().await;
 
     let server = TestServer::start_with_data(&app, data.path()).await;
-    let mut bob = join(&server, "lobby", "bob").await;
+    let (mut bob, first) = join_seeing(&server, "lobby", "bob").await;
+    assert_eq!(first, topic("kept on disk", "ann"));
     assert_eq!(ask(&mut bob, "/topic").await, topic("kept on disk", "ann"));
     assert_eq!(ask(&mut bob, "/stats").await, stats(2));
 }
@@ -161,9 +212,10 @@ async fn topic_and_count_are_shared_by_two_hosts_of_a_cluster() {
     }
     send_text(&mut bob, "three").await;
     assert_eq!(next_said(&mut ann).await, said("bob", "three"));
-    // A newcomer on the other host reads what was set and counted on both.
-    let mut cid = join(&b, "lobby", "cid").await;
-    assert_eq!(ask(&mut cid, "/topic").await, topic("across hosts", "ann"));
+    // A newcomer on the other host gets the topic set on the first one,
+    // first, and reads what was counted on both.
+    let (mut cid, first) = join_seeing(&b, "lobby", "cid").await;
+    assert_eq!(first, topic("across hosts", "ann"));
     assert_eq!(ask(&mut cid, "/stats").await, stats(3));
     let mut dan = join(&a, "lobby", "dan").await;
     assert_eq!(ask(&mut dan, "/stats").await, stats(3));

@@ -1,6 +1,7 @@
 //! Rooms chat. A client connects to `/chat/{room}?name=NAME`; `on_connect`
 //! checks the name (and that nobody in the room has it), announces the
-//! newcomer and starts the connection in the room with its name as the
+//! newcomer, sends it the room's topic first (before any message of the
+//! room) and starts the connection in the room with its name as the
 //! attachment. Every text message is broadcast to the room, except to its
 //! sender; `/who` lists the room, `/topic` shows or sets its topic,
 //! `/stats` tells how many messages it has had. `on_close` announces who
@@ -13,8 +14,8 @@
 //! {"type":"left","name":"ann"}                someone went
 //! {"type":"message","from":"ann","text":…}    someone said something
 //! {"type":"who","names":["ann","bob"]}        the answer to /who
-//! {"type":"topic","text":…,"by":"ann"}        /topic TEXT, to the room; /topic
-//!                                             alone (text and by null: none)
+//! {"type":"topic","text":…,"by":"ann"}        first to a newcomer; /topic TEXT, to
+//!                                             the room; /topic alone (null: none)
 //! {"type":"stats","messages":12}              the answer to /stats
 //! {"type":"error","text":…}                   a bad command, a message not sent
 //! ```
@@ -46,9 +47,9 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use wsflow_sdk::kv::Store;
+use wsflow_sdk::kv::{KvError, Store};
 use wsflow_sdk::lifecycle::{Closed, ConnectRequest, Decision};
-use wsflow_sdk::{Connection, Event, Flow, groups, http, log};
+use wsflow_sdk::{Connection, Event, Flow, groups, http, log, opening};
 
 struct Chat;
 
@@ -164,19 +165,25 @@ fn moderate(url: &str, room: &str, from: &str, text: &str) -> Verdict {
 }
 
 impl Chat {
+    /// `{"type":"topic",…}` for the room's topic (text and by null: none).
+    fn current_topic(room: &str) -> Result<Value, KvError> {
+        let topic: Value = Store::open(STORE)?
+            .get_json(&topic_key(room))?
+            .unwrap_or_default();
+        Ok(json!({ "type": "topic", "text": topic["text"], "by": topic["by"] }))
+    }
+
     /// `/topic`: show the room's topic; `/topic TEXT`: set it and tell the
     /// room.
     fn topic(room: &str, from: &str, text: &str, conn: &Connection) -> wsflow_sdk::Result {
-        let store = Store::open(STORE)?;
         if text.is_empty() {
-            let topic: Value = store.get_json(&topic_key(room))?.unwrap_or_default();
-            let answer = json!({ "type": "topic", "text": topic["text"], "by": topic["by"] });
-            return conn.send_json(&answer);
+            return conn.send_json(&Self::current_topic(room)?);
         }
         if let Some(problem) = check_topic(text) {
             return conn.send_json(&error(problem));
         }
-        store.set_json(&topic_key(room), &json!({ "text": text, "by": from }))?;
+        let topic = json!({ "text": text, "by": from });
+        Store::open(STORE)?.set_json(&topic_key(room), &topic)?;
         let told = json!({ "type": "topic", "text": text, "by": from });
         groups::publish(&group(room), told.to_string())?;
         Ok(())
@@ -268,6 +275,14 @@ impl Flow for Chat {
             Err(error) => {
                 return Decision::reject(503, format!("the room is unavailable: {error:?}"));
             }
+        }
+        // The room's topic is the newcomer's first message, before anything
+        // the room says (opening messages go out before group messages).
+        match Self::current_topic(&room) {
+            Ok(topic) => {
+                let _ = opening::send_first(topic.to_string());
+            }
+            Err(error) => log::warn(&format!("the topic of {room} is unavailable: {error}")),
         }
         let _ = groups::publish(
             &group,
