@@ -12,6 +12,7 @@ mod data_mode;
 mod examples;
 mod failures;
 mod groups;
+mod history;
 mod hooks;
 mod keyvalue;
 mod limits;

@@ -112,7 +112,10 @@ impl Histories {
     /// The history of `group`, made on first use; `None` if no rule
     /// names it.
     pub(crate) fn of(&self, group: &GroupName) -> Option<Arc<Mutex<GroupHistory>>> {
-        let rule = self.rules.iter().find(|rule| rule.groups.matches(group.as_str()))?;
+        let rule = self
+            .rules
+            .iter()
+            .find(|rule| rule.groups.matches(group.as_str()))?;
         let mut groups = self.groups.lock().expect("not poisoned");
         if let Some(history) = groups.get(group) {
             return Some(Arc::clone(history));

@@ -292,4 +292,52 @@ mod tests {
         assert_eq!(spec.limits.max_memory, 2 << 20);
         assert_eq!(spec.limits.max_executions, 3);
     }
+
+    #[test]
+    fn history_is_read_with_its_defaults_and_checked() {
+        let spec = parse(
+            Path::new("dir/wsflow.toml"),
+            &format!("{MANIFEST}\n[[history]]\ngroups = \"room:*\"\n[[history]]\ngroups = \"news\"\nsize = 5\nttl = \"2m\"\nposition_field = \"pos\"\n"),
+            &Environment::default(),
+        )
+        .unwrap();
+        assert_eq!(spec.history.len(), 2);
+        assert!(spec.history[0].groups.matches("room:a"));
+        assert!(!spec.history[0].groups.matches("news"));
+        assert_eq!(spec.history[0].size, 100);
+        assert_eq!(spec.history[0].ttl, std::time::Duration::from_secs(3600));
+        assert_eq!(spec.history[0].position_field, None);
+        assert!(spec.history[1].groups.matches("news"));
+        assert!(!spec.history[1].groups.matches("newsy"));
+        assert_eq!(spec.history[1].size, 5);
+        assert_eq!(spec.history[1].position_field.as_deref(), Some("pos"));
+
+        for (setting, problem) in [
+            (
+                "groups = \"no spaces\"",
+                "history[0].groups: `no spaces` is not a group name",
+            ),
+            ("groups = \"a*b*\"", "is not a group name"),
+            (
+                "groups = \"r\"\nsize = 10001",
+                "history[0].size: 10001 is more than 10000",
+            ),
+            ("groups = \"r\"\nsize = 0", "history[0].size"),
+            (
+                "groups = \"r\"\nttl = \"25h\"",
+                "history[0].ttl: longer than 24h",
+            ),
+            (
+                "groups = \"r\"\nposition_field = \"a\\\"b\"",
+                "is not a plain field name",
+            ),
+            ("groups = \"r\"\nkeep = 1", "unknown field `keep`"),
+        ] {
+            let text = format!("{MANIFEST}\n[[history]]\n{setting}\n");
+            let error = parse(Path::new("dir/wsflow.toml"), &text, &Environment::default())
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains(problem), "{setting}: {error}");
+        }
+    }
 }

@@ -35,8 +35,8 @@ use wasmtime::{
 };
 
 pub(crate) use connection::{ConnectionShared, HostConnection, Outbound};
-pub(crate) use history::Start;
 use ctx::FlowCtx;
+pub(crate) use history::Start;
 pub(crate) use limits::{AppMemory, LimitExceeded};
 pub(crate) use scheduler::Lane;
 use scheduler::Scheduler;

@@ -20,8 +20,8 @@ use super::spec::{
     ApiSpec, AppLimits, AppSpec, BuildSpec, FlowGrants, FlowSpec, GroupPattern, HistorySpec,
     SchemaSpec,
 };
-use crate::hub::GroupName;
 use super::{Environment, ManifestError, Properties};
+use crate::hub::GroupName;
 
 const NAME_HELP: &str = "use letters, digits, `-` and `_`, starting with a letter";
 
@@ -265,7 +265,10 @@ fn resolve_history(
             return Err(source
                 .error_at(
                     field.span(),
-                    format!("{}: `{name}` is not a plain field name", key("position_field")),
+                    format!(
+                        "{}: `{name}` is not a plain field name",
+                        key("position_field")
+                    ),
                 )
                 .help("use 1 to 32 ASCII letters, digits, `_` or `-`, e.g. \"pos\""));
         }
