@@ -305,7 +305,7 @@ mod tests {
         assert!(spec.history[0].groups.matches("room:a"));
         assert!(!spec.history[0].groups.matches("news"));
         assert_eq!(spec.history[0].size, 100);
-        assert_eq!(spec.history[0].ttl, std::time::Duration::from_secs(3600));
+        assert_eq!(spec.history[0].ttl, Duration::from_secs(3600));
         assert_eq!(spec.history[0].position_field, None);
         assert!(spec.history[1].groups.matches("news"));
         assert!(!spec.history[1].groups.matches("newsy"));
