@@ -34,7 +34,9 @@
 //! is down, slow, or answers anything but a 2xx with `{"allow": BOOL}`,
 //! the message is not sent (fail closed): the sender is told so and the
 //! app logs one warning. Only the sender waits for the check; the room
-//! and other senders go on.
+//! and other senders go on (each connection's messages run as executions
+//! of their own). The app has at most `max_outbound_requests_in_flight`
+//! (32) checks waiting at once; a message beyond them is not sent either.
 //!
 //! Run it (from the repository root) and open http://127.0.0.1:9990/:
 //!
