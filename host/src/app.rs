@@ -159,18 +159,11 @@ impl HostHubs {
     }
 
     fn hub(&self, spec: &AppSpec, limits: HubLimits, turns: &Lane) -> Arc<dyn Transport> {
+        let histories = Histories::new(spec.history.clone(), &spec.limits);
         match &self.cluster {
-            Some(cluster) => cluster.hub(&spec.name, limits, turns),
-            None => Arc::new(LocalHub::keeping(
-                limits,
-                Histories::new(spec.history.clone(), &spec.limits),
-            )),
+            Some(cluster) => cluster.hub(&spec.name, limits, turns, histories),
+            None => Arc::new(LocalHub::keeping(limits, histories)),
         }
-    }
-
-    /// Whether the host is in a cluster.
-    pub(crate) fn in_cluster(&self) -> bool {
-        self.cluster.is_some()
     }
 }
 

@@ -399,3 +399,42 @@ async fn a_backends_publish_through_the_api_is_kept_and_answered_with_its_positi
         format!(r#"ok read complete=true head={epoch}:2 N=1 {{"pos":"{epoch}:2","n":2}}"#)
     );
 }
+
+#[tokio::test]
+async fn in_a_cluster_each_host_keeps_what_reached_it() {
+    let Some(nats) = wsflow_tests::nats::NatsServer::start().await else {
+        return;
+    };
+    let app = recall("history-cluster", 100);
+    let one = TestServer::start_in_cluster(&app, &nats.url()).await;
+    let two = TestServer::start_in_cluster(&app, &nats.url()).await;
+    let on = |host: &TestServer, query: &str| {
+        format!("{}{query}", host.app_url("history-cluster", "/recall/hall"))
+    };
+    let mut ann = connect(&on(&one, "")).await;
+    let mut bob = connect(&on(&two, "")).await;
+    let mut ignored = Vec::new();
+    // Published on host one, kept by both: each with its own position.
+    let mut at_one = Vec::new();
+    for n in 1..=3 {
+        let answer = ask(&mut ann, &format!(r#"pub {{"n":{n}}}"#), &mut ignored).await;
+        at_one.push(position(&answer));
+    }
+    let mut at_two = Vec::new();
+    for n in 1..=3 {
+        let line = next_text(&mut bob).await;
+        let value: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(value["n"], n);
+        at_two.push(value["pos"].as_str().unwrap().to_owned());
+    }
+    assert_ne!(at_one[0].split(':').next(), at_two[0].split(':').next());
+    // Back on its own host, bob gets what he missed after his first.
+    drop(bob);
+    let mut bob = connect(&on(&two, &format!("?since={}", at_two[0]))).await;
+    assert_eq!(numbers(&mut bob, 2).await, [2, 3]);
+    assert_eq!(next_text(&mut bob).await, "recovered complete=true");
+    // On the other host his position means nothing: he is told so.
+    let mut moved = connect(&on(&one, &format!("?since={}", at_two[0]))).await;
+    assert_eq!(numbers(&mut moved, 3).await, [1, 2, 3]);
+    assert_eq!(next_text(&mut moved).await, "recovered complete=false");
+}

@@ -32,9 +32,8 @@ struct Args {
     runs: usize,
 }
 
-type Client = tokio_tungstenite::WebSocketStream<
-    tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
->;
+type Client =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -97,7 +96,11 @@ async fn main() -> anyhow::Result<()> {
     let mut rows = Vec::new();
     for (label, since, expected) in [
         ("nothing missed (since = newest)", &newest, 0),
-        ("missed messages (since = before them)", &before, args.missed),
+        (
+            "missed messages (since = before them)",
+            &before,
+            args.missed,
+        ),
     ] {
         // Warm-up: the flow's compiled code, the kernel's buffers.
         for _ in 0..10 {
