@@ -22,8 +22,9 @@
 //! ```
 //!
 //! Connections of one app reach each other through [`groups`]: join named
-//! groups, publish to them, send to a connection by id. State that outlives
-//! an execution goes in the app's key-value stores ([`kv`]).
+//! groups, publish to them, send to a connection by id; groups that keep
+//! [`history`] let a reconnecting client get what it missed. State that
+//! outlives an execution goes in the app's key-value stores ([`kv`]).
 //!
 //! Build it with `cargo build --release --target wasm32-wasip2`; the
 //! resulting `.wasm` file is a component that a `wsflow.toml` manifest names
@@ -34,10 +35,12 @@ mod connection;
 mod error;
 mod event;
 pub mod groups;
+pub mod history;
 pub mod http;
 pub mod kv;
 pub mod lifecycle;
 pub mod log;
+pub mod opening;
 mod param;
 
 pub use connection::{CloseError, Connection, Message, ReceiveError, ReceiveTextError, SendError};

@@ -13,7 +13,8 @@ use crate::cluster::Cluster;
 use bytes::Bytes;
 
 use crate::hub::{
-    ConnectionId, ConnectionIds, GroupName, HostId, HubLimits, LargestMessage, LocalHub, Transport,
+    ConnectionId, ConnectionIds, GroupName, Histories, HostId, HubLimits, LargestMessage, LocalHub,
+    Transport,
 };
 use crate::manifest::spec::{AppLimits, AppSpec, DEFAULT_MAX_MESSAGE_SIZE};
 use crate::runtime::http::{AppOutbound, Resolver};
@@ -157,10 +158,11 @@ impl HostHubs {
         }
     }
 
-    fn hub(&self, app: &str, limits: HubLimits, turns: &Lane) -> Arc<dyn Transport> {
+    fn hub(&self, spec: &AppSpec, limits: HubLimits, turns: &Lane) -> Arc<dyn Transport> {
+        let histories = Histories::new(spec.history.clone(), &spec.limits);
         match &self.cluster {
-            Some(cluster) => cluster.hub(app, limits, turns),
-            None => Arc::new(LocalHub::new(limits)),
+            Some(cluster) => cluster.hub(&spec.name, limits, turns, histories),
+            None => Arc::new(LocalHub::keeping(limits, histories)),
         }
     }
 }
@@ -184,7 +186,7 @@ impl AppInfo {
         let limits = spec.limits.clone();
         let largest_message = LargestMessage::new(largest_message(spec));
         let hub = host.hub(
-            spec.name.as_str(),
+            spec,
             HubLimits::new(&limits, largest_message.clone()),
             turns,
         );
@@ -249,6 +251,8 @@ impl AppInfo {
             cluster_messages_shed: remote.shed,
             cluster_queued_bytes_out: remote.queued_out,
             cluster_queued_bytes_in: remote.queued_in,
+            history_bytes: remote.history_bytes,
+            history_groups: remote.history_groups,
             queued_bytes_out: self.outbound_budget.queued() as u64,
             queued_bytes_in: self.inbound_budget.queued() as u64,
             guest_memory: self.memory.held() as u64,

@@ -11,7 +11,8 @@
 //!
 //! What a running host cannot change in place is reported, not applied:
 //! apps added or removed, an app's listen addresses, its `[limits]`, its
-//! properties and its key-value stores (the app's counters, budgets, hub
+//! properties, its key-value stores and its `[[history]]` (the app's
+//! counters, budgets, hub
 //! and stores live on across reloads, and the pool was sized for its
 //! limits). Such an app keeps serving its
 //! current version until the host restarts. A connection-mode flow runs to
@@ -299,6 +300,8 @@ fn needs_restart(current: &AppSpec, new: &AppSpec) -> Option<&'static str> {
         Some("its `[api]`")
     } else if current.key_value_stores != new.key_value_stores {
         Some("its `[key_value.stores]`")
+    } else if current.history != new.history {
+        Some("its `[[history]]`")
     } else {
         None
     }

@@ -177,6 +177,11 @@ counters! {
     /// Bytes of group messages from other hosts waiting for the app's
     /// members, now.
     cluster_queued_bytes_in: Gauge "wsflow_cluster_queued_bytes" { "direction" = "in" };
+    /// Bytes of the messages the app's groups keep as history, now
+    /// (`limits.max_history_bytes`).
+    history_bytes: Gauge "wsflow_history_bytes";
+    /// Groups of the app keeping history, now (`limits.max_history_groups`).
+    history_groups: Gauge "wsflow_history_groups";
     /// Bytes of messages flows sent that wait for the app's clients, now:
     /// group messages once per member they wait for, and each message
     /// with its overhead in the queue.

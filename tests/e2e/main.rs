@@ -3,6 +3,7 @@
 
 mod api;
 mod backpressure;
+mod chat;
 mod closing;
 mod cluster;
 mod connection_mode;
@@ -11,6 +12,7 @@ mod data_mode;
 mod examples;
 mod failures;
 mod groups;
+mod history;
 mod hooks;
 mod keyvalue;
 mod limits;

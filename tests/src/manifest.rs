@@ -146,6 +146,17 @@ impl Manifest {
         self
     }
 
+    /// Add a `[[history]]`.
+    pub fn history(mut self, history: Table) -> Self {
+        self.table
+            .entry("history")
+            .or_insert_with(|| Value::Array(Vec::new()))
+            .as_array_mut()
+            .expect("history is an array")
+            .push(history.into());
+        self
+    }
+
     /// Declare the key-value stores `names` (`[key_value.stores]`).
     pub fn key_value_stores(mut self, names: &[&str]) -> Self {
         let key_value = self

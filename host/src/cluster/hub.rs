@@ -35,8 +35,9 @@ use super::questions::{Answer, Question, Questions};
 use super::wire::{self, Op, Outcome, Subjects, header};
 use crate::close::Close;
 use crate::hub::{
-    ConnectionId, DuplicateId, Fanout, GroupName, HostId, HubError, HubLimits, HubResult, LocalHub,
-    MemberInfo, Outlet, Pending, Transport, TransportCounts,
+    ConnectionId, DuplicateId, Fanout, GroupName, Histories, HistoryError, HostId, HubError,
+    HubLimits, HubResult, LocalHub, MemberInfo, Outlet, Page, Pending, Position, Transport,
+    TransportCounts,
 };
 use crate::manifest::spec::SlowMember;
 
@@ -123,6 +124,7 @@ impl ClusterHub {
         app: &str,
         limits: HubLimits,
         turns: crate::runtime::Lane,
+        histories: Histories,
     ) -> Self {
         let stop = CancellationToken::new();
         let subjects = Subjects::new(app);
@@ -131,7 +133,9 @@ impl ClusterHub {
         let shared = Arc::new(Shared {
             app: Arc::clone(&app),
             me: link.host(),
-            local: LocalHub::new(limits.clone()),
+            // Until history is shared through JetStream, each host keeps
+            // the history of what reached it (docs/CLUSTER.md).
+            local: LocalHub::keeping(limits.clone(), histories),
             limits,
             link: Arc::clone(link),
             lane: Lane::App(Arc::clone(&app)),
@@ -839,6 +843,33 @@ impl Transport for ClusterHub {
         self.shared.local.joined(id)
     }
 
+    fn read_history(
+        &self,
+        group: &GroupName,
+        since: Option<Position>,
+        limit: usize,
+    ) -> Result<Page, HistoryError> {
+        self.shared.local.read_history(group, since, limit)
+    }
+
+    fn join_from(
+        &self,
+        id: ConnectionId,
+        group: GroupName,
+        since: Position,
+    ) -> Result<bool, HistoryError> {
+        let shared = &self.shared;
+        let joining = !shared.local.joined(id).contains(&group);
+        let complete = shared.local.join_from(id, group.clone(), since)?;
+        if joining {
+            // Not waited for: what other hosts publish before they know
+            // this host's new member reaches neither it nor this host's
+            // history.
+            shared.interest.mark([group]);
+        }
+        Ok(complete)
+    }
+
     fn set_attachment(&self, id: ConnectionId, attachment: Bytes) -> HubResult<()> {
         self.shared.local.set_attachment(id, attachment)
     }
@@ -929,7 +960,7 @@ impl Transport for ClusterHub {
                 dropped: get(&counters.received_dropped),
                 closed: get(&counters.received_closed),
                 too_large: get(&counters.received_too_large),
-                unreached: false,
+                ..Fanout::default()
             },
             forwarded: get(&counters.forwarded),
             unavailable: get(&counters.unavailable),
@@ -937,6 +968,7 @@ impl Transport for ClusterHub {
             shed: get(&counters.shed),
             queued_out: self.shared.link.queued(&self.shared.app) as u64,
             queued_in: self.shared.inbound.bytes() as u64,
+            ..self.shared.local.counts()
         }
     }
 }

@@ -245,8 +245,15 @@ impl Cluster {
         app: &str,
         limits: HubLimits,
         turns: &crate::runtime::Lane,
+        histories: crate::hub::Histories,
     ) -> Arc<dyn Transport> {
-        Arc::new(hub::ClusterHub::new(&self.link, app, limits, turns.clone()))
+        Arc::new(hub::ClusterHub::new(
+            &self.link,
+            app,
+            limits,
+            turns.clone(),
+            histories,
+        ))
     }
 }
 

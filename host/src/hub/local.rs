@@ -22,9 +22,10 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use tokio_tungstenite::tungstenite::{Bytes, Message};
 
+use super::history::{self, Histories};
 use super::{
-    ConnectionId, Delivery, DuplicateId, Fanout, GroupName, HubError, HubLimits, HubResult,
-    MemberInfo, Outlet, Pending, Transport,
+    ConnectionId, Delivery, DuplicateId, Fanout, GroupName, HistoryError, HubError, HubLimits,
+    HubResult, MemberInfo, Outlet, Page, Pending, Position, Transport,
 };
 use crate::close::Close;
 use crate::manifest::spec::SlowMember;
@@ -33,6 +34,8 @@ use crate::manifest::spec::SlowMember;
 pub(crate) struct LocalHub {
     limits: HubLimits,
     registry: RwLock<Registry>,
+    /// The groups that keep history, and what they keep.
+    histories: Histories,
 }
 
 /// Sizes only: a member's outlet leads back to its app, and so to this hub.
@@ -109,10 +112,18 @@ impl Member {
 }
 
 impl LocalHub {
+    /// A hub whose groups keep no history.
+    #[cfg(test)]
     pub(crate) fn new(limits: HubLimits) -> Self {
+        Self::keeping(limits, Histories::default())
+    }
+
+    /// A hub whose groups keep history as `histories` says.
+    pub(crate) fn keeping(limits: HubLimits, histories: Histories) -> Self {
         Self {
             limits,
             registry: RwLock::default(),
+            histories,
         }
     }
 
@@ -133,32 +144,83 @@ impl LocalHub {
 
     fn join_now(&self, id: ConnectionId, group: GroupName) -> HubResult<()> {
         let mut registry = self.write();
-        let Registry {
-            connections,
-            groups,
-        } = &mut *registry;
-        let attached = connections.get_mut(&id).ok_or(HubError::NotFound)?;
+        if self.admit(&registry, id, &group)? {
+            insert(&mut registry, id, group);
+        }
+        Ok(())
+    }
+
+    /// Whether connection `id` may join `group` now: `false` if it is in
+    /// it already.
+    fn admit(&self, registry: &Registry, id: ConnectionId, group: &GroupName) -> HubResult<bool> {
+        let attached = registry.connections.get(&id).ok_or(HubError::NotFound)?;
         if !attached.member.is_open() {
             return Err(HubError::Closed);
         }
-        if attached.groups.contains(&group) {
-            return Ok(());
+        if attached.groups.contains(group) {
+            return Ok(false);
         }
         if attached.groups.len() >= self.limits.max_groups_per_connection {
             return Err(HubError::TooManyGroups);
         }
-        let members = groups.entry(group.clone()).or_default();
-        if members.len() >= self.limits.max_group_members {
-            if members.is_empty() {
-                groups.remove(&group);
-            }
+        let members = registry
+            .groups
+            .get(group)
+            .map_or(0, |members| members.len());
+        if members >= self.limits.max_group_members {
             return Err(HubError::GroupFull);
         }
-        if let Err(at) = position(members, id) {
-            Arc::make_mut(members).insert(at, (id, Arc::clone(&attached.member)));
+        Ok(true)
+    }
+
+    /// Join `group` from `since` (see [`Transport::join_from`]). The
+    /// group's history stays locked from reading what the connection
+    /// missed until it is a member, so a message published meanwhile is
+    /// either in what it is sent first or live, never both nor neither.
+    fn join_from_now(
+        &self,
+        id: ConnectionId,
+        group: GroupName,
+        since: Position,
+    ) -> Result<bool, HistoryError> {
+        let history = self.histories.of(&group).ok_or(HistoryError::NotKept)?;
+        let mut history = history::lock(&history);
+        let mut registry = self.write();
+        if !self.admit(&registry, id, &group)? {
+            // A member already gets every message live.
+            return Ok(true);
         }
-        attached.groups.insert(group);
-        Ok(())
+        let page = history.read(Some(since), usize::MAX);
+        let member = Arc::clone(&registry.connections[&id].member);
+        for kept in &page.entries {
+            match member.outlet.try_send(kept.message.clone()) {
+                Delivery::Queued => {}
+                // As live: a member's own trigger may carry less.
+                Delivery::TooLarge => {}
+                Delivery::Closed => return Err(HubError::Closed.into()),
+                Delivery::Full => return Err(HistoryError::QueueFull),
+            }
+        }
+        insert(&mut registry, id, group);
+        Ok(page.complete)
+    }
+
+    /// The members of `group` but `except` offered `message`.
+    fn fan_out(
+        &self,
+        group: &GroupName,
+        message: &Message,
+        except: Option<ConnectionId>,
+    ) -> Fanout {
+        let mut fanout = Fanout::default();
+        if let Some(members) = self.snapshot(group) {
+            for (id, member) in members.iter() {
+                if Some(*id) != except {
+                    member.offer(message, &mut fanout);
+                }
+            }
+        }
+        fanout
     }
 
     fn leave_now(&self, id: ConnectionId, group: &GroupName) -> HubResult<()> {
@@ -236,6 +298,20 @@ impl LocalHub {
             .map(|attached| Arc::clone(&attached.member))
             .ok_or(HubError::NotFound)
     }
+}
+
+/// Put `id`, admitted, into `group`.
+fn insert(registry: &mut Registry, id: ConnectionId, group: GroupName) {
+    let Registry {
+        connections,
+        groups,
+    } = registry;
+    let attached = connections.get_mut(&id).expect("admitted");
+    let members = groups.entry(group.clone()).or_default();
+    if let Err(at) = position(members, id) {
+        Arc::make_mut(members).insert(at, (id, Arc::clone(&attached.member)));
+    }
+    attached.groups.insert(group);
 }
 
 /// Take `id` out of `group`, and the group out of the map once empty.
@@ -321,14 +397,15 @@ impl Transport for LocalHub {
         except: Option<ConnectionId>,
     ) -> HubResult<Fanout> {
         self.check_size(&message)?;
-        let mut fanout = Fanout::default();
-        if let Some(members) = self.snapshot(group) {
-            for (id, member) in members.iter() {
-                if Some(*id) != except {
-                    member.offer(&message, &mut fanout);
-                }
-            }
-        }
+        let Some(history) = self.histories.of(group) else {
+            return Ok(self.fan_out(group, &message, except));
+        };
+        // Kept and offered under the group's history lock: members get
+        // the group's messages in position order.
+        let mut history = history::lock(&history);
+        let (position, message) = history.keep(message);
+        let mut fanout = self.fan_out(group, &message, except);
+        fanout.position = Some(position);
         Ok(fanout)
     }
 
@@ -346,6 +423,34 @@ impl Transport for LocalHub {
 
     fn members(&self, group: &GroupName, limit: usize) -> Pending<'_, Vec<MemberInfo>> {
         Box::pin(ready(self.members_now(group, limit)))
+    }
+
+    fn counts(&self) -> super::TransportCounts {
+        super::TransportCounts {
+            history_bytes: self.histories.bytes() as u64,
+            history_groups: self.histories.groups() as u64,
+            ..super::TransportCounts::default()
+        }
+    }
+
+    fn read_history(
+        &self,
+        group: &GroupName,
+        since: Option<Position>,
+        limit: usize,
+    ) -> Result<Page, HistoryError> {
+        let history = self.histories.of(group).ok_or(HistoryError::NotKept)?;
+        let page = history::lock(&history).read(since, limit);
+        Ok(page)
+    }
+
+    fn join_from(
+        &self,
+        id: ConnectionId,
+        group: GroupName,
+        since: Position,
+    ) -> Result<bool, HistoryError> {
+        self.join_from_now(id, group, since)
     }
 }
 
@@ -533,8 +638,7 @@ mod tests {
                 delivered: 5 + 2 + 2,
                 dropped: 3 + 1,
                 closed: 1,
-                too_large: 0,
-                unreached: false,
+                ..Fanout::default()
             }
         );
         assert_eq!(hub.detach(2), 3, "drops are counted per member");

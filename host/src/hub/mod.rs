@@ -23,6 +23,7 @@
 //! other hosts therefore return a future ([`Pending`]); `publish` never
 //! waits, on any transport.
 
+mod history;
 mod ids;
 mod local;
 mod name;
@@ -38,6 +39,7 @@ use tokio_tungstenite::tungstenite::{Bytes, Message};
 use crate::close::Close;
 use crate::manifest::spec::{AppLimits, SlowMember};
 
+pub(crate) use history::{Histories, Kept, MAX_READ, Page, Position};
 pub(crate) use ids::{ConnectionIds, HostId};
 pub(crate) use local::LocalHub;
 pub(crate) use name::GroupName;
@@ -74,6 +76,17 @@ pub(crate) enum HubError {
 
 pub(crate) type HubResult<T> = Result<T, HubError>;
 
+/// Why a history operation did nothing: the WIT `history-error` cases.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum HistoryError {
+    #[error(transparent)]
+    Hub(#[from] HubError),
+    #[error("the group keeps no history: no [[history]] of the app names it")]
+    NotKept,
+    #[error("what the connection is to be sent first does not fit in its outbound queue")]
+    QueueFull,
+}
+
 /// The answer of an operation that a cluster transport may have to ask
 /// other hosts for. A local hub answers at once.
 pub(crate) type Pending<'a, T> = Pin<Box<dyn Future<Output = HubResult<T>> + Send + 'a>>;
@@ -93,6 +106,8 @@ pub(crate) struct Fanout {
     /// The other hosts of the cluster could not be reached: only this
     /// host's members were offered the message.
     pub(crate) unreached: bool,
+    /// The message's place in its group's history, if the group keeps one.
+    pub(crate) position: Option<Position>,
 }
 
 /// What a transport counted beyond the operations of this host's flows:
@@ -117,6 +132,9 @@ pub(crate) struct TransportCounts {
     /// (in).
     pub(crate) queued_out: u64,
     pub(crate) queued_in: u64,
+    /// Bytes and groups the app's history holds now.
+    pub(crate) history_bytes: u64,
+    pub(crate) history_groups: u64,
 }
 
 /// A member of a group, as a listing shows it.
@@ -244,6 +262,31 @@ pub(crate) trait Transport: Send + Sync + fmt::Debug {
     /// The members of `group` in id order; `TooManyToList` beyond `limit`.
     fn members(&self, group: &GroupName, limit: usize) -> Pending<'_, Vec<MemberInfo>>;
 
+    /// `group`'s kept messages after `since` (the newest without it), at
+    /// most `limit`.
+    fn read_history(
+        &self,
+        group: &GroupName,
+        since: Option<Position>,
+        limit: usize,
+    ) -> Result<Page, HistoryError> {
+        let _ = (group, since, limit);
+        Err(HistoryError::NotKept)
+    }
+
+    /// Join `group` after sending connection `id` the group's kept
+    /// messages after `since`, with none lost or doubled at the seam;
+    /// answers whether the history reached back to `since`.
+    fn join_from(
+        &self,
+        id: ConnectionId,
+        group: GroupName,
+        since: Position,
+    ) -> Result<bool, HistoryError> {
+        let _ = (id, group, since);
+        Err(HistoryError::NotKept)
+    }
+
     /// What the transport counted on its own; a local hub counts nothing
     /// beyond what the flows' operations return.
     fn counts(&self) -> TransportCounts {
@@ -293,17 +336,44 @@ impl Membership {
     }
 
     /// Start the connection the way its `on_connect` hook chose: with an
-    /// attachment, in some groups. Checked by the hook already, except
-    /// whether a group has room.
-    pub(crate) async fn open_with(&self, attachment: Bytes, groups: &[GroupName]) -> HubResult<()> {
+    /// attachment, sent `first` before anything else, in `groups` and in
+    /// the groups it joins `from` a position. Checked by the hook already,
+    /// except whether a group has room and the queue room for `first`.
+    pub(crate) async fn open_with(&self, opening: Opened) -> Result<(), HistoryError> {
+        let Opened {
+            attachment,
+            first,
+            groups,
+            from,
+        } = opening;
         if !attachment.is_empty() {
             self.hub.set_attachment(self.id, attachment)?;
         }
+        for message in first {
+            let fanout = self.hub.send_to(self.id, message).await?;
+            if fanout.delivered == 0 {
+                return Err(HistoryError::QueueFull);
+            }
+        }
         for group in groups {
-            self.hub.join(self.id, group.clone()).await?;
+            if !from.iter().any(|(name, _)| *name == group) {
+                self.hub.join(self.id, group).await?;
+            }
+        }
+        for (group, since) in from {
+            self.hub.join_from(self.id, group, since)?;
         }
         Ok(())
     }
+}
+
+/// How a connection starts: see [`Membership::open_with`].
+#[derive(Debug, Default)]
+pub(crate) struct Opened {
+    pub(crate) attachment: Bytes,
+    pub(crate) first: Vec<Message>,
+    pub(crate) groups: Vec<GroupName>,
+    pub(crate) from: Vec<(GroupName, Position)>,
 }
 
 impl Drop for Membership {

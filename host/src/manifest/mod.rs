@@ -188,6 +188,7 @@ fn check_apps_can_share_a_host(apps: &[AppSpec]) -> anyhow::Result<()> {
 mod tests {
     use std::time::Duration;
 
+    use super::outbound::AllowedHost;
     use super::*;
 
     const MANIFEST: &str = r#"
@@ -254,6 +255,31 @@ mod tests {
         );
     }
 
+    /// `[flows.echo] allowed_outbound_hosts = ["${SERVICE}"]`, with the
+    /// property `SERVICE` set to `service`.
+    fn grants_with_service(service: &str) -> Vec<AllowedHost> {
+        let text = with_flow_settings("allowed_outbound_hosts = [\"${SERVICE}\"]")
+            .replace("PORT = \"9000\"", "PORT = \"9000\"\nSERVICE = \"\"");
+        let env: Environment = [("WSFLOW_PROP_SERVICE", service)].into_iter().collect();
+        let spec = parse(Path::new("wsflow.toml"), &text, &env).unwrap();
+        spec.flows[0].grants.outbound_hosts.clone()
+    }
+
+    #[test]
+    fn an_outbound_grant_empty_after_substitution_grants_nothing() {
+        assert_eq!(grants_with_service(""), []);
+        assert_eq!(grants_with_service("  "), []);
+    }
+
+    #[test]
+    fn an_outbound_grant_with_a_path_grants_exactly_its_scheme_host_and_port() {
+        let grants = grants_with_service("http://127.0.0.1:8080/check?strict=1");
+        assert_eq!(
+            grants,
+            [AllowedHost::parse("http://127.0.0.1:8080").unwrap()]
+        );
+    }
+
     #[test]
     fn any_scalar_setting_may_come_from_a_property() {
         let text = format!(
@@ -265,5 +291,53 @@ mod tests {
         let spec = parse(Path::new("wsflow.toml"), &text, &env).unwrap();
         assert_eq!(spec.limits.max_memory, 2 << 20);
         assert_eq!(spec.limits.max_executions, 3);
+    }
+
+    #[test]
+    fn history_is_read_with_its_defaults_and_checked() {
+        let spec = parse(
+            Path::new("dir/wsflow.toml"),
+            &format!("{MANIFEST}\n[[history]]\ngroups = \"room:*\"\n[[history]]\ngroups = \"news\"\nsize = 5\nttl = \"2m\"\nposition_field = \"pos\"\n"),
+            &Environment::default(),
+        )
+        .unwrap();
+        assert_eq!(spec.history.len(), 2);
+        assert!(spec.history[0].groups.matches("room:a"));
+        assert!(!spec.history[0].groups.matches("news"));
+        assert_eq!(spec.history[0].size, 100);
+        assert_eq!(spec.history[0].ttl, Duration::from_secs(3600));
+        assert_eq!(spec.history[0].position_field, None);
+        assert!(spec.history[1].groups.matches("news"));
+        assert!(!spec.history[1].groups.matches("newsy"));
+        assert_eq!(spec.history[1].size, 5);
+        assert_eq!(spec.history[1].position_field.as_deref(), Some("pos"));
+
+        for (setting, problem) in [
+            (
+                "groups = \"no spaces\"",
+                "history[0].groups: `no spaces` is not a group name",
+            ),
+            ("groups = \"a*b*\"", "is not a group name"),
+            (
+                "groups = \"r\"\nsize = 10001",
+                "history[0].size: 10001 is more than 10000",
+            ),
+            ("groups = \"r\"\nsize = 0", "history[0].size"),
+            (
+                "groups = \"r\"\nttl = \"25h\"",
+                "history[0].ttl: longer than 24h",
+            ),
+            (
+                "groups = \"r\"\nposition_field = \"a\\\"b\"",
+                "is not a plain field name",
+            ),
+            ("groups = \"r\"\nkeep = 1", "unknown field `keep`"),
+        ] {
+            let text = format!("{MANIFEST}\n[[history]]\n{setting}\n");
+            let error = parse(Path::new("dir/wsflow.toml"), &text, &Environment::default())
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains(problem), "{setting}: {error}");
+        }
     }
 }

@@ -39,6 +39,28 @@ pub(crate) struct Manifest {
     pub(crate) key_value: KeyValueSection,
     /// `[api]`: the app on the server API (`wsflow up --api`).
     pub(crate) api: Option<ApiSection>,
+    /// `[[history]]`: groups that keep their recent messages.
+    #[serde(default)]
+    pub(crate) history: Vec<HistorySection>,
+}
+
+/// `[[history]]`: the groups it names keep their recent messages, each with
+/// a position, for clients that reconnect and flows that read them.
+///
+/// ```toml
+/// [[history]]
+/// groups = "room:*"          # one group, or every group starting with `room:`
+/// size = 100                 # messages kept per group (1 to 10000; default 100)
+/// ttl = "10m"                # how long a message is kept (up to 24h; default 1h)
+/// position_field = "pos"     # add "pos":"EPOCH:OFFSET" to JSON-object text messages
+/// ```
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct HistorySection {
+    pub(crate) groups: Spanned<String>,
+    pub(crate) size: Option<Scalar>,
+    pub(crate) ttl: Option<Scalar>,
+    pub(crate) position_field: Option<Spanned<String>>,
 }
 
 /// `[api]`: backends may reach the app through the server API with this
@@ -158,6 +180,8 @@ pub(crate) struct FlowSection {
 /// max_kv_value_size = "128KiB" # key-value: bytes of one value
 /// max_kv_bytes = "64MiB"       # key-value: keys and values of all the app's stores
 /// max_kv_keys = 100000         # key-value: keys of all the app's stores
+/// max_history_bytes = "16MiB"  # history: messages all the app's groups keep
+/// max_history_groups = 10000   # history: groups keeping history at once
 /// ```
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -186,6 +210,8 @@ pub(crate) struct LimitsSection {
     pub(crate) max_kv_value_size: Option<Scalar>,
     pub(crate) max_kv_bytes: Option<Scalar>,
     pub(crate) max_kv_keys: Option<Scalar>,
+    pub(crate) max_history_bytes: Option<Scalar>,
+    pub(crate) max_history_groups: Option<Scalar>,
 }
 
 /// Where a JSON schema comes from: exactly one of `inline` (JSON text),

@@ -30,6 +30,46 @@ pub struct AppSpec {
     pub(crate) key_value_stores: Vec<String>,
     /// How backends reach the app through the server API, if they may.
     pub(crate) api: Option<ApiSpec>,
+    /// Which groups keep history, and how much (`[[history]]`), in the
+    /// manifest's order: a group follows the first that names it.
+    pub(crate) history: Vec<HistorySpec>,
+}
+
+/// `[[history]]`: groups that keep their recent messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct HistorySpec {
+    pub(crate) groups: GroupPattern,
+    /// Messages kept per group, newest.
+    pub(crate) size: usize,
+    /// How long a message is kept.
+    pub(crate) ttl: Duration,
+    /// The JSON field the position is added as to every JSON-object text
+    /// message (`"pos":"EPOCH:OFFSET"`), if any.
+    pub(crate) position_field: Option<String>,
+}
+
+impl HistorySpec {
+    /// The most messages a group may keep.
+    pub(crate) const MAX_SIZE: usize = 10_000;
+    /// The longest a message may be kept.
+    pub(crate) const MAX_TTL: Duration = Duration::from_secs(24 * 3600);
+}
+
+/// Group names a `[[history]]` applies to: one name, or every name that
+/// starts with a prefix (`room:*`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum GroupPattern {
+    Exact(String),
+    Prefix(String),
+}
+
+impl GroupPattern {
+    pub(crate) fn matches(&self, group: &str) -> bool {
+        match self {
+            Self::Exact(name) => group == name,
+            Self::Prefix(prefix) => group.starts_with(prefix.as_str()),
+        }
+    }
 }
 
 /// The app on the server API.
@@ -163,6 +203,11 @@ pub(crate) struct AppLimits {
     pub(crate) max_kv_bytes: usize,
     /// Keys of all the app's stores together.
     pub(crate) max_kv_keys: usize,
+    /// Bytes of the messages all the app's groups keep as history.
+    pub(crate) max_history_bytes: usize,
+    /// Groups of the app keeping history at once; the one published to
+    /// least recently is dropped to make room for another.
+    pub(crate) max_history_groups: usize,
 }
 
 impl Default for AppLimits {
@@ -233,6 +278,11 @@ impl Default for AppLimits {
             // A store is not a database: listing stays cheap and one app's
             // index stays small.
             max_kv_keys: 100_000,
+            // A hundred messages of 1 KiB in each of 160 rooms; counted
+            // beside `app_memory`, which counts linear memory only.
+            max_history_bytes: 16 << 20,
+            // Rooms of a busy app; each empty one holds ~200 bytes.
+            max_history_groups: 10_000,
         }
     }
 }

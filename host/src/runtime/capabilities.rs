@@ -12,6 +12,7 @@
 //! | [`log`](super::log) | `wsflow:flow/log` | — (the app's log budget) | every flow |
 //! | [`properties`](super::properties) | `wsflow:flow/properties` | — (the app's properties) | every flow |
 //! | [`groups`](super::groups) | `wsflow:flow/groups` | — (the app's hub) | every flow |
+//! | [`history`](super::history) | `wsflow:flow/history`, `wsflow:flow/opening` | in `on_connect`, how the connection starts | `[[history]]` (which groups keep it) |
 //! | [`http`](super::http) | `wasi:http/outgoing-handler`, `wasi:http/types` | the request count; the app's slots for requests in flight | `[flows.NAME] allowed_outbound_hosts`, `[limits] *outbound*` |
 //! | [`keyvalue`](super::keyvalue) | `wasi:keyvalue/store`, `atomics`, `batch` (0.2.0-draft), `wsflow:flow/keyvalue-cas` | the flow's grants; open stores in the resource table | `[key_value.stores]`, `[flows.NAME] key_value_stores` |
 //! | [`wasi`](super::wasi) | `wasi:cli`, `wasi:clocks`, `wasi:filesystem`, `wasi:io`, `wasi:random`, `wasi:sockets` (denied) | a WASI context, built on first use | `[flows.NAME] env`, `read_only_dir` |
@@ -39,6 +40,7 @@ pub(crate) const ALL: &[Capability] = &[
     super::log::CAPABILITY,
     super::properties::CAPABILITY,
     super::groups::CAPABILITY,
+    super::history::CAPABILITY,
     super::keyvalue::CAPABILITY,
     super::wasi::CAPABILITY,
     super::http::CAPABILITY,

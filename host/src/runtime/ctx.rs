@@ -7,6 +7,7 @@ use std::sync::Arc;
 use wasmtime::component::ResourceTable;
 
 use super::cpu::CpuMeter;
+use super::history::ExecutionOpening;
 use super::http::ExecutionHttp;
 use super::keyvalue::ExecutionKeyValue;
 use super::limits::ExecutionLimiter;
@@ -25,6 +26,9 @@ pub(crate) struct FlowCtx {
     pub(super) http: ExecutionHttp,
     /// The `keyvalue` capability's state.
     pub(super) key_value: ExecutionKeyValue,
+    /// The `history` capability's state: how a connection `on_connect`
+    /// accepts starts.
+    pub(super) opening: ExecutionOpening,
     /// Resources the flow holds handles to (its connection, WASI's).
     pub(super) table: ResourceTable,
     pub(super) limiter: ExecutionLimiter,
@@ -39,6 +43,7 @@ impl FlowCtx {
             wasi: ExecutionWasi::new(&app, grants, &cpu)?,
             http: ExecutionHttp::new(&app, grants),
             key_value: ExecutionKeyValue::new(grants),
+            opening: ExecutionOpening::default(),
             table: ResourceTable::new(),
             limiter: ExecutionLimiter::new(app.limits.max_memory, Arc::clone(&app.memory)),
             cpu,

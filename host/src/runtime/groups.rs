@@ -70,7 +70,8 @@ impl FlowCtx {
         pending.await
     }
 
-    fn count(&self, fanout: Fanout) {
+    /// Count what a publish did.
+    pub(super) fn count(&self, fanout: Fanout) {
         let stats = &self.app.stats;
         AppStats::add(&stats.group_messages_published, 1);
         AppStats::add(&stats.group_messages_delivered, fanout.delivered);

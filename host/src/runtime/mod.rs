@@ -8,6 +8,7 @@ mod cpu;
 mod ctx;
 pub(crate) mod flag;
 mod groups;
+mod history;
 pub(crate) mod http;
 pub(crate) mod keyvalue;
 mod limits;
@@ -35,6 +36,7 @@ use wasmtime::{
 
 pub(crate) use connection::{ConnectionShared, HostConnection, Outbound};
 use ctx::FlowCtx;
+pub(crate) use history::Start;
 pub(crate) use limits::{AppMemory, LimitExceeded};
 pub(crate) use scheduler::Lane;
 use scheduler::Scheduler;
@@ -599,17 +601,20 @@ impl FlowPre {
     }
 
     /// Run `on-connect` in a fresh instance, as one execution of the app
-    /// (an execution slot, `wall_time`, the CPU limit). `Err` is how the
-    /// execution failed, already counted.
+    /// (an execution slot, `wall_time`, the CPU limit), with what its
+    /// `opening` calls asked for. `Err` is how the execution failed,
+    /// already counted.
     pub(crate) async fn on_connect(
         &self,
         request: &bindings::hooks::ConnectRequest,
-    ) -> Result<bindings::hooks::Decision, Outcome> {
+    ) -> Result<(bindings::hooks::Decision, Start), Outcome> {
         let mut decision = None;
         let outcome = self
             .run_hook("on_connect", async |hooks, store| {
                 let lifecycle = hooks.wsflow_flow_lifecycle();
-                decision = Some(lifecycle.call_on_connect(store, request).await?);
+                store.data_mut().opening.begin();
+                let decided = lifecycle.call_on_connect(&mut *store, request).await?;
+                decision = Some((decided, store.data_mut().opening.take()));
                 Ok(Ok(()))
             })
             .await;

@@ -228,6 +228,7 @@ mod tests {
             triggers: Vec::new(),
             key_value_stores: Vec::new(),
             api: None,
+            history: Vec::new(),
         })
     }
 

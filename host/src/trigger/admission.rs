@@ -33,7 +33,7 @@ use crate::manifest::spec::Mode;
 /// How an upgrade request was decided.
 pub(super) enum Admission {
     /// Upgrade it and serve it.
-    Admitted(Admitted),
+    Admitted(Box<Admitted>),
     /// Refused: answered with this status and body.
     Refused(Refusal),
     /// Nobody to answer: the host is shutting down, or `on_connect` did not
@@ -156,12 +156,12 @@ impl WsTrigger {
             .as_ref()
             .map(|slot| slot.current())
         else {
-            return Admission::Admitted(Admitted {
+            return Admission::Admitted(Box::new(Admitted {
                 routed,
                 open,
                 id,
                 opening: Opening::default(),
-            });
+            }));
         };
         let decide = hooks::on_connect(&hook, id, client.peer, request, &routed);
         let decided = tokio::select! {
@@ -172,7 +172,11 @@ impl WsTrigger {
             Ok(Ok(opening)) => {
                 let mut open = open;
                 if routed.handler.spec.unique_attachment && !opening.attachment.is_empty() {
-                    match self.app.claims.claim(&opening.attachment, &opening.groups) {
+                    // Its groups, those joined from a position too.
+                    let groups: Vec<_> = (opening.groups.iter().cloned())
+                        .chain(opening.start.from.iter().map(|(group, _)| group.clone()))
+                        .collect();
+                    match self.app.claims.claim(&opening.attachment, &groups) {
                         Ok(claim) => open._claim = Some(claim),
                         Err(group) => {
                             return Admission::Refused(Refusal {
@@ -185,12 +189,12 @@ impl WsTrigger {
                         }
                     }
                 }
-                Admission::Admitted(Admitted {
+                Admission::Admitted(Box::new(Admitted {
                     routed,
                     open,
                     id,
                     opening,
-                })
+                }))
             }
             Ok(Err(refusal)) => Admission::Refused(refusal),
             Err(_elapsed) => {

@@ -18,7 +18,7 @@ use super::listener::Client;
 use super::progress::WriteProgress;
 use super::{Handler, WsTrigger, data, inputs, pump, session};
 use crate::close::Close;
-use crate::hub::{self, HubError, Membership};
+use crate::hub::{self, HistoryError, HubError, Membership};
 use crate::manifest::spec::Mode;
 use crate::runtime::ConnectionShared;
 use crate::runtime::bindings::{self, Content, Event};
@@ -210,11 +210,18 @@ impl WsTrigger {
                 membership.keep_farewell(farewell);
             }
             // Boxed: joining groups is large, and over once the flow starts.
-            let open = Box::pin(membership.open_with(opening.attachment, &opening.groups));
+            let open = Box::pin(membership.open_with(hub::Opened {
+                attachment: opening.attachment,
+                first: opening.start.first,
+                groups: opening.groups,
+                from: opening.start.from,
+            }));
             if let Err(error) = open.await {
-                tracing::warn!("the groups on_connect chose cannot be joined: {error}");
+                tracing::warn!("the connection cannot start as on_connect chose: {error}");
                 return Some(match error {
-                    HubError::GroupFull => Close::TRY_AGAIN_LATER,
+                    HistoryError::Hub(HubError::GroupFull) | HistoryError::QueueFull => {
+                        Close::TRY_AGAIN_LATER
+                    }
                     _ => Close::INTERNAL_ERROR,
                 });
             }

@@ -18,7 +18,7 @@ use crate::app::{AppInfo, AppStats};
 use crate::hub::{Farewell, GroupName};
 use crate::runtime::bindings::Param;
 use crate::runtime::bindings::hooks::{ClosedConnection, ConnectRequest, Decision};
-use crate::runtime::{FlowPre, Outcome, guest_line};
+use crate::runtime::{FlowPre, Outcome, Start, guest_line};
 
 /// The longest reason a rejection sends as its body; longer ones are cut.
 const MAX_REJECTION_REASON: usize = 1024;
@@ -30,6 +30,8 @@ pub(super) struct Opening {
     pub(super) subprotocol: Option<String>,
     pub(super) attachment: Bytes,
     pub(super) groups: Vec<GroupName>,
+    /// What it is sent first, and the groups it joins from a position.
+    pub(super) start: Start,
 }
 
 /// What `on_close` is told about the connection besides how it ended.
@@ -76,18 +78,19 @@ pub(super) async fn on_connect(
     };
     let app = hook.app();
     match hook.on_connect(&connect).await {
-        Ok(Decision::Accept(accepted)) => opening(
+        Ok((Decision::Accept(accepted), start)) => opening(
             app,
             &offered,
             accepted.subprotocol,
             accepted.attachment,
             accepted.groups,
         )
+        .map(|opening| Opening { start, ..opening })
         .map_err(|problem| {
             tracing::error!("on_connect: {problem}; refusing the client with 500");
             app_failed()
         }),
-        Ok(Decision::Reject(rejected)) => {
+        Ok((Decision::Reject(rejected), _)) => {
             let Some(status) = StatusCode::from_u16(rejected.status)
                 .ok()
                 .filter(|status| status.is_client_error() || status.is_server_error())
@@ -163,6 +166,7 @@ fn opening(
         subprotocol,
         attachment: Bytes::from(attachment),
         groups: names,
+        start: Start::default(),
     })
 }
 

@@ -219,7 +219,7 @@ impl WsTrigger {
             Head::Upgrade(request) => match self.admit(&request, &client).await {
                 Admission::Admitted(admitted) => {
                     let stream = Replay::new(read, stream);
-                    return self.upgrade(stream, client, admitted).await;
+                    return self.upgrade(stream, client, *admitted).await;
                 }
                 Admission::Refused(refusal) => {
                     http1::Response::text(refusal.status.as_u16(), refusal.body)

@@ -291,6 +291,7 @@ mod tests {
             triggers: Vec::new(),
             key_value_stores: Vec::new(),
             api: None,
+            history: Vec::new(),
         });
         let spec = TriggerSpec {
             addr: "127.0.0.1:0".parse().unwrap(),

@@ -16,8 +16,12 @@ use scalar::{Count, Scalar, Size};
 
 use super::outbound::AllowedHost;
 use super::schema::{self, FlowSection, LimitsSection, Manifest, SchemaSource};
-use super::spec::{ApiSpec, AppLimits, AppSpec, BuildSpec, FlowGrants, FlowSpec, SchemaSpec};
+use super::spec::{
+    ApiSpec, AppLimits, AppSpec, BuildSpec, FlowGrants, FlowSpec, GroupPattern, HistorySpec,
+    SchemaSpec,
+};
 use super::{Environment, ManifestError, Properties};
+use crate::hub::GroupName;
 
 const NAME_HELP: &str = "use letters, digits, `-` and `_`, starting with a letter";
 
@@ -174,6 +178,12 @@ pub(super) fn resolve(source: &Source<'_>, manifest: &Manifest) -> Result<AppSpe
             .as_ref()
             .map(|api| resolve_api(source, api))
             .transpose()?,
+        history: manifest
+            .history
+            .iter()
+            .enumerate()
+            .map(|(at, history)| resolve_history(source, at, history))
+            .collect::<Result<_, _>>()?,
     })
 }
 
@@ -191,6 +201,80 @@ fn resolve_stores(source: &Source<'_>, manifest: &Manifest) -> Result<Vec<String
         stores.push(name.clone());
     }
     Ok(stores)
+}
+
+/// One `[[history]]`.
+fn resolve_history(
+    source: &Source<'_>,
+    at: usize,
+    section: &schema::HistorySection,
+) -> Result<HistorySpec, ManifestError> {
+    let key = |name: &str| format!("history[{at}].{name}");
+    let written = source.text(&key("groups"), &section.groups)?;
+    let (name, pattern) = match written.strip_suffix('*') {
+        Some(prefix) => (prefix, GroupPattern::Prefix(prefix.to_owned())),
+        None => (written.as_str(), GroupPattern::Exact(written.clone())),
+    };
+    // A prefix is part of a name: check it as one (an empty prefix, `*`,
+    // names every group).
+    if !(name.is_empty() && matches!(pattern, GroupPattern::Prefix(_)))
+        && GroupName::parse(name).is_err()
+    {
+        return Err(source
+            .error_at(
+                section.groups.span(),
+                format!("{}: `{written}` is not a group name or a name ending in `*`", key("groups")),
+            )
+            .help("a group name is 1 to 128 ASCII letters, digits and - _ . : /, e.g. \"room:*\" or \"news\""));
+    }
+    let mut spec = HistorySpec {
+        groups: pattern,
+        size: 100,
+        ttl: Duration::from_secs(3600),
+        position_field: None,
+    };
+    if let Some(value) = &section.size {
+        let size = source.positive(&key("size"), value)?;
+        if size > HistorySpec::MAX_SIZE {
+            return Err(source
+                .error_at(
+                    value.span(),
+                    format!("{}: {size} is more than {}", key("size"), HistorySpec::MAX_SIZE),
+                )
+                .help("history is for the recent messages a reconnecting client missed; keep an archive in a key-value store or a database"));
+        }
+        spec.size = size;
+    }
+    if let Some(value) = &section.ttl {
+        let ttl = source.duration(&key("ttl"), value)?;
+        if ttl > HistorySpec::MAX_TTL {
+            return Err(source
+                .error_at(value.span(), format!("{}: longer than 24h", key("ttl")))
+                .help("history is for the recent messages a reconnecting client missed"));
+        }
+        spec.ttl = ttl;
+    }
+    if let Some(field) = &section.position_field {
+        let name = source.text(&key("position_field"), field)?;
+        let plain = !name.is_empty()
+            && name.len() <= 32
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        if !plain {
+            return Err(source
+                .error_at(
+                    field.span(),
+                    format!(
+                        "{}: `{name}` is not a plain field name",
+                        key("position_field")
+                    ),
+                )
+                .help("use 1 to 32 ASCII letters, digits, `_` or `-`, e.g. \"pos\""));
+        }
+        spec.position_field = Some(name);
+    }
+    Ok(spec)
 }
 
 fn resolve_api(
@@ -274,24 +358,27 @@ fn resolve_flow(
             Some(path)
         }
     };
-    let outbound_hosts = flow
-        .allowed_outbound_hosts
-        .iter()
-        .map(|grant| {
-            let text = source.text(&format!("{key}.allowed_outbound_hosts"), grant)?;
-            AllowedHost::parse(text.trim()).map_err(|problem| {
-                source
-                    .error_at(
-                        grant.span(),
-                        format!("{key}.allowed_outbound_hosts: {problem}"),
-                    )
-                    .help(
-                        "write scheme://host[:port], e.g. \"https://api.example.com\", \
+    let mut outbound_hosts = Vec::new();
+    for grant in &flow.allowed_outbound_hosts {
+        let text = source.text(&format!("{key}.allowed_outbound_hosts"), grant)?;
+        // `"${SERVICE_URL}"` with the property unset: the flow may call
+        // nothing through this entry.
+        if text.trim().is_empty() {
+            continue;
+        }
+        let parsed = AllowedHost::parse(text.trim()).map_err(|problem| {
+            source
+                .error_at(
+                    grant.span(),
+                    format!("{key}.allowed_outbound_hosts: {problem}"),
+                )
+                .help(
+                    "write scheme://host[:port], e.g. \"https://api.example.com\", \
                          \"http://127.0.0.1:8080\" or \"https://*.example.org\"",
-                    )
-            })
-        })
-        .collect::<Result<Vec<_>, ManifestError>>()?;
+                )
+        })?;
+        outbound_hosts.push(parsed);
+    }
     let mut key_value_stores = Vec::new();
     for store in &flow.key_value_stores {
         let granted = source.text(&format!("{key}.key_value_stores"), store)?;
@@ -425,6 +512,12 @@ fn resolve_limits(
     }
     if let Some(value) = &section.max_kv_keys {
         limits.max_kv_keys = source.positive("limits.max_kv_keys", value)?;
+    }
+    if let Some(value) = &section.max_history_bytes {
+        limits.max_history_bytes = source.bytes("limits.max_history_bytes", value)?;
+    }
+    if let Some(value) = &section.max_history_groups {
+        limits.max_history_groups = source.positive("limits.max_history_groups", value)?;
     }
     Ok(limits)
 }
