@@ -160,17 +160,12 @@ impl HostHubs {
 
     fn hub(&self, spec: &AppSpec, limits: HubLimits, turns: &Lane) -> Arc<dyn Transport> {
         match &self.cluster {
-            Some(cluster) => cluster.hub(&spec.name, limits, turns),
+            Some(cluster) => cluster.hub(spec, limits, turns),
             None => Arc::new(LocalHub::keeping(
                 limits,
                 Histories::new(spec.history.clone(), &spec.limits),
             )),
         }
-    }
-
-    /// Whether the host is in a cluster.
-    pub(crate) fn in_cluster(&self) -> bool {
-        self.cluster.is_some()
     }
 }
 

@@ -122,13 +122,6 @@ fn load_app(
     data_dir: Option<&std::path::Path>,
     spec: AppSpec,
 ) -> anyhow::Result<LoadedApp> {
-    if host.in_cluster() && !spec.history.is_empty() {
-        anyhow::bail!(
-            "{}: [[history]] is kept in this host's memory and cannot be shared by the hosts of \
-             a cluster yet; remove [[history]] from the manifest or run the host without --cluster",
-            app_context(&spec)
-        );
-    }
     let lane = runtime.lane();
     let info = Arc::new(AppInfo::in_host(&spec, host, &lane, data_dir));
     if !spec.key_value_stores.is_empty() {

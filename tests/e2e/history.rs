@@ -10,7 +10,7 @@ use wsflow_tests::{
     try_connect,
 };
 
-fn recall(name: &str, size: i64) -> Manifest {
+pub(crate) fn recall(name: &str, size: i64) -> Manifest {
     Manifest::app(name)
         .flow("recall", programs::RECALL)
         .trigger(Trigger::on_port(0).handler(toml! {
@@ -28,7 +28,7 @@ fn recall(name: &str, size: i64) -> Manifest {
 
 /// Send `command` and read until its answer (`ok ...` or `error ...`),
 /// keeping what the room delivered meanwhile in `delivered`.
-async fn ask(client: &mut Client, command: &str, delivered: &mut Vec<String>) -> String {
+pub(crate) async fn ask(client: &mut Client, command: &str, delivered: &mut Vec<String>) -> String {
     send_text(client, command).await;
     loop {
         let text = next_text(client).await;
@@ -40,7 +40,7 @@ async fn ask(client: &mut Client, command: &str, delivered: &mut Vec<String>) ->
 }
 
 /// The position in an answer `ok pos EPOCH:OFFSET`.
-fn position(answer: &str) -> String {
+pub(crate) fn position(answer: &str) -> String {
     answer
         .strip_prefix("ok pos ")
         .unwrap_or_else(|| panic!("not a position: {answer}"))
@@ -48,7 +48,7 @@ fn position(answer: &str) -> String {
 }
 
 /// The `n` of a delivered `{"pos":...,"n":N}`.
-fn number(line: &str) -> u64 {
+pub(crate) fn number(line: &str) -> u64 {
     let value: serde_json::Value =
         serde_json::from_str(line).unwrap_or_else(|error| panic!("{error}: {line}"));
     value["n"]

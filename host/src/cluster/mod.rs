@@ -26,6 +26,7 @@
 //! hosts answer `unavailable` meanwhile.
 
 mod directory;
+mod history;
 mod hub;
 mod inbound;
 mod interest;
@@ -240,13 +241,29 @@ impl Cluster {
 
     /// The hub of app `app` on this host, reaching its other hosts; what
     /// it does for the app's members runs in the app's `turns`.
+    /// The groups its `[[history]]` names keep their history in the
+    /// cluster's JetStream ([`history`]).
     pub(crate) fn hub(
         &self,
-        app: &str,
+        spec: &crate::manifest::spec::AppSpec,
         limits: HubLimits,
         turns: &crate::runtime::Lane,
     ) -> Arc<dyn Transport> {
-        Arc::new(hub::ClusterHub::new(&self.link, app, limits, turns.clone()))
+        let history = (!spec.history.is_empty()).then(|| {
+            history::StreamHistory::new(
+                &spec.name,
+                spec.history.clone(),
+                &spec.limits,
+                self.jetstream(),
+            )
+        });
+        Arc::new(hub::ClusterHub::new(
+            &self.link,
+            &spec.name,
+            limits,
+            turns.clone(),
+            history,
+        ))
     }
 }
 
