@@ -561,6 +561,43 @@ mod tests {
     }
 
     #[test]
+    fn a_page_of_kept_entries_reaches_back_exactly_as_far_as_they_go() {
+        let head = Position {
+            epoch: 5,
+            offset: 7,
+        };
+        let entries = |from: u64| -> Vec<Kept> {
+            (from..=7)
+                .map(|offset| Kept {
+                    position: Position { epoch: 5, offset },
+                    message: Message::text(format!("m{offset}")),
+                })
+                .collect()
+        };
+        let at = |offset| Some(Position { epoch: 5, offset });
+        let page = page_of(entries(4), head, at(3), 10);
+        assert!(page.complete);
+        assert_eq!(texts(&page), ["m4", "m5", "m6", "m7"]);
+        assert!(!page_of(entries(4), head, at(2), 10).complete);
+        assert!(!page_of(entries(4), head, at(8), 10).complete);
+        let stranger = Some(Position {
+            epoch: 6,
+            offset: 5,
+        });
+        assert!(!page_of(entries(4), head, stranger, 10).complete);
+        assert_eq!(texts(&page_of(entries(4), head, None, 2)), ["m6", "m7"]);
+        // Nothing kept at all: only "before anything" reaches back.
+        let nothing = page_of(
+            Vec::new(),
+            Position::default(),
+            Some(Position::default()),
+            10,
+        );
+        assert!(nothing.complete && nothing.entries.is_empty());
+        assert!(!page_of(Vec::new(), Position::default(), at(3), 10).complete);
+    }
+
+    #[test]
     fn messages_past_their_ttl_are_dropped() {
         let mut short = rule(10);
         short.ttl = Duration::from_millis(1);

@@ -1039,6 +1039,66 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_member_joined_from_a_position_gets_each_message_once_after_its_history() {
+        let hub = LocalHub::new(limits());
+        let other = attach(&hub, 1, 100, SlowMember::Close);
+        let joiner = attach(&hub, 2, 100, SlowMember::Close);
+        join(&hub, 1, "room").unwrap();
+        let at = |offset| Position { epoch: 9, offset };
+        let kept = |offset: u64| Kept {
+            position: at(offset),
+            message: Message::text(format!("m{offset}")),
+        };
+        let live = |offset: u64| {
+            hub.publish_kept(
+                &group("room"),
+                &Message::text(format!("m{offset}")),
+                at(offset),
+                None,
+            )
+        };
+        assert!(hub.join_held(2, &group("room")).unwrap());
+        assert!(!hub.join_held(2, &group("room")).unwrap());
+        // While its history (m1..m3) is read elsewhere, m3 and m4 arrive
+        // live: they wait; the other member gets them at once.
+        live(3);
+        live(4);
+        assert!(joiner.texts().is_empty());
+        assert_eq!(other.texts(), ["m3", "m4"]);
+        hub.release(2, &group("room"), &[kept(1), kept(2), kept(3)], at(3))
+            .unwrap();
+        assert_eq!(joiner.texts(), ["m1", "m2", "m3", "m4"]);
+        // A late copy of a message it was sent is not sent again.
+        live(2);
+        live(5);
+        assert_eq!(joiner.texts(), ["m1", "m2", "m3", "m4", "m5"]);
+        // After leaving and joining again, messages are live as usual.
+        hub.leave_now(2, &group("room")).unwrap();
+        join(&hub, 2, "room").unwrap();
+        live(1);
+        assert_eq!(joiner.texts().last().unwrap(), "m1");
+    }
+
+    #[test]
+    fn a_member_whose_queue_cannot_take_its_history_leaves_the_group() {
+        let hub = LocalHub::new(limits());
+        let _joiner = attach(&hub, 2, 1, SlowMember::Close);
+        let at = |offset| Position { epoch: 9, offset };
+        let kept: Vec<Kept> = (1..=2)
+            .map(|offset| Kept {
+                position: at(offset),
+                message: Message::text("m"),
+            })
+            .collect();
+        assert!(hub.join_held(2, &group("room")).unwrap());
+        assert_eq!(
+            hub.release(2, &group("room"), &kept, at(2)),
+            Err(HistoryError::QueueFull)
+        );
+        assert!(hub.joined(2).is_empty());
+    }
+
     /// Takes every message and keeps none: a member that reads at once.
     struct Counting(ConnectionId, AtomicU64);
 
