@@ -7,6 +7,7 @@
 #   bench/run.sh fairness   # one app's spinning executions next to another app's echo
 #   bench/run.sh fanout     # one publisher, many subscribers: native, wsflow, Node ws
 #   bench/run.sh cluster    # the same on one wsflow host, and over two hosts through nats-server
+#   bench/run.sh history    # the fan-out to a group with and without [[history]]; recovery of missed messages
 #
 # Settings (environment):
 #   BENCH_DURATION=10 BENCH_WARMUP=2   seconds measured / warm-up per server
@@ -41,9 +42,9 @@ cd "$ROOT"
 
 WHAT=${1:-compare}
 case $WHAT in
-compare | scale | all | fairness | fanout | cluster) ;;
+compare | scale | all | fairness | fanout | cluster | history) ;;
 *)
-    echo "usage: bench/run.sh [compare|scale|all|fairness|fanout|cluster]" >&2
+    echo "usage: bench/run.sh [compare|scale|all|fairness|fanout|cluster|history]" >&2
     exit 2
     ;;
 esac
@@ -78,12 +79,13 @@ if [[ ${BENCH_BUILD:-1} == 1 ]]; then
     echo "building (release) into $TARGET ..."
     cargo build --release -p wsflow -p wsflow-bench
     cargo build --release --target wasm32-wasip2 -p wsflow-example-echo -p wsflow-example-chat-session \
-        -p wsflow-example-orders -p test-spin -p test-busy -p test-room
+        -p wsflow-example-orders -p test-spin -p test-busy -p test-room -p test-recall
 fi
 for file in "$BIN/wsflow" "$BIN/wsflow-load" "$BIN/native-echo" "$BIN/wsflow-startup" \
     "$BIN/wsflow-fairness" "$BIN/wsflow-fanout" "$BIN/native-fanout" "$BIN/native-orders" \
     "$WASM/wsflow_example_echo.wasm" "$WASM/wsflow_example_chat_session.wasm" \
-    "$WASM/wsflow_example_orders.wasm" "$WASM/test_spin.wasm" "$WASM/test_busy.wasm" "$WASM/test_room.wasm"; do
+    "$WASM/wsflow_example_orders.wasm" "$WASM/test_spin.wasm" "$WASM/test_busy.wasm" "$WASM/test_room.wasm" \
+    "$WASM/test_recall.wasm" "$BIN/wsflow-recovery"; do
     [[ -e $file ]] || {
         echo "missing $file (run without BENCH_BUILD=0)" >&2
         exit 1
@@ -553,6 +555,8 @@ fairness() {
 # none). The app's caps are lifted above the subscriber count; a member whose
 # queue is full misses the message (`drop`, counted as lost by the load
 # generator) rather than being closed.
+# write_fanout_manifest FILE [HISTORY]: the fan-out app; HISTORY=1 makes
+# its group keep history (100 messages).
 write_fanout_manifest() {
     cat >"$1" <<EOF
 [app]
@@ -577,6 +581,9 @@ slow_member = "drop"
 path = "/pub"
 flow = "room"
 EOF
+    if [[ ${2:-0} == 1 ]]; then
+        printf '\n[[history]]\ngroups = "bench"\nsize = 100\n' >>"$1"
+    fi
 }
 
 FANOUT_ROWS=()
@@ -728,10 +735,44 @@ cluster() {
     echo "server CPU: every server process of the row (hosts and nats-server), added."
 }
 
+# --- history ------------------------------------------------------------------
+
+# The fan-out load (see fanout) to a group without history and to one that
+# keeps it, on one host; then the time a client takes to reconnect and get
+# back 100 messages it missed, against reconnecting with nothing missed.
+history() {
+    local pacing="at most $PUBLISH_WINDOW messages outstanding" plain_rate=
+    [[ -n $PUBLISH_RATE ]] && pacing="$PUBLISH_RATE messages/s"
+    local wsflow=${BENCH_WSFLOW:-$BIN/wsflow}
+
+    write_fanout_manifest "$WORK/fanout.toml"
+    start_server wsflow 'listening on' "$wsflow" up "$WORK/fanout.toml"
+    fanout_measure "wsflow, group without history" "all bench " "$(listening_url)"
+    plain_rate=$LAST_RATE
+    stop_server
+
+    write_fanout_manifest "$WORK/fanout-history.toml" 1
+    start_server wsflow 'listening on' "$wsflow" up "$WORK/fanout-history.toml"
+    fanout_measure "wsflow, group keeping history (100)" "all bench " "$(listening_url)"
+    stop_server
+    fanout_table "$pacing" "vs without" "$plain_rate"
+
+    # The recall test program, its rooms keeping history.
+    write_manifest "$WORK/recall.toml" "$WASM/test_recall.wasm" '/recall/{room}' data \
+        'on_connect = "bench"' "$(printf '[[history]]\ngroups = "room:*"\nsize = 1000\nposition_field = "pos"')"
+    start_server wsflow 'listening on' "$wsflow" up "$WORK/recall.toml"
+    echo
+    echo "== recovery: reconnect with ?since= ($(listening_url))"
+    "${LOAD_PIN[@]}" "$BIN/wsflow-recovery" "$(listening_url)/recall/bench" --missed 100 --runs 200 |
+        sed 's/^/   /'
+    stop_server
+}
+
 case $WHAT in
 compare) compare ;;
 fanout) fanout ;;
 cluster) cluster ;;
+history) history ;;
 scale) scale ;;
 fairness) fairness ;;
 all)

@@ -603,7 +603,8 @@ fn idle_sockets_on_one_app_leave_the_other_apps_and_the_admin_endpoint_serving()
 
 /// The chat example in two real browser pages: headless Chromium, driven
 /// by `tests/browser/chat.mjs` (playwright-core), opens the page `wsflow
-/// up` serves, and two users talk in one room; screenshots go to
+/// up` serves, and two users talk in one room, set its topic and read its
+/// message count; screenshots go to
 /// `target/browser/`. Without Node, Chromium or the script's packages the
 /// test says how to get them and passes; with `WSFLOW_REQUIRE_BROWSER=1`
 /// (set by `.ci/run`) it fails instead.
@@ -613,8 +614,11 @@ fn the_chat_example_works_in_two_browser_pages() {
         return;
     };
     let workspace = workspace();
+    // The room's topic and count go to a data directory of the test's own.
+    let data = tempfile::tempdir().unwrap();
+    let data_dir = data.path().to_str().unwrap();
     let mut up = Up::start_with_env(
-        &["up", "examples/chat/wsflow.toml"],
+        &["up", "examples/chat/wsflow.toml", "--data-dir", data_dir],
         &workspace,
         &[("WSFLOW_PROP_PORT", "0")],
     );
@@ -714,7 +718,8 @@ fn chat_in_chromium(chromium: &str, pages: &[&str]) {
     );
 }
 
-/// A `nats-server` on a free loopback port, killed when dropped.
+/// A `nats-server` with JetStream on a free loopback port, killed when
+/// dropped.
 struct Nats {
     child: Child,
     url: String,
@@ -728,6 +733,10 @@ impl Nats {
         let dir = tempfile::tempdir().unwrap();
         let spawned = Command::new("nats-server")
             .args(["-a", "127.0.0.1", "-p", "-1", "--ports_file_dir"])
+            .arg(dir.path())
+            // JetStream, for the apps' key-value stores.
+            .arg("-js")
+            .arg("--store_dir")
             .arg(dir.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

@@ -1,5 +1,7 @@
 // Two headless Chromium pages open the chat page, join the same room, and
-// talk: what one sends must show up in the other's DOM. Usage:
+// talk: what one sends must show up in the other's DOM, and so must the
+// room's topic one of them sets, which a third page that joins later shows
+// at once; /stats counts the room's messages. Usage:
 //
 //   node tests/browser/chat.mjs PAGE_URL [SECOND_PAGE_URL]
 //
@@ -53,6 +55,22 @@ try {
   await bob.fill("#text", "/who");
   await bob.click("#send");
   await bob.waitForSelector('#messages li:has-text("here: ann, bob")', { timeout });
+  // The room's topic, kept in the key-value store: none yet in a new
+  // room; Bob sets it and Ann's page shows it.
+  await ann.waitForSelector('#topic:has-text("No topic yet")', { timeout });
+  await bob.fill("#text", "/topic browsers welcome");
+  await bob.click("#send");
+  await ann.waitForSelector('#topic:has-text("Topic: browsers welcome")', { timeout });
+  await bob.waitForSelector('#topic:has-text("Topic: browsers welcome")', { timeout });
+  // A newcomer's page shows the topic at once: it is the first message
+  // the server sends it.
+  const cid = await join(second, "cid");
+  await cid.waitForSelector('#topic:has-text("Topic: browsers welcome")', { timeout });
+  await cid.click("#join");
+  // The room's count: Ann's one message.
+  await bob.fill("#text", "/stats");
+  await bob.click("#send");
+  await bob.waitForSelector('#messages li:has-text("1 message in this room")', { timeout });
   // Bob leaves; on_close tells Ann.
   await bob.click("#join");
   await ann.waitForSelector('#messages li:has-text("bob left")', { timeout });

@@ -15,6 +15,12 @@ use wsflow_tests::{
 /// files found in the example's folder. Each change is made by key, so a
 /// key the example no longer has fails here.
 fn example_manifest(example: &str, flow: &str, component: &str) -> Manifest {
+    Manifest::from_table(example_table(example, flow, component))
+}
+
+/// What [`example_manifest`] makes, as TOML values a test may change
+/// further.
+pub(crate) fn example_table(example: &str, flow: &str, component: &str) -> Table {
     let dir = std::fs::canonicalize(format!("../examples/{example}")).unwrap();
     let path = dir.join("wsflow.toml");
     let text = std::fs::read_to_string(&path).unwrap();
@@ -38,7 +44,7 @@ fn example_manifest(example: &str, flow: &str, component: &str) -> Manifest {
             schema["file"] = dir.join(file).display().to_string().into();
         }
     }
-    Manifest::from_table(manifest)
+    manifest
 }
 
 #[tokio::test]

@@ -6,8 +6,8 @@ use std::collections::BTreeSet;
 
 use toml::toml;
 use wsflow_tests::{
-    Client, Manifest, TestServer, Trigger, connect, next_text, programs, request, send_text,
-    try_connect,
+    Client, Manifest, TestServer, Trigger, connect, http_request, next_text, programs, request,
+    send_text, try_connect,
 };
 
 pub(crate) fn recall(name: &str, size: i64) -> Manifest {
@@ -366,4 +366,63 @@ async fn the_apps_history_stays_within_its_bytes_and_groups() {
     let stats = server.app_stats(app);
     assert!(stats.history_bytes <= 64 * 1024, "{}", stats.history_bytes);
     assert!(stats.history_groups <= 8, "{}", stats.history_groups);
+}
+
+#[tokio::test]
+async fn a_backends_publish_through_the_api_is_kept_and_answered_with_its_position() {
+    let app = "history-api";
+    let token = "history-token-0123456789";
+    let server = TestServer::start(&recall(app, 10).api(toml! { token = token })).await;
+    let api = server.start_api().await;
+    let name = server.app_name(app).to_owned();
+    let mut member = connect(&server.url("/recall/news")).await;
+    let mut ignored = Vec::new();
+    let first = position(&ask(&mut member, r#"pub {"n":1}"#, &mut ignored).await);
+    let auth = format!("Bearer {token}");
+    let published = http_request(
+        api,
+        "POST",
+        &format!("/v1/apps/{name}/groups/room:news/publish"),
+        &[
+            ("authorization", &auth),
+            ("content-type", "application/json"),
+        ],
+        br#"{"n":2}"#,
+    )
+    .await;
+    assert_eq!(published.status, 200, "{}", published.body);
+    let (epoch, _) = first.split_once(':').unwrap();
+    assert_eq!(published.json()["position"], format!("{epoch}:2"));
+    let read = ask(&mut member, &format!("read {first} 10"), &mut ignored).await;
+    assert_eq!(
+        read,
+        format!(r#"ok read complete=true head={epoch}:2 N=1 {{"pos":"{epoch}:2","n":2}}"#)
+    );
+}
+
+#[tokio::test]
+async fn in_a_cluster_without_jetstream_kept_groups_answer_unavailable_and_others_work() {
+    let Some(nats) = wsflow_tests::nats::NatsServer::start().await else {
+        return;
+    };
+    let app = recall("history-no-jetstream", 100);
+    let host = TestServer::start_in_cluster(&app, &nats.url()).await;
+    let mut client = connect(&host.app_url("history-no-jetstream", "/recall/hall")).await;
+    let mut ignored = Vec::new();
+    // History is kept in JetStream only: without it, nothing is published
+    // to a kept group (no message any client could miss unseen).
+    assert_eq!(
+        ask(&mut client, r#"pub {"n":1}"#, &mut ignored).await,
+        "error unavailable"
+    );
+    assert_eq!(
+        ask(&mut client, "read - 10", &mut ignored).await,
+        "error unavailable"
+    );
+    assert!(ignored.is_empty(), "{ignored:?}");
+    // A group no [[history]] names is served as ever.
+    assert_eq!(
+        ask(&mut client, "plain lobby hi", &mut ignored).await,
+        "ok pos none"
+    );
 }

@@ -3,6 +3,7 @@
 
 mod api;
 mod backpressure;
+mod chat;
 mod closing;
 mod cluster;
 mod connection_mode;

@@ -1,28 +1,57 @@
 //! Rooms chat. A client connects to `/chat/{room}?name=NAME`; `on_connect`
 //! checks the name (and that nobody in the room has it), announces the
-//! newcomer and starts the connection in the room with its name as the
+//! newcomer, sends it the room's topic first (before any message of the
+//! room) and starts the connection in the room with its name as the
 //! attachment. Every text message is broadcast to the room, except to its
-//! sender; `/who` lists the room. `on_close` announces who left.
+//! sender; `/who` lists the room, `/topic` shows or sets its topic,
+//! `/stats` tells how many messages it has had. `on_close` announces who
+//! left.
 //!
 //! Everything the server sends is one JSON object:
 //!
 //! ```text
-//! {"type":"joined","name":"ann"}            someone came in
-//! {"type":"left","name":"ann"}              someone went
-//! {"type":"message","from":"ann","text":…}  someone said something
-//! {"type":"who","names":["ann","bob"]}      the answer to /who
-//! {"type":"error","text":…}                 the answer to a bad command
+//! {"type":"joined","name":"ann"}              someone came in
+//! {"type":"left","name":"ann"}                someone went
+//! {"type":"message","from":"ann","text":…}    someone said something
+//! {"type":"who","names":["ann","bob"]}        the answer to /who
+//! {"type":"topic","text":…,"by":"ann"}        first to a newcomer; /topic TEXT, to
+//!                                             the room; /topic alone (null: none)
+//! {"type":"stats","messages":12}              the answer to /stats
+//! {"type":"error","text":…}                   a bad command, a message not sent
 //! ```
+//!
+//! The topic and the count live in the app's key-value store `chat`
+//! (`topic:ROOM`, `messages:ROOM`), so they outlive the connections and a
+//! restart of the host (SQLite under `--data-dir`), and every host of a
+//! cluster sees the same ones (JetStream with `--cluster`). The count goes
+//! up by one atomic increment per message published.
+//!
+//! Moderation: when the app property `MODERATION_URL` is set, every message
+//! is first POSTed there as `{"room":…,"from":…,"text":…}`. `{"allow":
+//! true}` publishes it, `{"allow": false}` keeps it from the room and the
+//! sender gets an error. The service must answer within
+//! `MODERATION_TIMEOUT_MS` (1,000 ms) to connect and again to answer; if it
+//! is down, slow, or answers anything but a 2xx with `{"allow": BOOL}`,
+//! the message is not sent (fail closed): the sender is told so and the
+//! app logs one warning. Only the sender waits for the check; the room
+//! and other senders go on (each connection's messages run as executions
+//! of their own). The app has at most `max_outbound_requests_in_flight`
+//! (32) checks waiting at once; a message beyond them is not sent either.
 //!
 //! Run it (from the repository root) and open http://127.0.0.1:9990/:
 //!
 //! ```text
 //! cargo run --release -p wsflow -- up examples/chat/wsflow.toml
+//! WSFLOW_PROP_MODERATION_URL=http://127.0.0.1:8080/check \
+//!     cargo run --release -p wsflow -- up examples/chat/wsflow.toml
 //! ```
 
-use serde_json::json;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use wsflow_sdk::kv::{KvError, Store};
 use wsflow_sdk::lifecycle::{Closed, ConnectRequest, Decision};
-use wsflow_sdk::{Connection, Event, Flow, groups};
+use wsflow_sdk::{Connection, Event, Flow, groups, http, log, opening};
 
 struct Chat;
 
@@ -32,9 +61,31 @@ const MAX_NAME: usize = 24;
 /// The longest room name, in characters.
 const MAX_ROOM: usize = 32;
 
+/// The longest topic, in characters: a line above the messages, not a
+/// place to keep documents.
+const MAX_TOPIC: usize = 200;
+
+/// The app's key-value store (`[key_value.stores]` in the manifest).
+const STORE: &str = "chat";
+
+/// How long the moderation service has to connect, and then to answer,
+/// unless `MODERATION_TIMEOUT_MS` says otherwise: a sender waits at most
+/// about this long to learn that a message was not sent.
+const MODERATION_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// The group of a room.
 fn group(room: &str) -> String {
     format!("room:{room}")
+}
+
+/// The key of a room's topic: `{"text":…,"by":…}`.
+fn topic_key(room: &str) -> String {
+    format!("topic:{room}")
+}
+
+/// The key of a room's message count.
+fn count_key(room: &str) -> String {
+    format!("messages:{room}")
 }
 
 /// The name a connection keeps as its attachment.
@@ -66,6 +117,110 @@ fn check_room(room: &str) -> Option<String> {
     (!fine).then(|| format!("a room name has 1 to {MAX_ROOM} letters, digits, `-` or `_`"))
 }
 
+/// Why `topic` cannot be used, if it cannot.
+fn check_topic(topic: &str) -> Option<String> {
+    if topic.chars().nth(MAX_TOPIC).is_some() {
+        return Some(format!("a topic has at most {MAX_TOPIC} characters"));
+    }
+    if topic.chars().any(char::is_control) {
+        return Some("a topic has no control characters (one line of text)".to_owned());
+    }
+    None
+}
+
+/// An error answer to the sender.
+fn error(text: impl Into<String>) -> Value {
+    json!({ "type": "error", "text": text.into() })
+}
+
+/// What the moderation service said about a message.
+enum Verdict {
+    Allow,
+    Deny,
+    /// No usable answer: why, for the log.
+    Unavailable(String),
+}
+
+/// Ask the service at `url` about `text`, from `from` in `room`.
+fn moderate(url: &str, room: &str, from: &str, text: &str) -> Verdict {
+    let timeout = wsflow_sdk::property("MODERATION_TIMEOUT_MS")
+        .and_then(|ms| ms.trim().parse().ok())
+        .map_or(MODERATION_TIMEOUT, Duration::from_millis);
+    let request = http::Request::post(url)
+        .json(&json!({ "room": room, "from": from, "text": text }))
+        .timeout(timeout);
+    let response = match request.send().and_then(http::Response::error_for_status) {
+        Ok(response) => response,
+        Err(error) => return Verdict::Unavailable(error.to_string()),
+    };
+    match response
+        .json::<Value>()
+        .map(|answer| answer["allow"].as_bool())
+    {
+        Ok(Some(true)) => Verdict::Allow,
+        Ok(Some(false)) => Verdict::Deny,
+        _ => Verdict::Unavailable(format!(
+            "the answer is not {{\"allow\": true|false}}: {:.80}",
+            response.text()
+        )),
+    }
+}
+
+impl Chat {
+    /// `{"type":"topic",…}` for the room's topic (text and by null: none).
+    fn current_topic(room: &str) -> Result<Value, KvError> {
+        let topic: Value = Store::open(STORE)?
+            .get_json(&topic_key(room))?
+            .unwrap_or_default();
+        Ok(json!({ "type": "topic", "text": topic["text"], "by": topic["by"] }))
+    }
+
+    /// `/topic`: show the room's topic; `/topic TEXT`: set it and tell the
+    /// room.
+    fn topic(room: &str, from: &str, text: &str, conn: &Connection) -> wsflow_sdk::Result {
+        if text.is_empty() {
+            return conn.send_json(&Self::current_topic(room)?);
+        }
+        if let Some(problem) = check_topic(text) {
+            return conn.send_json(&error(problem));
+        }
+        let topic = json!({ "text": text, "by": from });
+        Store::open(STORE)?.set_json(&topic_key(room), &topic)?;
+        let told = json!({ "type": "topic", "text": text, "by": from });
+        groups::publish(&group(room), told.to_string())?;
+        Ok(())
+    }
+
+    /// A message for the room: checked by the moderation service if there
+    /// is one, published to everyone else in the room, counted.
+    fn say(room: &str, from: &str, text: &str, conn: &Connection) -> wsflow_sdk::Result {
+        let moderation = wsflow_sdk::property("MODERATION_URL").unwrap_or_default();
+        let moderation = moderation.trim();
+        if !moderation.is_empty() {
+            match moderate(moderation, room, from, text) {
+                Verdict::Allow => {}
+                Verdict::Deny => {
+                    let refused = "your message was not sent: the moderation service refused it";
+                    return conn.send_json(&error(refused));
+                }
+                Verdict::Unavailable(why) => {
+                    log::warn(&format!(
+                        "moderation service {moderation} gave no verdict, a message from \
+                         {from} in {room} was not sent: {why}"
+                    ));
+                    let unsent = "your message was not sent: the moderation service did not \
+                                  answer; try again";
+                    return conn.send_json(&error(unsent));
+                }
+            }
+        }
+        let message = json!({ "type": "message", "from": from, "text": text });
+        groups::publish_except(&group(room), message.to_string(), conn.id())?;
+        Store::open(STORE)?.increment(&count_key(room), 1)?;
+        Ok(())
+    }
+}
+
 impl Flow for Chat {
     fn handle(event: Event, conn: &Connection) -> wsflow_sdk::Result {
         let room: String = event.path_param("room")?;
@@ -74,6 +229,7 @@ impl Flow for Chat {
         if text.is_empty() {
             return Ok(());
         }
+        let from = name_of(&conn.attachment());
         if text == "/who" {
             let mut names: Vec<String> = groups::members(&group)?
                 .iter()
@@ -82,15 +238,22 @@ impl Flow for Chat {
             names.sort();
             return conn.send_json(&json!({ "type": "who", "names": names }));
         }
-        if text.starts_with('/') {
-            let reply =
-                json!({ "type": "error", "text": format!("unknown command {text}; try /who") });
-            return conn.send_json(&reply);
+        if text == "/stats" {
+            let messages: u64 = Store::open(STORE)?
+                .get_json(&count_key(&room))?
+                .unwrap_or(0);
+            return conn.send_json(&json!({ "type": "stats", "messages": messages }));
         }
-        let from = name_of(&conn.attachment());
-        let message = json!({ "type": "message", "from": from, "text": text }).to_string();
-        groups::publish_except(&group, message, conn.id())?;
-        Ok(())
+        if let Some(topic) = text.strip_prefix("/topic")
+            && (topic.is_empty() || topic.starts_with(' '))
+        {
+            return Self::topic(&room, &from, topic.trim(), conn);
+        }
+        if text.starts_with('/') {
+            let unknown = format!("unknown command {text:.40}; try /who, /topic or /stats");
+            return conn.send_json(&error(unknown));
+        }
+        Self::say(&room, &from, text, conn)
     }
 
     fn on_connect(request: ConnectRequest) -> Decision {
@@ -114,6 +277,14 @@ impl Flow for Chat {
             Err(error) => {
                 return Decision::reject(503, format!("the room is unavailable: {error:?}"));
             }
+        }
+        // The room's topic is the newcomer's first message, before anything
+        // the room says (opening messages go out before group messages).
+        match Self::current_topic(&room) {
+            Ok(topic) => {
+                let _ = opening::send_first(topic.to_string());
+            }
+            Err(error) => log::warn(&format!("the topic of {room} is unavailable: {error}")),
         }
         let _ = groups::publish(
             &group,

@@ -483,13 +483,17 @@ fn count_fanout(app: &AppInfo, fanout: Fanout) {
 }
 
 fn fanout_json(fanout: Fanout) -> serde_json::Value {
-    json!({
+    let mut answer = json!({
         "delivered": fanout.delivered,
         "dropped": fanout.dropped,
         "closed": fanout.closed,
         "too_large": fanout.too_large,
         "other_hosts_reached": !fanout.unreached,
-    })
+    });
+    if let Some(position) = fanout.position {
+        answer["position"] = json!(position.to_string());
+    }
+    answer
 }
 
 async fn group_info(app: &AppInfo, group: &str) -> Result<Response<Full<Bytes>>, Failure> {

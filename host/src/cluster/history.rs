@@ -167,7 +167,16 @@ impl StreamHistory {
         self.context
             .create_or_update_stream(self.config.clone())
             .await
-            .map_err(|error| self.unavailable(&format!("create stream {name}"), &error))?;
+            .map_err(|error| {
+                self.unavailable(
+                    &format!(
+                        "cannot make stream {name}, where the groups [[history]] names keep \
+                         their messages (publishes and reads of them answer `unavailable` until \
+                         it can; is JetStream enabled on the NATS server: `nats-server -js`?)"
+                    ),
+                    &error,
+                )
+            })?;
         let opened = self
             .context
             .get_stream(name)

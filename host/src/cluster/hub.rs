@@ -47,9 +47,9 @@ use super::questions::{Answer, Question, Questions};
 use super::wire::{self, Op, Outcome, Subjects, header};
 use crate::close::Close;
 use crate::hub::{
-    ConnectionId, DuplicateId, Fanout, GroupName, HistoryError, HostId, HubError, HubLimits,
-    HubResult, LocalHub, MAX_READ, MemberInfo, Outlet, Page, Pending, PendingHistory, Position,
-    Transport, TransportCounts,
+    ConnectionId, DuplicateId, Fanout, GroupName, Histories, HistoryError, HostId, HubError,
+    HubLimits, HubResult, LocalHub, MAX_READ, MemberInfo, Outlet, Page, Pending, PendingHistory,
+    Position, Transport, TransportCounts,
 };
 use crate::manifest::spec::SlowMember;
 
@@ -147,7 +147,8 @@ impl ClusterHub {
         let shared = Arc::new(Shared {
             app: Arc::clone(&app),
             me: link.host(),
-            local: LocalHub::new(limits.clone()),
+            // History is kept in JetStream ([`StreamHistory`]), not here.
+            local: LocalHub::keeping(limits.clone(), Histories::default()),
             limits,
             link: Arc::clone(link),
             lane: Lane::App(Arc::clone(&app)),
@@ -1091,7 +1092,7 @@ impl Transport for ClusterHub {
             shed: get(&counters.shed),
             queued_out: self.shared.link.queued(&self.shared.app) as u64,
             queued_in: self.shared.inbound.bytes() as u64,
-            ..TransportCounts::default()
+            ..self.shared.local.counts()
         }
     }
 }

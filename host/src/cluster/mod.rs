@@ -239,10 +239,10 @@ impl Cluster {
         async_nats::jetstream::new(self.link.client().clone())
     }
 
-    /// The hub of app `app` on this host, reaching its other hosts; what
-    /// it does for the app's members runs in the app's `turns`.
-    /// The groups its `[[history]]` names keep their history in the
-    /// cluster's JetStream ([`history`]).
+    /// The hub of app `spec` on this host, reaching its other hosts; what
+    /// it does for the app's members runs in the app's `turns`. The groups
+    /// its `[[history]]` names keep their history in the cluster's
+    /// JetStream ([`history`]).
     pub(crate) fn hub(
         &self,
         spec: &crate::manifest::spec::AppSpec,

@@ -157,6 +157,7 @@ impl Member {
 
 impl LocalHub {
     /// A hub whose groups keep no history.
+    #[cfg(test)]
     pub(crate) fn new(limits: HubLimits) -> Self {
         Self::keeping(limits, Histories::default())
     }

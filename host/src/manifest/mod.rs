@@ -188,6 +188,7 @@ fn check_apps_can_share_a_host(apps: &[AppSpec]) -> anyhow::Result<()> {
 mod tests {
     use std::time::Duration;
 
+    use super::outbound::AllowedHost;
     use super::*;
 
     const MANIFEST: &str = r#"
@@ -254,6 +255,31 @@ mod tests {
         );
     }
 
+    /// `[flows.echo] allowed_outbound_hosts = ["${SERVICE}"]`, with the
+    /// property `SERVICE` set to `service`.
+    fn grants_with_service(service: &str) -> Vec<AllowedHost> {
+        let text = with_flow_settings("allowed_outbound_hosts = [\"${SERVICE}\"]")
+            .replace("PORT = \"9000\"", "PORT = \"9000\"\nSERVICE = \"\"");
+        let env: Environment = [("WSFLOW_PROP_SERVICE", service)].into_iter().collect();
+        let spec = parse(Path::new("wsflow.toml"), &text, &env).unwrap();
+        spec.flows[0].grants.outbound_hosts.clone()
+    }
+
+    #[test]
+    fn an_outbound_grant_empty_after_substitution_grants_nothing() {
+        assert_eq!(grants_with_service(""), []);
+        assert_eq!(grants_with_service("  "), []);
+    }
+
+    #[test]
+    fn an_outbound_grant_with_a_path_grants_exactly_its_scheme_host_and_port() {
+        let grants = grants_with_service("http://127.0.0.1:8080/check?strict=1");
+        assert_eq!(
+            grants,
+            [AllowedHost::parse("http://127.0.0.1:8080").unwrap()]
+        );
+    }
+
     #[test]
     fn any_scalar_setting_may_come_from_a_property() {
         let text = format!(
@@ -279,7 +305,7 @@ mod tests {
         assert!(spec.history[0].groups.matches("room:a"));
         assert!(!spec.history[0].groups.matches("news"));
         assert_eq!(spec.history[0].size, 100);
-        assert_eq!(spec.history[0].ttl, std::time::Duration::from_secs(3600));
+        assert_eq!(spec.history[0].ttl, Duration::from_secs(3600));
         assert_eq!(spec.history[0].position_field, None);
         assert!(spec.history[1].groups.matches("news"));
         assert!(!spec.history[1].groups.matches("newsy"));

@@ -1,6 +1,8 @@
 //! `allowed_outbound_hosts`: the hosts a flow may call over HTTP, in Spin's
 //! form — `scheme://host[:port]`, where the host may start with `*.` to
-//! take every subdomain. Parsed once at load; the `http` capability asks
+//! take every subdomain. A full URL grants its scheme, host and port (the
+//! path is ignored); an entry that is empty once its properties are
+//! substituted grants nothing (the validation skips it). Parsed once at load; the `http` capability asks
 //! [`AllowedHost::allows`] for every request and every redirect hop.
 
 use std::fmt;
@@ -94,13 +96,20 @@ impl AllowedHost {
             .ok_or_else(|| format!("`{text}` has no scheme"))?;
         let scheme = Scheme::parse(scheme)
             .ok_or_else(|| format!("`{text}`: the scheme `{scheme}` is not http or https"))?;
-        let rest = rest.strip_suffix('/').unwrap_or(rest);
-        if rest.contains(['/', '?', '#', '@']) {
+        // A path, query or fragment is ignored: `http://127.0.0.1:8080/check`
+        // grants `http://127.0.0.1:8080`, so a grant may be the very URL the
+        // flow calls (from the same property).
+        let authority = match rest.find(['/', '?', '#']) {
+            Some(end) => &rest[..end],
+            None => rest,
+        };
+        if authority.contains('@') {
             return Err(format!(
-                "`{text}` has more than a scheme, a host and a port (a path, a query or a user)"
+                "`{text}` names a user; a grant has a scheme, a host and a port only"
             ));
         }
-        let (host, port) = split_port(rest).map_err(|problem| format!("`{text}`: {problem}"))?;
+        let (host, port) =
+            split_port(authority).map_err(|problem| format!("`{text}`: {problem}"))?;
         let port = match port {
             Some(port) => port,
             None => scheme.default_port(),
@@ -254,11 +263,27 @@ mod tests {
     }
 
     #[test]
+    fn a_grant_with_a_path_grants_its_scheme_host_and_port_only() {
+        for text in [
+            "http://127.0.0.1:8080/check",
+            "http://127.0.0.1:8080/check?strict=1#top",
+            "http://127.0.0.1:8080?strict=1",
+        ] {
+            let grant = AllowedHost::parse(text).unwrap();
+            assert_eq!(grant, AllowedHost::parse("http://127.0.0.1:8080").unwrap());
+        }
+        let grant = AllowedHost::parse("https://api.example.com/v1/").unwrap();
+        assert!(grant.allows(&to(Scheme::Https, "api.example.com", 443)));
+        assert!(!grant.allows(&to(Scheme::Https, "api.example.com", 8443)));
+        assert!(!grant.allows(&to(Scheme::Http, "api.example.com", 80)));
+    }
+
+    #[test]
     fn bad_grants_say_what_is_wrong() {
         for (text, says) in [
             ("api.example.com", "no scheme"),
             ("ftp://example.com", "not http or https"),
-            ("https://example.com/path", "a path"),
+            ("https://example.com:8080@evil.example.com/path", "a user"),
             ("https://user@example.com", "a user"),
             ("https://example.com:0", "not a number"),
             ("https://example.com:99999", "not a number"),

@@ -358,24 +358,27 @@ fn resolve_flow(
             Some(path)
         }
     };
-    let outbound_hosts = flow
-        .allowed_outbound_hosts
-        .iter()
-        .map(|grant| {
-            let text = source.text(&format!("{key}.allowed_outbound_hosts"), grant)?;
-            AllowedHost::parse(text.trim()).map_err(|problem| {
-                source
-                    .error_at(
-                        grant.span(),
-                        format!("{key}.allowed_outbound_hosts: {problem}"),
-                    )
-                    .help(
-                        "write scheme://host[:port], e.g. \"https://api.example.com\", \
+    let mut outbound_hosts = Vec::new();
+    for grant in &flow.allowed_outbound_hosts {
+        let text = source.text(&format!("{key}.allowed_outbound_hosts"), grant)?;
+        // `"${SERVICE_URL}"` with the property unset: the flow may call
+        // nothing through this entry.
+        if text.trim().is_empty() {
+            continue;
+        }
+        let parsed = AllowedHost::parse(text.trim()).map_err(|problem| {
+            source
+                .error_at(
+                    grant.span(),
+                    format!("{key}.allowed_outbound_hosts: {problem}"),
+                )
+                .help(
+                    "write scheme://host[:port], e.g. \"https://api.example.com\", \
                          \"http://127.0.0.1:8080\" or \"https://*.example.org\"",
-                    )
-            })
-        })
-        .collect::<Result<Vec<_>, ManifestError>>()?;
+                )
+        })?;
+        outbound_hosts.push(parsed);
+    }
     let mut key_value_stores = Vec::new();
     for store in &flow.key_value_stores {
         let granted = source.text(&format!("{key}.key_value_stores"), store)?;

@@ -1,0 +1,488 @@
+//! `examples/chat` doing real work: the room's topic and message count in
+//! the app's key-value store (on one host, across a restart, across two
+//! hosts of a cluster), and messages checked by a moderation service (a
+//! real HTTP server on 127.0.0.1 started by the test) before the room gets
+//! them.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use wsflow_tests::nats::NatsServer;
+use wsflow_tests::{Client, Manifest, TestServer, connect, next_json, programs, send_text};
+
+use crate::examples::example_table;
+
+/// The chat example's manifest with `properties` set.
+fn chat(properties: &[(&str, &str)]) -> Manifest {
+    let mut table = example_table("chat", "chat", programs::EXAMPLE_CHAT);
+    let declared = table["properties"].as_table_mut().expect("[properties]");
+    for (name, value) in properties {
+        assert!(
+            declared.contains_key(*name),
+            "the example has no property {name}"
+        );
+        declared.insert((*name).to_owned(), (*value).into());
+    }
+    Manifest::from_table(table)
+}
+
+/// `name` in `room` on `server`, past the room's topic that a newcomer
+/// gets first.
+async fn join(server: &TestServer, room: &str, name: &str) -> Client {
+    join_seeing(server, room, name).await.0
+}
+
+/// `name` in `room` on `server`, and the first message it got.
+async fn join_seeing(server: &TestServer, room: &str, name: &str) -> (Client, Value) {
+    let url = format!(
+        "{}?name={name}",
+        server.app_url("chat", &format!("/chat/{room}"))
+    );
+    let mut client = connect(&url).await;
+    let first = next_json(&mut client).await;
+    assert_eq!(first["type"], "topic", "{name}'s first message: {first}");
+    (client, first)
+}
+
+/// The next message that is not someone joining or leaving.
+async fn next_said(client: &mut Client) -> Value {
+    loop {
+        let message = next_json(client).await;
+        if !matches!(message["type"].as_str(), Some("joined" | "left")) {
+            return message;
+        }
+    }
+}
+
+/// Send `command`; the answer.
+async fn ask(client: &mut Client, command: &str) -> Value {
+    send_text(client, command).await;
+    next_said(client).await
+}
+
+fn said(from: &str, text: &str) -> Value {
+    json!({ "type": "message", "from": from, "text": text })
+}
+
+fn stats(messages: u64) -> Value {
+    json!({ "type": "stats", "messages": messages })
+}
+
+fn topic(text: &str, by: &str) -> Value {
+    json!({ "type": "topic", "text": text, "by": by })
+}
+
+fn no_topic() -> Value {
+    json!({ "type": "topic", "text": null, "by": null })
+}
+
+/// An error answer; its text.
+fn error_text(answer: &Value) -> &str {
+    assert_eq!(answer["type"], "error", "{answer}");
+    answer["text"].as_str().expect("an error text")
+}
+
+#[tokio::test]
+async fn stats_count_the_messages_published_in_the_room() {
+    let server = TestServer::start(&chat(&[])).await;
+    let mut ann = join(&server, "lobby", "ann").await;
+    let mut bob = join(&server, "lobby", "bob").await;
+    assert_eq!(ask(&mut ann, "/stats").await, stats(0));
+    for n in 1..=3 {
+        send_text(&mut ann, &format!("hello {n}")).await;
+        assert_eq!(
+            next_said(&mut bob).await,
+            said("ann", &format!("hello {n}"))
+        );
+    }
+    // Commands and blank lines are not messages of the room.
+    assert_eq!(ask(&mut ann, "/who").await["type"], "who");
+    send_text(&mut ann, "   ").await;
+    assert_eq!(ask(&mut ann, "/stats").await, stats(3));
+    send_text(&mut bob, "hi ann").await;
+    assert_eq!(next_said(&mut ann).await, said("bob", "hi ann"));
+    assert_eq!(ask(&mut ann, "/stats").await, stats(4));
+    // Another room counts its own.
+    let mut cid = join(&server, "kitchen", "cid").await;
+    assert_eq!(ask(&mut cid, "/stats").await, stats(0));
+}
+
+#[tokio::test]
+async fn a_topic_is_set_told_to_the_room_and_read_back() {
+    let server = TestServer::start(&chat(&[])).await;
+    let mut ann = join(&server, "lobby", "ann").await;
+    let mut bob = join(&server, "lobby", "bob").await;
+    assert_eq!(ask(&mut ann, "/topic").await, no_topic());
+    send_text(&mut ann, "/topic  Rust on wasm ").await;
+    // The whole room hears it, the setter too.
+    assert_eq!(next_said(&mut ann).await, topic("Rust on wasm", "ann"));
+    assert_eq!(next_said(&mut bob).await, topic("Rust on wasm", "ann"));
+    // Someone who comes later reads it.
+    let mut cid = join(&server, "lobby", "cid").await;
+    assert_eq!(ask(&mut cid, "/topic").await, topic("Rust on wasm", "ann"));
+    // A room has its own.
+    let mut dan = join(&server, "kitchen", "dan").await;
+    assert_eq!(ask(&mut dan, "/topic").await, no_topic());
+    // Setting the topic is not a message of the room.
+    assert_eq!(ask(&mut cid, "/stats").await, stats(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newcomer_gets_the_topic_first_while_the_room_talks() {
+    let server = TestServer::start(&chat(&[])).await;
+    let (mut ann, first) = join_seeing(&server, "lobby", "ann").await;
+    assert_eq!(first, no_topic());
+    let mut bob = join(&server, "lobby", "bob").await;
+    send_text(&mut ann, "/topic read me first").await;
+    assert_eq!(next_said(&mut ann).await, topic("read me first", "ann"));
+    assert_eq!(next_said(&mut bob).await, topic("read me first", "ann"));
+
+    // Bob talks without pause (each message once Ann has it, so no
+    // queue fills) until every newcomer has come in.
+    let done = Arc::new(AtomicBool::new(false));
+    let talking = tokio::spawn({
+        let done = Arc::clone(&done);
+        async move {
+            let mut n = 0;
+            while !done.load(Ordering::SeqCst) {
+                n += 1;
+                send_text(&mut bob, &format!("live {n}")).await;
+                assert_eq!(next_said(&mut ann).await, said("bob", &format!("live {n}")));
+            }
+            n
+        }
+    });
+    const NEWCOMERS: usize = 10;
+    for i in 0..NEWCOMERS {
+        let (mut newcomer, first) = join_seeing(&server, "lobby", &format!("new{i}")).await;
+        assert_eq!(first, topic("read me first", "ann"), "newcomer {i}");
+        // The room was talking as it came in: live messages follow.
+        assert_eq!(next_said(&mut newcomer).await["from"], "bob");
+    }
+    done.store(true, Ordering::SeqCst);
+    let sent = talking.await.unwrap();
+    assert!(
+        sent >= NEWCOMERS,
+        "Bob sent {sent} messages while the newcomers came in"
+    );
+}
+
+#[tokio::test]
+async fn topic_and_count_survive_a_host_restart() {
+    let data = tempfile::tempdir().unwrap();
+    let app = chat(&[]);
+    let server = TestServer::start_with_data(&app, data.path()).await;
+    let mut ann = join(&server, "lobby", "ann").await;
+    send_text(&mut ann, "/topic kept on disk").await;
+    assert_eq!(next_said(&mut ann).await, topic("kept on disk", "ann"));
+    send_text(&mut ann, "one").await;
+    send_text(&mut ann, "two").await;
+    assert_eq!(ask(&mut ann, "/stats").await, stats(2));
+    drop(ann);
+    server.stop().await;
+
+    let server = TestServer::start_with_data(&app, data.path()).await;
+    let (mut bob, first) = join_seeing(&server, "lobby", "bob").await;
+    assert_eq!(first, topic("kept on disk", "ann"));
+    assert_eq!(ask(&mut bob, "/topic").await, topic("kept on disk", "ann"));
+    assert_eq!(ask(&mut bob, "/stats").await, stats(2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topic_and_count_are_shared_by_two_hosts_of_a_cluster() {
+    let Some(nats) = NatsServer::start_jetstream().await else {
+        return;
+    };
+    let app = chat(&[]);
+    let a = TestServer::start_in_cluster(&app, &nats.url()).await;
+    let b = TestServer::start_in_cluster(&app, &nats.url()).await;
+    let mut ann = join(&a, "lobby", "ann").await;
+    let mut bob = join(&b, "lobby", "bob").await;
+    send_text(&mut ann, "/topic across hosts").await;
+    assert_eq!(next_said(&mut ann).await, topic("across hosts", "ann"));
+    assert_eq!(next_said(&mut bob).await, topic("across hosts", "ann"));
+    for text in ["one", "two"] {
+        send_text(&mut ann, text).await;
+        assert_eq!(next_said(&mut bob).await, said("ann", text));
+    }
+    send_text(&mut bob, "three").await;
+    assert_eq!(next_said(&mut ann).await, said("bob", "three"));
+    // A newcomer on the other host gets the topic set on the first one,
+    // first, and reads what was counted on both.
+    let (mut cid, first) = join_seeing(&b, "lobby", "cid").await;
+    assert_eq!(first, topic("across hosts", "ann"));
+    assert_eq!(ask(&mut cid, "/stats").await, stats(3));
+    let mut dan = join(&a, "lobby", "dan").await;
+    assert_eq!(ask(&mut dan, "/stats").await, stats(3));
+}
+
+#[tokio::test]
+async fn hostile_topics_and_a_flood_of_stats_are_answered_and_change_nothing() {
+    let server = TestServer::start(&chat(&[])).await;
+    let mut ann = join(&server, "lobby", "ann").await;
+    let mut bob = join(&server, "lobby", "bob").await;
+    // A topic of 1 MiB (the largest message a client may send).
+    let huge = format!("/topic {}", "x".repeat((1 << 20) - "/topic ".len()));
+    let answer = ask(&mut ann, &huge).await;
+    assert!(error_text(&answer).contains("at most"), "{answer}");
+    for hostile in [
+        "/topic bell\u{7}",
+        "/topic two\nlines",
+        "/topic \u{1b}[2Jclear",
+    ] {
+        let answer = ask(&mut ann, hostile).await;
+        assert!(error_text(&answer).contains("control"), "{answer}");
+    }
+    assert_eq!(ask(&mut bob, "/topic").await, no_topic());
+
+    const FLOOD: usize = 3000;
+    for _ in 0..FLOOD {
+        send_text(&mut ann, "/stats").await;
+    }
+    for _ in 0..FLOOD {
+        assert_eq!(next_said(&mut ann).await, stats(0));
+    }
+    // The room still works, and counts what it published.
+    send_text(&mut bob, "still here").await;
+    assert_eq!(next_said(&mut ann).await, said("bob", "still here"));
+    assert_eq!(ask(&mut ann, "/stats").await, stats(1));
+}
+
+/// A moderation service on 127.0.0.1: `POST /check` with the message as
+/// JSON; the message's text decides the answer.
+///
+/// | text contains | answer |
+/// | --- | --- |
+/// | `spam` | `{"allow": false}` |
+/// | `garbage` | 200, `this is not JSON` |
+/// | `shapeless` | 200, `{"allow": "yes"}` |
+/// | `broken` | 500 |
+/// | `slow` | none, ever (until the client gives up) |
+/// | `hold` | `{"allow": true}` once [`Moderation::release`] is called (or none, if the client gives up first) |
+/// | anything else | `{"allow": true}` |
+struct Moderation {
+    addr: SocketAddr,
+    /// The bodies of the requests received, parsed.
+    checked: Arc<Mutex<Vec<Value>>>,
+    /// Requests waiting for an answer whose client has not given up:
+    /// `hold` and `slow` ones.
+    waiting: watch::Receiver<usize>,
+    release: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Moderation {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Moderation {
+    async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let checked = Arc::new(Mutex::new(Vec::new()));
+        let (waiting_tx, waiting) = watch::channel(0);
+        let waiting_tx = Arc::new(waiting_tx);
+        let (release, released) = watch::channel(false);
+        let task = tokio::spawn({
+            let checked = Arc::clone(&checked);
+            async move {
+                while let Ok((stream, _)) = listener.accept().await {
+                    let checked = Arc::clone(&checked);
+                    let waiting = Arc::clone(&waiting_tx);
+                    let released = released.clone();
+                    tokio::spawn(async move {
+                        let _ = moderate(stream, &checked, &waiting, released).await;
+                    });
+                }
+            }
+        });
+        Self {
+            addr,
+            checked,
+            waiting,
+            release,
+            task,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}/check", self.addr)
+    }
+
+    fn checked(&self) -> Vec<Value> {
+        self.checked.lock().unwrap().clone()
+    }
+
+    /// Wait until `n` requests wait for an answer.
+    async fn wait_for_waiting(&mut self, n: usize) {
+        tokio::time::timeout(wsflow_tests::TIMEOUT, self.waiting.wait_for(|w| *w == n))
+            .await
+            .unwrap_or_else(|_| panic!("{n} moderation requests never waited at once"))
+            .unwrap();
+    }
+
+    /// Answer every `hold` request, now and from now on.
+    fn release(&self) {
+        let _ = self.release.send(true);
+    }
+}
+
+async fn moderate(
+    mut stream: TcpStream,
+    checked: &Mutex<Vec<Value>>,
+    waiting: &watch::Sender<usize>,
+    mut released: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    let mut request = Vec::new();
+    let mut buf = [0; 8192];
+    let (head_end, length) = loop {
+        let n = stream.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        request.extend_from_slice(&buf[..n]);
+        if let Some(at) = request.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&request[..at]).to_ascii_lowercase();
+            let length = head
+                .lines()
+                .find_map(|line| line.strip_prefix("content-length:"))
+                .and_then(|value| value.trim().parse::<usize>().ok())
+                .unwrap_or(0);
+            break (at + 4, length);
+        }
+    };
+    while request.len() < head_end + length {
+        let n = stream.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        request.extend_from_slice(&buf[..n]);
+    }
+    let body: Value = serde_json::from_slice(&request[head_end..]).unwrap_or(Value::Null);
+    checked.lock().unwrap().push(body.clone());
+    let text = body["text"].as_str().unwrap_or_default();
+    let (status, answer) = if text.contains("spam") {
+        ("200 OK", r#"{"allow": false}"#)
+    } else if text.contains("garbage") {
+        ("200 OK", "this is not JSON")
+    } else if text.contains("shapeless") {
+        ("200 OK", r#"{"allow": "yes"}"#)
+    } else if text.contains("broken") {
+        ("500 Internal Server Error", "")
+    } else if text.contains("slow") || text.contains("hold") {
+        // Waits until released (`hold` only) or until the client gives up.
+        waiting.send_modify(|n| *n += 1);
+        let hold = text.contains("hold");
+        let released = tokio::select! {
+            _ = released.wait_for(|released| *released), if hold => true,
+            _ = stream.read(&mut buf) => false,
+        };
+        waiting.send_modify(|n| *n -= 1);
+        if !released {
+            return Ok(());
+        }
+        ("200 OK", r#"{"allow": true}"#)
+    } else {
+        ("200 OK", r#"{"allow": true}"#)
+    };
+    let response = format!(
+        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+         connection: close\r\n\r\n{answer}",
+        answer.len()
+    );
+    stream.write_all(response.as_bytes()).await?;
+    stream.shutdown().await
+}
+
+#[tokio::test]
+async fn moderation_sees_each_message_and_keeps_what_it_refuses_from_the_room() {
+    let moderation = Moderation::start().await;
+    let server = TestServer::start(&chat(&[("MODERATION_URL", &moderation.url())])).await;
+    let mut ann = join(&server, "lobby", "ann").await;
+    let mut bob = join(&server, "lobby", "bob").await;
+    send_text(&mut ann, "hello").await;
+    assert_eq!(next_said(&mut bob).await, said("ann", "hello"));
+    assert_eq!(
+        moderation.checked(),
+        [json!({ "room": "lobby", "from": "ann", "text": "hello" })]
+    );
+
+    let answer = ask(&mut ann, "buy spam now").await;
+    assert!(error_text(&answer).contains("not sent"), "{answer}");
+    // Bob never got it: the next thing he hears is what came after.
+    send_text(&mut ann, "sorry").await;
+    assert_eq!(next_said(&mut bob).await, said("ann", "sorry"));
+    assert_eq!(moderation.checked().len(), 3);
+    // Commands are not moderated, refused messages not counted.
+    assert_eq!(ask(&mut bob, "/stats").await, stats(2));
+    assert_eq!(moderation.checked().len(), 3);
+}
+
+#[tokio::test]
+async fn moderation_fails_closed_when_the_service_is_down_slow_or_answers_garbage() {
+    let moderation = Moderation::start().await;
+    // A port nothing listens on: connections are refused.
+    let down = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}/check", listener.local_addr().unwrap())
+    };
+    for (url, texts) in [
+        (down.as_str(), &["anyone there?"][..]),
+        (
+            moderation.url().as_str(),
+            &["slow down", "garbage in", "shapeless", "broken"][..],
+        ),
+    ] {
+        let server = TestServer::start(&chat(&[("MODERATION_URL", url)])).await;
+        let mut ann = join(&server, "lobby", "ann").await;
+        let mut bob = join(&server, "lobby", "bob").await;
+        for text in texts {
+            let answer = ask(&mut ann, text).await;
+            assert!(error_text(&answer).contains("not sent"), "{text}: {answer}");
+        }
+        // Nothing reached the room: Bob's own question is answered first.
+        assert_eq!(ask(&mut bob, "/stats").await, stats(0));
+        // One warning per message not sent, naming the service.
+        let warnings = server
+            .app_log_lines("chat")
+            .into_iter()
+            .filter(|line| line.contains("moderation") && line.contains(url))
+            .count();
+        assert_eq!(warnings, texts.len(), "{:#?}", server.app_log_lines("chat"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_moderation_answer_holds_up_no_other_connections_messages() {
+    let mut moderation = Moderation::start().await;
+    // Long enough that Ann's check is still waiting when Bob's message
+    // has gone round, however busy the machine.
+    let server = TestServer::start(&chat(&[
+        ("MODERATION_URL", &moderation.url()),
+        ("MODERATION_TIMEOUT_MS", "9000"),
+    ]))
+    .await;
+    let mut ann = join(&server, "lobby", "ann").await;
+    let mut bob = join(&server, "lobby", "bob").await;
+    let mut cid = join(&server, "lobby", "cid").await;
+    send_text(&mut ann, "hold this").await;
+    moderation.wait_for_waiting(1).await;
+    send_text(&mut bob, "meanwhile").await;
+    assert_eq!(next_said(&mut cid).await, said("bob", "meanwhile"));
+    assert_eq!(
+        *moderation.waiting.borrow(),
+        1,
+        "Ann's check was still waiting while Bob's message went round"
+    );
+    moderation.release();
+    assert_eq!(next_said(&mut cid).await, said("ann", "hold this"));
+    assert_eq!(next_said(&mut bob).await, said("ann", "hold this"));
+    assert_eq!(ask(&mut bob, "/stats").await, stats(2));
+}
