@@ -265,6 +265,10 @@ async fn a_position_from_before_the_broker_lost_its_storage_reads_incomplete() {
     nats.stop().await;
     std::fs::remove_dir_all(store.path()).unwrap();
     nats.restart().await;
+    // Nothing is kept any more, and a read says so.
+    let page = read(&mut client, &old, 10).await;
+    assert!(!page.complete);
+    assert!(page.texts.is_empty());
     // The history starts again in a new epoch; the old position is not
     // reached back to, and says so.
     let new = publish(&mut client, r#"{"n":3}"#).await;

@@ -315,8 +315,16 @@ impl StreamHistory {
     ) -> Result<Page, HistoryError> {
         let rule = self.rule(group).ok_or(HistoryError::NotKept)?;
         let subject = self.subject(group);
-        let stream = self.stream().await?;
-        let Some(last) = self.last(&stream, &subject).await? else {
+        let mut stream = self.stream().await?;
+        let last = match self.last(&stream, &subject).await {
+            Ok(last) => last,
+            // The broker may have lost the stream: it is made again.
+            Err(_) => {
+                stream = self.stream().await?;
+                self.last(&stream, &subject).await?
+            }
+        };
+        let Some(last) = last else {
             return Ok(page_of(Vec::new(), Position::default(), since, limit));
         };
         let entries =

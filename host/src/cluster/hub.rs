@@ -924,17 +924,13 @@ impl Shared {
         self.settled(mark).await;
         let sent = match history.read(&group, Some(since), MAX_READ).await {
             Ok(page) => {
-                // A join sends at most MAX_READ: beyond, what it could not
-                // send is missing, and said so.
-                let cut = page.entries.len() == MAX_READ
-                    && page
-                        .entries
-                        .last()
-                        .is_some_and(|kept| kept.position != page.head);
-                let head = page.entries.last().map_or(page.head, |kept| kept.position);
-                let head = if cut { head } else { page.head };
+                // A join sends at most MAX_READ messages: if more were
+                // missed, the rest is missing, and said so.
+                let newest_sent = page.entries.last().map(|kept| kept.position);
+                let cut = page.entries.len() == MAX_READ && newest_sent != Some(page.head);
+                let sent_up_to = if cut { newest_sent } else { None };
                 self.local
-                    .release(id, &group, &page.entries, head)
+                    .release(id, &group, &page.entries, sent_up_to.unwrap_or(page.head))
                     .map(|()| page.complete && !cut)
             }
             Err(error) => {
