@@ -339,3 +339,58 @@ async fn the_apps_history_limits_hold_in_the_cluster_and_apps_keep_apart() {
     let bytes: usize = page.texts.iter().map(String::len).sum::<usize>() + kept_small * 40;
     assert!(bytes <= 4096, "{bytes} bytes kept");
 }
+
+/// What a kept publish costs in a cluster (a round trip to JetStream
+/// before the members get it), and how long a client coming back on the
+/// other host waits for 100 missed messages. Figures, not assertions:
+/// `cargo test -p wsflow-tests --test e2e -- --ignored --nocapture
+/// history_cluster::measure`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement: run it on its own, with --nocapture"]
+async fn measure_kept_publishes_and_recovery_across_hosts() {
+    let Some(nats) = NatsServer::start_jetstream().await else {
+        return;
+    };
+    let app = "hist-measure";
+    let (a, b) = cluster_of_two(&nats, &recall(app, 1000)).await;
+    let mut on_a = member(&a, app, "m").await;
+    let _on_b = member(&b, app, "m").await;
+    const N: u32 = 300;
+    let mut ignored = Vec::new();
+    for (label, command) in [("kept", "pub"), ("not kept", "plain lobby")] {
+        for n in 0..20 {
+            ask(&mut on_a, &format!("{command} {{\"n\":{n}}}"), &mut ignored).await;
+        }
+        let started = std::time::Instant::now();
+        for n in 0..N {
+            let answer = ask(&mut on_a, &format!("{command} {{\"n\":{n}}}"), &mut ignored).await;
+            assert!(answer.starts_with("ok pos"), "{answer}");
+            ignored.clear();
+        }
+        let each = started.elapsed() / N;
+        println!("publish to a group {label}, one at a time from a flow: {each:?} each");
+    }
+    let mark = publish(&mut on_a, r#"{"n":0}"#).await;
+    for n in 1..=100 {
+        publish(&mut on_a, &format!(r#"{{"n":{n}}}"#)).await;
+    }
+    for round in 0..5 {
+        let started = std::time::Instant::now();
+        let mut back = connect(&b.app_url(app, &format!("/recall/m?from={mark}"))).await;
+        for n in 1..=100 {
+            match wsflow_tests::next_message(&mut back).await {
+                tokio_tungstenite::tungstenite::Message::Text(text) => assert_eq!(number(&text), n),
+                other => {
+                    for line in b.app_log_lines(app).iter().rev().take(15) {
+                        println!("{line}");
+                    }
+                    panic!("round {round}, message {n}: {other:?}");
+                }
+            }
+        }
+        println!(
+            "round {round}: back on the other host, 100 missed messages in {:?} (connect included)",
+            started.elapsed()
+        );
+    }
+}

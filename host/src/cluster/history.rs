@@ -19,9 +19,12 @@
 //!   exact and consecutive whoever publishes. A group with nothing kept
 //!   (never published, all of it aged out, or the stream lost) starts a
 //!   new random epoch: a position of the old one reads as incomplete.
-//! - Messages only ever leave a subject oldest first, so what a group
-//!   keeps is a run of consecutive offsets, and a read knows exactly
-//!   whether it reaches back to a position.
+//! - Each stored message also carries the stream sequence of the group's
+//!   message before it, so a read walks back from the group's last message
+//!   (direct gets by sequence) only as far as it needs. Messages only ever
+//!   leave a subject oldest first, so what a group keeps is a run of
+//!   consecutive offsets, and a read knows exactly whether it reaches back
+//!   to a position.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -29,10 +32,9 @@ use std::time::{Duration, SystemTime};
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::Context;
-use async_nats::jetstream::consumer::{DeliverPolicy, pull};
 use async_nats::jetstream::context::PublishErrorKind;
+use async_nats::jetstream::message::StreamMessage;
 use async_nats::jetstream::stream::{self, DirectGetErrorKind, DiscardPolicy, StorageType};
-use futures_util::StreamExt as _;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::wire::{self, header};
@@ -203,23 +205,27 @@ impl StreamHistory {
     }
 
     /// The last message of `subject`, if it keeps one.
-    async fn last(&self, stream: &stream::Stream, subject: &str) -> HubResult<Option<Last>> {
+    async fn last_message(
+        &self,
+        stream: &stream::Stream,
+        subject: &str,
+    ) -> HubResult<Option<StreamMessage>> {
         match stream.direct_get_last_for_subject(subject).await {
-            Ok(message) => Ok(Some(Last {
-                seq: message.sequence,
-                // Not a message of this host's making: the next starts
-                // an epoch of its own.
-                position: position_of(&message.headers).unwrap_or(Position {
-                    epoch: fresh_epoch(),
-                    offset: 0,
-                }),
-            })),
+            Ok(message) => Ok(Some(message)),
             Err(error) if error.kind() == DirectGetErrorKind::NotFound => Ok(None),
             Err(error) => {
                 self.forget_stream().await;
                 Err(self.unavailable("read a group's last message", &error))
             }
         }
+    }
+
+    /// Where `subject` ends, if it keeps a message.
+    async fn last(&self, stream: &stream::Stream, subject: &str) -> HubResult<Option<Last>> {
+        Ok(self
+            .last_message(stream, subject)
+            .await?
+            .map(|message| last_of(&message)))
     }
 
     /// Store `message` as `group`'s next (with its position added when
@@ -264,9 +270,11 @@ impl StreamHistory {
             headers.insert(header::KIND, kind);
             headers.insert(header::POSITION, position.to_string());
             headers.insert(header::KEPT_AT, now_millis().to_string());
+            let previous = last.map_or(0, |last| last.seq).to_string();
+            headers.insert(header::PREVIOUS, previous.as_str());
             headers.insert(
                 async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
-                last.map_or(0, |last| last.seq).to_string(),
+                previous.as_str(),
             );
             let acked = match self
                 .context
@@ -316,92 +324,103 @@ impl StreamHistory {
         let rule = self.rule(group).ok_or(HistoryError::NotKept)?;
         let subject = self.subject(group);
         let mut stream = self.stream().await?;
-        let last = match self.last(&stream, &subject).await {
+        let last = match self.last_message(&stream, &subject).await {
             Ok(last) => last,
             // The broker may have lost the stream: it is made again.
             Err(_) => {
                 stream = self.stream().await?;
-                self.last(&stream, &subject).await?
+                self.last_message(&stream, &subject).await?
             }
         };
         let Some(last) = last else {
             return Ok(page_of(Vec::new(), Position::default(), since, limit));
         };
-        let entries =
-            tokio::time::timeout(READ_TIMEOUT, self.entries(&stream, &subject, last, rule))
-                .await
-                .map_err(|_| {
-                    tracing::warn!(
-                        app = &*self.app,
-                        "cluster: group history: a read took longer than {READ_TIMEOUT:?}"
-                    );
-                    HubError::Unavailable
-                })??;
-        Ok(page_of(entries, last.position, since, limit))
+        let head = last_of(&last).position;
+        // Back from the last message to the one after `since` (without
+        // it, to the newest `limit`; from a position this history never
+        // had, as far as it goes).
+        let back_to = match since {
+            None => head.offset.saturating_sub(limit as u64),
+            Some(since) if since.epoch == head.epoch && since.offset <= head.offset => since.offset,
+            Some(_) => 0,
+        };
+        let walk = self.walk_back(&stream, last, head, back_to, rule);
+        let entries = tokio::time::timeout(READ_TIMEOUT, walk)
+            .await
+            .map_err(|_| {
+                tracing::warn!(
+                    app = &*self.app,
+                    "cluster: group history: a read took longer than {READ_TIMEOUT:?}"
+                );
+                HubError::Unavailable
+            })??;
+        Ok(page_of(entries, head, since, limit))
     }
 
-    /// The messages `subject` keeps up to `last`, within `rule`'s size
-    /// and ttl, oldest first.
-    async fn entries(
+    /// The messages of a group from `last` back to the one after offset
+    /// `back_to`, oldest first, each found by the sequence of the one
+    /// before it: the walk stops where the group's history stops (a
+    /// message dropped for the stream's limits, or past the rule's `size`
+    /// or `ttl`).
+    async fn walk_back(
         &self,
         stream: &stream::Stream,
-        subject: &str,
-        last: Last,
+        last: StreamMessage,
+        head: Position,
+        back_to: u64,
         rule: &HistorySpec,
     ) -> HubResult<Vec<Kept>> {
-        let consumer = stream
-            .create_consumer(pull::OrderedConfig {
-                filter_subject: subject.to_owned(),
-                deliver_policy: DeliverPolicy::All,
-                ..pull::OrderedConfig::default()
-            })
-            .await
-            .map_err(|error| self.unavailable("read a group's history", &error))?;
-        let mut kept = std::collections::VecDeque::new();
-        if consumer.cached_info().num_pending == 0 {
-            return Ok(Vec::new());
-        }
-        let mut messages = consumer
-            .messages()
-            .await
-            .map_err(|error| self.unavailable("read a group's history", &error))?;
         let oldest =
             now_millis().saturating_sub(u64::try_from(rule.ttl.as_millis()).unwrap_or(u64::MAX));
-        while let Some(message) = messages.next().await {
-            let message =
-                message.map_err(|error| self.unavailable("read a group's history", &error))?;
-            let info = message
-                .info()
-                .map_err(|error| self.unavailable("read a group's history", &*error))?;
-            let (seq, pending) = (info.stream_sequence, info.pending);
-            let headers = message.headers.as_ref();
+        let mut kept = std::collections::VecDeque::new();
+        let mut message = last;
+        let mut expected = head.offset;
+        loop {
+            let headers = Some(&message.headers);
             let kept_at: u64 = wire::number(headers, header::KEPT_AT).unwrap_or(0);
-            if let (Some(position), Some(content)) = (
-                headers.and_then(position_of),
+            let (Some(position), Some(content)) = (
+                position_of(&message.headers),
                 wire::join(wire::get(headers, header::KIND), message.payload.clone()),
-            ) && position.epoch == last.position.epoch
-                && kept_at >= oldest
+            ) else {
+                break;
+            };
+            if position.epoch != head.epoch
+                || position.offset != expected
+                || kept_at < oldest
+                || kept.len() >= rule.size
             {
-                // A run of consecutive offsets, ending at the last.
-                if kept
-                    .back()
-                    .is_some_and(|newest: &Kept| newest.position.offset + 1 != position.offset)
-                {
-                    kept.clear();
-                }
-                kept.push_back(Kept {
-                    position,
-                    message: content,
-                });
-                if kept.len() > rule.size {
-                    kept.pop_front();
-                }
-            }
-            if seq >= last.seq || pending == 0 {
                 break;
             }
+            kept.push_front(Kept {
+                position,
+                message: content,
+            });
+            let previous: u64 = wire::number(headers, header::PREVIOUS).unwrap_or(0);
+            if position.offset <= back_to + 1 || previous == 0 {
+                break;
+            }
+            expected -= 1;
+            message = match stream.direct_get(previous).await {
+                Ok(message) => message,
+                // Dropped: the history stops here.
+                Err(error) if error.kind() == DirectGetErrorKind::NotFound => break,
+                Err(error) => return Err(self.unavailable("read a group's history", &error)),
+            };
         }
         Ok(kept.into())
+    }
+}
+
+/// Where a group ends, from its last stored message.
+fn last_of(message: &StreamMessage) -> Last {
+    Last {
+        seq: message.sequence,
+        // Not a message of this host's making: the next starts an epoch
+        // of its own.
+        position: position_of(&message.headers).unwrap_or(Position {
+            epoch: fresh_epoch(),
+            offset: 0,
+        }),
     }
 }
 

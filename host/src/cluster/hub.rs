@@ -860,6 +860,7 @@ impl Shared {
         let mut stored = headers.clone();
         stored.insert(header::POSITION, Position::LARGEST.to_string());
         stored.insert(header::KEPT_AT, u64::MAX.to_string());
+        stored.insert(header::PREVIOUS, u64::MAX.to_string());
         stored.insert(
             async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
             u64::MAX.to_string(),

@@ -45,6 +45,9 @@ pub(super) mod header {
     /// When a stored group message was kept (milliseconds since 1970, the
     /// storing host's clock), for the `ttl` of its rule.
     pub(crate) const KEPT_AT: &str = "Wsflow-Kept-At";
+    /// The stream sequence of the stored message before this one in its
+    /// group (0: none), so a read walks back from the group's last.
+    pub(crate) const PREVIOUS: &str = "Wsflow-Previous";
     /// How many members a `members` answer may hold.
     pub(crate) const LIMIT: &str = "Wsflow-Limit";
     /// How a request went: see [`super::Outcome`].
