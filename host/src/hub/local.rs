@@ -17,7 +17,7 @@ use std::collections::hash_map::Entry;
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::future::ready;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use tokio_tungstenite::tungstenite::{Bytes, Message};
@@ -84,6 +84,9 @@ struct Member {
     /// The groups this member joined from a position through
     /// [`LocalHub::join_held`], and where each stands: see [`Seam`].
     seams: Mutex<HashMap<GroupName, Seam>>,
+    /// Whether it ever joined from a position that way: a fan-out to the
+    /// others does not take [`Member::seams`]' lock.
+    seamed: AtomicBool,
 }
 
 /// Where a member that joined a group from a position stands, when the
@@ -138,6 +141,11 @@ impl Member {
         message: &Message,
         fanout: &mut Fanout,
     ) {
+        // Set before the member joined the group (under the registry's
+        // lock, which the fan-out's snapshot was taken under).
+        if !self.seamed.load(Ordering::Relaxed) {
+            return self.offer(message, fanout);
+        }
         let mut seams = self.seams.lock().expect("not poisoned");
         match seams.get_mut(group) {
             Some(Seam::Holding(held)) if held.len() < MAX_HELD => {
@@ -302,6 +310,7 @@ impl LocalHub {
             return Ok(false);
         }
         let member = &registry.connections[&id].member;
+        member.seamed.store(true, Ordering::Relaxed);
         member
             .seams
             .lock()
@@ -486,6 +495,7 @@ impl Transport for LocalHub {
             attachment: Mutex::default(),
             dropped: AtomicU64::new(0),
             seams: Mutex::default(),
+            seamed: AtomicBool::new(false),
         });
         let attached = Attached {
             member,
