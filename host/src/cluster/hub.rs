@@ -831,8 +831,9 @@ impl Shared {
             .filter(|history| history.rule(group).is_some())
     }
 
-    /// Publish to `group`, `headers` and `payload` being what the other
-    /// hosts get.
+    /// `publish` from this host: a message of a group that keeps history
+    /// is stored first, then offered here and sent to the other hosts with
+    /// its position (see the module's documentation).
     async fn publish(
         &self,
         group: &GroupName,
