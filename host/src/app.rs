@@ -159,10 +159,12 @@ impl HostHubs {
     }
 
     fn hub(&self, spec: &AppSpec, limits: HubLimits, turns: &Lane) -> Arc<dyn Transport> {
-        let histories = Histories::new(spec.history.clone(), &spec.limits);
         match &self.cluster {
-            Some(cluster) => cluster.hub(&spec.name, limits, turns, histories),
-            None => Arc::new(LocalHub::keeping(limits, histories)),
+            Some(cluster) => cluster.hub(spec, limits, turns),
+            None => Arc::new(LocalHub::keeping(
+                limits,
+                Histories::new(spec.history.clone(), &spec.limits),
+            )),
         }
     }
 }

@@ -10,7 +10,7 @@ use wsflow_tests::{
     send_text, try_connect,
 };
 
-fn recall(name: &str, size: i64) -> Manifest {
+pub(crate) fn recall(name: &str, size: i64) -> Manifest {
     Manifest::app(name)
         .flow("recall", programs::RECALL)
         .trigger(Trigger::on_port(0).handler(toml! {
@@ -28,7 +28,7 @@ fn recall(name: &str, size: i64) -> Manifest {
 
 /// Send `command` and read until its answer (`ok ...` or `error ...`),
 /// keeping what the room delivered meanwhile in `delivered`.
-async fn ask(client: &mut Client, command: &str, delivered: &mut Vec<String>) -> String {
+pub(crate) async fn ask(client: &mut Client, command: &str, delivered: &mut Vec<String>) -> String {
     send_text(client, command).await;
     loop {
         let text = next_text(client).await;
@@ -40,7 +40,7 @@ async fn ask(client: &mut Client, command: &str, delivered: &mut Vec<String>) ->
 }
 
 /// The position in an answer `ok pos EPOCH:OFFSET`.
-fn position(answer: &str) -> String {
+pub(crate) fn position(answer: &str) -> String {
     answer
         .strip_prefix("ok pos ")
         .unwrap_or_else(|| panic!("not a position: {answer}"))
@@ -48,7 +48,7 @@ fn position(answer: &str) -> String {
 }
 
 /// The `n` of a delivered `{"pos":...,"n":N}`.
-fn number(line: &str) -> u64 {
+pub(crate) fn number(line: &str) -> u64 {
     let value: serde_json::Value =
         serde_json::from_str(line).unwrap_or_else(|error| panic!("{error}: {line}"));
     value["n"]
@@ -401,40 +401,28 @@ async fn a_backends_publish_through_the_api_is_kept_and_answered_with_its_positi
 }
 
 #[tokio::test]
-async fn in_a_cluster_each_host_keeps_what_reached_it() {
+async fn in_a_cluster_without_jetstream_kept_groups_answer_unavailable_and_others_work() {
     let Some(nats) = wsflow_tests::nats::NatsServer::start().await else {
         return;
     };
-    let app = recall("history-cluster", 100);
-    let one = TestServer::start_in_cluster(&app, &nats.url()).await;
-    let two = TestServer::start_in_cluster(&app, &nats.url()).await;
-    let on = |host: &TestServer, query: &str| {
-        format!("{}{query}", host.app_url("history-cluster", "/recall/hall"))
-    };
-    let mut ann = connect(&on(&one, "")).await;
-    let mut bob = connect(&on(&two, "")).await;
+    let app = recall("history-no-jetstream", 100);
+    let host = TestServer::start_in_cluster(&app, &nats.url()).await;
+    let mut client = connect(&host.app_url("history-no-jetstream", "/recall/hall")).await;
     let mut ignored = Vec::new();
-    // Published on host one, kept by both: each with its own position.
-    let mut at_one = Vec::new();
-    for n in 1..=3 {
-        let answer = ask(&mut ann, &format!(r#"pub {{"n":{n}}}"#), &mut ignored).await;
-        at_one.push(position(&answer));
-    }
-    let mut at_two = Vec::new();
-    for n in 1..=3 {
-        let line = next_text(&mut bob).await;
-        let value: serde_json::Value = serde_json::from_str(&line).unwrap();
-        assert_eq!(value["n"], n);
-        at_two.push(value["pos"].as_str().unwrap().to_owned());
-    }
-    assert_ne!(at_one[0].split(':').next(), at_two[0].split(':').next());
-    // Back on its own host, bob gets what he missed after his first.
-    drop(bob);
-    let mut bob = connect(&on(&two, &format!("?since={}", at_two[0]))).await;
-    assert_eq!(numbers(&mut bob, 2).await, [2, 3]);
-    assert_eq!(next_text(&mut bob).await, "recovered complete=true");
-    // On the other host his position means nothing: he is told so.
-    let mut moved = connect(&on(&one, &format!("?since={}", at_two[0]))).await;
-    assert_eq!(numbers(&mut moved, 3).await, [1, 2, 3]);
-    assert_eq!(next_text(&mut moved).await, "recovered complete=false");
+    // History is kept in JetStream only: without it, nothing is published
+    // to a kept group (no message any client could miss unseen).
+    assert_eq!(
+        ask(&mut client, r#"pub {"n":1}"#, &mut ignored).await,
+        "error unavailable"
+    );
+    assert_eq!(
+        ask(&mut client, "read - 10", &mut ignored).await,
+        "error unavailable"
+    );
+    assert!(ignored.is_empty(), "{ignored:?}");
+    // A group no [[history]] names is served as ever.
+    assert_eq!(
+        ask(&mut client, "plain lobby hi", &mut ignored).await,
+        "ok pos none"
+    );
 }

@@ -13,6 +13,7 @@ mod examples;
 mod failures;
 mod groups;
 mod history;
+mod history_cluster;
 mod hooks;
 mod keyvalue;
 mod limits;

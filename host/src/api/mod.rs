@@ -287,7 +287,7 @@ async fn answer(
         Operation::Publish { group } => {
             let message = body_message(&app.info, request).await.map_err(refused)?;
             let except = except(query.as_deref())?;
-            let fanout = publish(&app.info, &group, message, except)?;
+            let fanout = publish(&app.info, &group, message, except).await?;
             Ok(json_response(StatusCode::OK, &fanout_json(fanout)))
         }
         Operation::Close { id } => {
@@ -311,7 +311,7 @@ async fn answer(
         }
         Operation::Batch => {
             let body = body_bytes(&app.info, request).await.map_err(refused)?;
-            batch(&app.info, &body)
+            batch(&app.info, &body).await
         }
     }
 }
@@ -457,7 +457,7 @@ fn group_name(group: &str) -> Result<GroupName, Failure> {
     GroupName::parse(group).map_err(Failure::hub)
 }
 
-fn publish(
+async fn publish(
     app: &AppInfo,
     group: &str,
     message: Message,
@@ -467,6 +467,7 @@ fn publish(
     let fanout = app
         .hub
         .publish(&group, message, except)
+        .await
         .map_err(Failure::hub)?;
     count_fanout(app, fanout);
     Ok(fanout)
@@ -535,7 +536,7 @@ struct BatchItem {
 /// Publishes at most this many per batch.
 const MAX_BATCH: usize = 100;
 
-fn batch(app: &AppInfo, body: &[u8]) -> Result<Response<Full<Bytes>>, Failure> {
+async fn batch(app: &AppInfo, body: &[u8]) -> Result<Response<Full<Bytes>>, Failure> {
     let bad = |detail: String| Failure::new(StatusCode::BAD_REQUEST, "bad-body", detail);
     let items: Vec<BatchItem> = serde_json::from_slice(body).map_err(|error| {
         bad(format!(
@@ -572,16 +573,15 @@ fn batch(app: &AppInfo, body: &[u8]) -> Result<Response<Full<Bytes>>, Failure> {
         })?;
         messages.push(message);
     }
-    let results: Vec<serde_json::Value> = items
-        .iter()
-        .zip(messages)
-        .map(
-            |(item, message)| match publish(app, &item.group, message, item.except) {
+    let mut results: Vec<serde_json::Value> = Vec::with_capacity(items.len());
+    for (item, message) in items.iter().zip(messages) {
+        results.push(
+            match publish(app, &item.group, message, item.except).await {
                 Ok(fanout) => fanout_json(fanout),
                 Err(failure) => json!({ "error": failure.error, "detail": failure.detail }),
             },
-        )
-        .collect();
+        );
+    }
     Ok(json_response(
         StatusCode::OK,
         &json!({ "results": results }),

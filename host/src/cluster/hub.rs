@@ -14,6 +14,17 @@
 //! - `send_to` a connection of another host (its id names the host), and
 //!   `member_count` / `members`, are requests to the hosts of the app
 //!   ([`Directory`]) with a bounded wait ([`super::questions`]).
+//! - A group a `[[history]]` names keeps its messages in the app's
+//!   JetStream stream ([`super::history`]): a publish to it is stored
+//!   first (under the group's lock on this host, so this host's members
+//!   get its messages in position order), then offered to the members
+//!   here and sent to the other hosts with its position. A `join_from`
+//!   makes the connection a member whose live messages wait, tells the
+//!   other hosts, reads the history after the position, sends it, then
+//!   the waiting messages it did not hold, and from then on skips a live
+//!   message it was sent already ([`LocalHub::release`]): nothing lost or
+//!   doubled at the seam. Messages of different hosts reach a member in
+//!   the order they arrive, which may differ from their position order.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -27,6 +38,7 @@ use tokio_tungstenite::tungstenite::{Bytes, Message};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::directory::{Directory, HEARTBEAT};
+use super::history::{self, StreamHistory};
 use super::inbound::{FANOUT_SLICE, Inbound};
 use super::interest::Interest;
 use super::link::{Link, Outgoing, Unreachable};
@@ -36,8 +48,8 @@ use super::wire::{self, Op, Outcome, Subjects, header};
 use crate::close::Close;
 use crate::hub::{
     ConnectionId, DuplicateId, Fanout, GroupName, Histories, HistoryError, HostId, HubError,
-    HubLimits, HubResult, LocalHub, MemberInfo, Outlet, Page, Pending, Position, Transport,
-    TransportCounts,
+    HubLimits, HubResult, LocalHub, MAX_READ, MemberInfo, Outlet, Page, Pending, PendingHistory,
+    Position, Transport, TransportCounts,
 };
 use crate::manifest::spec::SlowMember;
 
@@ -84,6 +96,8 @@ pub(super) struct Shared {
     counters: Counters,
     /// Whether a message too large for the broker has been logged.
     warned_too_large: AtomicBool,
+    /// Where the groups that keep history keep it, if any does.
+    history: Option<StreamHistory>,
 }
 
 #[derive(Debug, Default)]
@@ -124,7 +138,7 @@ impl ClusterHub {
         app: &str,
         limits: HubLimits,
         turns: crate::runtime::Lane,
-        histories: Histories,
+        history: Option<StreamHistory>,
     ) -> Self {
         let stop = CancellationToken::new();
         let subjects = Subjects::new(app);
@@ -133,9 +147,8 @@ impl ClusterHub {
         let shared = Arc::new(Shared {
             app: Arc::clone(&app),
             me: link.host(),
-            // Until history is shared through JetStream, each host keeps
-            // the history of what reached it (docs/CLUSTER.md).
-            local: LocalHub::keeping(limits.clone(), histories),
+            // History is kept in JetStream ([`StreamHistory`]), not here.
+            local: LocalHub::keeping(limits.clone(), Histories::default()),
             limits,
             link: Arc::clone(link),
             lane: Lane::App(Arc::clone(&app)),
@@ -147,6 +160,7 @@ impl ClusterHub {
             questions: Questions::default(),
             counters: Counters::default(),
             warned_too_large: AtomicBool::new(false),
+            history,
         });
         if shared.limits.max_message_size.get() > link.max_payload() && link.is_connected() {
             tracing::warn!(
@@ -161,6 +175,17 @@ impl ClusterHub {
         }
         link.runtime()
             .spawn(Arc::clone(&shared).serve(stop.clone()));
+        if shared.history.is_some() {
+            // The stream is made (or brought to the app's limits) now,
+            // not at the first publish; a failure is said, and tried
+            // again by the first operation.
+            let loading = Arc::clone(&shared);
+            link.runtime().spawn(async move {
+                if let Some(history) = &loading.history {
+                    let _ = history.stream().await;
+                }
+            });
+        }
         Self {
             shared,
             _stop: stop.drop_guard(),
@@ -783,13 +808,142 @@ impl Shared {
             return;
         };
         let except = wire::number(headers, header::EXCEPT);
-        match self.local.publish(&group, content, except) {
+        if let Some(position) = history::carried(headers) {
+            let fanout = self.local.publish_kept(&group, &content, position, except);
+            self.counters.received(fanout);
+            return;
+        }
+        match self.local.publish_now(&group, content, except) {
             Ok(fanout) => self.counters.received(fanout),
             Err(error) => tracing::debug!(
                 app = &*self.app,
                 "cluster: a group message from another host was not delivered: {error}"
             ),
         }
+    }
+}
+
+impl Shared {
+    /// The app's history, if a rule of it names `group`.
+    fn history_of(&self, group: &GroupName) -> Option<&StreamHistory> {
+        self.history
+            .as_ref()
+            .filter(|history| history.rule(group).is_some())
+    }
+
+    /// `publish` from this host: a message of a group that keeps history
+    /// is stored first, then offered here and sent to the other hosts with
+    /// its position (see the module's documentation).
+    async fn publish(
+        &self,
+        group: &GroupName,
+        message: Message,
+        except: Option<ConnectionId>,
+    ) -> HubResult<Fanout> {
+        let Some((kind, payload)) = wire::split(message.clone()) else {
+            // Only data messages are published; nothing else travels.
+            return self.local.publish_now(group, message, except);
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert(header::KIND, kind);
+        headers.insert(header::GROUP, group.as_str());
+        if let Some(except) = except {
+            headers.insert(header::EXCEPT, except.to_string());
+        }
+        let Some(history) = self.history_of(group) else {
+            // Too large for the broker is too large everywhere: no member
+            // gets a message that only some hosts could deliver.
+            self.check_size(&message, &headers)?;
+            let fanout = self.local.publish_now(group, message, except)?;
+            return Ok(self.forward(group, headers, payload, fanout));
+        };
+        // As large as a position and the stream's own headers get.
+        let mut stored = headers.clone();
+        stored.insert(header::POSITION, Position::LARGEST.to_string());
+        stored.insert(header::KEPT_AT, u64::MAX.to_string());
+        stored.insert(header::PREVIOUS, u64::MAX.to_string());
+        stored.insert(
+            async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
+            u64::MAX.to_string(),
+        );
+        self.check_size(&message, &stored)?;
+        let mut tail = history.lock(group).await;
+        let (position, stamped) = history.append(group, &mut tail, message).await?;
+        let fanout = self.local.publish_kept(group, &stamped, position, except);
+        let Some((_, payload)) = wire::split(stamped) else {
+            return Ok(fanout);
+        };
+        headers.insert(header::POSITION, position.to_string());
+        Ok(self.forward(group, headers, payload, fanout))
+    }
+
+    /// Send a group message to the other hosts, unless none holds a
+    /// member of the group; `fanout` is what it did here.
+    fn forward(
+        &self,
+        group: &GroupName,
+        headers: HeaderMap,
+        payload: Bytes,
+        mut fanout: Fanout,
+    ) -> Fanout {
+        if self.link.is_connected() && !self.others_may_hold(group) {
+            // No other host holds a member: the broker would drop it.
+            return fanout;
+        }
+        let forwarded = self.link.send(
+            &self.lane,
+            Outgoing {
+                subject: self.subjects.group(group),
+                reply: None,
+                headers,
+                payload,
+            },
+        );
+        match forwarded {
+            Ok(()) => Counters::add(&self.counters.forwarded, 1),
+            Err(why) => {
+                self.refused("publish to the other hosts", why);
+                fanout.unreached = true;
+            }
+        }
+        fanout
+    }
+
+    /// See [`Transport::join_from`] and the module's documentation.
+    async fn join_from(
+        &self,
+        id: ConnectionId,
+        group: GroupName,
+        since: Position,
+    ) -> Result<bool, HistoryError> {
+        let history = self.history_of(&group).ok_or(HistoryError::NotKept)?;
+        if !self.local.join_held(id, &group)? {
+            // A member already gets every message live.
+            return Ok(true);
+        }
+        // Every host sends the group's messages here from now on.
+        let mark = self.interest.mark([group.clone()]);
+        self.settled(mark).await;
+        let sent = match history.read(&group, Some(since), MAX_READ).await {
+            Ok(page) => {
+                // A join sends at most MAX_READ messages: if more were
+                // missed, the rest is missing, and said so.
+                let newest_sent = page.entries.last().map(|kept| kept.position);
+                let cut = page.entries.len() == MAX_READ && newest_sent != Some(page.head);
+                let sent_up_to = if cut { newest_sent } else { None };
+                self.local
+                    .release(id, &group, &page.entries, sent_up_to.unwrap_or(page.head))
+                    .map(|()| page.complete && !cut)
+            }
+            Err(error) => {
+                let _ = self.local.leave(id, &group).await;
+                Err(error)
+            }
+        };
+        if sent.is_err() {
+            self.interest.mark([group]);
+        }
+        sent
     }
 }
 
@@ -843,33 +997,6 @@ impl Transport for ClusterHub {
         self.shared.local.joined(id)
     }
 
-    fn read_history(
-        &self,
-        group: &GroupName,
-        since: Option<Position>,
-        limit: usize,
-    ) -> Result<Page, HistoryError> {
-        self.shared.local.read_history(group, since, limit)
-    }
-
-    fn join_from(
-        &self,
-        id: ConnectionId,
-        group: GroupName,
-        since: Position,
-    ) -> Result<bool, HistoryError> {
-        let shared = &self.shared;
-        let joining = !shared.local.joined(id).contains(&group);
-        let complete = shared.local.join_from(id, group.clone(), since)?;
-        if joining {
-            // Not waited for: what other hosts publish before they know
-            // this host's new member reaches neither it nor this host's
-            // history.
-            shared.interest.mark([group]);
-        }
-        Ok(complete)
-    }
-
     fn set_attachment(&self, id: ConnectionId, attachment: Bytes) -> HubResult<()> {
         self.shared.local.set_attachment(id, attachment)
     }
@@ -883,43 +1010,38 @@ impl Transport for ClusterHub {
         group: &GroupName,
         message: Message,
         except: Option<ConnectionId>,
-    ) -> HubResult<Fanout> {
-        let shared = &self.shared;
-        let Some((kind, payload)) = wire::split(message.clone()) else {
-            // Only data messages are published; nothing else travels.
-            return shared.local.publish(group, message, except);
-        };
-        let mut headers = HeaderMap::new();
-        headers.insert(header::KIND, kind);
-        headers.insert(header::GROUP, group.as_str());
-        if let Some(except) = except {
-            headers.insert(header::EXCEPT, except.to_string());
-        }
-        // Too large for the broker is too large everywhere: no member gets
-        // a message that only some hosts could deliver.
-        shared.check_size(&message, &headers)?;
-        let mut fanout = shared.local.publish(group, message, except)?;
-        if shared.link.is_connected() && !shared.others_may_hold(group) {
-            // No other host holds a member: the broker would drop it.
-            return Ok(fanout);
-        }
-        let forwarded = shared.link.send(
-            &shared.lane,
-            Outgoing {
-                subject: shared.subjects.group(group),
-                reply: None,
-                headers,
-                payload,
-            },
-        );
-        match forwarded {
-            Ok(()) => Counters::add(&shared.counters.forwarded, 1),
-            Err(why) => {
-                shared.refused("publish to the other hosts", why);
-                fanout.unreached = true;
-            }
-        }
-        Ok(fanout)
+    ) -> Pending<'_, Fanout> {
+        let group = group.clone();
+        Box::pin(async move { self.shared.publish(&group, message, except).await })
+    }
+
+    fn keeps(&self, group: &GroupName) -> bool {
+        self.shared.history_of(group).is_some()
+    }
+
+    fn read_history(
+        &self,
+        group: &GroupName,
+        since: Option<Position>,
+        limit: usize,
+    ) -> PendingHistory<'_, Page> {
+        let group = group.clone();
+        Box::pin(async move {
+            let history = self
+                .shared
+                .history_of(&group)
+                .ok_or(HistoryError::NotKept)?;
+            history.read(&group, since, limit).await
+        })
+    }
+
+    fn join_from(
+        &self,
+        id: ConnectionId,
+        group: GroupName,
+        since: Position,
+    ) -> PendingHistory<'_, bool> {
+        Box::pin(async move { self.shared.join_from(id, group, since).await })
     }
 
     fn send_to(&self, id: ConnectionId, message: Message) -> Pending<'_, Fanout> {

@@ -26,6 +26,7 @@
 //! hosts answer `unavailable` meanwhile.
 
 mod directory;
+mod history;
 mod hub;
 mod inbound;
 mod interest;
@@ -238,21 +239,30 @@ impl Cluster {
         async_nats::jetstream::new(self.link.client().clone())
     }
 
-    /// The hub of app `app` on this host, reaching its other hosts; what
-    /// it does for the app's members runs in the app's `turns`.
+    /// The hub of app `spec` on this host, reaching its other hosts; what
+    /// it does for the app's members runs in the app's `turns`. The groups
+    /// its `[[history]]` names keep their history in the cluster's
+    /// JetStream ([`history`]).
     pub(crate) fn hub(
         &self,
-        app: &str,
+        spec: &crate::manifest::spec::AppSpec,
         limits: HubLimits,
         turns: &crate::runtime::Lane,
-        histories: crate::hub::Histories,
     ) -> Arc<dyn Transport> {
+        let history = (!spec.history.is_empty()).then(|| {
+            history::StreamHistory::new(
+                &spec.name,
+                spec.history.clone(),
+                &spec.limits,
+                self.jetstream(),
+            )
+        });
         Arc::new(hub::ClusterHub::new(
             &self.link,
-            app,
+            &spec.name,
             limits,
             turns.clone(),
-            histories,
+            history,
         ))
     }
 }

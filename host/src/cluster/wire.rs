@@ -38,6 +38,16 @@ pub(super) mod header {
     pub(crate) const CODE: &str = "Wsflow-Code";
     /// The group a publish, a `count` or a `members` request is about.
     pub(crate) const GROUP: &str = "Wsflow-Group";
+    /// A group message's position in its group's history (`EPOCH:OFFSET`,
+    /// the epoch in hex), on a stored message and on its copy for other
+    /// hosts.
+    pub(crate) const POSITION: &str = "Wsflow-Position";
+    /// When a stored group message was kept (milliseconds since 1970, the
+    /// storing host's clock), for the `ttl` of its rule.
+    pub(crate) const KEPT_AT: &str = "Wsflow-Kept-At";
+    /// The stream sequence of the stored message before this one in its
+    /// group (0: none), so a read walks back from the group's last.
+    pub(crate) const PREVIOUS: &str = "Wsflow-Previous";
     /// How many members a `members` answer may hold.
     pub(crate) const LIMIT: &str = "Wsflow-Limit";
     /// How a request went: see [`super::Outcome`].

@@ -42,6 +42,14 @@ pub(crate) struct Position {
     pub(crate) offset: u64,
 }
 
+impl Position {
+    /// The position whose text is the longest, for size checks.
+    pub(crate) const LARGEST: Self = Self {
+        epoch: u64::MAX,
+        offset: u64::MAX,
+    };
+}
+
 impl fmt::Display for Position {
     /// `EPOCH:OFFSET`, the epoch in hex: what `position_field` adds.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -109,6 +117,13 @@ impl Histories {
         self.groups.lock().expect("not poisoned").len()
     }
 
+    /// Whether a rule names `group`.
+    pub(crate) fn names(&self, group: &GroupName) -> bool {
+        self.rules
+            .iter()
+            .any(|rule| rule.groups.matches(group.as_str()))
+    }
+
     /// The history of `group`, made on first use; `None` if no rule
     /// names it.
     pub(crate) fn of(&self, group: &GroupName) -> Option<Arc<Mutex<GroupHistory>>> {
@@ -157,6 +172,44 @@ fn drop_least_recent(groups: &mut HashMap<GroupName, Arc<Mutex<GroupHistory>>>) 
         && let Some(history) = groups.remove(&name)
     {
         history.lock().expect("not poisoned").forget();
+    }
+}
+
+/// A fresh epoch, never 0: random, so no host, before or after a restart,
+/// makes the same one.
+pub(crate) fn fresh_epoch() -> u64 {
+    static EPOCHS: std::sync::OnceLock<EpochSource> = std::sync::OnceLock::new();
+    EPOCHS.get_or_init(EpochSource::default).next()
+}
+
+/// The page of a read after `since` (the newest `limit` without it) of a
+/// history whose kept messages are `entries`, oldest first, all of the
+/// epoch of `head` with consecutive offsets ending at most at `head`.
+pub(crate) fn page_of(
+    entries: Vec<Kept>,
+    head: Position,
+    since: Option<Position>,
+    limit: usize,
+) -> Page {
+    let limit = limit.min(MAX_READ);
+    let first = entries
+        .first()
+        .map_or(head.offset + 1, |kept| kept.position.offset);
+    let (skip, complete) = match since {
+        None => (entries.len().saturating_sub(limit), true),
+        Some(since)
+            if since.epoch == head.epoch
+                && (first.saturating_sub(1)..=head.offset).contains(&since.offset) =>
+        {
+            let skip = usize::try_from(since.offset + 1 - first).unwrap_or(usize::MAX);
+            (skip, true)
+        }
+        Some(_) => (0, false),
+    };
+    Page {
+        entries: entries.into_iter().skip(skip).take(limit).collect(),
+        complete,
+        head,
     }
 }
 
@@ -347,7 +400,7 @@ pub(crate) fn lock(history: &Mutex<GroupHistory>) -> MutexGuard<'_, GroupHistory
 
 /// `message` with `"FIELD":"POSITION"` added first, if it is a text
 /// message holding a JSON object; other messages as they are.
-fn stamp(message: Message, field: &str, position: Position) -> Message {
+pub(crate) fn stamp(message: Message, field: &str, position: Position) -> Message {
     let Message::Text(text) = &message else {
         return message;
     };
@@ -505,6 +558,43 @@ mod tests {
         assert!(!lock(&again).read(Some(position), 10).complete);
         drop((first, again));
         assert!(histories.bytes() <= 3 * (3 + ENTRY_OVERHEAD));
+    }
+
+    #[test]
+    fn a_page_of_kept_entries_reaches_back_exactly_as_far_as_they_go() {
+        let head = Position {
+            epoch: 5,
+            offset: 7,
+        };
+        let entries = |from: u64| -> Vec<Kept> {
+            (from..=7)
+                .map(|offset| Kept {
+                    position: Position { epoch: 5, offset },
+                    message: Message::text(format!("m{offset}")),
+                })
+                .collect()
+        };
+        let at = |offset| Some(Position { epoch: 5, offset });
+        let page = page_of(entries(4), head, at(3), 10);
+        assert!(page.complete);
+        assert_eq!(texts(&page), ["m4", "m5", "m6", "m7"]);
+        assert!(!page_of(entries(4), head, at(2), 10).complete);
+        assert!(!page_of(entries(4), head, at(8), 10).complete);
+        let stranger = Some(Position {
+            epoch: 6,
+            offset: 5,
+        });
+        assert!(!page_of(entries(4), head, stranger, 10).complete);
+        assert_eq!(texts(&page_of(entries(4), head, None, 2)), ["m6", "m7"]);
+        // Nothing kept at all: only "before anything" reaches back.
+        let nothing = page_of(
+            Vec::new(),
+            Position::default(),
+            Some(Position::default()),
+            10,
+        );
+        assert!(nothing.complete && nothing.entries.is_empty());
+        assert!(!page_of(Vec::new(), Position::default(), at(3), 10).complete);
     }
 
     #[test]

@@ -17,15 +17,15 @@ use std::collections::hash_map::Entry;
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::future::ready;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use tokio_tungstenite::tungstenite::{Bytes, Message};
 
-use super::history::{self, Histories};
+use super::history::{self, Histories, Kept};
 use super::{
     ConnectionId, Delivery, DuplicateId, Fanout, GroupName, HistoryError, HubError, HubLimits,
-    HubResult, MemberInfo, Outlet, Page, Pending, Position, Transport,
+    HubResult, MemberInfo, Outlet, Page, Pending, PendingHistory, Position, Transport,
 };
 use crate::close::Close;
 use crate::manifest::spec::SlowMember;
@@ -81,7 +81,29 @@ struct Member {
     attachment: Mutex<Bytes>,
     /// Messages not queued for this member because its queue was full.
     dropped: AtomicU64,
+    /// The groups this member joined from a position through
+    /// [`LocalHub::join_held`], and where each stands: see [`Seam`].
+    seams: Mutex<HashMap<GroupName, Seam>>,
+    /// Whether it ever joined from a position that way: a fan-out to the
+    /// others does not take [`Member::seams`]' lock.
+    seamed: AtomicBool,
 }
+
+/// Where a member that joined a group from a position stands, when the
+/// history is read from elsewhere (a cluster's broker) and the group's
+/// live messages may arrive before or after the read, in any order.
+#[derive(Debug)]
+enum Seam {
+    /// Its history is being read: live messages wait here.
+    Holding(Vec<(Position, Message)>),
+    /// It was sent the history up to this position: a live message at or
+    /// before it (of its epoch) is not sent again.
+    After(Position),
+}
+
+/// The most live messages a member waits with while its history is read;
+/// beyond, they are dropped for it (counted as for a full queue).
+const MAX_HELD: usize = 10_000;
 
 impl Member {
     /// Offer `message`; a full queue is handled by the member's policy.
@@ -108,6 +130,36 @@ impl Member {
 
     fn is_open(&self) -> bool {
         !self.outlet.is_closed()
+    }
+
+    /// Offer `message`, kept at `position` in `group`'s history, unless the
+    /// member waits for its history or was sent it already.
+    fn offer_kept(
+        &self,
+        group: &GroupName,
+        position: Position,
+        message: &Message,
+        fanout: &mut Fanout,
+    ) {
+        // Set before the member joined the group (under the registry's
+        // lock, which the fan-out's snapshot was taken under).
+        if !self.seamed.load(Ordering::Relaxed) {
+            return self.offer(message, fanout);
+        }
+        let mut seams = self.seams.lock().expect("not poisoned");
+        match seams.get_mut(group) {
+            Some(Seam::Holding(held)) if held.len() < MAX_HELD => {
+                held.push((position, message.clone()));
+                fanout.delivered += 1;
+            }
+            Some(Seam::Holding(_)) => {
+                fanout.dropped += 1;
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+            Some(Seam::After(sent))
+                if sent.epoch == position.epoch && position.offset <= sent.offset => {}
+            _ => self.offer(message, fanout),
+        }
     }
 }
 
@@ -205,6 +257,108 @@ impl LocalHub {
         Ok(page.complete)
     }
 
+    /// `publish` on this host, at once.
+    pub(crate) fn publish_now(
+        &self,
+        group: &GroupName,
+        message: Message,
+        except: Option<ConnectionId>,
+    ) -> HubResult<Fanout> {
+        self.check_size(&message)?;
+        let Some(history) = self.histories.of(group) else {
+            return Ok(self.fan_out(group, &message, except));
+        };
+        // Kept and offered under the group's history lock: members get
+        // the group's messages in position order.
+        let mut history = history::lock(&history);
+        let (position, message) = history.keep(message);
+        let mut fanout = self.fan_out(group, &message, except);
+        fanout.position = Some(position);
+        Ok(fanout)
+    }
+
+    /// Offer `message`, kept elsewhere at `position` in `group`'s history,
+    /// to the members of `group` but `except`: a member that joined from
+    /// a position gets it once, after its history ([`LocalHub::release`]).
+    pub(crate) fn publish_kept(
+        &self,
+        group: &GroupName,
+        message: &Message,
+        position: Position,
+        except: Option<ConnectionId>,
+    ) -> Fanout {
+        let mut fanout = Fanout {
+            position: Some(position),
+            ..Fanout::default()
+        };
+        if let Some(members) = self.snapshot(group) {
+            for (id, member) in members.iter() {
+                if Some(*id) != except {
+                    member.offer_kept(group, position, message, &mut fanout);
+                }
+            }
+        }
+        fanout
+    }
+
+    /// Make connection `id` a member of `group` whose live messages wait
+    /// until its history, read elsewhere, is sent ([`LocalHub::release`]).
+    /// `false` if it is a member already (it gets every message live).
+    pub(crate) fn join_held(&self, id: ConnectionId, group: &GroupName) -> HubResult<bool> {
+        let mut registry = self.write();
+        if !self.admit(&registry, id, group)? {
+            return Ok(false);
+        }
+        let member = &registry.connections[&id].member;
+        member.seamed.store(true, Ordering::Relaxed);
+        member
+            .seams
+            .lock()
+            .expect("not poisoned")
+            .insert(group.clone(), Seam::Holding(Vec::new()));
+        insert(&mut registry, id, group.clone());
+        Ok(true)
+    }
+
+    /// Send member `id` of `group` its history `entries` (read up to
+    /// `head`), then the live messages that waited and were not in it;
+    /// from now on a live message at or before `head` is not sent again.
+    /// If its queue cannot take them, it leaves the group.
+    pub(crate) fn release(
+        &self,
+        id: ConnectionId,
+        group: &GroupName,
+        entries: &[Kept],
+        head: Position,
+    ) -> Result<(), HistoryError> {
+        let member = self.member(id)?;
+        let sent = {
+            let mut seams = member.seams.lock().expect("not poisoned");
+            let held = match seams.insert(group.clone(), Seam::After(head)) {
+                Some(Seam::Holding(held)) => held,
+                _ => Vec::new(),
+            };
+            let newer = held.into_iter().filter(|(position, _)| {
+                position.epoch != head.epoch || position.offset > head.offset
+            });
+            let history = entries
+                .iter()
+                .map(|kept| (kept.position, kept.message.clone()));
+            history.chain(newer).try_for_each(|(_, message)| {
+                match member.outlet.try_send(message) {
+                    // As live: a member's own trigger may carry less.
+                    Delivery::Queued | Delivery::TooLarge => Ok(()),
+                    Delivery::Closed => Err(HistoryError::Hub(HubError::Closed)),
+                    Delivery::Full => Err(HistoryError::QueueFull),
+                }
+            })
+        };
+        if sent.is_err() {
+            let _ = self.leave_now(id, group);
+        }
+        sent
+    }
+
     /// The members of `group` but `except` offered `message`.
     fn fan_out(
         &self,
@@ -230,6 +384,12 @@ impl LocalHub {
             .get_mut(&id)
             .ok_or(HubError::NotFound)?;
         if attached.groups.remove(group) {
+            attached
+                .member
+                .seams
+                .lock()
+                .expect("not poisoned")
+                .remove(group);
             remove_member(&mut registry.groups, group, id);
         }
         Ok(())
@@ -334,6 +494,8 @@ impl Transport for LocalHub {
             policy,
             attachment: Mutex::default(),
             dropped: AtomicU64::new(0),
+            seams: Mutex::default(),
+            seamed: AtomicBool::new(false),
         });
         let attached = Attached {
             member,
@@ -395,18 +557,8 @@ impl Transport for LocalHub {
         group: &GroupName,
         message: Message,
         except: Option<ConnectionId>,
-    ) -> HubResult<Fanout> {
-        self.check_size(&message)?;
-        let Some(history) = self.histories.of(group) else {
-            return Ok(self.fan_out(group, &message, except));
-        };
-        // Kept and offered under the group's history lock: members get
-        // the group's messages in position order.
-        let mut history = history::lock(&history);
-        let (position, message) = history.keep(message);
-        let mut fanout = self.fan_out(group, &message, except);
-        fanout.position = Some(position);
-        Ok(fanout)
+    ) -> Pending<'_, Fanout> {
+        Box::pin(ready(self.publish_now(group, message, except)))
     }
 
     fn send_to(&self, id: ConnectionId, message: Message) -> Pending<'_, Fanout> {
@@ -433,15 +585,22 @@ impl Transport for LocalHub {
         }
     }
 
+    fn keeps(&self, group: &GroupName) -> bool {
+        self.histories.names(group)
+    }
+
     fn read_history(
         &self,
         group: &GroupName,
         since: Option<Position>,
         limit: usize,
-    ) -> Result<Page, HistoryError> {
-        let history = self.histories.of(group).ok_or(HistoryError::NotKept)?;
-        let page = history::lock(&history).read(since, limit);
-        Ok(page)
+    ) -> PendingHistory<'_, Page> {
+        let page = self
+            .histories
+            .of(group)
+            .map(|history| history::lock(&history).read(since, limit))
+            .ok_or(HistoryError::NotKept);
+        Box::pin(ready(page))
     }
 
     fn join_from(
@@ -449,8 +608,8 @@ impl Transport for LocalHub {
         id: ConnectionId,
         group: GroupName,
         since: Position,
-    ) -> Result<bool, HistoryError> {
-        self.join_from_now(id, group, since)
+    ) -> PendingHistory<'_, bool> {
+        Box::pin(ready(self.join_from_now(id, group, since)))
     }
 }
 
@@ -572,7 +731,7 @@ mod tests {
         }
         for n in 0..3 {
             let fanout = hub
-                .publish(&group("room"), Message::text(format!("m{n}")), Some(1))
+                .publish_now(&group("room"), Message::text(format!("m{n}")), Some(1))
                 .unwrap();
             assert_eq!(fanout.delivered, 2);
         }
@@ -595,7 +754,7 @@ mod tests {
             unreachable!()
         };
         let original = original.as_ptr();
-        hub.publish(&group("room"), message, None).unwrap();
+        hub.publish_now(&group("room"), message, None).unwrap();
         for probe in &probes {
             match &probe.queued.lock().unwrap()[0] {
                 Message::Binary(bytes) => assert_eq!(bytes.as_ptr(), original),
@@ -619,7 +778,7 @@ mod tests {
         let mut total = Fanout::default();
         for n in 0..5 {
             let fanout = hub
-                .publish(&group("room"), Message::text(format!("m{n}")), None)
+                .publish_now(&group("room"), Message::text(format!("m{n}")), None)
                 .unwrap();
             total.delivered += fanout.delivered;
             total.dropped += fanout.dropped;
@@ -658,12 +817,12 @@ mod tests {
             })
             .collect();
         let first = hub
-            .publish(&group("all"), Message::text("first"), None)
+            .publish_now(&group("all"), Message::text("first"), None)
             .unwrap();
         assert_eq!(first.delivered, 10_000);
         // Every queue is full now: nothing to wait for, each is a drop.
         let second = hub
-            .publish(&group("all"), Message::text("second"), None)
+            .publish_now(&group("all"), Message::text("second"), None)
             .unwrap();
         assert_eq!((second.delivered, second.dropped), (0, 10_000));
         assert!(probes.iter().all(|probe| probe.texts() == ["first"]));
@@ -684,7 +843,7 @@ mod tests {
         assert_eq!(join(&hub, 4, "a"), Err(HubError::GroupFull));
         assert_eq!(join(&hub, 99, "a"), Err(HubError::NotFound));
         assert_eq!(
-            hub.publish(&group("a"), Message::text("x".repeat(65)), None),
+            hub.publish_now(&group("a"), Message::text("x".repeat(65)), None),
             Err(HubError::TooLarge)
         );
         assert_eq!(
@@ -701,7 +860,7 @@ mod tests {
         );
         // A publish to a group nobody joined reaches nobody.
         assert_eq!(
-            hub.publish(&group("empty"), Message::text("hi"), None),
+            hub.publish_now(&group("empty"), Message::text("hi"), None),
             Ok(Fanout::default())
         );
     }
@@ -806,7 +965,7 @@ mod tests {
         join(&hub, 3, "room").unwrap();
         let publisher = {
             let hub = Arc::clone(&hub);
-            std::thread::spawn(move || hub.publish(&group("room"), Message::text("hi"), None))
+            std::thread::spawn(move || hub.publish_now(&group("room"), Message::text("hi"), None))
         };
         // The fan-out is at its first member, and waits there.
         entered.recv().unwrap();
@@ -871,23 +1030,84 @@ mod tests {
         join(&hub, 1, "a").unwrap();
         join(&hub, 2, "a").unwrap();
         let fanout = hub
-            .publish(&group("a"), Message::text("hello"), None)
+            .publish_now(&group("a"), Message::text("hello"), None)
             .unwrap();
         assert_eq!((fanout.delivered, fanout.too_large), (1, 1));
         assert_eq!(
             hub.send_to_now(1, Message::text("hello")),
             Err(HubError::TooLarge)
         );
-        hub.publish(&group("a"), Message::text("hi"), None).unwrap();
+        hub.publish_now(&group("a"), Message::text("hi"), None)
+            .unwrap();
         assert_eq!(small.texts(), ["hi"]);
         assert!(!small.closed.load(Ordering::Acquire));
         assert_eq!(large.texts(), ["hello", "hi"]);
         // The app's largest is checked before any member.
         hub.limits.max_message_size.set(4);
         assert_eq!(
-            hub.publish(&group("a"), Message::text("hello"), None),
+            hub.publish_now(&group("a"), Message::text("hello"), None),
             Err(HubError::TooLarge)
         );
+    }
+
+    #[test]
+    fn a_member_joined_from_a_position_gets_each_message_once_after_its_history() {
+        let hub = LocalHub::new(limits());
+        let other = attach(&hub, 1, 100, SlowMember::Close);
+        let joiner = attach(&hub, 2, 100, SlowMember::Close);
+        join(&hub, 1, "room").unwrap();
+        let at = |offset| Position { epoch: 9, offset };
+        let kept = |offset: u64| Kept {
+            position: at(offset),
+            message: Message::text(format!("m{offset}")),
+        };
+        let live = |offset: u64| {
+            hub.publish_kept(
+                &group("room"),
+                &Message::text(format!("m{offset}")),
+                at(offset),
+                None,
+            )
+        };
+        assert!(hub.join_held(2, &group("room")).unwrap());
+        assert!(!hub.join_held(2, &group("room")).unwrap());
+        // While its history (m1..m3) is read elsewhere, m3 and m4 arrive
+        // live: they wait; the other member gets them at once.
+        live(3);
+        live(4);
+        assert!(joiner.texts().is_empty());
+        assert_eq!(other.texts(), ["m3", "m4"]);
+        hub.release(2, &group("room"), &[kept(1), kept(2), kept(3)], at(3))
+            .unwrap();
+        assert_eq!(joiner.texts(), ["m1", "m2", "m3", "m4"]);
+        // A late copy of a message it was sent is not sent again.
+        live(2);
+        live(5);
+        assert_eq!(joiner.texts(), ["m1", "m2", "m3", "m4", "m5"]);
+        // After leaving and joining again, messages are live as usual.
+        hub.leave_now(2, &group("room")).unwrap();
+        join(&hub, 2, "room").unwrap();
+        live(1);
+        assert_eq!(joiner.texts().last().unwrap(), "m1");
+    }
+
+    #[test]
+    fn a_member_whose_queue_cannot_take_its_history_leaves_the_group() {
+        let hub = LocalHub::new(limits());
+        let _joiner = attach(&hub, 2, 1, SlowMember::Close);
+        let at = |offset| Position { epoch: 9, offset };
+        let kept: Vec<Kept> = (1..=2)
+            .map(|offset| Kept {
+                position: at(offset),
+                message: Message::text("m"),
+            })
+            .collect();
+        assert!(hub.join_held(2, &group("room")).unwrap());
+        assert_eq!(
+            hub.release(2, &group("room"), &kept, at(2)),
+            Err(HistoryError::QueueFull)
+        );
+        assert!(hub.joined(2).is_empty());
     }
 
     /// Takes every message and keeps none: a member that reads at once.
@@ -951,7 +1171,7 @@ mod tests {
             async move {
                 let mut published = 0u64;
                 while !stop.load(Ordering::Relaxed) {
-                    hub.publish(&group("all"), Message::text("tick"), None)
+                    hub.publish_now(&group("all"), Message::text("tick"), None)
                         .unwrap();
                     published += 1;
                     tokio::task::yield_now().await;

@@ -20,8 +20,9 @@
 //! subject scoped by app, subscribes where the local hub has members, and
 //! answers counts and listings across hosts. Connection ids name their
 //! host ([`ConnectionIds`]). The operations that may need a round trip to
-//! other hosts therefore return a future ([`Pending`]); `publish` never
-//! waits, on any transport.
+//! other hosts therefore return a future ([`Pending`]). A `publish` never
+//! waits for members; in a cluster, a publish to a group that keeps
+//! history waits for the broker to store it (it needs the position).
 
 mod history;
 mod ids;
@@ -39,7 +40,7 @@ use tokio_tungstenite::tungstenite::{Bytes, Message};
 use crate::close::Close;
 use crate::manifest::spec::{AppLimits, SlowMember};
 
-pub(crate) use history::{Histories, Kept, MAX_READ, Page, Position};
+pub(crate) use history::{Histories, Kept, MAX_READ, Page, Position, fresh_epoch, page_of, stamp};
 pub(crate) use ids::{ConnectionIds, HostId};
 pub(crate) use local::LocalHub;
 pub(crate) use name::GroupName;
@@ -90,6 +91,11 @@ pub(crate) enum HistoryError {
 /// The answer of an operation that a cluster transport may have to ask
 /// other hosts for. A local hub answers at once.
 pub(crate) type Pending<'a, T> = Pin<Box<dyn Future<Output = HubResult<T>> + Send + 'a>>;
+
+/// The answer of a history operation, which a cluster transport reads
+/// from the broker.
+pub(crate) type PendingHistory<'a, T> =
+    Pin<Box<dyn Future<Output = Result<T, HistoryError>> + Send + 'a>>;
 
 /// What a message did on its way to the members it was for.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -243,14 +249,15 @@ pub(crate) trait Transport: Send + Sync + fmt::Debug {
     fn attachment(&self, id: ConnectionId) -> HubResult<Bytes>;
 
     /// Offer `message` to every member of `group` but `except`. Never
-    /// waits: a cluster transport hands the message to its broker
-    /// connection's own queue.
+    /// waits for a member: a cluster transport hands the message to its
+    /// broker connection's own queue. A group that keeps history keeps it
+    /// first: in a cluster that waits for the broker to store it.
     fn publish(
         &self,
         group: &GroupName,
         message: Message,
         except: Option<ConnectionId>,
-    ) -> HubResult<Fanout>;
+    ) -> Pending<'_, Fanout>;
 
     fn send_to(&self, id: ConnectionId, message: Message) -> Pending<'_, Fanout>;
 
@@ -262,6 +269,12 @@ pub(crate) trait Transport: Send + Sync + fmt::Debug {
     /// The members of `group` in id order; `TooManyToList` beyond `limit`.
     fn members(&self, group: &GroupName, limit: usize) -> Pending<'_, Vec<MemberInfo>>;
 
+    /// Whether `group` keeps history: a `[[history]]` of the app names it.
+    fn keeps(&self, group: &GroupName) -> bool {
+        let _ = group;
+        false
+    }
+
     /// `group`'s kept messages after `since` (the newest without it), at
     /// most `limit`.
     fn read_history(
@@ -269,9 +282,9 @@ pub(crate) trait Transport: Send + Sync + fmt::Debug {
         group: &GroupName,
         since: Option<Position>,
         limit: usize,
-    ) -> Result<Page, HistoryError> {
+    ) -> PendingHistory<'_, Page> {
         let _ = (group, since, limit);
-        Err(HistoryError::NotKept)
+        Box::pin(std::future::ready(Err(HistoryError::NotKept)))
     }
 
     /// Join `group` after sending connection `id` the group's kept
@@ -282,9 +295,9 @@ pub(crate) trait Transport: Send + Sync + fmt::Debug {
         id: ConnectionId,
         group: GroupName,
         since: Position,
-    ) -> Result<bool, HistoryError> {
+    ) -> PendingHistory<'_, bool> {
         let _ = (id, group, since);
-        Err(HistoryError::NotKept)
+        Box::pin(std::future::ready(Err(HistoryError::NotKept)))
     }
 
     /// What the transport counted on its own; a local hub counts nothing
@@ -361,7 +374,7 @@ impl Membership {
             }
         }
         for (group, since) in from {
-            self.hub.join_from(self.id, group, since)?;
+            self.hub.join_from(self.id, group, since).await?;
         }
         Ok(())
     }

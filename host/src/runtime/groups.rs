@@ -171,7 +171,7 @@ impl wit::Host for FlowCtx {
         };
         // Encoded once; every member's queue gets a reference to it.
         let message = into_ws_message(msg);
-        let fanout = match self.app.hub.publish(&group, message, except) {
+        let fanout = match self.app.hub.publish(&group, message, except).await {
             Ok(fanout) => fanout,
             Err(error) => return Ok(Err(error.into())),
         };

@@ -127,7 +127,12 @@ impl wit::Host for FlowCtx {
             Ok(group) => group,
             Err(error) => return Ok(Err(error)),
         };
-        let fanout = match self.app.hub.publish(&group, into_ws_message(msg), except) {
+        let fanout = match self
+            .app
+            .hub
+            .publish(&group, into_ws_message(msg), except)
+            .await
+        {
             Ok(fanout) => fanout,
             Err(error) => return Ok(Err(error.into())),
         };
@@ -154,6 +159,7 @@ impl wit::Host for FlowCtx {
             .app
             .hub
             .read_history(&group, since.map(from_wit), limit)
+            .await
         {
             Ok(page) => page,
             Err(error) => return Ok(Err(error.into())),
@@ -179,6 +185,7 @@ impl wit::Host for FlowCtx {
         let hub = Arc::clone(&self.app.hub);
         Ok(hub
             .join_from(id, group, from_wit(since))
+            .await
             .map_err(Into::into))
     }
 }
@@ -218,8 +225,8 @@ impl opening::Host for FlowCtx {
         };
         // A group that keeps no history is the flow's mistake now, not
         // the connection's failure later.
-        if let Err(error) = self.app.hub.read_history(&group, None, 0) {
-            return Ok(Err(error.into()));
+        if !self.app.hub.keeps(&group) {
+            return Ok(Err(HistoryError::NotKept));
         }
         let start = self.opening.0.as_mut().expect("checked above");
         let since = from_wit(since);
