@@ -757,26 +757,9 @@ history() {
     stop_server
     fanout_table "$pacing" "vs without" "$plain_rate"
 
-    cat >"$WORK/recall.toml" <<EOF
-[app]
-name = "recall"
-
-[flows.recall]
-component = "$WASM/test_recall.wasm"
-
-[[triggers]]
-port = 0
-
-[[triggers.handlers]]
-path = "/recall/{room}"
-flow = "recall"
-on_connect = "recall"
-
-[[history]]
-groups = "room:*"
-size = 1000
-position_field = "pos"
-EOF
+    # The recall test program, its rooms keeping history.
+    write_manifest "$WORK/recall.toml" "$WASM/test_recall.wasm" '/recall/{room}' data \
+        'on_connect = "bench"' "$(printf '[[history]]\ngroups = "room:*"\nsize = 1000\nposition_field = "pos"')"
     start_server wsflow 'listening on' "$wsflow" up "$WORK/recall.toml"
     echo
     echo "== recovery: reconnect with ?since= ($(listening_url))"
