@@ -749,3 +749,51 @@ async fn without_a_token_the_chat_is_not_on_the_api() {
     .await;
     assert_eq!(refused.status, 401, "{}", refused.body);
 }
+
+#[tokio::test]
+async fn a_room_of_large_lines_still_lets_newcomers_and_returning_clients_in() {
+    let server = TestServer::start(&chat(&[])).await;
+    let (mut ann, _topic, _recent) = join_reading(&server, "lobby", "ann").await;
+    let bob = join(&server, "lobby", "bob").await;
+    drop(bob);
+    // Four lines of 300 kB: more than a connection's outbound queue (1 MiB)
+    // holds together.
+    let big = |n: usize| format!("{n}{}", "x".repeat(300_000));
+    for n in 1..=4 {
+        send_text(&mut ann, &big(n)).await;
+    }
+    assert_eq!(ask(&mut ann, "/stats").await, stats(4));
+
+    // A newcomer gets the newest lines that fit well within its queue.
+    let (mut cid, _topic, recent) = join_reading(&server, "lobby", "cid").await;
+    let recent: Vec<Value> = recent.into_iter().map(without_position).collect();
+    assert_eq!(recent, [said("ann", &big(4))]);
+    send_text(&mut ann, "small").await;
+    assert_eq!(next_said(&mut cid).await, said("ann", "small"));
+
+    // A client back from before them gets the newest that fit, and is
+    // told that it missed some.
+    let url = server.app_url("chat", "/chat/lobby?name=dan");
+    let mut dan = connect(&url).await;
+    let mut since = None;
+    while since.is_none() {
+        let line = next_json(&mut dan).await;
+        if line["type"] == "joined" && line["name"] == "dan" {
+            since = line["pos"].as_str().map(str::to_owned);
+        }
+    }
+    drop(dan);
+    for n in 5..=7 {
+        send_text(&mut ann, &big(n)).await;
+    }
+    assert_eq!(ask(&mut ann, "/stats").await, stats(8));
+    let (mut dan, _topic) = come_back(&server, "lobby", "dan", &since.unwrap()).await;
+    let missed = without_position(next_json(&mut dan).await);
+    assert_eq!(missed, said("ann", &big(7)));
+    assert_eq!(
+        next_json(&mut dan).await,
+        json!({ "type": "recovered", "complete": false })
+    );
+    send_text(&mut ann, "after").await;
+    assert_eq!(next_said(&mut dan).await, said("ann", "after"));
+}

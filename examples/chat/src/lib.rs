@@ -32,8 +32,10 @@
 //! the room no longer has everything after POS (more than 100 lines
 //! missed, older than 10 minutes, the host restarted, or another host of a
 //! cluster, each of which keeps its own history for now), it gets what the
-//! room still has and `"complete":false`. A `since` that is not a position
-//! is refused with 400.
+//! room still has and `"complete":false`. What a connection gets of the
+//! room as it opens is at most 512 KiB, the newest lines that fit (half
+//! its outbound queue): beyond, `"complete":false` too. A `since` that is
+//! not a position is refused with 400.
 //!
 //! Who is told what: a newcomer (no `since`) is announced with `joined`. A
 //! client back with `since` is not: the room was not told it left. `left`
@@ -81,10 +83,10 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use wsflow_sdk::history::{self, HistoryError, Position};
+use wsflow_sdk::history::{self, Entry, HistoryError, Position};
 use wsflow_sdk::kv::{KvError, Store};
 use wsflow_sdk::lifecycle::{Closed, ConnectRequest, Decision};
-use wsflow_sdk::{Connection, Event, Flow, groups, http, log, opening};
+use wsflow_sdk::{Connection, Event, Flow, Message, groups, http, log, opening};
 
 struct Chat;
 
@@ -105,6 +107,11 @@ const RECENT: u32 = 50;
 /// room keeps 100: `[[history]] size`); the host sends it any newer ones
 /// as it joins.
 const MISSED: u32 = 100;
+
+/// The most bytes of kept lines queued for a connection as it opens,
+/// newest first: half its outbound queue (`queue_per_connection`, 1 MiB),
+/// so that a room of large lines still lets everyone in.
+const CATCH_UP_BYTES: usize = 512 * 1024;
 
 /// The app's key-value store (`[key_value.stores]` in the manifest).
 const STORE: &str = "chat";
@@ -260,19 +267,24 @@ impl Chat {
         Store::open(STORE)?.increment(&count_key(room), 1)?;
         Ok(())
     }
+
     /// Queue what the connection gets of the room before the live
     /// messages, and join it from there: without `since`, the newest
-    /// [`RECENT`] messages; with it, what came after it and then
-    /// `{"type":"recovered","complete":…}`. Joining from the last position
-    /// read, nothing published meanwhile is lost or sent twice.
+    /// [`RECENT`] lines; with it, what came after it and then
+    /// `{"type":"recovered","complete":…}`. Only the newest lines that fit
+    /// in [`CATCH_UP_BYTES`] are sent (`complete` is then false). Joining
+    /// from the last position read, nothing published meanwhile is lost or
+    /// sent twice.
     fn catch_up(group: &str, since: Option<Position>) -> Result<(), HistoryError> {
         let limit = if since.is_some() { MISSED } else { RECENT };
         let page = history::read(group, since, limit)?;
-        for entry in &page.entries {
+        let fit = newest_that_fit(&page.entries, CATCH_UP_BYTES);
+        for entry in fit {
             opening::send_first(entry.message.clone())?;
         }
         if since.is_some() {
-            let recovered = json!({ "type": "recovered", "complete": page.complete });
+            let complete = page.complete && fit.len() == page.entries.len();
+            let recovered = json!({ "type": "recovered", "complete": complete });
             opening::send_first(recovered.to_string())?;
         }
         let from = match (page.entries.last(), since) {
@@ -283,6 +295,24 @@ impl Chat {
         };
         opening::join_from(group, from)
     }
+}
+
+/// The newest of `entries` (oldest first) that hold at most `bytes`
+/// together, oldest first: no gap between them and the live lines.
+fn newest_that_fit(entries: &[Entry], bytes: usize) -> &[Entry] {
+    let mut total = 0;
+    let mut first = entries.len();
+    while first > 0 {
+        total += match &entries[first - 1].message {
+            Message::Text(text) => text.len(),
+            Message::Binary(data) => data.len(),
+        };
+        if total > bytes {
+            break;
+        }
+        first -= 1;
+    }
+    &entries[first..]
 }
 
 /// Whether a connection that ended with `code` and `reason` is expected
