@@ -62,9 +62,11 @@ impl Close {
     }
 
     /// The close a flow asked for, if it may send it: a code an endpoint may
-    /// send (RFC 6455 section 7.4) and a reason that fits.
+    /// send (RFC 6455 section 7.4, with 1012-1014 from the IANA registry:
+    /// service restart, try again later, bad gateway) and a reason that
+    /// fits.
     pub(crate) fn requested(code: u16, reason: String) -> Result<Self, InvalidClose> {
-        if !matches!(code, 1000..=1003 | 1007..=1011 | 3000..=4999) {
+        if !matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999) {
             return Err(InvalidClose::Code);
         }
         if reason.len() > MAX_CLOSE_REASON {
@@ -127,6 +129,13 @@ mod tests {
     #[test]
     fn a_flow_may_send_only_sendable_codes_and_short_reasons() {
         assert!(Close::requested(4000, "bye".into()).is_ok());
+        // "Come back soon": a restart, an overload.
+        assert!(Close::requested(1012, "restarting".into()).is_ok());
+        assert!(Close::requested(1013, String::new()).is_ok());
+        assert_eq!(
+            Close::requested(1015, String::new()),
+            Err(InvalidClose::Code)
+        );
         assert_eq!(
             Close::requested(1005, String::new()),
             Err(InvalidClose::Code)

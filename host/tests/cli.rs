@@ -83,6 +83,19 @@ impl Up {
             .to_owned()
     }
 
+    /// `http://ADDR` of the server API, from the `server API on` line, the
+    /// next one (`--api`, without `--admin`).
+    fn api_url(&self) -> String {
+        let line = self
+            .lines
+            .recv_timeout(Duration::from_secs(60))
+            .expect("wsflow printed no `server API on` line");
+        let url = line
+            .strip_prefix("server API on ")
+            .unwrap_or_else(|| panic!("unexpected line: {line}"));
+        format!("http://{}", host_port(url))
+    }
+
     fn terminate(&mut self) -> std::process::ExitStatus {
         let status = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
@@ -604,7 +617,8 @@ fn idle_sockets_on_one_app_leave_the_other_apps_and_the_admin_endpoint_serving()
 /// The chat example in two real browser pages: headless Chromium, driven
 /// by `tests/browser/chat.mjs` (playwright-core), opens the page `wsflow
 /// up` serves, and two users talk in one room, set its topic and read its
-/// message count; screenshots go to
+/// message count; one page's socket is cut through the server API and it
+/// reconnects with what it missed; screenshots go to
 /// `target/browser/`. Without Node, Chromium or the script's packages the
 /// test says how to get them and passes; with `WSFLOW_REQUIRE_BROWSER=1`
 /// (set by `.ci/run`) it fails instead.
@@ -618,20 +632,32 @@ fn the_chat_example_works_in_two_browser_pages() {
     let data = tempfile::tempdir().unwrap();
     let data_dir = data.path().to_str().unwrap();
     let mut up = Up::start_with_env(
-        &["up", "examples/chat/wsflow.toml", "--data-dir", data_dir],
+        &[
+            "up",
+            "examples/chat/wsflow.toml",
+            "--data-dir",
+            data_dir,
+            "--api",
+            "127.0.0.1:0",
+        ],
         &workspace,
-        &[("WSFLOW_PROP_PORT", "0")],
+        &[
+            ("WSFLOW_PROP_PORT", "0"),
+            ("WSFLOW_PROP_API_TOKEN", CHAT_API_TOKEN),
+        ],
     );
     let url = up.listening_url();
+    let api = up.api_url();
     let page = format!("http://{}/", host_port(&url));
-    chat_in_chromium(&chromium, &[&page]);
+    chat_in_chromium(&chromium, &[&page], &api);
     assert!(up.terminate().success());
 }
 
 /// The chat example on two hosts of a cluster, one browser page on each:
 /// Ann on one host hears Bob join on the other, reads what he writes, he
-/// lists them both with `/who`, and she hears him leave. Needs what the
-/// test above needs and `nats-server` (skipped without, unless
+/// lists them both with `/who`, her socket is cut and her page reconnects
+/// to her host with what she missed, and she hears him leave. Needs what
+/// the test above needs and `nats-server` (skipped without, unless
 /// `WSFLOW_REQUIRE_NATS=1`).
 #[test]
 fn the_chat_example_works_in_two_browser_pages_on_two_hosts_of_a_cluster() {
@@ -644,21 +670,37 @@ fn the_chat_example_works_in_two_browser_pages_on_two_hosts_of_a_cluster() {
     let workspace = workspace();
     let mut hosts: Vec<Up> = Vec::new();
     let mut pages = Vec::new();
+    let mut apis = Vec::new();
     for _ in 0..2 {
         let up = Up::start_with_env(
-            &["up", "examples/chat/wsflow.toml", "--cluster", &nats.url],
+            &[
+                "up",
+                "examples/chat/wsflow.toml",
+                "--cluster",
+                &nats.url,
+                "--api",
+                "127.0.0.1:0",
+            ],
             &workspace,
-            &[("WSFLOW_PROP_PORT", "0")],
+            &[
+                ("WSFLOW_PROP_PORT", "0"),
+                ("WSFLOW_PROP_API_TOKEN", CHAT_API_TOKEN),
+            ],
         );
         pages.push(format!("http://{}/", host_port(&up.listening_url())));
+        apis.push(up.api_url());
         hosts.push(up);
     }
     let pages: Vec<&str> = pages.iter().map(String::as_str).collect();
-    chat_in_chromium(&chromium, &pages);
+    // Ann's page is on the first host: its server API cuts her socket.
+    chat_in_chromium(&chromium, &pages, &apis[0]);
     for mut up in hosts {
         assert!(up.terminate().success());
     }
 }
+
+/// The chat's server API token in the browser tests.
+const CHAT_API_TOKEN: &str = "browser-test-token-0123456789";
 
 /// Chromium, if the browser tests can run: its path. Otherwise says what
 /// is missing and how to get it, and returns `None`; with
@@ -701,14 +743,17 @@ fn browser_or_skip() -> Option<String> {
 }
 
 /// Two users talk in `tests/browser/chat.mjs`: Ann on the first page,
-/// Bob on the second (the first again if there is one page).
-fn chat_in_chromium(chromium: &str, pages: &[&str]) {
+/// Bob on the second (the first again if there is one page); `api` is the
+/// server API of Ann's host.
+fn chat_in_chromium(chromium: &str, pages: &[&str], api: &str) {
     let workspace = workspace();
     let status = Command::new("node")
         .arg("tests/browser/chat.mjs")
         .args(pages)
         .current_dir(&workspace)
         .env("CHROMIUM", chromium)
+        .env("API_URL", api)
+        .env("API_TOKEN", CHAT_API_TOKEN)
         .env("SCREENSHOT_DIR", workspace.join("target/browser"))
         .status()
         .expect("running node");

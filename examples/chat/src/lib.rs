@@ -1,24 +1,56 @@
-//! Rooms chat. A client connects to `/chat/{room}?name=NAME`; `on_connect`
-//! checks the name (and that nobody in the room has it), announces the
-//! newcomer, sends it the room's topic first (before any message of the
-//! room) and starts the connection in the room with its name as the
-//! attachment. Every text message is broadcast to the room, except to its
-//! sender; `/who` lists the room, `/topic` shows or sets its topic,
-//! `/stats` tells how many messages it has had. `on_close` announces who
-//! left.
+//! Rooms chat. A client connects to `/chat/{room}?name=NAME[&since=POS]`;
+//! `on_connect` checks the name (and that nobody in the room has it),
+//! sends the room's topic first, then the room's recent messages, and
+//! starts the connection in the room with its name as the attachment.
+//! Every text message is broadcast to the room, except to its sender;
+//! `/who` lists the room, `/topic` shows or sets its topic, `/stats` tells
+//! how many messages it has had.
 //!
 //! Everything the server sends is one JSON object:
 //!
 //! ```text
-//! {"type":"joined","name":"ann"}              someone came in
-//! {"type":"left","name":"ann"}                someone went
-//! {"type":"message","from":"ann","text":…}    someone said something
-//! {"type":"who","names":["ann","bob"]}        the answer to /who
-//! {"type":"topic","text":…,"by":"ann"}        first to a newcomer; /topic TEXT, to
-//!                                             the room; /topic alone (null: none)
-//! {"type":"stats","messages":12}              the answer to /stats
-//! {"type":"error","text":…}                   a bad command, a message not sent
+//! {"type":"joined","name":"ann","pos":P}            someone came in
+//! {"type":"left","name":"ann","pos":P}              someone went
+//! {"type":"message","from":"ann","text":…,"pos":P}  someone said something
+//! {"type":"topic","text":…,"by":"ann"}              first to a newcomer; /topic TEXT, to
+//!                                                   the room (with "pos"); /topic alone
+//!                                                   (null: none)
+//! {"type":"recovered","complete":true}              after what a client back missed
+//! {"type":"who","names":["ann","bob"]}              the answer to /who
+//! {"type":"stats","messages":12}                    the answer to /stats
+//! {"type":"error","text":…}                         a bad command, a message not sent
 //! ```
+//!
+//! History and reconnecting: every room keeps its last 100 lines for 10
+//! minutes (`[[history]]` in the manifest), and each line the room gets
+//! carries its position `"pos":"EPOCH:OFFSET"`. A newcomer gets, after
+//! the topic, the room's newest 50 lines, oldest first (the last is its own
+//! `joined`), then the live ones. A page whose socket dropped reconnects
+//! with `&since=POS`, the newest position it showed: it gets the topic,
+//! every line it missed, in order, then `{"type":"recovered","complete":
+//! true}`, then the live lines, none twice and none lost in between. When
+//! the room no longer has everything after POS (more than 100 lines
+//! missed, older than 10 minutes, the host restarted, or another host of a
+//! cluster, each of which keeps its own history for now), it gets what the
+//! room still has and `"complete":false`. What a connection gets of the
+//! room as it opens is at most 512 KiB, the newest lines that fit (half
+//! its outbound queue): beyond, `"complete":false` too. A `since` that is
+//! not a position is refused with 400.
+//!
+//! Who is told what: a newcomer (no `since`) is announced with `joined`. A
+//! client back with `since` is not: the room was not told it left. `left`
+//! is announced when a page leaves (its Leave button, 1000; closing the
+//! page, 1001; an error), not when its connection drops without a close
+//! (1006) or the host closes it to restart (1012, or 1001 while shutting
+//! down), since the page is then coming back; a page that drops and never
+//! comes back is therefore not announced, and `/who` tells who is there.
+//! While the old connection of a dropped page is still open on the host,
+//! its name is taken and a reconnect gets 409; the page tries again.
+//!
+//! A backend announces through the server API (`wsflow up --api ADDR`,
+//! with the property `API_TOKEN` set; empty, the default, keeps the app
+//! off the API): what it publishes to `room:ROOM` reaches the room and is
+//! kept like any line.
 //!
 //! The topic and the count live in the app's key-value store `chat`
 //! (`topic:ROOM`, `messages:ROOM`), so they outlive the connections and a
@@ -42,6 +74,8 @@
 //!
 //! ```text
 //! cargo run --release -p wsflow -- up examples/chat/wsflow.toml
+//! WSFLOW_PROP_API_TOKEN=$(openssl rand -hex 32) \
+//!     cargo run --release -p wsflow -- up --api 127.0.0.1:9091 examples/chat/wsflow.toml
 //! WSFLOW_PROP_MODERATION_URL=http://127.0.0.1:8080/check \
 //!     cargo run --release -p wsflow -- up examples/chat/wsflow.toml
 //! ```
@@ -49,9 +83,10 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
+use wsflow_sdk::history::{self, Entry, HistoryError, Position};
 use wsflow_sdk::kv::{KvError, Store};
 use wsflow_sdk::lifecycle::{Closed, ConnectRequest, Decision};
-use wsflow_sdk::{Connection, Event, Flow, groups, http, log, opening};
+use wsflow_sdk::{Connection, Event, Flow, Message, groups, http, log, opening};
 
 struct Chat;
 
@@ -64,6 +99,19 @@ const MAX_ROOM: usize = 32;
 /// The longest topic, in characters: a line above the messages, not a
 /// place to keep documents.
 const MAX_TOPIC: usize = 200;
+
+/// How many of the room's newest messages a newcomer gets first.
+const RECENT: u32 = 50;
+
+/// The most missed messages a client back after a drop gets first (the
+/// room keeps 100: `[[history]] size`); the host sends it any newer ones
+/// as it joins.
+const MISSED: u32 = 100;
+
+/// The most bytes of kept lines queued for a connection as it opens,
+/// newest first: half its outbound queue (`queue_per_connection`, 1 MiB),
+/// so that a room of large lines still lets everyone in.
+const CATCH_UP_BYTES: usize = 512 * 1024;
 
 /// The app's key-value store (`[key_value.stores]` in the manifest).
 const STORE: &str = "chat";
@@ -219,6 +267,60 @@ impl Chat {
         Store::open(STORE)?.increment(&count_key(room), 1)?;
         Ok(())
     }
+
+    /// Queue what the connection gets of the room before the live
+    /// messages, and join it from there: without `since`, the newest
+    /// [`RECENT`] lines; with it, what came after it and then
+    /// `{"type":"recovered","complete":…}`. Only the newest lines that fit
+    /// in [`CATCH_UP_BYTES`] are sent (`complete` is then false). Joining
+    /// from the last position read, nothing published meanwhile is lost or
+    /// sent twice.
+    fn catch_up(group: &str, since: Option<Position>) -> Result<(), HistoryError> {
+        let limit = if since.is_some() { MISSED } else { RECENT };
+        let page = history::read(group, since, limit)?;
+        let fit = newest_that_fit(&page.entries, CATCH_UP_BYTES);
+        for entry in fit {
+            opening::send_first(entry.message.clone())?;
+        }
+        if since.is_some() {
+            let complete = page.complete && fit.len() == page.entries.len();
+            let recovered = json!({ "type": "recovered", "complete": complete });
+            opening::send_first(recovered.to_string())?;
+        }
+        let from = match (page.entries.last(), since) {
+            (Some(last), _) => last.position,
+            // Nothing missed: from where the client was.
+            (None, Some(since)) if page.complete => since,
+            (None, _) => page.head,
+        };
+        opening::join_from(group, from)
+    }
+}
+
+/// The newest of `entries` (oldest first) that hold at most `bytes`
+/// together, oldest first: no gap between them and the live lines.
+fn newest_that_fit(entries: &[Entry], bytes: usize) -> &[Entry] {
+    let mut total = 0;
+    let mut first = entries.len();
+    while first > 0 {
+        total += match &entries[first - 1].message {
+            Message::Text(text) => text.len(),
+            Message::Binary(data) => data.len(),
+        };
+        if total > bytes {
+            break;
+        }
+        first -= 1;
+    }
+    &entries[first..]
+}
+
+/// Whether a connection that ended with `code` and `reason` is expected
+/// back: it dropped without a close (1006), or the host closed it to
+/// restart (1012, or 1001 as it shut down). The page reconnects by itself
+/// then, so the room is not told that it left.
+fn coming_back(code: u16, reason: &str) -> bool {
+    matches!(code, 1006 | 1012) || (code == 1001 && reason == "server shutting down")
 }
 
 impl Flow for Chat {
@@ -262,6 +364,14 @@ impl Flow for Chat {
         if let Some(problem) = check_room(&room).or_else(|| check_name(&name)) {
             return Decision::reject(400, problem);
         }
+        let since = match request.query_param::<Option<String>>("since") {
+            Ok(None) => None,
+            Ok(Some(since)) => match since.parse::<Position>() {
+                Ok(since) => Some(since),
+                Err(problem) => return Decision::reject(400, format!("since: {problem}")),
+            },
+            Err(problem) => return Decision::reject(400, format!("since: {problem}")),
+        };
         let group = group(&room);
         match groups::members(&group) {
             Ok(members)
@@ -286,14 +396,24 @@ impl Flow for Chat {
             }
             Err(error) => log::warn(&format!("the topic of {room} is unavailable: {error}")),
         }
-        let _ = groups::publish(
-            &group,
-            json!({ "type": "joined", "name": name }).to_string(),
-        );
-        Decision::accept().attachment(name.into_bytes()).join(group)
+        // A newcomer is announced, and its own `joined` (with its position)
+        // ends the history it gets; a client back after a drop is not.
+        if since.is_none() {
+            let _ = groups::publish(
+                &group,
+                json!({ "type": "joined", "name": name }).to_string(),
+            );
+        }
+        if let Err(error) = Self::catch_up(&group, since) {
+            return Decision::reject(503, format!("the room is unavailable: {}", error.name()));
+        }
+        Decision::accept().attachment(name.into_bytes())
     }
 
     fn on_close(closed: Closed) -> wsflow_sdk::Result {
+        if coming_back(closed.code(), closed.reason()) {
+            return Ok(());
+        }
         let name = name_of(closed.attachment());
         let left = json!({ "type": "left", "name": name }).to_string();
         for group in closed.groups() {

@@ -189,6 +189,7 @@ mod tests {
     use std::time::Duration;
 
     use super::outbound::AllowedHost;
+    use super::spec::ApiSpec;
     use super::*;
 
     const MANIFEST: &str = r#"
@@ -291,6 +292,39 @@ mod tests {
         let spec = parse(Path::new("wsflow.toml"), &text, &env).unwrap();
         assert_eq!(spec.limits.max_memory, 2 << 20);
         assert_eq!(spec.limits.max_executions, 3);
+    }
+
+    /// [`MANIFEST`] offering the API with `token = "${API_TOKEN}"` and
+    /// `API_TOKEN = ""` in `[properties]`, in an environment that sets
+    /// `WSFLOW_PROP_API_TOKEN` to `token`.
+    fn with_api_token(token: &str) -> AppSpec {
+        let text = format!("{MANIFEST}\n[api]\ntoken = \"${{API_TOKEN}}\"\n")
+            .replace("PORT = \"9000\"", "PORT = \"9000\"\nAPI_TOKEN = \"\"");
+        let env: Environment = [("WSFLOW_PROP_API_TOKEN", token)].into_iter().collect();
+        parse(Path::new("wsflow.toml"), &text, &env).unwrap()
+    }
+
+    #[test]
+    fn an_api_token_empty_after_substitution_keeps_the_app_off_the_api() {
+        assert_eq!(with_api_token("").api, None);
+        let on = with_api_token("0123456789abcdef0123");
+        assert_eq!(
+            on.api,
+            Some(ApiSpec::with_token("0123456789abcdef0123".into()))
+        );
+        // The token is the host's: flows cannot read it as a property,
+        // set or not.
+        assert!(!on.properties.contains_key("API_TOKEN"));
+        assert!(!with_api_token("").properties.contains_key("API_TOKEN"));
+        assert_eq!(on.properties["PORT"], "9000");
+        // A token that is set must still be a token.
+        let text = format!("{MANIFEST}\n[api]\ntoken = \"${{API_TOKEN}}\"\n");
+        let env: Environment = [("WSFLOW_PROP_API_TOKEN", "short")].into_iter().collect();
+        let error = parse(Path::new("wsflow.toml"), &text, &env).unwrap_err();
+        assert!(
+            error.to_string().contains("at least 16 characters"),
+            "{error}"
+        );
     }
 
     #[test]

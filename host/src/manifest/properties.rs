@@ -63,6 +63,26 @@ pub(crate) fn env_name(name: &str) -> String {
     env
 }
 
+/// The names of the properties `text` refers to with `${NAME}`.
+pub(crate) fn references(text: &str) -> Vec<&str> {
+    let mut names = Vec::new();
+    let mut rest = text;
+    while let Some(start) = rest.find('$') {
+        let after = &rest[start..];
+        if let Some(escaped) = after.strip_prefix("$${") {
+            rest = escaped;
+        } else if let Some(reference) = after.strip_prefix("${")
+            && let Some(end) = reference.find('}')
+        {
+            names.push(reference[..end].trim());
+            rest = &reference[end + 1..];
+        } else {
+            rest = &after[1..];
+        }
+    }
+    names
+}
+
 impl Properties {
     /// The manifest's `[properties]`, each overridden by its variable in
     /// `environment` (the process environment, or a test's) when set.

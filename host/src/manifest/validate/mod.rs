@@ -15,6 +15,7 @@ use toml::Spanned;
 use scalar::{Count, Scalar, Size};
 
 use super::outbound::AllowedHost;
+use super::properties::references;
 use super::schema::{self, FlowSection, LimitsSection, Manifest, SchemaSource};
 use super::spec::{
     ApiSpec, AppLimits, AppSpec, BuildSpec, FlowGrants, FlowSpec, GroupPattern, HistorySpec,
@@ -168,16 +169,15 @@ pub(super) fn resolve(source: &Source<'_>, manifest: &Manifest) -> Result<AppSpe
     Ok(AppSpec {
         name: name.get_ref().clone(),
         manifest: source.path.to_path_buf(),
-        properties: source.properties.values().clone(),
+        properties: flow_properties(source, manifest),
         limits: resolve_limits(source, &manifest.limits)?,
         flows,
         triggers,
         key_value_stores,
-        api: manifest
-            .api
-            .as_ref()
-            .map(|api| resolve_api(source, api))
-            .transpose()?,
+        api: match &manifest.api {
+            Some(api) => resolve_api(source, api)?,
+            None => None,
+        },
         history: manifest
             .history
             .iter()
@@ -277,11 +277,31 @@ fn resolve_history(
     Ok(spec)
 }
 
+/// The properties flows can read: the manifest's, except those the `[api]`
+/// token is made of, which stay with the host even when `[properties]`
+/// gives them a default.
+fn flow_properties(source: &Source<'_>, manifest: &Manifest) -> BTreeMap<String, String> {
+    let mut properties = source.properties.values().clone();
+    if let Some(api) = &manifest.api {
+        for name in references(api.token.get_ref()) {
+            properties.remove(name);
+        }
+    }
+    properties
+}
+
+/// `[api]`; `None` when its token is empty once its properties are
+/// substituted (`token = "${API_TOKEN}"` with `API_TOKEN = ""` in
+/// `[properties]`): the manifest may offer the API and the host that runs
+/// it decide.
 fn resolve_api(
     source: &Source<'_>,
     section: &schema::ApiSection,
-) -> Result<ApiSpec, ManifestError> {
+) -> Result<Option<ApiSpec>, ManifestError> {
     let token = source.text("api.token", &section.token)?;
+    if token.is_empty() {
+        return Ok(None);
+    }
     if token.len() < ApiSpec::MIN_TOKEN
         || token.chars().any(|c| c.is_whitespace() || c.is_control())
     {
@@ -312,7 +332,7 @@ fn resolve_api(
     if let Some(n) = count("api.max_in_flight", &section.max_in_flight)? {
         api.max_in_flight = n;
     }
-    Ok(api)
+    Ok(Some(api))
 }
 
 fn resolve_flow(
