@@ -311,14 +311,14 @@ impl GroupHistory {
     }
 
     /// The kept messages after `since`, at most `limit` (without `since`,
-    /// the newest `limit`).
+    /// the newest `limit`). Not capped here: a join sends all it missed;
+    /// a flow's read is capped at [`MAX_READ`] by its caller.
     pub(crate) fn read(&mut self, since: Option<Position>, limit: usize) -> Page {
         self.expire(Instant::now());
         let head = Position {
             epoch: self.epoch,
             offset: self.head,
         };
-        let limit = limit.min(MAX_READ);
         let (skip, complete) = match since {
             None => (self.entries.len().saturating_sub(limit), true),
             Some(since) if self.reaches(since) => {
@@ -595,6 +595,21 @@ mod tests {
         );
         assert!(nothing.complete && nothing.entries.is_empty());
         assert!(!page_of(Vec::new(), Position::default(), at(3), 10).complete);
+    }
+
+    #[test]
+    fn a_join_reads_all_it_missed_beyond_a_flows_read_cap() {
+        let histories = histories(5000, 64 << 20);
+        let history = histories.of(&group("room:a")).unwrap();
+        let mut history = lock(&history);
+        let (first, _) = history.keep(Message::text("0"));
+        for n in 1..3000 {
+            history.keep(Message::text(n.to_string()));
+        }
+        let page = history.read(Some(first), usize::MAX);
+        assert!(page.complete);
+        assert_eq!(page.entries.len(), 2999);
+        assert_eq!(page.entries.last().unwrap().position, page.head);
     }
 
     #[test]
