@@ -900,7 +900,9 @@ history() {
     start_server wsflow 'listening on' "$wsflow" up "$WORK/recall.toml"
     echo
     echo "== recovery: reconnect with ?since= ($(listening_url))"
-    "${LOAD_PIN[@]}" "$BIN/wsflow-recovery" "$(listening_url)/recall/bench" --missed 100 --runs 200 |
+    # The line names the handler's path: ws://HOST:PORT/recall/{room}.
+    "${LOAD_PIN[@]}" "$BIN/wsflow-recovery" "$(listening_url | sed 's|/recall/.*||')/recall/bench" \
+        --missed 100 --runs 200 |
         sed 's/^/   /'
     stop_server
 }
