@@ -106,6 +106,31 @@ async fn positions_grow_by_one_and_reads_say_when_they_cannot_reach_back() {
     assert_eq!(answer, "ok pos none");
 }
 
+/// Read `count` lines of numbered room messages, adding their numbers to
+/// `seen`; a `recovered` line between them must say `complete=true` and
+/// does not count. Answers the position of the last message.
+pub(crate) async fn read_numbered(
+    client: &mut Client,
+    count: usize,
+    seen: &mut Vec<u64>,
+    round: usize,
+) -> String {
+    let mut last = String::new();
+    let mut read = 0;
+    while read < count {
+        let line = next_text(client).await;
+        if line.starts_with("recovered") {
+            assert_eq!(line, "recovered complete=true", "round {round}");
+            continue;
+        }
+        let value: serde_json::Value = serde_json::from_str(&line).unwrap();
+        last = value["pos"].as_str().unwrap().to_owned();
+        seen.push(number(&line));
+        read += 1;
+    }
+    last
+}
+
 #[tokio::test]
 async fn a_reconnecting_client_gets_every_message_once_and_in_order_while_others_publish() {
     let app = "history-seam";
@@ -126,18 +151,9 @@ async fn a_reconnecting_client_gets_every_message_once_and_in_order_while_others
     // The watcher reads a while, remembers the last position, goes away
     // and comes back several times while the publisher goes on.
     let mut seen: Vec<u64> = Vec::new();
-    let mut last = String::new();
+    let mut last;
     for round in 0..4 {
-        for _ in 0..20 {
-            let line = next_text(&mut watcher).await;
-            if line.starts_with("recovered") {
-                assert_eq!(line, "recovered complete=true", "round {round}");
-                continue;
-            }
-            let value: serde_json::Value = serde_json::from_str(&line).unwrap();
-            last = value["pos"].as_str().unwrap().to_owned();
-            seen.push(number(&line));
-        }
+        last = read_numbered(&mut watcher, 20, &mut seen, round).await;
         drop(watcher);
         watcher = connect(&format!("{url}?since={last}")).await;
     }

@@ -11,7 +11,7 @@ use toml::toml;
 use wsflow_tests::nats::NatsServer;
 use wsflow_tests::{Client, Manifest, TIMEOUT, TestServer, connect, next_text};
 
-use super::history::{ask, number, position, recall};
+use super::history::{ask, number, position, read_numbered, recall};
 
 /// A read's answer: whether it reached back, its head, its messages.
 struct Read {
@@ -174,18 +174,9 @@ async fn a_client_back_on_the_other_host_gets_every_missed_message_once_in_order
     // otherwise the flow reads it first (`since=`).
     let hosts = [&a, &b];
     let mut seen: Vec<u64> = Vec::new();
-    let mut last = String::new();
+    let mut last;
     for round in 0..6 {
-        for _ in 0..15 {
-            let line = next_text(&mut watcher).await;
-            if line.starts_with("recovered") {
-                assert_eq!(line, "recovered complete=true", "round {round}");
-                continue;
-            }
-            let value: serde_json::Value = serde_json::from_str(&line).unwrap();
-            last = value["pos"].as_str().unwrap().to_owned();
-            seen.push(number(&line));
-        }
+        last = read_numbered(&mut watcher, 15, &mut seen, round).await;
         drop(watcher);
         let query = if round % 2 == 0 { "since" } else { "from" };
         let host = hosts[(round + 1) % 2];
