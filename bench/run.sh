@@ -235,8 +235,10 @@ EOF
 ORDER='{"item":"tea","qty":2}'
 ORDER_QUERY='?user=ann&priority=2&tag=gift&tag=rush'
 ORDER_REPLY='{"region":"eu","user":"ann","priority":2.0,"tags":["gift","rush"],"item":"tea","qty":2}'
+# Each blocked flow holds its instance's linear memory (about 1 MiB): the
+# flows together need more than the default `app_memory` of 1 GiB.
 manifest "$WORK/session.toml" "$WASM/wsflow_example_chat_session.wasm" '/chat/{room}' connection "" \
-    "$(printf '[limits]\nmax_connections = 100000\nmax_executions = 100000\nmax_reused_instances = 100000')"
+    "$(printf '[limits]\nmax_connections = 100000\nmax_executions = 100000\nmax_reused_instances = 100000\napp_memory = "64GiB"')"
 
 START_LOAD=$(cut -d' ' -f1-3 /proc/loadavg)
 
