@@ -13,8 +13,8 @@ use crate::cluster::Cluster;
 use bytes::Bytes;
 
 use crate::hub::{
-    ConnectionId, ConnectionIds, GroupName, Histories, HostId, HubLimits, LargestMessage, LocalHub,
-    Transport,
+    ConnectionId, ConnectionIds, Fanout, GroupName, Histories, HostId, HubLimits, LargestMessage,
+    LocalHub, Transport,
 };
 use crate::manifest::spec::{AppLimits, AppSpec, DEFAULT_MAX_MESSAGE_SIZE};
 use crate::runtime::http::{AppOutbound, Resolver};
@@ -170,6 +170,17 @@ impl HostHubs {
 }
 
 impl AppInfo {
+    /// Count what a publish or a send did, whoever made it (a flow, a
+    /// hook, the server API).
+    pub(crate) fn count_fanout(&self, fanout: Fanout) {
+        let stats = &self.stats;
+        AppStats::add(&stats.group_messages_published, 1);
+        AppStats::add(&stats.group_messages_delivered, fanout.delivered);
+        AppStats::add(&stats.group_messages_dropped, fanout.dropped);
+        AppStats::add(&stats.slow_members_closed, fanout.closed);
+        AppStats::add(&stats.group_messages_too_large, fanout.too_large);
+    }
+
     /// An app on a host of its own, outside any cluster.
     #[cfg(test)]
     pub(crate) fn new(spec: &AppSpec) -> Self {

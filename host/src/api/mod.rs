@@ -306,7 +306,7 @@ async fn answer(
                 .send_to(id, message)
                 .await
                 .map_err(Failure::hub)?;
-            count_fanout(&app.info, fanout);
+            app.info.count_fanout(fanout);
             Ok(json_response(StatusCode::OK, &fanout_json(fanout)))
         }
         Operation::Batch => {
@@ -469,17 +469,8 @@ async fn publish(
         .publish(&group, message, except)
         .await
         .map_err(Failure::hub)?;
-    count_fanout(app, fanout);
+    app.count_fanout(fanout);
     Ok(fanout)
-}
-
-fn count_fanout(app: &AppInfo, fanout: Fanout) {
-    let stats = &app.stats;
-    AppStats::add(&stats.group_messages_published, 1);
-    AppStats::add(&stats.group_messages_delivered, fanout.delivered);
-    AppStats::add(&stats.group_messages_dropped, fanout.dropped);
-    AppStats::add(&stats.slow_members_closed, fanout.closed);
-    AppStats::add(&stats.group_messages_too_large, fanout.too_large);
 }
 
 fn fanout_json(fanout: Fanout) -> serde_json::Value {

@@ -15,7 +15,6 @@ use super::bindings::Message;
 use super::bindings::wsflow::flow::groups::{self as wit, GroupError, Member};
 use super::connection::{ConnectionShared, HostConnection, into_ws_message};
 use super::ctx::FlowCtx;
-use crate::app::AppStats;
 use crate::close::Close;
 use crate::hub::{
     ConnectionId, Delivery, Fanout, GroupName, HubError, MAX_LISTED_MEMBERS, Outlet, Pending,
@@ -70,14 +69,23 @@ impl FlowCtx {
         pending.await
     }
 
-    /// Count what a publish did.
-    pub(super) fn count(&self, fanout: Fanout) {
-        let stats = &self.app.stats;
-        AppStats::add(&stats.group_messages_published, 1);
-        AppStats::add(&stats.group_messages_delivered, fanout.delivered);
-        AppStats::add(&stats.group_messages_dropped, fanout.dropped);
-        AppStats::add(&stats.slow_members_closed, fanout.closed);
-        AppStats::add(&stats.group_messages_too_large, fanout.too_large);
+    /// Publish for this execution: counted, and once members were woken
+    /// this flow lets them write before it goes on, so a burst of
+    /// publishes does not outrun them on a busy host (their time is not
+    /// this flow's: it is not polled meanwhile). `groups.publish` and
+    /// `history.publish` both go here.
+    pub(super) async fn publish_counted(
+        &mut self,
+        group: &GroupName,
+        message: tungstenite::Message,
+        except: Option<ConnectionId>,
+    ) -> Result<Fanout, HubError> {
+        let fanout = self.app.hub.publish(group, message, except).await?;
+        self.app.count_fanout(fanout);
+        if fanout.delivered > 0 {
+            tokio::task::yield_now().await;
+        }
+        Ok(fanout)
     }
 }
 
@@ -171,18 +179,10 @@ impl wit::Host for FlowCtx {
         };
         // Encoded once; every member's queue gets a reference to it.
         let message = into_ws_message(msg);
-        let fanout = match self.app.hub.publish(&group, message, except).await {
+        let fanout = match self.publish_counted(&group, message, except).await {
             Ok(fanout) => fanout,
             Err(error) => return Ok(Err(error.into())),
         };
-        self.count(fanout);
-        if fanout.delivered > 0 {
-            // Let the members just woken write before this flow publishes
-            // again, so a burst of publishes does not outrun them on a busy
-            // host. Their time is not this flow's (it is not polled
-            // meanwhile).
-            tokio::task::yield_now().await;
-        }
         if fanout.unreached {
             // This host's members have it; the other hosts' do not.
             return Ok(Err(GroupError::Unavailable));
@@ -197,7 +197,7 @@ impl wit::Host for FlowCtx {
             Ok(fanout) => fanout,
             Err(error) => return Ok(Err(error.into())),
         };
-        self.count(fanout);
+        self.app.count_fanout(fanout);
         Ok(Ok(()))
     }
 

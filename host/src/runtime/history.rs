@@ -128,19 +128,12 @@ impl wit::Host for FlowCtx {
             Err(error) => return Ok(Err(error)),
         };
         let fanout = match self
-            .app
-            .hub
-            .publish(&group, into_ws_message(msg), except)
+            .publish_counted(&group, into_ws_message(msg), except)
             .await
         {
             Ok(fanout) => fanout,
             Err(error) => return Ok(Err(error.into())),
         };
-        self.count(fanout);
-        if fanout.delivered > 0 {
-            // As `groups.publish`: let the woken members write first.
-            tokio::task::yield_now().await;
-        }
         Ok(Ok(fanout.position.map(to_wit)))
     }
 
