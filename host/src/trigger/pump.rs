@@ -23,6 +23,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::{self, Message};
 
 use super::progress::WriteProgress;
+use super::together;
 use crate::app::{AppInfo, AppStats, ByteBudget, Charge};
 use crate::close::Close;
 use crate::manifest::spec::TriggerLimits;
@@ -82,7 +83,8 @@ where
     ));
     let socket = serve_socket(ws, &shared, limits, progress, out_rx, in_tx);
     let flow = drive_flow(&shared, flow_side(Arc::clone(&shared), in_rx));
-    tokio::join!(socket, flow);
+    // In rounds: a message read, handled and answered in one poll.
+    together::join(socket, flow).await;
     shared.ended_with()
 }
 
