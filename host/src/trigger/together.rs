@@ -15,13 +15,13 @@
 //! gives its worker back to the runtime after [`MAX_ROUNDS`], like any
 //! task whose budget is spent.
 
-use std::future::{Future, poll_fn};
-use std::pin::pin;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::task::{Context, Poll, Wake, Waker};
 
-use futures_util::future::maybe_done;
+use futures_util::future::{MaybeDone, maybe_done};
 use futures_util::task::AtomicWaker;
 
 /// Rounds in one poll of the task, at most.
@@ -36,25 +36,52 @@ const WOKEN: u8 = 2;
 
 /// Poll `first` and then `second` until both are done, in rounds (see the
 /// module's comment). Returns both outputs.
-pub(super) async fn join<A: Future, B: Future>(first: A, second: B) -> (A::Output, B::Output) {
+///
+/// A future of its own rather than an `async fn`: that would keep room for
+/// `first` and `second` twice (as its arguments and as the locals they are
+/// moved into), and the two are a connection's whole state.
+pub(super) fn join<A: Future, B: Future>(first: A, second: B) -> Join<A, B> {
     let rounds = Arc::new(Rounds {
         state: AtomicU8::new(IDLE),
         task: AtomicWaker::new(),
     });
-    let waker = Waker::from(Arc::clone(&rounds));
-    let mut first = pin!(maybe_done(first));
-    let mut second = pin!(maybe_done(second));
-    poll_fn(|cx| {
+    Join {
+        first: maybe_done(first),
+        second: maybe_done(second),
+        waker: Waker::from(Arc::clone(&rounds)),
+        rounds,
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The future of [`join`].
+    pub(super) struct Join<A: Future, B: Future> {
+        #[pin]
+        first: MaybeDone<A>,
+        #[pin]
+        second: MaybeDone<B>,
+        rounds: Arc<Rounds>,
+        // `rounds` as a waker, lent to `first` and `second`.
+        waker: Waker,
+    }
+}
+
+impl<A: Future, B: Future> Future for Join<A, B> {
+    type Output = (A::Output, B::Output);
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        let rounds = &*this.rounds;
         rounds.task.register(cx.waker());
         rounds.state.store(POLLING, Ordering::SeqCst);
-        let mut inner = Context::from_waker(&waker);
+        let mut inner = Context::from_waker(this.waker);
         for _ in 0..MAX_ROUNDS {
-            let first_done = first.as_mut().poll(&mut inner).is_ready();
-            let second_done = second.as_mut().poll(&mut inner).is_ready();
+            let first_done = this.first.as_mut().poll(&mut inner).is_ready();
+            let second_done = this.second.as_mut().poll(&mut inner).is_ready();
             if first_done && second_done {
                 rounds.state.store(IDLE, Ordering::SeqCst);
-                let first = first.as_mut().take_output().expect("done");
-                let second = second.as_mut().take_output().expect("done");
+                let first = this.first.as_mut().take_output().expect("done");
+                let second = this.second.as_mut().take_output().expect("done");
                 return Poll::Ready((first, second));
             }
             // Woken during the round: another round. Not woken: wait, unless
@@ -72,8 +99,7 @@ pub(super) async fn join<A: Future, B: Future>(first: A, second: B) -> (A::Outpu
         rounds.state.store(IDLE, Ordering::SeqCst);
         cx.waker().wake_by_ref();
         Poll::Pending
-    })
-    .await
+    }
 }
 
 /// The waker [`join`] lends its futures.
@@ -113,6 +139,7 @@ impl Wake for Rounds {
 
 #[cfg(test)]
 mod tests {
+    use std::future::poll_fn;
     use std::sync::atomic::AtomicUsize;
     use std::time::Duration;
 
