@@ -12,6 +12,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -52,13 +53,13 @@ const LINGER: Duration = Duration::from_secs(2);
 /// queue into the socket, and `flow_side` (data or connection mode), which
 /// gets the connection's shared state and the messages read (`None` once
 /// the client has closed or the connection has failed) and returns the
-/// close to send. `progress` is fed by the stream under `ws`.
+/// close to send. `progress` is fed by the stream under `socket`.
 ///
 /// Once the socket is closed, the flow side has the app's `wall_time` to
 /// finish; then it is stopped. Returns the code and reason the connection
 /// ended with (see [`ConnectionShared::ended_with`]).
 pub(super) async fn run<S, F, Fut>(
-    ws: WebSocketStream<S>,
+    socket: Halves<S>,
     id: u64,
     app: Arc<AppInfo>,
     peer: SocketAddr,
@@ -80,9 +81,12 @@ where
         limits.max_message_size,
         out_tx,
     ));
-    let socket = serve_socket(ws, &shared, limits, progress, out_rx, in_tx);
-    let flow = drive_flow(&shared, flow_side(Arc::clone(&shared), in_rx));
-    tokio::join!(socket, flow);
+    let socket = serve_socket(socket, &shared, limits, progress, out_rx, in_tx);
+    // Pinned here and lent: moved into `drive_flow` as an argument, the
+    // flow side's future would take its room there twice (an `async fn`
+    // keeps its arguments beside the locals they are moved into).
+    let flow = std::pin::pin!(flow_side(Arc::clone(&shared), in_rx));
+    tokio::join!(socket, drive_flow(&shared, flow));
     shared.ended_with()
 }
 
@@ -90,14 +94,16 @@ where
 /// it returns (1000 if none). Once the client has gone, the flow side has
 /// `wall_time` left: a flow that sleeps or computes instead of noticing
 /// would otherwise hold its execution slot for nobody.
-async fn drive_flow(shared: &ConnectionShared, flow: impl Future<Output = Option<Close>>) {
-    tokio::pin!(flow);
+async fn drive_flow<F>(shared: &ConnectionShared, mut flow: Pin<&mut F>)
+where
+    F: Future<Output = Option<Close>>,
+{
     let close = tokio::select! {
         biased;
-        close = &mut flow => close,
+        close = flow.as_mut() => close,
         () = shared.gone().raised() => {
             let grace = shared.app.limits.wall_time;
-            match tokio::time::timeout(grace, &mut flow).await {
+            match tokio::time::timeout(grace, flow.as_mut()).await {
                 Ok(close) => close,
                 Err(_elapsed) => {
                     tracing::error!(
@@ -115,7 +121,7 @@ async fn drive_flow(shared: &ConnectionShared, flow: impl Future<Output = Option
 
 /// Read and write until the connection is closed, then close the socket.
 async fn serve_socket<S>(
-    ws: WebSocketStream<S>,
+    (sink, stream): Halves<S>,
     shared: &ConnectionShared,
     limits: &TriggerLimits,
     progress: Arc<WriteProgress>,
@@ -124,7 +130,6 @@ async fn serve_socket<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let (sink, stream) = ws.split();
     let reader_done = Flag::new();
     let stop_reader = Flag::new();
     let reader = async {
@@ -181,6 +186,12 @@ async fn linger<S: AsyncRead + AsyncWrite + Unpin>(mut socket: S) {
 
 type Sink<S> = SplitSink<WebSocketStream<S>, Message>;
 type Stream<S> = SplitStream<WebSocketStream<S>>;
+
+/// A connection's WebSocket split into its writing and reading halves
+/// (`StreamExt::split`), as the pump takes it: split where it is upgraded,
+/// no future that lives as long as the connection holds the whole
+/// `WebSocketStream` (each would keep room for it, moved out or not).
+pub(super) type Halves<S> = (Sink<S>, Stream<S>);
 
 /// How a write to the client ended.
 enum Written {
