@@ -14,8 +14,10 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
+use futures_util::future::Either;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
@@ -261,12 +263,10 @@ where
                     let Some(Outbound { message, charge }) = next else { return true };
                     // Batch: flush only once nothing else is waiting.
                     let flush = self.outbound.is_empty();
-                    let write = async {
-                        if flush {
-                            self.sink.send(message).await
-                        } else {
-                            self.sink.feed(message).await
-                        }
+                    let write = if flush {
+                        Either::Left(self.sink.send(message))
+                    } else {
+                        Either::Right(self.sink.feed(message))
                     };
                     let patience = Patience::Progress(self.patience);
                     let written = watch(&self.progress, abort, patience, write).await;
@@ -356,15 +356,46 @@ where
 
 /// Run `write` unless the connection is aborted or the client runs out of
 /// `patience`.
-async fn watch<F>(progress: &WriteProgress, abort: &Flag, patience: Patience, write: F) -> Written
+async fn watch<F>(
+    progress: &WriteProgress,
+    abort: &Flag,
+    patience: Patience,
+    mut write: F,
+) -> Written
 where
-    F: Future<Output = Result<(), tungstenite::Error>>,
+    F: Future<Output = Result<(), tungstenite::Error>> + Unpin,
 {
     if abort.is_raised() {
         return Written::Aborted;
     }
     let started = Instant::now();
-    tokio::pin!(write);
+    // The write first: one that completes at once (the usual case)
+    // registers no waits.
+    let first = std::future::poll_fn(|cx| match Pin::new(&mut write).poll(cx) {
+        Poll::Ready(result) => Poll::Ready(Some(result)),
+        Poll::Pending => Poll::Ready(None),
+    });
+    if let Some(result) = first.await {
+        return Written::Done(result);
+    }
+    // Boxed: the waits are large and needed only by a write the socket
+    // does not take at once; inline they would size every idle
+    // connection's future.
+    Box::pin(wait_for_write(progress, abort, patience, started, write)).await
+}
+
+/// The rest of [`watch`]: wait for `write` until it completes, the
+/// connection is aborted or the client runs out of `patience`.
+async fn wait_for_write<F>(
+    progress: &WriteProgress,
+    abort: &Flag,
+    patience: Patience,
+    started: Instant,
+    mut write: F,
+) -> Written
+where
+    F: Future<Output = Result<(), tungstenite::Error>> + Unpin,
+{
     let mut aborted = std::pin::pin!(abort.raised());
     loop {
         // Measured from the client's last progress, but never from before
@@ -455,18 +486,32 @@ where
                     continue;
                 }
                 let len = message.len();
-                let deliver = async {
-                    let own = budget.take(len).await;
-                    let app = shared.app.inbound_budget.take(len).await;
-                    inbound.send((message, Charge::new(own, app))).await
-                };
-                // Delivery first: one that needs no wait registers none.
-                tokio::select! {
-                    biased;
-                    _ = deliver => {}
-                    () = aborted.as_mut() => break,
-                    () = stopped.as_mut() => break,
-                    () = shared.closing().raised() => {}
+                // Room now (the usual case): nothing to wait for or register.
+                if let Some(own) = budget.try_take(len)
+                    && let Some(app) = shared.app.inbound_budget.try_take(len)
+                    && let Ok(slot) = inbound.try_reserve()
+                {
+                    slot.send((message, Charge::new(own, app)));
+                    continue;
+                }
+                // Boxed: the waits are large and rare; inline they would
+                // size every idle connection's future.
+                let waited = Box::pin(async {
+                    let deliver = async {
+                        let own = budget.take(len).await;
+                        let app = shared.app.inbound_budget.take(len).await;
+                        inbound.send((message, Charge::new(own, app))).await
+                    };
+                    tokio::select! {
+                        biased;
+                        _ = deliver => true,
+                        () = aborted.as_mut() => false,
+                        () = stopped.as_mut() => false,
+                        () = shared.closing().raised() => true,
+                    }
+                });
+                if !waited.await {
+                    break;
                 }
             }
             Ok(Message::Close(frame)) => {
