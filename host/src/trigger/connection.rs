@@ -123,24 +123,28 @@ impl WsTrigger {
         // each keep room for a whole `WebSocketStream` for the connection's
         // life; its two halves are two pointers.
         let socket = ws.split();
+        let farewell = Arc::new(OnceLock::new());
+        // What only starts the pump, boxed until it does: captured by the
+        // future below, it would keep its room there for the connection's
+        // life after it has been moved on.
+        let start = Box::new((
+            socket,
+            Upgraded {
+                routed,
+                id,
+                opening,
+                farewell: ended.as_ref().map(|_| Arc::clone(&farewell)),
+            },
+            progress,
+            shutdown,
+        ));
         Some(Box::pin(async move {
             // Open, and counted so, until served.
             let _socket = _socket;
             let _open = _open;
-            let farewell = Arc::new(OnceLock::new());
+            let (socket, upgraded, progress, shutdown) = *start;
             // Inline: this future is the connection's for its whole life.
-            let serve = self.serve_upgraded(
-                socket,
-                Upgraded {
-                    routed,
-                    id,
-                    opening,
-                    farewell: ended.as_ref().map(|_| Arc::clone(&farewell)),
-                },
-                peer,
-                progress,
-                shutdown,
-            );
+            let serve = self.serve_upgraded(socket, upgraded, peer, progress, shutdown);
             let how = serve.await;
             tracing::debug!("disconnected");
             let farewell = farewell.get().cloned().unwrap_or_default();
@@ -245,7 +249,7 @@ impl WsTrigger {
             peer,
             &self.limits,
             progress,
-            flow_side,
+            Box::new(flow_side),
         )
     }
 }

@@ -67,7 +67,9 @@ pub(super) async fn run<S, F, Fut>(
     peer: SocketAddr,
     limits: &TriggerLimits,
     progress: Arc<WriteProgress>,
-    flow_side: F,
+    // Boxed: called once, at the start, it would otherwise keep the room
+    // of what it captures in this future for the connection's life.
+    flow_side: Box<F>,
 ) -> (u16, String)
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -230,7 +232,9 @@ where
     /// frame has been written (or the connection cannot carry one).
     async fn run(mut self, ping_interval: Option<Duration>) -> Sink<S> {
         if self.write_while_open(ping_interval).await {
-            self.write_close().await;
+            // Boxed: it runs once, at the end; inline it would size every
+            // connection's future for its whole life.
+            Box::pin(self.write_close()).await;
         }
         self.sink
     }
