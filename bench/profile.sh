@@ -6,7 +6,8 @@
 #                                       # build), fresh instances and instance reuse:
 #                                       # µs of server CPU per message, by part
 #   bench/profile.sh ab BIN_A BIN_B...  # alternate the binaries, ROUNDS rounds, and
-#                                       # print each one's median messages/s
+#                                       # print each one's median messages/s and
+#                                       # server CPU µs per message
 #
 # Settings (environment): PROFILE_MODES="fresh reuse", PROFILE_SECONDS=6 (load
 # per run; perf records the middle of it), PROFILE_ROUNDS=8 (ab), PROFILE_DURATION=3
@@ -91,16 +92,36 @@ run() {
     }
     taskset -c 1 "$LOAD" "$url" -c "$CONNECTIONS" -d "$seconds" --warmup 1 >"$WORK/load.out" 2>&1 &
     local load=$!
+    local cpu_before cpu_after
     if [[ -n $record ]]; then
         sleep $((1 + seconds / 4))
         perf record -q -F 999 --call-graph dwarf,16384 -p "$SERVER_PID" -o "$record" \
             -- sleep $((seconds / 2)) >/dev/null 2>&1
+    else
+        # The measured period starts after the load's one-second warm-up.
+        sleep 1
+        cpu_before=$(cpu_ticks "$SERVER_PID")
     fi
     wait "$load"
+    [[ -z $record ]] && cpu_after=$(cpu_ticks "$SERVER_PID")
     kill -INT "$SERVER_PID"
     wait "$SERVER_PID" 2>/dev/null || true
     SERVER_PID=
-    grep -o 'msgs_per_s=[0-9]*' "$WORK/load.out" | cut -d= -f2
+    local rate
+    rate=$(grep -o 'msgs_per_s=[0-9]*' "$WORK/load.out" | cut -d= -f2)
+    if [[ -n $record ]]; then
+        echo "$rate"
+    else
+        # Server CPU per message over the measured period: robust to other
+        # load on the machine, which lowers messages/s but not this.
+        awk -v r="$rate" -v d="$seconds" -v t=$((cpu_after - cpu_before)) -v hz="$(getconf CLK_TCK)" \
+            'BEGIN { printf "%d %.1f\n", r, t / hz * 1e6 / (r * d) }'
+    fi
+}
+
+# cpu_ticks PID: the process's user + system CPU time, in clock ticks.
+cpu_ticks() {
+    awk '{ print $14 + $15 }' "/proc/$1/stat"
 }
 
 # The parts reported, as `label|symbol`: the inclusive share of the first
@@ -186,12 +207,16 @@ ab() {
             done
         done
         for ((i = 0; i < n; i++)); do
-            sort -n "$WORK/ab.$mode.$i" | awk -v bin="${bins[$i]}" -v mode="$mode" '
+            local cpus
+            cpus=$(sort -n -k2 "$WORK/ab.$mode.$i" | awk '{ printf " %s", $2 }')
+            sort -n "$WORK/ab.$mode.$i" | awk -v bin="${bins[$i]}" -v mode="$mode" -v cpus="$cpus" '
                 { rate[NR] = $1 }
                 END {
-                    printf "%-6s %-50s median %7d msgs/s   runs", mode, bin, rate[int((NR + 1) / 2)]
+                    n = split(cpus, cpu, " ")
+                    printf "%-6s %-40s median %7d msgs/s %6.1f µs CPU/msg   runs", mode, bin,
+                        rate[int((NR + 1) / 2)], cpu[int((n + 1) / 2)]
                     for (j = 1; j <= NR; j++) printf " %d", rate[j]
-                    printf "\n"
+                    printf "   µs CPU/msg%s\n", cpus
                 }'
         done
     done

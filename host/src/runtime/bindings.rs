@@ -43,3 +43,20 @@ pub mod hooks {
 pub use self::wsflow::flow::connection::{CloseError, ReceiveError, SendError};
 pub use self::wsflow::flow::log::Level;
 pub use self::wsflow::flow::types::{Content, Input, Message, Mode, Param, ParamValue};
+
+impl FlowIndices {
+    /// [`FlowIndices::load`] without its type check: `FlowIndices::new`
+    /// checked the export's type against the component already, and every
+    /// instance of the component has that type. The check walks the whole
+    /// `event` record (a microsecond or two), once per fresh instance.
+    pub(crate) fn load_unchecked(
+        &self,
+        mut store: impl wasmtime::AsContextMut,
+        instance: &wasmtime::component::Instance,
+    ) -> wasmtime::Result<Flow> {
+        let handle = instance
+            .get_func(&mut store, self.handle)
+            .ok_or_else(|| wasmtime::format_err!("no export `handle` found"))?;
+        Ok(Flow { handle })
+    }
+}

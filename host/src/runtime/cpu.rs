@@ -9,6 +9,13 @@
 //! The clock is the thread's own, so the operating system running other
 //! threads in the middle of a poll is not charged either.
 //!
+//! Most polls are short (a message handled at once), and the thread clock
+//! is a system call, so a poll reads it only at its start: one that ends
+//! within [`SHORT_POLL`] of wall-clock time is charged that wall-clock
+//! time, which bounds its CPU time from above (the thread was preempted
+//! during it, if at all, for less than that). Longer polls read the thread
+//! clock again and are charged exactly.
+//!
 //! The epoch callback runs inside a poll (on the polling thread) and sees
 //! the poll in progress; the end of every poll checks the limit too, so CPU
 //! burnt in host calls is stopped even where no guest code runs for a
@@ -18,14 +25,15 @@ use std::future::Future;
 use std::pin::pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::Poll;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::limits::LimitExceeded;
 
 /// The calling thread's CPU time, in nanoseconds.
 ///
 /// A system call on Linux (the vDSO does not serve per-thread clocks):
-/// some hundreds of nanoseconds, paid twice per poll of an execution.
+/// some hundreds of nanoseconds, paid once per short poll of an execution
+/// and twice per long one.
 #[cfg(unix)]
 pub(crate) fn thread_cpu_nanos() -> u64 {
     let now = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
@@ -43,6 +51,10 @@ pub(crate) fn thread_cpu_nanos() -> u64 {
     let elapsed = START.get_or_init(std::time::Instant::now).elapsed();
     u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX)
 }
+
+/// A poll that ends within this much wall-clock time is charged its
+/// wall-clock time instead of a second read of the thread's clock.
+const SHORT_POLL: Duration = Duration::from_micros(50);
 
 /// `poll_started` between polls.
 const NOT_POLLING: u64 = u64::MAX;
@@ -112,11 +124,17 @@ impl CpuMeter {
         let mut work = pin!(work);
         std::future::poll_fn(|cx| {
             let started = thread_cpu_nanos();
+            let wall = Instant::now();
             self.poll_started.store(started, Ordering::Relaxed);
             let polled = work.as_mut().poll(cx);
-            let ended = thread_cpu_nanos();
+            let elapsed = wall.elapsed();
+            let nanos = if elapsed < SHORT_POLL {
+                elapsed.as_nanos() as u64
+            } else {
+                thread_cpu_nanos().saturating_sub(started)
+            };
             self.poll_started.store(NOT_POLLING, Ordering::Relaxed);
-            self.charge(ended.saturating_sub(started));
+            self.charge(nanos);
             match polled {
                 Poll::Ready(result) => Poll::Ready(result),
                 Poll::Pending => match self.check() {
@@ -157,6 +175,41 @@ mod tests {
         // The two bursts, not the sleep between them.
         assert!(used >= Duration::from_millis(40), "{used:?}");
         assert!(used < Duration::from_millis(200), "{used:?}");
+    }
+
+    #[tokio::test]
+    async fn a_long_poll_is_charged_its_cpu_time_not_its_wall_clock_time() {
+        let meter = CpuMeter::new(Duration::from_secs(60));
+        meter
+            .run(async {
+                // Off the CPU for most of the poll, as if preempted.
+                std::thread::sleep(Duration::from_millis(100));
+                burn(Duration::from_millis(5));
+                Ok(())
+            })
+            .await
+            .unwrap();
+        let used = meter.used();
+        assert!(used >= Duration::from_millis(5), "{used:?}");
+        assert!(used < Duration::from_millis(60), "{used:?}");
+    }
+
+    #[tokio::test]
+    async fn short_polls_are_charged_no_more_than_their_wall_clock_time() {
+        let meter = CpuMeter::new(Duration::from_secs(60));
+        let wall = Instant::now();
+        let result: wasmtime::Result<()> = meter
+            .run(async {
+                for _ in 0..1000 {
+                    tokio::task::yield_now().await;
+                }
+                Ok(())
+            })
+            .await;
+        result.unwrap();
+        let used = meter.used();
+        assert!(used > Duration::ZERO);
+        assert!(used <= wall.elapsed(), "{used:?}");
     }
 
     #[tokio::test]

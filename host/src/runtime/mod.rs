@@ -671,7 +671,7 @@ impl FlowPre {
     ) -> wasmtime::Result<bindings::Flow> {
         let handle = self.handle.as_ref().expect("checked by `role`");
         let instance = self.pre.instantiate_async(&mut *store).await?;
-        handle.load(store, &instance)
+        handle.load_unchecked(store, &instance)
     }
 
     /// The one way guest work runs: on the app's lane, every poll charged

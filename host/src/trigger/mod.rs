@@ -15,6 +15,7 @@ mod progress;
 mod pump;
 mod session;
 mod tls;
+mod together;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::AtomicUsize;

@@ -26,6 +26,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::{self, Message};
 
 use super::progress::WriteProgress;
+use super::together;
 use crate::app::{AppInfo, AppStats, ByteBudget, Charge};
 use crate::close::Close;
 use crate::manifest::spec::TriggerLimits;
@@ -85,12 +86,17 @@ where
         limits.max_message_size,
         out_tx,
     ));
-    let socket = serve_socket(socket, &shared, limits, progress, out_rx, in_tx);
-    // Pinned here and lent: moved into `drive_flow` as an argument, the
-    // flow side's future would take its room there twice (an `async fn`
-    // keeps its arguments beside the locals they are moved into).
+    // Pinned here and lent: moved into `drive_flow` or `together::join`
+    // as arguments, each side's future would take its room there twice
+    // (an `async fn` keeps its arguments beside the locals they are moved
+    // into).
+    let socket = std::pin::pin!(serve_socket(
+        socket, &shared, limits, progress, out_rx, in_tx
+    ));
     let flow = std::pin::pin!(flow_side(Arc::clone(&shared), in_rx));
-    tokio::join!(socket, drive_flow(&shared, flow));
+    let flow = std::pin::pin!(drive_flow(&shared, flow));
+    // In rounds: a message read, handled and answered in one poll.
+    together::join(socket, flow).await;
     shared.ended_with()
 }
 
