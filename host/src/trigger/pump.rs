@@ -650,7 +650,7 @@ mod tests {
         );
         // What an idle connection costs is mostly this future: the flow
         // side's state once, and the pump's own few KiB beside it.
-        let size = std::mem::size_of_val(&pump);
+        let size = size_of_val(&pump);
         assert!(size > FLOW_STATE, "{size}");
         assert!(size < FLOW_STATE + FLOW_STATE / 2, "{size} bytes");
     }
