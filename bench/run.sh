@@ -17,7 +17,10 @@
 #   BENCH_CONNECTIONS=64 BENCH_SIZE=32 connections, message size in bytes
 #   BENCH_MODE=ping-pong               or pipelined (BENCH_WINDOW=16 in flight)
 #   BENCH_BINARY=0                     1: binary messages (websocketd is skipped)
-#   BENCH_IDLE_CONNECTIONS=10000       scale: idle Data-mode connections
+#   BENCH_IDLE_CONNECTIONS=10000       scale: idle Data-mode connections (at most what the host
+#                                      accepts within the open-file limit: 18,000 of 20,000)
+#   BENCH_LOAD_PROCESSES=1             scale: load generator processes the idle connections and
+#                                      blocked flows are split over (each holds its share)
 #   BENCH_FLOWS=5000                   scale: Connection-mode flows blocked in receive
 #   BENCH_STARTUP_RUNS=7               scale: measured starts of `wsflow up`
 #   BENCH_SPINNERS=0,64,256            fairness: spinning executions of the other app, a row each
@@ -66,6 +69,7 @@ WINDOW=${BENCH_WINDOW:-16}
 BINARY=${BENCH_BINARY:-0}
 IDLE_CONNECTIONS=${BENCH_IDLE_CONNECTIONS:-10000}
 FLOWS=${BENCH_FLOWS:-5000}
+LOAD_PROCESSES=${BENCH_LOAD_PROCESSES:-1}
 STARTUP_RUNS=${BENCH_STARTUP_RUNS:-7}
 SPINNERS=${BENCH_SPINNERS:-0,64,256}
 BUSY_RUNS=${BENCH_BUSY_RUNS:-5}
@@ -566,51 +570,68 @@ work() {
 # --- scale ---------------------------------------------------------------------
 
 # hold NAME URL COUNT [--expect-greeting]: open COUNT idle connections to the
-# running server; prints the server's RSS growth per connection in KiB.
+# running server, split over LOAD_PROCESSES load generators; prints the
+# server's RSS growth per connection in KiB, and how long opening them took.
 hold() {
     local name=$1 url=$2 count=$3
     shift 3
     HOLD_KIB=
     sleep 0.5
-    local before after pss_before pss_after
+    local before after pss_before pss_after started opened
     before=$(rss_kib "$SERVER_PID")
     pss_before=$(pss_kib "$SERVER_PID")
-    : >"$WORK/$name.hold"
-    "${LOAD_PIN[@]}" "$BIN/wsflow-load" "$url" -m hold -c "$count" -d 300 "$@" \
-        >"$WORK/$name.hold" 2>&1 &
-    local loader=$!
-    PIDS+=("$loader")
-    local i
+    local loaders=() p share
+    started=$(date +%s.%N)
+    for ((p = 0; p < LOAD_PROCESSES; p++)); do
+        share=$((count / LOAD_PROCESSES + (p < count % LOAD_PROCESSES ? 1 : 0)))
+        : >"$WORK/$name.hold.$p"
+        "${LOAD_PIN[@]}" "$BIN/wsflow-load" "$url" -m hold -c "$share" -d 300 "$@" \
+            >"$WORK/$name.hold.$p" 2>&1 &
+        loaders+=($!)
+        PIDS+=($!)
+    done
+    local i holding failed=
     for ((i = 0; i < 1200; i++)); do
-        grep -q '^holding' "$WORK/$name.hold" && break
-        kill -0 "$loader" 2>/dev/null || break
+        holding=$(cat "$WORK/$name.hold".* | grep -c '^holding' || true)
+        ((holding == LOAD_PROCESSES)) && break
+        for p in "${loaders[@]}"; do
+            kill -0 "$p" 2>/dev/null || failed=1
+        done
+        [[ -n $failed ]] && break
         sleep 0.1
     done
-    if ! grep -q '^holding' "$WORK/$name.hold"; then
-        kill "$loader" 2>/dev/null || true
-        wait "$loader" 2>/dev/null || true
+    opened=$(date +%s.%N)
+    if ((holding != LOAD_PROCESSES)); then
+        kill "${loaders[@]}" 2>/dev/null || true
+        wait "${loaders[@]}" 2>/dev/null || true
         echo "   $name: could not open $count connections:"
-        grep -v -e '^wsflow-load' -e Backtrace "$WORK/$name.hold" | head -3 | sed 's/^/      /'
+        cat "$WORK/$name.hold".* | grep -v -e '^wsflow-load' -e Backtrace -e '^connected' | head -3 |
+            sed 's/^/      /'
         return 0
     fi
     sleep 1
     after=$(rss_kib "$SERVER_PID")
     pss_after=$(pss_kib "$SERVER_PID")
-    kill "$loader" 2>/dev/null || true
-    wait "$loader" 2>/dev/null || true
+    kill "${loaders[@]}" 2>/dev/null || true
+    wait "${loaders[@]}" 2>/dev/null || true
     HOLD_KIB=$(awk -v b="$before" -v a="$after" -v n="$count" 'BEGIN { printf "%.1f", (a - b) / n }')
     awk -v b="$before" -v a="$after" -v per="$HOLD_KIB" -v name="$name" -v pb="$pss_before" \
-        -v pa="$pss_after" -v n="$count" 'BEGIN {
+        -v pa="$pss_after" -v n="$count" -v s="$started" -v o="$opened" -v procs="$LOAD_PROCESSES" 'BEGIN {
         printf "   %-8s VmRSS %6.1f MiB before, %6.1f MiB with them open: %6.1f KiB each (PSS: %5.1f KiB each)\n", name, b / 1024, a / 1024, per, (pa - pb) / n
+        printf "   %-8s opened in %.2f s by %d load process(es): %.0f connections/s (polled every 0.1 s)\n", "", o - s, procs, n / (o - s)
     }'
 }
 
 scale() {
-    local limit
+    # The host keeps a tenth of its descriptors (64 to 4,096) for itself
+    # and accepts client sockets within the rest (`sockets.rs`); each load
+    # process holds its share within the same limit.
+    local limit kept
     limit=$(ulimit -n)
-    if ((IDLE_CONNECTIONS + 100 > limit)); then
-        IDLE_CONNECTIONS=$((limit - 100))
-        echo "open-file limit $limit: using $IDLE_CONNECTIONS idle connections"
+    kept=$((limit / 10 < 64 ? 64 : (limit / 10 > 4096 ? 4096 : limit / 10)))
+    if ((IDLE_CONNECTIONS > limit - kept)); then
+        IDLE_CONNECTIONS=$((limit - kept))
+        echo "open-file limit $limit (the host keeps $kept): using $IDLE_CONNECTIONS idle connections"
     fi
     machine
     echo

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 
+use futures_util::StreamExt as _;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_util::sync::CancellationToken;
@@ -118,24 +119,32 @@ impl WsTrigger {
         let span = tracing::Span::current();
         span.record("path", tracing::field::display(&handler.spec.path));
         tracing::debug!("connected");
+        // Split here, in the handshake's future: the futures below would
+        // each keep room for a whole `WebSocketStream` for the connection's
+        // life; its two halves are two pointers.
+        let socket = ws.split();
+        let farewell = Arc::new(OnceLock::new());
+        // What only starts the pump, boxed until it does: captured by the
+        // future below, it would keep its room there for the connection's
+        // life after it has been moved on.
+        let start = Box::new((
+            socket,
+            Upgraded {
+                routed,
+                id,
+                opening,
+                farewell: ended.as_ref().map(|_| Arc::clone(&farewell)),
+            },
+            progress,
+            shutdown,
+        ));
         Some(Box::pin(async move {
             // Open, and counted so, until served.
             let _socket = _socket;
             let _open = _open;
-            let farewell = Arc::new(OnceLock::new());
+            let (socket, upgraded, progress, shutdown) = *start;
             // Inline: this future is the connection's for its whole life.
-            let serve = self.serve_upgraded(
-                ws,
-                Upgraded {
-                    routed,
-                    id,
-                    opening,
-                    farewell: ended.as_ref().map(|_| Arc::clone(&farewell)),
-                },
-                peer,
-                progress,
-                shutdown,
-            );
+            let serve = self.serve_upgraded(socket, upgraded, peer, progress, shutdown);
             let how = serve.await;
             tracing::debug!("disconnected");
             let farewell = farewell.get().cloned().unwrap_or_default();
@@ -164,7 +173,7 @@ impl WsTrigger {
     /// with no level of its own around it in the connection's task.
     fn serve_upgraded<S>(
         &self,
-        ws: tokio_tungstenite::WebSocketStream<S>,
+        socket: pump::Halves<S>,
         upgraded: Upgraded,
         peer: SocketAddr,
         progress: Arc<WriteProgress>,
@@ -226,7 +235,7 @@ impl WsTrigger {
                 });
             }
             match handler.spec.mode {
-                Mode::Data => data::run(&handler, &shared, inbound, event, &shutdown).await,
+                Mode::Data => data::run(&handler, &shared, inbound, &mut event, &shutdown).await,
                 Mode::Connection => {
                     event.inputs = inputs::evaluate(&handler.spec.inputs, &event, None);
                     Box::pin(session::run(&handler, &shared, inbound, event, &shutdown)).await
@@ -234,13 +243,13 @@ impl WsTrigger {
             }
         };
         pump::run(
-            ws,
+            socket,
             id,
             Arc::clone(&self.app),
             peer,
             &self.limits,
             progress,
-            flow_side,
+            Box::new(flow_side),
         )
     }
 }

@@ -20,7 +20,9 @@ pub(super) async fn run(
     handler: &Handler,
     shared: &Arc<ConnectionShared>,
     mut inbound: Inbound,
-    mut event: Event,
+    // Lent, not moved: an `async fn` keeps room for its arguments beside
+    // the locals they are moved into, for the connection's whole life.
+    event: &mut Event,
     shutdown: &CancellationToken,
 ) -> Option<Close> {
     let wall_time = handler.app.limits.wall_time;
@@ -50,7 +52,7 @@ pub(super) async fn run(
             () = shutting_down.as_mut() => return Some(Close::GOING_AWAY),
             message = inbound.recv() => message?,
         };
-        let json = match decode(handler, message, &mut event) {
+        let json = match decode(handler, message, event) {
             Ok(json) => json,
             Err(rejection) => match handler.spec.on_invalid {
                 OnInvalid::Close => return Some(Close::invalid_data(rejection.reason())),
@@ -70,7 +72,7 @@ pub(super) async fn run(
             },
         };
         if !handler.spec.inputs.is_empty() {
-            event.inputs = inputs::evaluate(&handler.spec.inputs, &event, json.as_ref());
+            event.inputs = inputs::evaluate(&handler.spec.inputs, event, json.as_ref());
         }
         // Boxed: an execution's future is large and lives only while a
         // message is handled, not while the connection idles.
@@ -78,10 +80,10 @@ pub(super) async fn run(
             None => {
                 let connection = HostConnection::new(Arc::clone(shared), None);
                 let lifetime = Lifetime::Message { wall_time };
-                Box::pin(handler.flow().execute(&event, connection, lifetime)).await
+                Box::pin(handler.flow().execute(event, connection, lifetime)).await
             }
             Some(instance) => {
-                let (outcome, instance) = Box::pin(instance.call(&event, wall_time)).await;
+                let (outcome, instance) = Box::pin(instance.call(event, wall_time)).await;
                 reused = instance;
                 outcome
             }

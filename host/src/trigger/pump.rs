@@ -12,9 +12,12 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
+use futures_util::future::Either;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
@@ -53,19 +56,21 @@ const LINGER: Duration = Duration::from_secs(2);
 /// queue into the socket, and `flow_side` (data or connection mode), which
 /// gets the connection's shared state and the messages read (`None` once
 /// the client has closed or the connection has failed) and returns the
-/// close to send. `progress` is fed by the stream under `ws`.
+/// close to send. `progress` is fed by the stream under `socket`.
 ///
 /// Once the socket is closed, the flow side has the app's `wall_time` to
 /// finish; then it is stopped. Returns the code and reason the connection
 /// ended with (see [`ConnectionShared::ended_with`]).
 pub(super) async fn run<S, F, Fut>(
-    ws: WebSocketStream<S>,
+    socket: Halves<S>,
     id: u64,
     app: Arc<AppInfo>,
     peer: SocketAddr,
     limits: &TriggerLimits,
     progress: Arc<WriteProgress>,
-    flow_side: F,
+    // Boxed: called once, at the start, it would otherwise keep the room
+    // of what it captures in this future for the connection's life.
+    flow_side: Box<F>,
 ) -> (u16, String)
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -81,8 +86,15 @@ where
         limits.max_message_size,
         out_tx,
     ));
-    let socket = serve_socket(ws, &shared, limits, progress, out_rx, in_tx);
-    let flow = drive_flow(&shared, flow_side(Arc::clone(&shared), in_rx));
+    // Pinned here and lent: moved into `drive_flow` or `together::join`
+    // as arguments, each side's future would take its room there twice
+    // (an `async fn` keeps its arguments beside the locals they are moved
+    // into).
+    let socket = std::pin::pin!(serve_socket(
+        socket, &shared, limits, progress, out_rx, in_tx
+    ));
+    let flow = std::pin::pin!(flow_side(Arc::clone(&shared), in_rx));
+    let flow = std::pin::pin!(drive_flow(&shared, flow));
     // In rounds: a message read, handled and answered in one poll.
     together::join(socket, flow).await;
     shared.ended_with()
@@ -92,14 +104,16 @@ where
 /// it returns (1000 if none). Once the client has gone, the flow side has
 /// `wall_time` left: a flow that sleeps or computes instead of noticing
 /// would otherwise hold its execution slot for nobody.
-async fn drive_flow(shared: &ConnectionShared, flow: impl Future<Output = Option<Close>>) {
-    tokio::pin!(flow);
+async fn drive_flow<F>(shared: &ConnectionShared, mut flow: Pin<&mut F>)
+where
+    F: Future<Output = Option<Close>>,
+{
     let close = tokio::select! {
         biased;
-        close = &mut flow => close,
+        close = flow.as_mut() => close,
         () = shared.gone().raised() => {
             let grace = shared.app.limits.wall_time;
-            match tokio::time::timeout(grace, &mut flow).await {
+            match tokio::time::timeout(grace, flow.as_mut()).await {
                 Ok(close) => close,
                 Err(_elapsed) => {
                     tracing::error!(
@@ -117,7 +131,7 @@ async fn drive_flow(shared: &ConnectionShared, flow: impl Future<Output = Option
 
 /// Read and write until the connection is closed, then close the socket.
 async fn serve_socket<S>(
-    ws: WebSocketStream<S>,
+    (sink, stream): Halves<S>,
     shared: &ConnectionShared,
     limits: &TriggerLimits,
     progress: Arc<WriteProgress>,
@@ -126,7 +140,6 @@ async fn serve_socket<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let (sink, stream) = ws.split();
     let reader_done = Flag::new();
     let stop_reader = Flag::new();
     let reader = async {
@@ -184,6 +197,12 @@ async fn linger<S: AsyncRead + AsyncWrite + Unpin>(mut socket: S) {
 type Sink<S> = SplitSink<WebSocketStream<S>, Message>;
 type Stream<S> = SplitStream<WebSocketStream<S>>;
 
+/// A connection's WebSocket split into its writing and reading halves
+/// (`StreamExt::split`), as the pump takes it: split where it is upgraded,
+/// no future that lives as long as the connection holds the whole
+/// `WebSocketStream` (each would keep room for it, moved out or not).
+pub(super) type Halves<S> = (Sink<S>, Stream<S>);
+
 /// How a write to the client ended.
 enum Written {
     Done(Result<(), tungstenite::Error>),
@@ -219,7 +238,9 @@ where
     /// frame has been written (or the connection cannot carry one).
     async fn run(mut self, ping_interval: Option<Duration>) -> Sink<S> {
         if self.write_while_open(ping_interval).await {
-            self.write_close().await;
+            // Boxed: it runs once, at the end; inline it would size every
+            // connection's future for its whole life.
+            Box::pin(self.write_close()).await;
         }
         self.sink
     }
@@ -252,12 +273,10 @@ where
                     let Some(Outbound { message, charge }) = next else { return true };
                     // Batch: flush only once nothing else is waiting.
                     let flush = self.outbound.is_empty();
-                    let write = async {
-                        if flush {
-                            self.sink.send(message).await
-                        } else {
-                            self.sink.feed(message).await
-                        }
+                    let write = if flush {
+                        Either::Left(self.sink.send(message))
+                    } else {
+                        Either::Right(self.sink.feed(message))
                     };
                     let patience = Patience::Progress(self.patience);
                     let written = watch(&self.progress, abort, patience, write).await;
@@ -347,15 +366,46 @@ where
 
 /// Run `write` unless the connection is aborted or the client runs out of
 /// `patience`.
-async fn watch<F>(progress: &WriteProgress, abort: &Flag, patience: Patience, write: F) -> Written
+async fn watch<F>(
+    progress: &WriteProgress,
+    abort: &Flag,
+    patience: Patience,
+    mut write: F,
+) -> Written
 where
-    F: Future<Output = Result<(), tungstenite::Error>>,
+    F: Future<Output = Result<(), tungstenite::Error>> + Unpin,
 {
     if abort.is_raised() {
         return Written::Aborted;
     }
     let started = Instant::now();
-    tokio::pin!(write);
+    // The write first: one that completes at once (the usual case)
+    // registers no waits.
+    let first = std::future::poll_fn(|cx| match Pin::new(&mut write).poll(cx) {
+        Poll::Ready(result) => Poll::Ready(Some(result)),
+        Poll::Pending => Poll::Ready(None),
+    });
+    if let Some(result) = first.await {
+        return Written::Done(result);
+    }
+    // Boxed: the waits are large and needed only by a write the socket
+    // does not take at once; inline they would size every idle
+    // connection's future.
+    Box::pin(wait_for_write(progress, abort, patience, started, write)).await
+}
+
+/// The rest of [`watch`]: wait for `write` until it completes, the
+/// connection is aborted or the client runs out of `patience`.
+async fn wait_for_write<F>(
+    progress: &WriteProgress,
+    abort: &Flag,
+    patience: Patience,
+    started: Instant,
+    mut write: F,
+) -> Written
+where
+    F: Future<Output = Result<(), tungstenite::Error>> + Unpin,
+{
     let mut aborted = std::pin::pin!(abort.raised());
     loop {
         // Measured from the client's last progress, but never from before
@@ -446,18 +496,32 @@ where
                     continue;
                 }
                 let len = message.len();
-                let deliver = async {
-                    let own = budget.take(len).await;
-                    let app = shared.app.inbound_budget.take(len).await;
-                    inbound.send((message, Charge::new(own, app))).await
-                };
-                // Delivery first: one that needs no wait registers none.
-                tokio::select! {
-                    biased;
-                    _ = deliver => {}
-                    () = aborted.as_mut() => break,
-                    () = stopped.as_mut() => break,
-                    () = shared.closing().raised() => {}
+                // Room now (the usual case): nothing to wait for or register.
+                if let Some(own) = budget.try_take(len)
+                    && let Some(app) = shared.app.inbound_budget.try_take(len)
+                    && let Ok(slot) = inbound.try_reserve()
+                {
+                    slot.send((message, Charge::new(own, app)));
+                    continue;
+                }
+                // Boxed: the waits are large and rare; inline they would
+                // size every idle connection's future.
+                let waited = Box::pin(async {
+                    let deliver = async {
+                        let own = budget.take(len).await;
+                        let app = shared.app.inbound_budget.take(len).await;
+                        inbound.send((message, Charge::new(own, app))).await
+                    };
+                    tokio::select! {
+                        biased;
+                        _ = deliver => true,
+                        () = aborted.as_mut() => false,
+                        () = stopped.as_mut() => false,
+                        () = shared.closing().raised() => true,
+                    }
+                });
+                if !waited.await {
+                    break;
                 }
             }
             Ok(Message::Close(frame)) => {
@@ -533,4 +597,61 @@ fn is_disconnect(error: &std::io::Error) -> bool {
             | ErrorKind::BrokenPipe
             | ErrorKind::UnexpectedEof
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use futures_util::StreamExt as _;
+    use tokio_tungstenite::tungstenite::protocol::Role;
+
+    use super::*;
+    use crate::manifest::spec::AppSpec;
+
+    /// A flow side's state as large as this makes a second copy of it in
+    /// the pump's future stand out from everything else the future holds.
+    const FLOW_STATE: usize = 16 << 10;
+
+    #[tokio::test]
+    async fn the_pump_holds_its_flow_side_once() {
+        let app = Arc::new(AppInfo::new(&AppSpec {
+            name: "t".into(),
+            manifest: Default::default(),
+            properties: Default::default(),
+            limits: Default::default(),
+            flows: Vec::new(),
+            triggers: Vec::new(),
+            key_value_stores: Vec::new(),
+            api: None,
+            history: Vec::new(),
+        }));
+        let limits = TriggerLimits {
+            max_connections: None,
+            max_pending_handshakes: 256,
+            max_message_size: 1024,
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: None,
+            ping_interval: None,
+        };
+        let (server, _client) = tokio::io::duplex(64);
+        let ws = WebSocketStream::from_raw_socket(server, Role::Server, None).await;
+        let flow_side = |_shared: Arc<ConnectionShared>, _inbound: Inbound| async move {
+            let state = [0u8; FLOW_STATE];
+            std::future::pending::<()>().await;
+            Some(Close::NORMAL).filter(|_| state[0] == 1)
+        };
+        let pump = run(
+            ws.split(),
+            1,
+            app,
+            "127.0.0.1:1".parse().unwrap(),
+            &limits,
+            Arc::new(WriteProgress::new()),
+            Box::new(flow_side),
+        );
+        // What an idle connection costs is mostly this future: the flow
+        // side's state once, and the pump's own few KiB beside it.
+        let size = size_of_val(&pump);
+        assert!(size > FLOW_STATE, "{size}");
+        assert!(size < FLOW_STATE + FLOW_STATE / 2, "{size} bytes");
+    }
 }
