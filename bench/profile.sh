@@ -4,7 +4,8 @@
 #
 #   bench/profile.sh profile [BIN]      # perf profile of BIN (default: the release
 #                                       # build), fresh instances and instance reuse:
-#                                       # µs of server CPU per message, by part
+#                                       # µs of server CPU per message, by part and
+#                                       # by origin (kernel, wasmtime, guest, host crates)
 #   bench/profile.sh ab BIN_A BIN_B...  # alternate the binaries, ROUNDS rounds, and
 #                                       # print each one's median messages/s and
 #                                       # server CPU µs per message
@@ -128,7 +129,7 @@ cpu_ticks() {
 # symbol of the perf report that is `symbol`, or starts with it when it ends
 # in `::` (closures).
 PARTS=(
-    "the connection's task, all of it|wsflow::trigger::WsTrigger::serve_stream::"
+    "the connection's task, all of it|wsflow::trigger::connection::<impl wsflow::trigger::WsTrigger>::upgrade::"
     "  an execution (fresh instance)|wsflow::runtime::FlowPre::execute::"
     "    instantiating the component|wasmtime::runtime::component::instance::InstancePre<T>::instantiate_async::"
     "    a new store and WASI context|wsflow::runtime::FlowPre::new_store"
@@ -157,6 +158,36 @@ share() {
             sub(/ \(inlined\)$/, "", line)
             if (line == want || (want ~ /::$/ && index(line, want) == 1)) { print share; exit }
         }' "$1"
+}
+
+# origins REPORT RATE: the samples' own time (not their callees') by where
+# the code comes from, in µs per message: the kernel, wasmtime, the guest's
+# compiled code (symbols perf cannot resolve), the host's crates, libc.
+origins() {
+    awk -v rate="$2" '
+        {
+            share = $2
+            sub("%", "", share)
+            if (share + 0 == 0) next
+            line = $0
+            sub(/^.*\] /, "", line)
+            origin = "other"
+            if ($3 == "[k]") origin = "kernel"
+            else if (line ~ /wasmtime|cranelift/) origin = "wasmtime"
+            else if (line ~ /tungstenite/) origin = "tungstenite"
+            else if (line ~ /wsflow/) origin = "wsflow"
+            else if (line ~ /tokio/) origin = "tokio"
+            else if (line ~ /futures/) origin = "futures"
+            else if (line ~ /tracing/) origin = "tracing"
+            else if (line ~ /malloc|free|memmove|memset|memcpy|tcache|_int_/) origin = "libc memory"
+            else if (line ~ /clock_gettime|vdso/) origin = "clock (vDSO)"
+            else if (line ~ /^0x/) origin = "guest code (unresolved)"
+            sum[origin] += share
+        }
+        END {
+            for (origin in sum)
+                printf "    %-38s %7.2f%% %12.2f\n", origin, sum[origin], sum[origin] / 100 * 1e6 / rate
+        }' "$1" | sort -k2 -t'%' -rn
 }
 
 profile() {
@@ -188,6 +219,9 @@ profile() {
             printf '  %-40s %7s%% %12s\n' "$label" "$share" \
                 "$(awk -v s="$share" -v r="$rate" 'BEGIN { printf "%.2f", s / 100 * 1e6 / r }')"
         done
+        echo "  by origin (own time of the code):"
+        origins "$WORK/$mode.report" "$rate"
+
     done
 }
 
