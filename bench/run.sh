@@ -270,6 +270,9 @@ node_label() {
 # --- compare -------------------------------------------------------------------
 
 HOLD_KIB=
+HOLD_PSS_KIB=
+LAST_CPU_US=
+LAST_US_PER_DELIVERY=
 ROWS=()
 NATIVE_RATE=
 LAST_RATE=
@@ -315,6 +318,7 @@ measure() {
         cat "$out" "$out.err" >&2
         ROWS+=("$label|failed (see above)")
         LAST_RATE=
+        LAST_CPU_US=
         return 0
     fi
     grep -E '^(messages/s|round trip|CPU)' "$out" | sed 's/^/   /'
@@ -329,6 +333,7 @@ measure() {
     local cpu_us
     cpu_us=$(awk -v c="$(field "$out" server_cpu)" -v r="$rate" 'BEGIN { if (r > 0) printf "%.1f", c * 1e6 / r; else print "-" }')
     [[ -z $BASE_CPU_US ]] && BASE_CPU_US=$cpu_us
+    LAST_CPU_US=$cpu_us
     ROWS+=("$label|$rate|$(field "$out" p50_us)|$(field "$out" p90_us)|$(field "$out" p99_us)|$(field "$out" max_us)|$(awk -v r="$rate" -v n="$BASE_RATE" 'BEGIN { printf "%.2fx", r / n }')|$(awk -v c="$(field "$out" server_cpu)" 'BEGIN { printf "%.0f%%", c * 100 }')|$cpu_us|$(awk -v u="$cpu_us" -v b="$BASE_CPU_US" 'BEGIN { if (u > 0) printf "%.2fx", b / u; else print "-" }')|$(awk -v c="$(field "$out" others_cpu)" 'BEGIN { printf "%.0f%%", c * 100 }')")
 }
 
@@ -357,18 +362,21 @@ compare() {
     start_server native 'listening on' "$BIN/native-echo"
     measure "native (tokio-tungstenite)" "$(listening_url)"
     NATIVE_P99=$LAST_P99
+    local native_cpu=$LAST_CPU_US fresh_cpu reuse_cpu node_cpu orders_native_cpu orders_cpu orders_reuse_cpu
     stop_server
 
     start_server wsflow 'listening on' "$BIN/wsflow" up "$WORK/echo.toml"
     measure "wsflow echo (fresh instance per message)" "$(listening_url)"
     WSFLOW_RATE=$LAST_RATE
     WSFLOW_P99=$LAST_P99
+    fresh_cpu=$LAST_CPU_US
     stop_server
 
     if "$BIN/wsflow" check "$WORK/reuse.toml" >/dev/null 2>&1; then
         start_server wsflow-reuse 'listening on' "$BIN/wsflow" up "$WORK/reuse.toml"
         measure "wsflow echo, instance reuse" "$(listening_url)"
         REUSE_RATE=$LAST_RATE
+        reuse_cpu=$LAST_CPU_US
         stop_server
     else
         ROWS+=("wsflow echo, instance reuse|n/a (not implemented: \`wsflow check\` rejects instance = \"reuse\")")
@@ -378,6 +386,7 @@ compare() {
         start_server node 'listening on' env NODE_PATH="$NODE_DIR/node_modules" node bench/peers/ws-echo.js
         measure "$(node_label)" "$(listening_url)"
         NODE_RATE=$LAST_RATE
+        node_cpu=$LAST_CPU_US
         stop_server
     else
         ROWS+=("Node ws|n/a (node or ws not installed; see docs/BENCHMARKS.md)")
@@ -404,15 +413,18 @@ compare() {
     start_server native-orders 'listening on' "$BIN/native-orders" --schema "$ROOT/examples/orders/order.schema.json"
     measure "native orders (serde_json, jsonschema)" "$(listening_url)$ORDER_QUERY"
     ORDERS_NATIVE_RATE=$LAST_RATE
+    orders_native_cpu=$LAST_CPU_US
     stop_server
     start_server wsflow-orders 'listening on' "$BIN/wsflow" up "$WORK/orders.toml"
     measure "wsflow orders (fresh instance per message)" "$(listening_url | sed 's/{region}/eu/')$ORDER_QUERY"
     ORDERS_RATE=$LAST_RATE
+    orders_cpu=$LAST_CPU_US
     stop_server
     sed -i 's/^flow = "bench"$/flow = "bench"\ninstance = "reuse"/' "$WORK/orders.toml"
     start_server wsflow-orders-reuse 'listening on' "$BIN/wsflow" up "$WORK/orders.toml"
     measure "wsflow orders, instance reuse" "$(listening_url | sed 's/{region}/eu/')$ORDER_QUERY"
     ORDERS_REUSE_RATE=$LAST_RATE
+    orders_reuse_cpu=$LAST_CPU_US
     stop_server
     MEASURE_ARGS=()
 
@@ -432,14 +444,15 @@ compare() {
     echo "CPU µs/msg: server CPU time per message (server CPU / messages/s); per CPU: the"
     echo "baseline's CPU µs/msg over the row's (messages per CPU second, against native)."
     echo
-    echo "targets (docs/BENCHMARKS.md; ratios of the rows above):"
-    target "wsflow, fresh instance per message / native" "$(ratio "$WSFLOW_RATE" "$NATIVE_RATE")" "x >= 0.5"
-    target "wsflow, fresh instance per message / websocketd" "$(ratio "$WSFLOW_RATE" "$WEBSOCKETD_RATE")" "x >= 1"
-    target "wsflow, instance reuse / native" "$(ratio "$REUSE_RATE" "$NATIVE_RATE")" "x >= 0.85"
-    target "wsflow, instance reuse / Node ws" "$(ratio "$REUSE_RATE" "$NODE_RATE")" "x > 1"
-    target "wsflow p99, fresh instance / native p99" "$(ratio "$WSFLOW_P99" "$NATIVE_P99")" "x <= 2"
-    target "wsflow orders, fresh instance / native orders" "$(ratio "$ORDERS_RATE" "$ORDERS_NATIVE_RATE")" "x >= 0.5"
-    target "wsflow orders, instance reuse / native orders" "$(ratio "$ORDERS_REUSE_RATE" "$ORDERS_NATIVE_RATE")" "x >= 0.85"
+    echo "targets (docs/BENCHMARKS.md, issue 21; per CPU: messages per server CPU second,"
+    echo "the baseline's CPU µs/msg over the row's):"
+    target "fresh instance / native, per CPU" "$(ratio "$native_cpu" "$fresh_cpu")" "x >= 0.33"
+    target "instance reuse / native, per CPU" "$(ratio "$native_cpu" "$reuse_cpu")" "x >= 0.7"
+    target "instance reuse / Node ws, per CPU" "$(ratio "$node_cpu" "$reuse_cpu")" "x > 1"
+    target "fresh instance / websocketd, messages/s" "$(ratio "$WSFLOW_RATE" "$WEBSOCKETD_RATE")" "x >= 1"
+    target "p99, fresh instance / native p99" "$(ratio "$WSFLOW_P99" "$NATIVE_P99")" "x <= 3"
+    target "orders, fresh instance / native orders, per CPU" "$(ratio "$orders_native_cpu" "$orders_cpu")" "x >= 0.3"
+    target "orders, instance reuse / native orders, per CPU" "$(ratio "$orders_native_cpu" "$orders_reuse_cpu")" "x >= 0.5"
 }
 
 # --- work ----------------------------------------------------------------------
@@ -615,6 +628,7 @@ hold() {
     kill "${loaders[@]}" 2>/dev/null || true
     wait "${loaders[@]}" 2>/dev/null || true
     HOLD_KIB=$(awk -v b="$before" -v a="$after" -v n="$count" 'BEGIN { printf "%.1f", (a - b) / n }')
+    HOLD_PSS_KIB=$(awk -v b="$pss_before" -v a="$pss_after" -v n="$count" 'BEGIN { printf "%.1f", (a - b) / n }')
     awk -v b="$before" -v a="$after" -v per="$HOLD_KIB" -v name="$name" -v pb="$pss_before" \
         -v pa="$pss_after" -v n="$count" -v s="$started" -v o="$opened" -v procs="$LOAD_PROCESSES" 'BEGIN {
         printf "   %-8s VmRSS %6.1f MiB before, %6.1f MiB with them open: %6.1f KiB each (PSS: %5.1f KiB each)\n", name, b / 1024, a / 1024, per, (pa - pb) / n
@@ -648,7 +662,7 @@ scale() {
     echo "memory per Connection-mode flow blocked in receive ($FLOWS flows, examples/chat-session):"
     start_server wsflow-session 'listening on' "$BIN/wsflow" up "$WORK/session.toml"
     hold wsflow "$(listening_url | sed 's/{room}/bench/')" "$FLOWS" --expect-greeting
-    local flow_kib=$HOLD_KIB
+    local flow_pss_kib=$HOLD_PSS_KIB
     stop_server
 
     echo
@@ -684,7 +698,7 @@ scale() {
     echo
     echo "targets:"
     target "KiB per idle Data-mode connection ($IDLE_CONNECTIONS)" "$idle_kib" "x <= 10"
-    target "KiB per blocked Connection-mode flow ($FLOWS)" "$flow_kib" "x <= 48"
+    target "KiB PSS per blocked Connection-mode flow ($FLOWS)" "$flow_pss_kib" "x <= 40"
     target "ms from start to listening, median" "$(field "$WORK/startup.txt" median_ms)" "x < 10"
 }
 
@@ -766,6 +780,7 @@ fanout_measure() {
     [[ -n $PUBLISH_RATE ]] && args+=(--rate "$PUBLISH_RATE")
     echo "== $label (${urls[*]})"
     LAST_RATE=
+    LAST_US_PER_DELIVERY=
     if ! "${LOAD_PIN[@]}" "$BIN/wsflow-fanout" "${urls[@]}" "${args[@]}" >"$out" 2>"$out.err"; then
         cat "$out" "$out.err" >&2
         FANOUT_ROWS+=("$label|failed (see above)")
@@ -773,6 +788,7 @@ fanout_measure() {
     fi
     grep -E '^(deliveries/s|publish to receive|checked|CPU|server CPU per)' "$out" | sed 's/^/   /'
     LAST_RATE=$(field "$out" deliveries_per_s)
+    LAST_US_PER_DELIVERY=$(field "$out" server_us_per_delivery)
     local ms=() key
     for key in p50_us p90_us p99_us max_us; do
         ms+=("$(awk -v us="$(field "$out" "$key")" 'BEGIN { printf "%.1f", us / 1000 }')")
@@ -835,12 +851,14 @@ fanout() {
     start_server wsflow 'listening on' "${BENCH_WSFLOW:-$BIN/wsflow}" up "$WORK/fanout.toml"
     fanout_measure "wsflow (room program, Data mode)" "all bench " "$(listening_url)"
     wsflow_rate=$LAST_RATE
+    local wsflow_us=$LAST_US_PER_DELIVERY node_us=
     stop_server
 
     if node_ws; then
         start_server node 'listening on' env NODE_PATH="$NODE_DIR/node_modules" node bench/peers/ws-fanout.js
         fanout_measure "$(node_label), clients.forEach(send)" "" "$(listening_url)"
         node_rate=$LAST_RATE
+        node_us=$LAST_US_PER_DELIVERY
         stop_server
     else
         FANOUT_ROWS+=("Node ws|n/a (node or ws not installed; see docs/BENCHMARKS.md)")
@@ -848,8 +866,9 @@ fanout() {
 
     fanout_table "$pacing" "vs Node" "$node_rate"
     echo
-    echo "target:"
+    echo "targets:"
     target "wsflow deliveries/s / Node ws" "$(ratio "$wsflow_rate" "$node_rate")" "x >= 1"
+    target "wsflow / Node ws, deliveries per server CPU second" "$(ratio "$node_us" "$wsflow_us")" "x >= 2.5"
 }
 
 # --- cluster -------------------------------------------------------------------
