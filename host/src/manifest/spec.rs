@@ -35,6 +35,25 @@ pub struct AppSpec {
     pub(crate) history: Vec<HistorySpec>,
 }
 
+#[cfg(test)]
+impl AppSpec {
+    /// An app named `name` with `limits` and nothing else: no flows, no
+    /// triggers, no stores (for unit tests of what an app's info drives).
+    pub(crate) fn bare(name: &str, limits: AppLimits) -> Self {
+        Self {
+            name: name.into(),
+            manifest: Default::default(),
+            properties: Default::default(),
+            limits,
+            flows: Vec::new(),
+            triggers: Vec::new(),
+            key_value_stores: Vec::new(),
+            api: None,
+            history: Vec::new(),
+        }
+    }
+}
+
 /// `[[history]]`: groups that keep their recent messages.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct HistorySpec {

@@ -219,17 +219,7 @@ mod tests {
             log_lines_per_second,
             ..AppLimits::default()
         };
-        AppInfo::new(&AppSpec {
-            name: "a".into(),
-            manifest: Default::default(),
-            properties: Default::default(),
-            limits,
-            flows: Vec::new(),
-            triggers: Vec::new(),
-            key_value_stores: Vec::new(),
-            api: None,
-            history: Vec::new(),
-        })
+        AppInfo::new(&AppSpec::bare("a", limits))
     }
 
     #[test]

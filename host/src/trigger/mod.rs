@@ -283,17 +283,7 @@ mod tests {
     }
 
     fn trigger(limits: TriggerLimits) -> WsTrigger {
-        let app = AppInfo::new(&AppSpec {
-            name: "t".into(),
-            manifest: Default::default(),
-            properties: Default::default(),
-            limits: Default::default(),
-            flows: Vec::new(),
-            triggers: Vec::new(),
-            key_value_stores: Vec::new(),
-            api: None,
-            history: Vec::new(),
-        });
+        let app = AppInfo::new(&AppSpec::bare("t", Default::default()));
         let spec = TriggerSpec {
             addr: "127.0.0.1:0".parse().unwrap(),
             tls: None,

@@ -613,17 +613,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_pump_holds_its_flow_side_once() {
-        let app = Arc::new(AppInfo::new(&AppSpec {
-            name: "t".into(),
-            manifest: Default::default(),
-            properties: Default::default(),
-            limits: Default::default(),
-            flows: Vec::new(),
-            triggers: Vec::new(),
-            key_value_stores: Vec::new(),
-            api: None,
-            history: Vec::new(),
-        }));
+        let app = Arc::new(AppInfo::new(&AppSpec::bare("t", Default::default())));
         let limits = TriggerLimits {
             max_connections: None,
             max_pending_handshakes: 256,
