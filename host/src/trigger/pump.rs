@@ -95,7 +95,8 @@ where
     ));
     let flow = std::pin::pin!(flow_side(Arc::clone(&shared), in_rx));
     let flow = std::pin::pin!(drive_flow(&shared, flow));
-    // In rounds: a message read, handled and answered in one poll.
+    // In rounds: a message read and handled in one poll of the task, its
+    // reply written in the next (`together`).
     together::join(socket, flow).await;
     shared.ended_with()
 }
