@@ -118,7 +118,8 @@ impl<A: Future, B: Future> Future for Join<A, B> {
     }
 }
 
-/// The waker [`join`] lends its futures.
+/// The state of one [`join`], and the waker it lends `second`: a wake
+/// during a poll is another round.
 struct Rounds {
     state: AtomicU8,
     /// The task's waker, registered at each poll.
@@ -135,7 +136,8 @@ impl Rounds {
     }
 }
 
-/// The waker lent to `first`.
+/// The waker [`join`] lends `first`: a wake during a poll waits for the
+/// task's next poll.
 struct FirstWake(Arc<Rounds>);
 
 impl Wake for FirstWake {
